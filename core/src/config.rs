@@ -1,0 +1,280 @@
+//! `node.toml`: the exit node's configuration, parsed and validated.
+//!
+//! Parsing never touches the system; [`NodeConfig::load`] reads one file and
+//! every error names that file and the field at fault.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::keys;
+use crate::policy::ExitPolicy;
+use crate::pool::AddressPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {field}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub exit: ExitSection,
+    #[serde(default)]
+    pub wireguard: WireguardSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Where this node listens for Hopwire (QUIC) connections.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The address clients dial: the VPS's public IP and port.
+    pub public_address: Option<SocketAddr>,
+    /// Directory of the key files, relative to the config file.
+    #[serde(default = "default_key_dir")]
+    pub key_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitSection {
+    #[serde(default = "default_tun_name")]
+    pub tun_name: String,
+    #[serde(default = "default_inner_subnet")]
+    pub inner_subnet: Ipv4Net,
+    /// Resolvers the exit forwards its clients' DNS queries to; empty means
+    /// the ones in the exit's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Operator rules, checked before the default rejects.
+    #[serde(default)]
+    pub policy: Vec<String>,
+    /// Keep the built-in rejects (private ranges, loopback, link-local, SMTP).
+    #[serde(default = "yes")]
+    pub default_rejects: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardSection {
+    /// UDP address for stock WireGuard clients; unset means off.
+    pub listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub peers: Vec<WireguardPeer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardPeer {
+    pub public_key: String,
+    /// The peer's inner address, inside `exit.inner_subnet`.
+    pub address: Ipv4Addr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4433))
+}
+fn default_key_dir() -> PathBuf {
+    PathBuf::from(".")
+}
+fn default_tun_name() -> String {
+    "hwexit0".into()
+}
+fn default_inner_subnet() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(100, 87, 0, 0), 16).unwrap_or_else(|e| unreachable!("{e}"))
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ExitSection {
+    fn default() -> Self {
+        Self {
+            tun_name: default_tun_name(),
+            inner_subnet: default_inner_subnet(),
+            dns_upstream: Vec::new(),
+            policy: Vec::new(),
+            default_rejects: true,
+        }
+    }
+}
+
+/// A validated configuration together with what was derived from it.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub config: NodeConfig,
+    pub policy: ExitPolicy,
+    pub key_dir: PathBuf,
+    pub wg_peers: Vec<(boringtun::x25519::PublicKey, Ipv4Addr)>,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |field, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            reason,
+        };
+        if let Some(addr) = config.node.public_address {
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(invalid("node.public_address", format!("{addr} is not an address clients can dial")));
+            }
+        }
+        let tun = &config.exit.tun_name;
+        if tun.is_empty() || tun.len() > 15 || !tun.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(invalid("exit.tun_name", format!("`{tun}` must be 1-15 characters of a-z, 0-9, - or _")));
+        }
+        let mut pool = AddressPool::new(config.exit.inner_subnet).map_err(|e| invalid("exit.inner_subnet", e.to_string()))?;
+        let policy = ExitPolicy::new(&config.exit.policy, config.exit.default_rejects)
+            .map_err(|e| invalid("exit.policy", e.to_string()))?;
+        let mut wg_peers = Vec::new();
+        for peer in &config.wireguard.peers {
+            let key = keys::parse_wg_public(&peer.public_key)
+                .ok_or_else(|| invalid("wireguard.peers.public_key", format!("`{}` is not a base64 WireGuard public key", peer.public_key)))?;
+            pool.reserve(peer.address).map_err(|e| invalid("wireguard.peers.address", e.to_string()))?;
+            if wg_peers.iter().any(|(k, _): &(boringtun::x25519::PublicKey, _)| k.as_bytes() == key.as_bytes()) {
+                return Err(invalid("wireguard.peers.public_key", format!("{} is listed twice", peer.public_key)));
+            }
+            wg_peers.push((key, peer.address));
+        }
+        if !wg_peers.is_empty() && config.wireguard.listen.is_none() {
+            return Err(invalid("wireguard.listen", "peers are listed but no UDP listen address is set".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let key_dir = base.join(&config.node.key_dir);
+        Ok(LoadedConfig {
+            path: path.to_owned(),
+            config,
+            policy,
+            key_dir,
+            wg_peers,
+        })
+    }
+}
+
+/// The commented `node.toml` that `hopwire-node init` writes.
+pub fn template(public_address: Option<SocketAddr>) -> String {
+    let public = match public_address {
+        Some(a) => format!("public_address = \"{a}\""),
+        None => "# public_address = \"203.0.113.7:4433\"   # set this to your server's public IP".into(),
+    };
+    format!(
+        r#"# Hopwire node configuration. Every setting below shows its default.
+
+[node]
+# Where the node accepts Hopwire (QUIC) connections.
+listen = "0.0.0.0:4433"
+# The address clients dial; `hopwire-node show-record` puts it in the record.
+{public}
+# Directory holding identity.key and wireguard.key (relative to this file).
+key_dir = "."
+
+[exit]
+# TUN device and the inner subnet clients get addresses from.
+tun_name = "hwexit0"
+inner_subnet = "100.87.0.0/16"
+# Resolvers for clients' DNS queries; empty means this machine's /etc/resolv.conf.
+dns_upstream = []
+# Exit policy, first match wins: "accept|reject ADDR[/LEN][:PORT[-PORT]]".
+# Example: allow one LAN host, then the built-in rejects still apply.
+#   policy = ["accept 192.168.1.10:443"]
+policy = []
+# Built-in rejects: private, loopback, link-local and multicast ranges, and port 25.
+default_rejects = true
+
+[wireguard]
+# Plain WireGuard over UDP for stock clients listed below; unset means off.
+# listen = "0.0.0.0:51820"
+# [[wireguard.peers]]
+# public_key = "base64 key from `wg pubkey`"
+# address = "100.87.255.2"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
+        NodeConfig::parse(Path::new("/etc/hopwire/node.toml"), text)
+    }
+
+    #[test]
+    fn template_parses_with_defaults() {
+        let c = parse(&template(Some("198.18.2.2:4433".parse().expect("addr")))).expect("template is valid");
+        assert_eq!(c.config.node.listen.port(), 4433);
+        assert_eq!(c.config.exit.inner_subnet.to_string(), "100.87.0.0/16");
+        assert!(c.config.wireguard.listen.is_none());
+        assert_eq!(c.key_dir, Path::new("/etc/hopwire/."));
+        assert!(!c.policy.allows(&crate::packet::PacketInfo {
+            src: "100.87.0.2".parse().expect("ip"),
+            dst: "192.168.1.1".parse().expect("ip"),
+            protocol: 6,
+            dst_port: Some(80),
+        }));
+        parse(&template(None)).expect("template without address is valid");
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = parse("[node]\nlisten = \"nope\"\n").expect_err("bad addr").to_string();
+        assert!(e.starts_with("config /etc/hopwire/node.toml:"), "{e}");
+        let e = parse("[node]\n[exit]\ninner_subnet = \"100.87.0.0/31\"\n").expect_err("small").to_string();
+        assert!(e.contains("exit.inner_subnet"), "{e}");
+        let e = parse("[node]\n[exit]\npolicy = [\"allow *:*\"]\n").expect_err("policy").to_string();
+        assert!(e.contains("exit.policy") && e.contains("allow *:*"), "{e}");
+        let e = parse("[node]\nbogus = 1\n").expect_err("unknown field").to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse("[node]\npublic_address = \"0.0.0.0:4433\"\n").expect_err("unspecified").to_string();
+        assert!(e.contains("node.public_address"), "{e}");
+        let e = parse("[node]\n[exit]\ntun_name = \"a-very-long-device-name\"\n").expect_err("long").to_string();
+        assert!(e.contains("exit.tun_name"), "{e}");
+    }
+
+    #[test]
+    fn wireguard_peers_are_checked() {
+        let key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+        let ok = format!("[node]\n[wireguard]\nlisten = \"0.0.0.0:51820\"\n[[wireguard.peers]]\npublic_key = \"{key}\"\naddress = \"100.87.255.2\"\n");
+        assert_eq!(parse(&ok).expect("valid").wg_peers.len(), 1);
+        let outside = ok.replace("100.87.255.2", "10.0.0.2");
+        assert!(parse(&outside).expect_err("outside").to_string().contains("wireguard.peers.address"));
+        let no_listen = ok.replace("listen = \"0.0.0.0:51820\"\n", "");
+        assert!(parse(&no_listen).expect_err("no listen").to_string().contains("wireguard.listen"));
+        let bad_key = ok.replace(key, "abc");
+        assert!(parse(&bad_key).expect_err("key").to_string().contains("public_key"));
+    }
+}

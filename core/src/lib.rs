@@ -1,0 +1,26 @@
+//! Hopwire's shared core.
+//!
+//! What it does: everything the client, the exit node and the bindings share.
+//! The protocol parts are sans-IO and take their inputs as arguments:
+//! [`packet`] (IP header views), [`policy`] (exit policy), [`pool`] (inner
+//! addresses), [`record`] (signed node records), [`config`] (`node.toml`),
+//! [`wg`] (WireGuard sessions over boringtun), [`session`] (session setup
+//! messages). The tokio shell owns sockets, the TUN device and the system's
+//! network settings: [`link`] (QUIC), [`sys`] (routes, NAT, DNS), [`exit`]
+//! (the exit node runtime), [`client`] (the client tunnel runtime), [`api`]
+//! (the daemon's local API) and [`netlab`] (namespaces for the testnet and
+//! the end-to-end tests).
+//!
+//! What it does not do: command-line parsing, process management and user
+//! interaction live in the binaries.
+
+pub mod config;
+pub mod keys;
+pub mod link;
+pub mod packet;
+pub mod policy;
+pub mod pool;
+pub mod record;
+pub mod session;
+pub mod sys;
+pub mod wg;

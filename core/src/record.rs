@@ -1,0 +1,191 @@
+//! Node records: what a client needs to reach a node, signed by the node's
+//! identity key, and the one-line string form users copy around.
+//!
+//! The string is `hopwire1.` followed by unpadded base64url of the encoded
+//! [`SignedRecord`]. The signature covers the exact body bytes, so a record
+//! that was altered in transit, or signed by another key, is rejected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// The only record version this build understands.
+pub const RECORD_VERSION: u8 = 1;
+const PREFIX: &str = "hopwire1.";
+/// Records larger than this are refused before any parsing.
+pub const MAX_RECORD_LEN: usize = 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("not a Hopwire node record: it must start with `{PREFIX}` (get one with `hopwire-node show-record`)")]
+    Prefix,
+    #[error("node record is longer than {MAX_RECORD_LEN} bytes")]
+    TooLong,
+    #[error("node record is not valid base64url (was it cut off when copied?)")]
+    Base64,
+    #[error("node record is malformed: {0}")]
+    Decode(String),
+    #[error("node record version {0} is not supported by this build (supported: {RECORD_VERSION}); upgrade Hopwire")]
+    Version(u8),
+    #[error("node record signature does not match its identity key")]
+    Signature,
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub version: u8,
+    /// ed25519 public key: the node's identity; its QUIC certificate carries it.
+    pub identity: [u8; 32],
+    /// Where the node accepts Hopwire (QUIC) connections.
+    pub quic_addr: SocketAddr,
+    /// The exit's WireGuard static public key.
+    pub wg_key: [u8; 32],
+    /// Unix seconds when the record was signed.
+    pub issued_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SignedRecord {
+    body: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// A record whose signature was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRecord(NodeRecord);
+
+impl NodeRecord {
+    /// Signs the record with the node's identity key and gives its one-line
+    /// string form.
+    pub fn to_signed_string(&self, key: &SigningKey) -> String {
+        debug_assert_eq!(self.identity, key.verifying_key().to_bytes());
+        let body = postcard::to_stdvec(self).unwrap_or_else(|e| unreachable!("record encodes: {e}"));
+        let signature = key.sign(&body).to_bytes().to_vec();
+        let signed = postcard::to_stdvec(&SignedRecord { body, signature })
+            .unwrap_or_else(|e| unreachable!("record encodes: {e}"));
+        format!("{PREFIX}{}", B64URL.encode(signed))
+    }
+}
+
+impl VerifiedRecord {
+    pub fn record(&self) -> &NodeRecord {
+        &self.0
+    }
+
+    /// Short, human form of the identity, for logs and status.
+    pub fn short_id(&self) -> String {
+        short_id(&self.0.identity)
+    }
+}
+
+impl FromStr for VerifiedRecord {
+    type Err = RecordError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let b64 = s.strip_prefix(PREFIX).ok_or(RecordError::Prefix)?;
+        if b64.len() > MAX_RECORD_LEN * 4 / 3 + 4 {
+            return Err(RecordError::TooLong);
+        }
+        let bytes = B64URL.decode(b64).map_err(|_| RecordError::Base64)?;
+        let signed: SignedRecord =
+            postcard::from_bytes(&bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
+        // The version byte leads the body, so an unknown version is reported
+        // as such even if the rest of its layout is new to us.
+        match signed.body.first() {
+            Some(&RECORD_VERSION) => {}
+            Some(&v) => return Err(RecordError::Version(v)),
+            None => return Err(RecordError::Decode("empty body".into())),
+        }
+        let record: NodeRecord =
+            postcard::from_bytes(&signed.body).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let key = VerifyingKey::from_bytes(&record.identity).map_err(|_| RecordError::Signature)?;
+        let sig = Signature::from_slice(&signed.signature).map_err(|_| RecordError::Signature)?;
+        key.verify(&signed.body, &sig).map_err(|_| RecordError::Signature)?;
+        Ok(Self(record))
+    }
+}
+
+/// First 8 bytes of a key in hex: enough to tell nodes apart in a UI.
+pub fn short_id(key: &[u8; 32]) -> String {
+    key[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl fmt::Display for VerifiedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {} at {}", self.short_id(), self.0.quic_addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn key(seed: u64) -> SigningKey {
+        SigningKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    fn record(k: &SigningKey) -> NodeRecord {
+        NodeRecord {
+            version: RECORD_VERSION,
+            identity: k.verifying_key().to_bytes(),
+            quic_addr: "198.18.2.2:4433".parse().expect("addr"),
+            wg_key: [7; 32],
+            issued_at: 1_790_000_000,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let k = key(1);
+        let s = record(&k).to_signed_string(&k);
+        assert!(s.starts_with(PREFIX));
+        let back: VerifiedRecord = s.parse().expect("valid record");
+        assert_eq!(back.record(), &record(&k));
+        assert_eq!(format!("  {s}\n").parse::<VerifiedRecord>().expect("trimmed"), back);
+    }
+
+    #[test]
+    fn rejects_garbage_tampering_and_wrong_signer() {
+        let k = key(1);
+        let s = record(&k).to_signed_string(&k);
+        assert_eq!("hello".parse::<VerifiedRecord>(), Err(RecordError::Prefix));
+        assert_eq!(format!("{PREFIX}***").parse::<VerifiedRecord>(), Err(RecordError::Base64));
+        assert!(matches!(format!("{PREFIX}AAAA").parse::<VerifiedRecord>(), Err(RecordError::Decode(_))));
+        // A record naming key 2 but signed by key 1.
+        let mut forged = record(&key(2));
+        forged.identity = key(2).verifying_key().to_bytes();
+        let body = postcard::to_stdvec(&forged).expect("enc");
+        let signature = k.sign(&body).to_bytes().to_vec();
+        let bad = format!("{PREFIX}{}", B64URL.encode(postcard::to_stdvec(&SignedRecord { body, signature }).expect("enc")));
+        assert_eq!(bad.parse::<VerifiedRecord>(), Err(RecordError::Signature));
+        // Every single-character change is caught (or at least never accepted as different).
+        let original: VerifiedRecord = s.parse().expect("valid");
+        for i in PREFIX.len()..s.len() {
+            let mut t = s.clone().into_bytes();
+            t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+            if let Ok(r) = String::from_utf8(t).expect("ascii").parse::<VerifiedRecord>() {
+                assert_eq!(r, original, "altered record accepted at {i}");
+            }
+        }
+        assert_eq!(format!("{PREFIX}{}", "A".repeat(4000)).parse::<VerifiedRecord>(), Err(RecordError::TooLong));
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let k = key(3);
+        let mut r = record(&k);
+        r.version = 9;
+        let body = postcard::to_stdvec(&r).expect("enc");
+        let signature = k.sign(&body).to_bytes().to_vec();
+        let s = format!("{PREFIX}{}", B64URL.encode(postcard::to_stdvec(&SignedRecord { body, signature }).expect("enc")));
+        assert_eq!(s.parse::<VerifiedRecord>(), Err(RecordError::Version(9)));
+    }
+}
