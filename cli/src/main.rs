@@ -1,1 +1,200 @@
-fn main() {}
+//! `hopwire`: the Hopwire client.
+//!
+//! `hopwire daemon` runs privileged and owns the tunnel; `connect`, `status`
+//! and `disconnect` are unprivileged clients of its local API; `testnet`
+//! builds a whole Hopwire network in namespaces on this machine and shows
+//! it working. The tunnel itself lives in `hopwire-core`.
+
+mod testnet;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hopwire_core::api::{self, Request, Response, State, Status};
+use hopwire_core::daemon::{self, DaemonConfig};
+
+#[derive(Parser)]
+#[command(name = "hopwire", version, about = "Hopwire: a peer-to-peer VPN")]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "HOPWIRE_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the privileged daemon that owns the tunnel (as root).
+    Daemon {
+        /// Let this group use the API socket (mode 0660); default is root only.
+        #[arg(long)]
+        group: Option<String>,
+        /// Name of the client's TUN device.
+        #[arg(long, default_value = "hopwire0")]
+        tun: String,
+        /// Resolver file pointed at the tunnel's DNS while connected.
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
+        /// Where the daemon records its changes to the system (default: beside the socket).
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+    },
+    /// Connect through an exit, given its record (`hopwire-node show-record`).
+    Connect { record: String },
+    /// Show the tunnel's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect and restore routes and DNS.
+    Disconnect,
+    /// Build a local Hopwire network in namespaces, download through it, and tear it down (as root).
+    Testnet(testnet::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("hopwire: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Daemon {
+            group,
+            tun,
+            resolv_conf,
+            state_file,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
+                )
+                .init();
+            if !is_root() {
+                bail!("the daemon needs root to create its TUN device and set routes; run `sudo hopwire daemon`");
+            }
+            let config = DaemonConfig {
+                state_file: state_file.unwrap_or_else(|| cli.socket.with_extension("state.json")),
+                socket: cli.socket,
+                group,
+                tun_name: tun,
+                resolv_conf,
+            };
+            runtime.block_on(daemon::serve(config, shutdown_signal()))?;
+            Ok(0)
+        }
+        Command::Connect { record } => {
+            let record = record.trim().to_owned();
+            // Check the record here too, so a typo is caught without a daemon.
+            if let Err(e) = record.parse::<hopwire_core::record::VerifiedRecord>() {
+                bail!("{e}");
+            }
+            let response = runtime.block_on(api::call(
+                &cli.socket,
+                &Request::Connect { record },
+                hopwire_core::client::CONNECT_TIMEOUT + Duration::from_secs(5),
+            ))?;
+            report(response, false)
+        }
+        Command::Status { json } => {
+            let response = runtime.block_on(api::call(&cli.socket, &Request::Status, Duration::from_secs(5)))?;
+            report(response, json)
+        }
+        Command::Disconnect => {
+            let response = runtime.block_on(api::call(&cli.socket, &Request::Disconnect, Duration::from_secs(10)))?;
+            report(response, false)
+        }
+        Command::Testnet(args) => runtime.block_on(testnet::run(args)),
+    }
+}
+
+/// True when running as root (the owner of `/proc/self` is the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Prints the daemon's answer; an error answer is a non-zero exit.
+fn report(response: Response, json: bool) -> Result<i32> {
+    let (status, error) = match response {
+        Response::Ok { status } => (status, None),
+        Response::Error { message, status } => (status, Some(message)),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).context("encoding status")?);
+    } else {
+        print_status(&status);
+    }
+    match error {
+        Some(message) => bail!("{message}"),
+        None => Ok(0),
+    }
+}
+
+fn print_status(s: &Status) {
+    println!("state:    {}", s.state);
+    if let Some(e) = &s.error {
+        println!("reason:   {e}");
+    }
+    if s.state == State::Disconnected {
+        return;
+    }
+    if let Some(exit) = &s.exit {
+        println!("exit:     {} at {}", exit.id, exit.addr);
+    }
+    if let Some(a) = s.inner_addr {
+        println!("address:  {a} (mtu {})", s.mtu.unwrap_or(0));
+    }
+    println!(
+        "traffic:  {} sent, {} received",
+        human_bytes(s.bytes_sent),
+        human_bytes(s.bytes_received)
+    );
+    println!(
+        "now:      {:.1} Mbit/s up, {:.1} Mbit/s down",
+        s.tx_bps as f64 / 1e6,
+        s.rx_bps as f64 / 1e6
+    );
+    if let Some(rtt) = s.rtt_ms {
+        println!("rtt:      {rtt:.1} ms to the exit");
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -150,28 +150,49 @@ impl NodeConfig {
         };
         if let Some(addr) = config.node.public_address {
             if addr.ip().is_unspecified() || addr.port() == 0 {
-                return Err(invalid("node.public_address", format!("{addr} is not an address clients can dial")));
+                return Err(invalid(
+                    "node.public_address",
+                    format!("{addr} is not an address clients can dial"),
+                ));
             }
         }
         let tun = &config.exit.tun_name;
         if tun.is_empty() || tun.len() > 15 || !tun.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(invalid("exit.tun_name", format!("`{tun}` must be 1-15 characters of a-z, 0-9, - or _")));
+            return Err(invalid(
+                "exit.tun_name",
+                format!("`{tun}` must be 1-15 characters of a-z, 0-9, - or _"),
+            ));
         }
-        let mut pool = AddressPool::new(config.exit.inner_subnet).map_err(|e| invalid("exit.inner_subnet", e.to_string()))?;
+        let mut pool =
+            AddressPool::new(config.exit.inner_subnet).map_err(|e| invalid("exit.inner_subnet", e.to_string()))?;
         let policy = ExitPolicy::new(&config.exit.policy, config.exit.default_rejects)
             .map_err(|e| invalid("exit.policy", e.to_string()))?;
         let mut wg_peers = Vec::new();
         for peer in &config.wireguard.peers {
-            let key = keys::parse_wg_public(&peer.public_key)
-                .ok_or_else(|| invalid("wireguard.peers.public_key", format!("`{}` is not a base64 WireGuard public key", peer.public_key)))?;
-            pool.reserve(peer.address).map_err(|e| invalid("wireguard.peers.address", e.to_string()))?;
-            if wg_peers.iter().any(|(k, _): &(boringtun::x25519::PublicKey, _)| k.as_bytes() == key.as_bytes()) {
-                return Err(invalid("wireguard.peers.public_key", format!("{} is listed twice", peer.public_key)));
+            let key = keys::parse_wg_public(&peer.public_key).ok_or_else(|| {
+                invalid(
+                    "wireguard.peers.public_key",
+                    format!("`{}` is not a base64 WireGuard public key", peer.public_key),
+                )
+            })?;
+            pool.reserve(peer.address)
+                .map_err(|e| invalid("wireguard.peers.address", e.to_string()))?;
+            if wg_peers
+                .iter()
+                .any(|(k, _): &(boringtun::x25519::PublicKey, _)| k.as_bytes() == key.as_bytes())
+            {
+                return Err(invalid(
+                    "wireguard.peers.public_key",
+                    format!("{} is listed twice", peer.public_key),
+                ));
             }
             wg_peers.push((key, peer.address));
         }
         if !wg_peers.is_empty() && config.wireguard.listen.is_none() {
-            return Err(invalid("wireguard.listen", "peers are listed but no UDP listen address is set".into()));
+            return Err(invalid(
+                "wireguard.listen",
+                "peers are listed but no UDP listen address is set".into(),
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let key_dir = base.join(&config.node.key_dir);
@@ -253,15 +274,23 @@ mod tests {
     fn errors_name_file_and_field() {
         let e = parse("[node]\nlisten = \"nope\"\n").expect_err("bad addr").to_string();
         assert!(e.starts_with("config /etc/hopwire/node.toml:"), "{e}");
-        let e = parse("[node]\n[exit]\ninner_subnet = \"100.87.0.0/31\"\n").expect_err("small").to_string();
+        let e = parse("[node]\n[exit]\ninner_subnet = \"100.87.0.0/31\"\n")
+            .expect_err("small")
+            .to_string();
         assert!(e.contains("exit.inner_subnet"), "{e}");
-        let e = parse("[node]\n[exit]\npolicy = [\"allow *:*\"]\n").expect_err("policy").to_string();
+        let e = parse("[node]\n[exit]\npolicy = [\"allow *:*\"]\n")
+            .expect_err("policy")
+            .to_string();
         assert!(e.contains("exit.policy") && e.contains("allow *:*"), "{e}");
         let e = parse("[node]\nbogus = 1\n").expect_err("unknown field").to_string();
         assert!(e.contains("bogus"), "{e}");
-        let e = parse("[node]\npublic_address = \"0.0.0.0:4433\"\n").expect_err("unspecified").to_string();
+        let e = parse("[node]\npublic_address = \"0.0.0.0:4433\"\n")
+            .expect_err("unspecified")
+            .to_string();
         assert!(e.contains("node.public_address"), "{e}");
-        let e = parse("[node]\n[exit]\ntun_name = \"a-very-long-device-name\"\n").expect_err("long").to_string();
+        let e = parse("[node]\n[exit]\ntun_name = \"a-very-long-device-name\"\n")
+            .expect_err("long")
+            .to_string();
         assert!(e.contains("exit.tun_name"), "{e}");
     }
 
@@ -271,9 +300,15 @@ mod tests {
         let ok = format!("[node]\n[wireguard]\nlisten = \"0.0.0.0:51820\"\n[[wireguard.peers]]\npublic_key = \"{key}\"\naddress = \"100.87.255.2\"\n");
         assert_eq!(parse(&ok).expect("valid").wg_peers.len(), 1);
         let outside = ok.replace("100.87.255.2", "10.0.0.2");
-        assert!(parse(&outside).expect_err("outside").to_string().contains("wireguard.peers.address"));
+        assert!(parse(&outside)
+            .expect_err("outside")
+            .to_string()
+            .contains("wireguard.peers.address"));
         let no_listen = ok.replace("listen = \"0.0.0.0:51820\"\n", "");
-        assert!(parse(&no_listen).expect_err("no listen").to_string().contains("wireguard.listen"));
+        assert!(parse(&no_listen)
+            .expect_err("no listen")
+            .to_string()
+            .contains("wireguard.listen"));
         let bad_key = ok.replace(key, "abc");
         assert!(parse(&bad_key).expect_err("key").to_string().contains("public_key"));
     }

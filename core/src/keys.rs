@@ -43,7 +43,10 @@ pub struct NodeKeys {
 impl std::fmt::Debug for NodeKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeKeys")
-            .field("identity", &crate::record::short_id(&self.identity.verifying_key().to_bytes()))
+            .field(
+                "identity",
+                &crate::record::short_id(&self.identity.verifying_key().to_bytes()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -72,10 +75,7 @@ impl NodeKeys {
     pub fn load(dir: &Path) -> Result<Self, KeyError> {
         let identity = SigningKey::from_bytes(&read_key(&dir.join(IDENTITY_FILE))?);
         let wg_secret = x25519::StaticSecret::from(read_key(&dir.join(WG_FILE))?);
-        Ok(Self {
-            identity,
-            wg_secret,
-        })
+        Ok(Self { identity, wg_secret })
     }
 }
 
@@ -85,9 +85,7 @@ pub fn write_key(path: &Path, key: &[u8; 32], force: bool) -> Result<(), KeyErro
         source,
     };
     if path.exists() && !force {
-        return Err(KeyError::Exists {
-            path: path.to_owned(),
-        });
+        return Err(KeyError::Exists { path: path.to_owned() });
     }
     // Write beside and rename, so a crash never leaves half a key.
     let tmp = path.with_extension("tmp");
@@ -119,9 +117,7 @@ pub fn read_key(path: &Path) -> Result<[u8; 32], KeyError> {
     B64.decode(text.trim())
         .ok()
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
-        .ok_or_else(|| KeyError::Malformed {
-            path: path.to_owned(),
-        })
+        .ok_or_else(|| KeyError::Malformed { path: path.to_owned() })
 }
 
 /// Parses a WireGuard public key in the usual base64 form.
@@ -151,7 +147,10 @@ mod tests {
         let dir = tempdir("rt");
         let keys = NodeKeys::generate(&mut rand::rngs::StdRng::seed_from_u64(1));
         keys.save(&dir, false).expect("save");
-        let mode = fs::metadata(dir.join(IDENTITY_FILE)).expect("exists").permissions().mode();
+        let mode = fs::metadata(dir.join(IDENTITY_FILE))
+            .expect("exists")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let back = NodeKeys::load(&dir).expect("load");
         assert_eq!(back.identity.to_bytes(), keys.identity.to_bytes());
@@ -168,7 +167,10 @@ mod tests {
         keys.save(&dir, false).expect("save");
         let p = dir.join(WG_FILE);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(matches!(NodeKeys::load(&dir), Err(KeyError::Exposed { mode: 0o644, .. })));
+        assert!(matches!(
+            NodeKeys::load(&dir),
+            Err(KeyError::Exposed { mode: 0o644, .. })
+        ));
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
         fs::write(&p, "not a key\n").expect("write");
         assert!(matches!(NodeKeys::load(&dir), Err(KeyError::Malformed { .. })));

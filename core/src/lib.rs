@@ -4,17 +4,21 @@
 //! The protocol parts are sans-IO and take their inputs as arguments:
 //! [`packet`] (IP header views), [`policy`] (exit policy), [`pool`] (inner
 //! addresses), [`record`] (signed node records), [`config`] (`node.toml`),
-//! [`wg`] (WireGuard sessions over boringtun), [`session`] (session setup
-//! messages). The tokio shell owns sockets, the TUN device and the system's
-//! network settings: [`link`] (QUIC), [`sys`] (routes, NAT, DNS), [`exit`]
-//! (the exit node runtime), [`client`] (the client tunnel runtime), [`api`]
-//! (the daemon's local API) and [`netlab`] (namespaces for the testnet and
-//! the end-to-end tests).
+//! [`keys`] (key files), [`wg`] (WireGuard sessions over boringtun),
+//! [`session`] (session setup messages) and [`api`] (the daemon's local API).
+//! The tokio shell owns sockets, the TUN device and the system's network
+//! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
+//! DNS), [`exit`] (the exit node runtime), [`client`] (one tunnel link) and
+//! [`daemon`] (the privileged client daemon).
 //!
 //! What it does not do: command-line parsing, process management and user
 //! interaction live in the binaries.
 
+pub mod api;
+pub mod client;
 pub mod config;
+pub mod daemon;
+pub mod exit;
 pub mod keys;
 pub mod link;
 pub mod packet;
@@ -23,4 +27,5 @@ pub mod pool;
 pub mod record;
 pub mod session;
 pub mod sys;
+pub mod tun;
 pub mod wg;

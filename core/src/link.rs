@@ -23,6 +23,24 @@ pub const SERVER_NAME: &str = "hopwire.node";
 /// UDP payload size QUIC starts with; PMTU discovery may go up from here and
 /// black-hole detection falls back to 1200.
 pub const INITIAL_MTU: u16 = 1452;
+/// Bytes a QUIC short-header packet spends around one DATAGRAM frame: flags
+/// (1), connection id (8), packet number (up to 4), AEAD tag (16), frame type
+/// and length (up to 9), as quinn counts them.
+const DATAGRAM_FRAME_OVERHEAD: u16 = 1 + 8 + 4 + 16 + 9;
+/// The inner MTU a tunnel carries over a link at [`INITIAL_MTU`]: a full
+/// inner packet plus WireGuard's 32 bytes fits one QUIC datagram, so nothing
+/// is fragmented.
+pub const TUNNEL_MTU: u16 = INITIAL_MTU - DATAGRAM_FRAME_OVERHEAD - crate::wg::WG_OVERHEAD as u16;
+/// Below this a tunnel cannot carry IPv4 as the RFCs require.
+pub const MIN_TUNNEL_MTU: u16 = 576;
+
+/// The inner MTU for a link whose datagrams hold `max_datagram` bytes.
+pub fn tunnel_mtu(max_datagram: usize) -> Option<u16> {
+    let mtu = max_datagram
+        .checked_sub(crate::wg::WG_OVERHEAD)?
+        .min(usize::from(TUNNEL_MTU));
+    u16::try_from(mtu).ok().filter(|m| *m >= MIN_TUNNEL_MTU)
+}
 /// A peer is declared dead after this long without any packet from it.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
@@ -153,7 +171,9 @@ impl ServerCertVerifier for IdentityVerifier {
         let mut expected = SPKI_ED25519_PREFIX.to_vec();
         expected.extend_from_slice(&self.expected);
         if spki.as_ref() != expected.as_slice() {
-            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure));
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -164,7 +184,9 @@ impl ServerCertVerifier for IdentityVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -204,13 +226,26 @@ mod tests {
     #[tokio::test]
     async fn client_accepts_the_right_identity_and_datagrams_flow() {
         let node = key(1);
-        let server = endpoint("127.0.0.1:0".parse().expect("addr"), Some(server_config(&node).expect("server"))).expect("bind");
+        let server = endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            Some(server_config(&node).expect("server")),
+        )
+        .expect("bind");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(serve_once(server));
         let mut client = endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("bind");
         client.set_default_client_config(client_config(node.verifying_key().to_bytes()).expect("client"));
-        let conn = client.connect(addr, SERVER_NAME).expect("connect").await.expect("handshake");
-        assert!(conn.max_datagram_size().is_some_and(|n| n > 1300), "datagrams enabled with room for full packets");
+        let conn = client
+            .connect(addr, SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let room = conn.max_datagram_size().expect("datagrams enabled");
+        assert_eq!(
+            tunnel_mtu(room),
+            Some(TUNNEL_MTU),
+            "a full inner packet fits one datagram ({room} bytes)"
+        );
         conn.send_datagram(bytes::Bytes::from_static(b"ping")).expect("send");
         assert_eq!(&conn.read_datagram().await.expect("echo")[..], b"ping");
     }
@@ -218,12 +253,20 @@ mod tests {
     #[tokio::test]
     async fn client_refuses_a_different_identity() {
         let node = key(1);
-        let server = endpoint("127.0.0.1:0".parse().expect("addr"), Some(server_config(&node).expect("server"))).expect("bind");
+        let server = endpoint(
+            "127.0.0.1:0".parse().expect("addr"),
+            Some(server_config(&node).expect("server")),
+        )
+        .expect("bind");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(serve_once(server));
         let mut client = endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("bind");
         client.set_default_client_config(client_config(key(2).verifying_key().to_bytes()).expect("client"));
-        let err = client.connect(addr, SERVER_NAME).expect("connect").await.expect_err("impostor refused");
+        let err = client
+            .connect(addr, SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect_err("impostor refused");
         assert!(err.to_string().contains("certificate"), "{err}");
     }
 }

@@ -80,6 +80,53 @@ fn transport_dst_port(protocol: u8, l4: &[u8]) -> Option<u16> {
     }
 }
 
+/// Writes into `out` an ICMPv4 "destination unreachable, communication
+/// administratively prohibited" from `from` answering `original`, and returns
+/// its length. Nothing is written for IPv6 packets, later fragments, or ICMP
+/// errors (an error never answers an error).
+pub fn icmp_prohibited(from: Ipv4Addr, original: &[u8], out: &mut [u8]) -> Option<usize> {
+    let info = parse(original)?;
+    let IpAddr::V4(to) = info.src else { return None };
+    let ihl = usize::from(original[0] & 0x0f) * 4;
+    let fragment_offset = u16::from_be_bytes([original[6], original[7]]) & 0x1fff;
+    if fragment_offset != 0 {
+        return None;
+    }
+    if info.protocol == PROTO_ICMP && original.get(ihl).is_some_and(|&t| t != 8) {
+        return None;
+    }
+    let quoted = original.len().min(ihl + 8);
+    let total = 20 + 8 + quoted;
+    let out = out.get_mut(..total)?;
+    out.fill(0);
+    out[0] = 0x45;
+    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    out[8] = 64;
+    out[9] = PROTO_ICMP;
+    out[12..16].copy_from_slice(&from.octets());
+    out[16..20].copy_from_slice(&to.octets());
+    let sum = checksum(&out[..20]);
+    out[10..12].copy_from_slice(&sum.to_be_bytes());
+    out[20] = 3; // destination unreachable
+    out[21] = 13; // communication administratively prohibited
+    out[28..].copy_from_slice(&original[..quoted]);
+    let sum = checksum(&out[20..]);
+    out[22..24].copy_from_slice(&sum.to_be_bytes());
+    Some(total)
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +160,27 @@ mod tests {
         let mut p = udp_v4([10, 0, 0, 1], [198, 18, 0, 10], 53);
         p[6..8].copy_from_slice(&100u16.to_be_bytes());
         assert_eq!(parse(&p).expect("valid").dst_port, None);
+    }
+
+    #[test]
+    fn icmp_prohibited_answers_the_sender() {
+        let p = udp_v4([100, 87, 0, 2], [10, 0, 0, 1], 80);
+        let mut out = [0u8; 128];
+        let n = icmp_prohibited(Ipv4Addr::new(100, 87, 0, 1), &p, &mut out).expect("answer");
+        let reply = &out[..n];
+        let info = parse(reply).expect("valid IPv4");
+        assert_eq!(info.src, IpAddr::from([100, 87, 0, 1]));
+        assert_eq!(info.dst, IpAddr::from([100, 87, 0, 2]));
+        assert_eq!(info.protocol, PROTO_ICMP);
+        assert_eq!((reply[20], reply[21]), (3, 13));
+        assert_eq!(checksum(&reply[..20]), 0, "IP header checksum verifies");
+        assert_eq!(checksum(&reply[20..]), 0, "ICMP checksum verifies");
+        assert_eq!(&reply[28..], &p[..28], "quotes the header and 8 bytes");
+        // Never an error about an error.
+        assert_eq!(
+            icmp_prohibited(Ipv4Addr::new(100, 87, 0, 1), reply, &mut [0u8; 128]),
+            None
+        );
     }
 
     #[test]

@@ -76,8 +76,7 @@ impl Rule {
         match self.ports {
             None => true,
             Some(range) => {
-                matches!(protocol, PROTO_TCP | PROTO_UDP)
-                    && port.is_some_and(|p| range.first <= p && p <= range.last)
+                matches!(protocol, PROTO_TCP | PROTO_UDP) && port.is_some_and(|p| range.first <= p && p <= range.last)
             }
         }
     }
@@ -110,11 +109,7 @@ impl FromStr for Rule {
             None | Some("*") => None,
             Some(p) => Some(parse_ports(p).ok_or_else(|| err("bad port or port range"))?),
         };
-        Ok(Rule {
-            action,
-            net,
-            ports,
-        })
+        Ok(Rule { action, net, ports })
     }
 }
 
@@ -188,10 +183,11 @@ impl ExitPolicy {
             .map(|r| r.parse())
             .collect::<Result<Vec<Rule>, _>>()?;
         if default_rejects {
-            rules.extend(DEFAULT_REJECTS.iter().map(|r| {
-                r.parse::<Rule>()
-                    .unwrap_or_else(|e| unreachable!("built-in rule: {e}"))
-            }));
+            rules.extend(
+                DEFAULT_REJECTS
+                    .iter()
+                    .map(|r| r.parse::<Rule>().unwrap_or_else(|e| unreachable!("built-in rule: {e}"))),
+            );
         }
         Ok(Self { rules })
     }
@@ -229,7 +225,14 @@ mod tests {
     #[test]
     fn default_rejects_lan_loopback_link_local_and_smtp() {
         let p = ExitPolicy::default_policy();
-        for lan in ["10.1.2.3", "192.168.1.1", "172.20.0.1", "127.0.0.1", "169.254.1.1", "100.64.0.1"] {
+        for lan in [
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.20.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+        ] {
             assert_eq!(p.decide(ip(lan), PROTO_TCP, Some(80)), Action::Reject, "{lan}");
             assert_eq!(p.decide(ip(lan), PROTO_ICMP, None), Action::Reject, "{lan}");
         }
@@ -265,7 +268,15 @@ mod tests {
 
     #[test]
     fn bad_rules_say_what_is_wrong() {
-        for bad in ["allow *:*", "reject", "reject 10.0.0.0/33", "reject *:70000", "reject *:9-3", "reject *:0", "reject a b"] {
+        for bad in [
+            "allow *:*",
+            "reject",
+            "reject 10.0.0.0/33",
+            "reject *:70000",
+            "reject *:9-3",
+            "reject *:0",
+            "reject a b",
+        ] {
             let e = bad.parse::<Rule>().expect_err(bad);
             assert_eq!(e.rule, bad);
         }

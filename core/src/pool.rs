@@ -12,7 +12,9 @@ use ipnet::Ipv4Net;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
-    #[error("inner subnet {0} is too small: it needs room for the gateway and at least one client (use /30 or larger)")]
+    #[error(
+        "inner subnet {0} is too small: it needs room for the gateway and at least one client (use /30 or larger)"
+    )]
     TooSmall(Ipv4Net),
     #[error("all {0} client addresses of the inner subnet are in use")]
     Exhausted(usize),
@@ -135,9 +137,18 @@ mod tests {
     fn reservations_are_checked() {
         let mut pool = AddressPool::new(net("100.87.0.0/24")).expect("fits");
         pool.reserve(Ipv4Addr::new(100, 87, 0, 2)).expect("free");
-        assert_eq!(pool.reserve(Ipv4Addr::new(100, 87, 0, 2)), Err(PoolError::Taken(Ipv4Addr::new(100, 87, 0, 2))));
-        assert!(matches!(pool.reserve(Ipv4Addr::new(100, 87, 0, 1)), Err(PoolError::OutOfRange { .. })));
-        assert!(matches!(pool.reserve(Ipv4Addr::new(100, 87, 0, 255)), Err(PoolError::OutOfRange { .. })));
+        assert_eq!(
+            pool.reserve(Ipv4Addr::new(100, 87, 0, 2)),
+            Err(PoolError::Taken(Ipv4Addr::new(100, 87, 0, 2)))
+        );
+        assert!(matches!(
+            pool.reserve(Ipv4Addr::new(100, 87, 0, 1)),
+            Err(PoolError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            pool.reserve(Ipv4Addr::new(100, 87, 0, 255)),
+            Err(PoolError::OutOfRange { .. })
+        ));
         assert_eq!(pool.allocate(), Ok(Ipv4Addr::new(100, 87, 0, 3)));
         assert!(AddressPool::new(net("100.87.0.0/31")).is_err());
     }

@@ -94,8 +94,7 @@ impl FromStr for VerifiedRecord {
             return Err(RecordError::TooLong);
         }
         let bytes = B64URL.decode(b64).map_err(|_| RecordError::Base64)?;
-        let signed: SignedRecord =
-            postcard::from_bytes(&bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let signed: SignedRecord = postcard::from_bytes(&bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
         // The version byte leads the body, so an unknown version is reported
         // as such even if the rest of its layout is new to us.
         match signed.body.first() {
@@ -103,8 +102,7 @@ impl FromStr for VerifiedRecord {
             Some(&v) => return Err(RecordError::Version(v)),
             None => return Err(RecordError::Decode("empty body".into())),
         }
-        let record: NodeRecord =
-            postcard::from_bytes(&signed.body).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let record: NodeRecord = postcard::from_bytes(&signed.body).map_err(|e| RecordError::Decode(e.to_string()))?;
         let key = VerifyingKey::from_bytes(&record.identity).map_err(|_| RecordError::Signature)?;
         let sig = Signature::from_slice(&signed.signature).map_err(|_| RecordError::Signature)?;
         key.verify(&signed.body, &sig).map_err(|_| RecordError::Signature)?;
@@ -157,14 +155,23 @@ mod tests {
         let k = key(1);
         let s = record(&k).to_signed_string(&k);
         assert_eq!("hello".parse::<VerifiedRecord>(), Err(RecordError::Prefix));
-        assert_eq!(format!("{PREFIX}***").parse::<VerifiedRecord>(), Err(RecordError::Base64));
-        assert!(matches!(format!("{PREFIX}AAAA").parse::<VerifiedRecord>(), Err(RecordError::Decode(_))));
+        assert_eq!(
+            format!("{PREFIX}***").parse::<VerifiedRecord>(),
+            Err(RecordError::Base64)
+        );
+        assert!(matches!(
+            format!("{PREFIX}AAAA").parse::<VerifiedRecord>(),
+            Err(RecordError::Decode(_))
+        ));
         // A record naming key 2 but signed by key 1.
         let mut forged = record(&key(2));
         forged.identity = key(2).verifying_key().to_bytes();
         let body = postcard::to_stdvec(&forged).expect("enc");
         let signature = k.sign(&body).to_bytes().to_vec();
-        let bad = format!("{PREFIX}{}", B64URL.encode(postcard::to_stdvec(&SignedRecord { body, signature }).expect("enc")));
+        let bad = format!(
+            "{PREFIX}{}",
+            B64URL.encode(postcard::to_stdvec(&SignedRecord { body, signature }).expect("enc"))
+        );
         assert_eq!(bad.parse::<VerifiedRecord>(), Err(RecordError::Signature));
         // Every single-character change is caught (or at least never accepted as different).
         let original: VerifiedRecord = s.parse().expect("valid");
@@ -175,7 +182,10 @@ mod tests {
                 assert_eq!(r, original, "altered record accepted at {i}");
             }
         }
-        assert_eq!(format!("{PREFIX}{}", "A".repeat(4000)).parse::<VerifiedRecord>(), Err(RecordError::TooLong));
+        assert_eq!(
+            format!("{PREFIX}{}", "A".repeat(4000)).parse::<VerifiedRecord>(),
+            Err(RecordError::TooLong)
+        );
     }
 
     #[test]
@@ -185,7 +195,10 @@ mod tests {
         r.version = 9;
         let body = postcard::to_stdvec(&r).expect("enc");
         let signature = k.sign(&body).to_bytes().to_vec();
-        let s = format!("{PREFIX}{}", B64URL.encode(postcard::to_stdvec(&SignedRecord { body, signature }).expect("enc")));
+        let s = format!(
+            "{PREFIX}{}",
+            B64URL.encode(postcard::to_stdvec(&SignedRecord { body, signature }).expect("enc"))
+        );
         assert_eq!(s.parse::<VerifiedRecord>(), Err(RecordError::Version(9)));
     }
 }

@@ -89,12 +89,21 @@ mod tests {
         assert_eq!(read_message::<ClientHello>(&mut b).await.expect("read"), hello);
 
         a.write_all(&[0xff, 0xff]).await.expect("write");
-        assert!(matches!(read_message::<ClientHello>(&mut b).await, Err(SetupError::TooLarge(65535))));
+        assert!(matches!(
+            read_message::<ClientHello>(&mut b).await,
+            Err(SetupError::TooLarge(65535))
+        ));
 
         let (mut a, mut b) = tokio::io::duplex(8192);
         a.write_all(&[0, 3, 0xff, 0xff, 0xff]).await.expect("write");
-        assert!(matches!(read_message::<ExitHello>(&mut b).await, Err(SetupError::Malformed(_))));
+        assert!(matches!(
+            read_message::<ExitHello>(&mut b).await,
+            Err(SetupError::Malformed(_))
+        ));
         drop(a);
-        assert!(matches!(read_message::<ExitHello>(&mut b).await, Err(SetupError::Io(_))));
+        assert!(matches!(
+            read_message::<ExitHello>(&mut b).await,
+            Err(SetupError::Io(_))
+        ));
     }
 }

@@ -46,7 +46,9 @@ fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<S
         source,
     };
     let mut cmd = Command::new(program);
-    cmd.args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     if input.is_some() {
         cmd.stdin(std::process::Stdio::piped());
     }
@@ -115,7 +117,10 @@ impl ExitNat {
     /// clients started, so unsolicited inbound traffic never reaches them.
     pub fn setup(tun: &str, subnet: Ipv4Net, state_file: &Path) -> Result<Self, SysError> {
         if let Some(mut stale) = load_state::<ExitNat>(state_file) {
-            tracing::info!("undoing network settings left by a previous run ({})", state_file.display());
+            tracing::info!(
+                "undoing network settings left by a previous run ({})",
+                state_file.display()
+            );
             stale.state_file = state_file.to_owned();
             stale.teardown();
         }
@@ -197,7 +202,10 @@ impl ClientNet {
     /// Undoes what a crashed daemon left behind.
     pub fn recover(state_file: &Path) {
         if let Some(mut stale) = load_state::<ClientNet>(state_file) {
-            tracing::info!("undoing network settings left by a previous run ({})", state_file.display());
+            tracing::info!(
+                "undoing network settings left by a previous run ({})",
+                state_file.display()
+            );
             stale.state_file = state_file.to_owned();
             stale.restore();
         }
@@ -212,7 +220,10 @@ impl ClientNet {
 
     fn add_route(&mut self, args: &[&str]) -> Result<(), SysError> {
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        full.insert(full.iter().position(|a| a == "route").map_or(0, |i| i + 1), "add".into());
+        full.insert(
+            full.iter().position(|a| a == "route").map_or(0, |i| i + 1),
+            "add".into(),
+        );
         self.routes.push(full.clone());
         save_state(&self.state_file, self)?;
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();

@@ -18,15 +18,6 @@ pub const WG_OVERHEAD: usize = 32;
 /// The smallest buffer boringtun accepts for handshake messages.
 pub const MIN_BUF: usize = 148;
 
-/// What the caller must do with a decapsulated or generated datagram.
-#[derive(Debug)]
-pub enum Delivery<'a> {
-    /// Send this WireGuard datagram to the peer.
-    ToPeer(&'a [u8]),
-    /// Write this IP packet to the TUN device.
-    ToTun(&'a [u8]),
-}
-
 pub struct WgSession {
     tunn: Tunn,
 }
@@ -40,7 +31,12 @@ impl std::fmt::Debug for WgSession {
 impl WgSession {
     /// `index` must be unique among this side's sessions (it picks the
     /// receiver index the peer echoes back); only its low 24 bits are used.
-    pub fn new(our_secret: x25519::StaticSecret, peer: x25519::PublicKey, index: u32, keepalive_secs: Option<u16>) -> Self {
+    pub fn new(
+        our_secret: x25519::StaticSecret,
+        peer: x25519::PublicKey,
+        index: u32,
+        keepalive_secs: Option<u16>,
+    ) -> Self {
         Self {
             tunn: Tunn::new(our_secret, peer, None, keepalive_secs, index & 0x00ff_ffff, None),
         }
@@ -69,29 +65,32 @@ impl WgSession {
         }
     }
 
-    /// Processes one datagram from the peer, handing every resulting packet
-    /// or reply to `out` in order.
+    /// Processes one datagram from the peer. Replies and packets queued
+    /// during the handshake go to `to_peer` in order; an IP packet for the
+    /// TUN device is left in `dst[..n]` and `Some(n)` returned.
     pub fn decapsulate(
         &mut self,
         from: Option<IpAddr>,
         datagram: &[u8],
         dst: &mut [u8],
-        mut out: impl FnMut(Delivery<'_>),
-    ) -> Result<(), WireGuardError> {
+        mut to_peer: impl FnMut(&[u8]),
+    ) -> Result<Option<usize>, WireGuardError> {
+        let start = dst.as_ptr() as usize;
         let mut input = datagram;
         loop {
             match self.tunn.decapsulate(from, input, dst) {
                 TunnResult::WriteToNetwork(d) => {
-                    out(Delivery::ToPeer(d));
+                    to_peer(d);
                     // boringtun flushes packets queued during the handshake
                     // one per call with an empty datagram.
                     input = &[];
                 }
                 TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
-                    out(Delivery::ToTun(p));
-                    return Ok(());
+                    // boringtun decrypts in place at the start of `dst`.
+                    debug_assert_eq!(p.as_ptr() as usize, start);
+                    return Ok(Some(p.len()));
                 }
-                TunnResult::Done => return Ok(()),
+                TunnResult::Done => return Ok(None),
                 TunnResult::Err(e) => return Err(e),
             }
         }
@@ -201,22 +200,20 @@ mod tests {
                     return;
                 }
                 for d in std::mem::take(&mut self.to_exit) {
-                    let (to_client, tun) = (&mut self.to_client, &mut self.exit_tun);
-                    self.exit
-                        .decapsulate(None, &d, &mut buf, |o| match o {
-                            Delivery::ToPeer(b) => to_client.push(b.to_vec()),
-                            Delivery::ToTun(b) => tun.push(b.to_vec()),
-                        })
+                    let to_client = &mut self.to_client;
+                    let n = self
+                        .exit
+                        .decapsulate(None, &d, &mut buf, |b| to_client.push(b.to_vec()))
                         .expect("exit decapsulates");
+                    self.exit_tun.extend(n.map(|n| buf[..n].to_vec()));
                 }
                 for d in std::mem::take(&mut self.to_client) {
-                    let (to_exit, tun) = (&mut self.to_exit, &mut self.client_tun);
-                    self.client
-                        .decapsulate(None, &d, &mut buf, |o| match o {
-                            Delivery::ToPeer(b) => to_exit.push(b.to_vec()),
-                            Delivery::ToTun(b) => tun.push(b.to_vec()),
-                        })
+                    let to_exit = &mut self.to_exit;
+                    let n = self
+                        .client
+                        .decapsulate(None, &d, &mut buf, |b| to_exit.push(b.to_vec()))
                         .expect("client decapsulates");
+                    self.client_tun.extend(n.map(|n| buf[..n].to_vec()));
                 }
             }
             panic!("pair did not settle within 100 steps");
@@ -228,7 +225,11 @@ mod tests {
         let mut pair = Pair::new(7);
         let mut buf = vec![0u8; 2048];
         let first = ipv4_packet(b"hello exit");
-        let init = pair.client.encapsulate(&first, &mut buf).expect("encapsulates").expect("handshake");
+        let init = pair
+            .client
+            .encapsulate(&first, &mut buf)
+            .expect("encapsulates")
+            .expect("handshake");
         pair.to_exit.push(init.to_vec());
         pair.run();
         assert!(pair.client.is_established() && pair.exit.is_established());
@@ -248,15 +249,33 @@ mod tests {
         let init = pair.client.initiate(&mut buf).expect("init").to_vec();
         pair.to_exit.push(init);
         pair.run();
-        let d = pair.client.encapsulate(&ipv4_packet(b"x"), &mut buf).expect("enc").expect("data").to_vec();
+        let d = pair
+            .client
+            .encapsulate(&ipv4_packet(b"x"), &mut buf)
+            .expect("enc")
+            .expect("data")
+            .to_vec();
         let mut bad = d.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(pair.exit.decapsulate(None, &bad, &mut buf, |_| panic!("tampered data delivered")).is_err());
-        assert!(pair.exit.decapsulate(None, &[1, 2, 3], &mut buf, |_| panic!("garbage delivered")).is_err());
+        assert!(pair
+            .exit
+            .decapsulate(None, &bad, &mut buf, |_| panic!("tampered data delivered"))
+            .is_err());
+        assert!(pair
+            .exit
+            .decapsulate(None, &[1, 2, 3], &mut buf, |_| panic!("garbage delivered"))
+            .is_err());
         // Replay of a valid datagram is refused.
-        pair.exit.decapsulate(None, &d, &mut buf, |_| {}).expect("first copy");
-        assert!(pair.exit.decapsulate(None, &d, &mut buf, |_| panic!("replay delivered")).is_err());
+        assert!(pair
+            .exit
+            .decapsulate(None, &d, &mut buf, |_| {})
+            .expect("first copy")
+            .is_some());
+        assert!(pair
+            .exit
+            .decapsulate(None, &d, &mut buf, |_| panic!("replay delivered"))
+            .is_err());
     }
 
     #[test]
@@ -271,11 +290,18 @@ mod tests {
         let init = pair.client.initiate(&mut buf).expect("init").to_vec();
         let client_public = initiator_key(&exit_secret, &init).expect("initiator key");
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        assert_eq!(client_public.as_bytes(), x25519::PublicKey::from(&secret(&mut rng)).as_bytes());
+        assert_eq!(
+            client_public.as_bytes(),
+            x25519::PublicKey::from(&secret(&mut rng)).as_bytes()
+        );
         assert_eq!(receiver_index(&init), None);
         pair.to_exit.push(init);
         pair.run();
-        let d = pair.client.encapsulate(&ipv4_packet(b"x"), &mut buf).expect("enc").expect("data");
+        let d = pair
+            .client
+            .encapsulate(&ipv4_packet(b"x"), &mut buf)
+            .expect("enc")
+            .expect("data");
         assert_eq!(receiver_index(d), Some(2), "data is addressed to the exit's index");
     }
 }

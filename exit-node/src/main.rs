@@ -1,1 +1,168 @@
-fn main() {}
+//! `hopwire-node`: the headless Hopwire node for a VPS or a router.
+//!
+//! It creates keys and a commented `node.toml` (`init`), serves clients as an
+//! exit (`run`), and prints the one-line record clients connect with
+//! (`show-record`). Everything protocol-related lives in `hopwire-core`.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hopwire_core::config::{self, LoadedConfig, NodeConfig};
+use hopwire_core::exit::ExitNode;
+use hopwire_core::keys::{self, NodeKeys};
+use hopwire_core::record::{short_id, NodeRecord, RECORD_VERSION};
+
+#[derive(Parser)]
+#[command(name = "hopwire-node", version, about = "Hopwire node: serve clients as an exit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the node's keys and a commented node.toml in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The address clients dial (this server's public IP and port).
+        #[arg(long)]
+        public_address: Option<std::net::SocketAddr>,
+        /// Replace existing keys (the node gets a new identity).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Serve clients until SIGINT or SIGTERM (needs root: TUN, NAT).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the record clients pass to `hopwire connect`.
+    ShowRecord {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the record with its parts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("hopwire-node: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init {
+            dir,
+            public_address,
+            force,
+        } => init(&dir, public_address, force),
+        Command::Run { config } => serve(&config),
+        Command::ShowRecord { config, json } => show_record(&config, json),
+    }
+}
+
+fn init(dir: &Path, public_address: Option<std::net::SocketAddr>, force: bool) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
+    keys.save(dir, force)?;
+    let config_path = dir.join("node.toml");
+    if force || !config_path.exists() {
+        std::fs::write(&config_path, config::template(public_address))
+            .with_context(|| format!("writing {}", config_path.display()))?;
+    }
+    println!(
+        "node {} initialised in {}\nconfig: {}\nnext: edit it, then run `hopwire-node run --config {}`",
+        short_id(&keys.identity.verifying_key().to_bytes()),
+        dir.display(),
+        config_path.display(),
+        config_path.display()
+    );
+    Ok(())
+}
+
+fn load(config: &Path) -> Result<(LoadedConfig, NodeKeys)> {
+    let loaded = NodeConfig::load(config)?;
+    let keys = NodeKeys::load(&loaded.key_dir)?;
+    Ok((loaded, keys))
+}
+
+fn serve(config: &Path) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .init();
+    let (loaded, keys) = load(config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let node = ExitNode::new(loaded, keys);
+        node.run(shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn show_record(config: &Path, json: bool) -> Result<()> {
+    let (loaded, keys) = load(config)?;
+    let node = &loaded.config.node;
+    let quic_addr = match node.public_address {
+        Some(a) => a,
+        None if !node.listen.ip().is_unspecified() => node.listen,
+        None => bail!(
+            "config {}: node.public_address: not set, and listen ({}) is not an address clients can dial; set it to this server's public IP and port",
+            loaded.path.display(),
+            node.listen
+        ),
+    };
+    let issued_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let identity = keys.identity.verifying_key().to_bytes();
+    let record = NodeRecord {
+        version: RECORD_VERSION,
+        identity,
+        quic_addr,
+        wg_key: *keys.wg_public().as_bytes(),
+        issued_at,
+    }
+    .to_signed_string(&keys.identity);
+    if json {
+        let value = serde_json::json!({
+            "record": record,
+            "identity": short_id(&identity),
+            "quic_addr": quic_addr,
+            "wg_public_key": keys::wg_public_to_string(&keys.wg_public()),
+        });
+        println!("{value}");
+    } else {
+        println!("{record}");
+    }
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! `hopwire testnet`: a whole Hopwire network on this machine, in network
+//! namespaces, running the real binaries.
+//!
+//! Topology (namespace names are `PREFIX-ROLE`):
+//!
+//! ```text
+//!  client 198.18.2.2 ── 198.18.2.1 inet 198.18.1.1 ── 198.18.1.2 exit 10.77.0.1 ── 10.77.0.2 lan
+//!                                   198.18.0.10 (HTTP + DNS: the pretend internet)
+//! ```
+//!
+//! `inet` routes between the client and the exit and hosts the pretend
+//! internet; `lan` is the exit operator's private network, which the default
+//! exit policy keeps clients out of. Nothing touches the host's own routes,
+//! DNS or firewall: every address lives inside the namespaces made here.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hopwire_core::api::{self, Request, Response, State, Status};
+use hopwire_core::sys;
+use rand::{RngCore, SeedableRng};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const INET_SERVER: &str = "198.18.0.10";
+const EXIT_UPLINK: &str = "198.18.1.2";
+const CLIENT_UPLINK: &str = "198.18.2.2";
+const LAN_SERVER: &str = "10.77.0.2";
+const EXIT_PORT: u16 = 4433;
+const ROLES: [&str; 4] = ["inet", "exit", "client", "lan"];
+const SERVER_SCRIPT: &str = include_str!("inet.py");
+/// Tools the testnet runs, and the Debian package of each.
+const TOOLS: [(&str, &str); 6] = [
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("curl", "curl"),
+    ("ping", "iputils-ping"),
+    ("python3", "python3"),
+    ("sha256sum", "coreutils"),
+];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Leave the network running and print how to enter it.
+    #[arg(long)]
+    keep: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Names the namespaces `PREFIX-inet`, `PREFIX-exit`, … (1-8 of a-z, 0-9).
+    #[arg(long, default_value = "hw")]
+    prefix: String,
+    /// Size of the test file to download, in MiB.
+    #[arg(long, default_value_t = 32)]
+    size_mb: u64,
+    /// Tear down a network left by `--keep` and exit.
+    #[arg(long)]
+    down: bool,
+}
+
+/// One testnet's names and files.
+struct Testnet {
+    prefix: String,
+    dir: PathBuf,
+    bin_dir: PathBuf,
+    children: Vec<Child>,
+}
+
+pub async fn run(args: Args) -> Result<i32> {
+    if args.prefix.is_empty()
+        || args.prefix.len() > 8
+        || !args
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        bail!("--prefix `{}` must be 1-8 characters of a-z and 0-9", args.prefix);
+    }
+    if !crate::is_root() {
+        bail!(
+            "the testnet needs root: it creates network namespaces, veth links and TUN devices. \
+             Run it as root, e.g. `sudo hopwire testnet` (it never touches the host's own routes, DNS or firewall)"
+        );
+    }
+    let exe = std::env::current_exe().context("finding the hopwire binary")?;
+    let mut net = Testnet {
+        dir: PathBuf::from("/run/hopwire-testnet").join(&args.prefix),
+        prefix: args.prefix.clone(),
+        bin_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
+        children: Vec::new(),
+    };
+    if args.down {
+        net.down();
+        println!("testnet {} torn down", args.prefix);
+        return Ok(0);
+    }
+    check_tools()?;
+    // A network of the same name left by an earlier run goes first.
+    net.down();
+    let outcome = tokio::select! {
+        r = net.up_and_check(&args) => r,
+        () = crate::shutdown_signal() => Err(anyhow!("interrupted")),
+    };
+    match outcome {
+        Ok(summary) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).context("encoding summary")?
+                );
+            } else {
+                print_summary(&summary, args.keep);
+            }
+            if !args.keep {
+                net.down();
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            net.print_logs();
+            net.down();
+            Err(e.context(format!("testnet {} failed and was torn down", args.prefix)))
+        }
+    }
+}
+
+fn check_tools() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<String> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !std::env::split_paths(&path).any(|d| d.join(tool).is_file()))
+        .map(|(tool, package)| format!("{tool} (apt install {package})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!("the testnet needs these tools: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+impl Testnet {
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        sys::run("ip", args)?;
+        Ok(())
+    }
+
+    /// Runs a program inside the namespace of `role` and returns its stdout.
+    fn exec(&self, role: &str, program: &str, args: &[&str]) -> Result<String> {
+        let ns = self.ns(role);
+        let mut full = vec!["netns", "exec", ns.as_str(), program];
+        full.extend_from_slice(args);
+        Ok(sys::run("ip", &full)?)
+    }
+
+    /// Starts a long-running program inside a namespace, output to `log`.
+    fn spawn(&mut self, role: &str, program: &Path, args: &[&str], log: &Path) -> Result<u32> {
+        use std::os::unix::process::CommandExt;
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("log file")?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(role)])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group: a Ctrl-C meant for us is handled by us.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    fn build_topology(&self) -> Result<()> {
+        for role in ROLES {
+            let ns = self.ns(role);
+            self.ip(&["netns", "add", &ns])?;
+            self.ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        let (inet, exit, client, lan) = (self.ns("inet"), self.ns("exit"), self.ns("client"), self.ns("lan"));
+        let links = [
+            (&exit, "up0", "198.18.1.2/30", &inet, "to-exit", "198.18.1.1/30"),
+            (&client, "eth0", "198.18.2.2/30", &inet, "to-client", "198.18.2.1/30"),
+            (&lan, "eth0", "10.77.0.2/24", &exit, "lan0", "10.77.0.1/24"),
+        ];
+        for (a_ns, a, a_addr, b_ns, b, b_addr) in links {
+            self.ip(&[
+                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+            ])?;
+            for (ns, dev, addr) in [(a_ns, a, a_addr), (b_ns, b, b_addr)] {
+                self.ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+                self.ip(&["-n", ns, "link", "set", dev, "up"])?;
+            }
+        }
+        // The pretend internet host is the router's own address.
+        self.ip(&["-n", &inet, "addr", "add", &format!("{INET_SERVER}/32"), "dev", "lo"])?;
+        self.ip(&["-n", &exit, "route", "add", "default", "via", "198.18.1.1"])?;
+        self.ip(&["-n", &client, "route", "add", "default", "via", "198.18.2.1"])?;
+        self.ip(&["-n", &lan, "route", "add", "default", "via", "10.77.0.1"])?;
+        self.exec("inet", "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        // `ip netns exec` bind-mounts these over /etc/resolv.conf.
+        for role in ["client", "exit"] {
+            let dir = Path::new("/etc/netns").join(self.ns(role));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(dir.join("resolv.conf"), format!("nameserver {INET_SERVER}\n"))
+                .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    async fn up_and_check(&mut self, args: &Args) -> Result<serde_json::Value> {
+        std::fs::create_dir_all(self.dir.join("www")).with_context(|| format!("creating {}", self.dir.display()))?;
+        self.build_topology()?;
+
+        // The pretend internet and the exit's LAN host.
+        let script = self.dir.join("inet.py");
+        std::fs::write(&script, SERVER_SCRIPT).context("writing the server script")?;
+        let www = self.dir.join("www");
+        let test_file = www.join("test.bin");
+        let sha256 = write_random_file(&test_file, args.size_mb)?;
+        let lan_www = self.dir.join("lan-www");
+        std::fs::create_dir_all(&lan_www).context("creating lan-www")?;
+        std::fs::write(lan_www.join("index.html"), "the exit operator's private LAN\n").context("lan index")?;
+        let python = PathBuf::from("python3");
+        let access_log = self.dir.join("inet-access.log");
+        let (s, w, a) = (
+            script.to_string_lossy(),
+            www.to_string_lossy(),
+            access_log.to_string_lossy(),
+        );
+        self.spawn("inet", &python, &[&s, INET_SERVER, &w, &a], &self.dir.join("inet.log"))?;
+        let lan_log = self.dir.join("lan-access.log");
+        let (lw, ll) = (lan_www.to_string_lossy(), lan_log.to_string_lossy());
+        self.spawn("lan", &python, &[&s, LAN_SERVER, &lw, &ll], &self.dir.join("lan.log"))?;
+
+        // The exit node.
+        let exit_dir = self.dir.join("exit");
+        let node = self.bin_dir.join("hopwire-node");
+        let public = format!("{EXIT_UPLINK}:{EXIT_PORT}");
+        let exit_dir_s = exit_dir.to_string_lossy().into_owned();
+        sys::run(
+            &node.to_string_lossy(),
+            &["init", "--dir", &exit_dir_s, "--public-address", &public],
+        )?;
+        let config = exit_dir.join("node.toml");
+        let text = std::fs::read_to_string(&config).context("reading the exit's node.toml")?;
+        std::fs::write(
+            &config,
+            text.replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]")),
+        )
+        .context("writing the exit's node.toml")?;
+        let config_s = config.to_string_lossy().into_owned();
+        let exit_log = self.dir.join("exit.log");
+        let exit_pid = self.spawn("exit", &node, &["run", "--config", &config_s], &exit_log)?;
+        self.wait_for_log(&exit_log, "exit node serving", "the exit node")
+            .await?;
+        let shown = sys::run(
+            &node.to_string_lossy(),
+            &["show-record", "--config", &config_s, "--json"],
+        )?;
+        let shown: serde_json::Value = serde_json::from_str(&shown).context("reading show-record --json")?;
+        let record = shown["record"]
+            .as_str()
+            .ok_or_else(|| anyhow!("show-record gave no record"))?
+            .to_owned();
+
+        // The client daemon.
+        let client_dir = self.dir.join("client");
+        std::fs::create_dir_all(&client_dir).context("creating the client dir")?;
+        let socket = client_dir.join("hopwire.sock");
+        let socket_s = socket.to_string_lossy().into_owned();
+        let client_log = self.dir.join("client.log");
+        let hopwire = self.bin_dir.join("hopwire");
+        let client_pid = self.spawn("client", &hopwire, &["--socket", &socket_s, "daemon"], &client_log)?;
+        self.wait_for_daemon(&socket).await?;
+
+        let started = Instant::now();
+        let status = match api::call(
+            &socket,
+            &Request::Connect { record: record.clone() },
+            Duration::from_secs(20),
+        )
+        .await?
+        {
+            Response::Ok { status } => status,
+            Response::Error { message, .. } => bail!("connecting the client: {message}"),
+        };
+        let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        // Through the tunnel: a DNS name served by the pretend internet.
+        let url = "http://files.hopwire.test/test.bin";
+        let out = self.dir.join("client-download.bin");
+        let out_s = out.to_string_lossy().into_owned();
+        let measured = self.exec(
+            "client",
+            "curl",
+            &[
+                "-sS",
+                "--fail",
+                "--max-time",
+                "300",
+                "-o",
+                &out_s,
+                "-w",
+                "%{size_download} %{time_total}",
+                url,
+            ],
+        )?;
+        let mut fields = measured.split_whitespace();
+        let bytes: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        let seconds: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        let got = sha256_file(&out)?;
+        let _ = std::fs::remove_file(&out);
+        if got != sha256 {
+            bail!("the downloaded file differs from the served one (sha256 {got} != {sha256})");
+        }
+        let seen = std::fs::read_to_string(&access_log).unwrap_or_default();
+        let server_saw = seen
+            .lines()
+            .rev()
+            .find(|l| l.ends_with("/test.bin"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("")
+            .to_owned();
+        if server_saw != EXIT_UPLINK {
+            bail!("the internet server saw the download come from `{server_saw}`, not from the exit {EXIT_UPLINK}");
+        }
+        let rtt_ms = self.ping_rtt()?;
+        let status = self.status(&socket).await.unwrap_or(status);
+
+        Ok(json!({
+            "prefix": self.prefix,
+            "namespaces": {
+                "inet": self.ns("inet"), "exit": self.ns("exit"),
+                "client": self.ns("client"), "lan": self.ns("lan"),
+            },
+            "addresses": {
+                "inet_server": INET_SERVER, "exit_uplink": EXIT_UPLINK,
+                "client_uplink": CLIENT_UPLINK, "lan_server": LAN_SERVER,
+            },
+            "dir": self.dir,
+            "path": [
+                format!("client {CLIENT_UPLINK}"),
+                format!("exit {} at {public}", shown["identity"].as_str().unwrap_or("")),
+                format!("internet {INET_SERVER}"),
+            ],
+            "exit": {
+                "config": config, "pid": exit_pid, "record": record,
+                "identity": shown["identity"], "wg_public_key": shown["wg_public_key"], "log": exit_log,
+            },
+            "client": {
+                "socket": socket, "pid": client_pid, "log": client_log,
+                "inner_addr": status.inner_addr, "mtu": status.mtu, "connect_ms": round2(connect_ms),
+            },
+            "download": {
+                "url": url, "bytes": bytes, "seconds": seconds,
+                "mbit_per_s": round2(if seconds > 0.0 { bytes as f64 * 8.0 / seconds / 1e6 } else { 0.0 }),
+                "sha256": sha256, "sha256_ok": true,
+            },
+            "server_saw": server_saw,
+            "rtt_ms": rtt_ms,
+        }))
+    }
+
+    async fn status(&self, socket: &Path) -> Result<Status> {
+        match api::call(socket, &Request::Status, Duration::from_secs(5)).await? {
+            Response::Ok { status } | Response::Error { status, .. } => Ok(status),
+        }
+    }
+
+    /// Average round trip through the tunnel to the pretend internet.
+    fn ping_rtt(&self) -> Result<f64> {
+        let out = self.exec("client", "ping", &["-c", "10", "-i", "0.2", "-q", INET_SERVER])?;
+        // rtt min/avg/max/mdev = 0.101/0.137/0.166/0.022 ms
+        out.lines()
+            .find_map(|l| l.split(" = ").nth(1))
+            .and_then(|v| v.split('/').nth(1))
+            .and_then(|avg| avg.parse().ok())
+            .ok_or_else(|| anyhow!("could not read ping's output: {out}"))
+    }
+
+    async fn wait_for_log(&mut self, log: &Path, needle: &str, what: &str) -> Result<()> {
+        for _ in 0..100 {
+            if std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle)) {
+                return Ok(());
+            }
+            self.check_children()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{what} did not start within 10 s (log: {})", log.display())
+    }
+
+    async fn wait_for_daemon(&mut self, socket: &Path) -> Result<()> {
+        for _ in 0..100 {
+            if self.status(socket).await.is_ok_and(|s| s.state == State::Disconnected) {
+                return Ok(());
+            }
+            self.check_children()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the client daemon did not answer on {} within 10 s", socket.display())
+    }
+
+    /// Fails if a process we started has already exited.
+    fn check_children(&mut self) -> Result<()> {
+        for child in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("process {} exited early ({status})", child.id());
+            }
+        }
+        Ok(())
+    }
+
+    fn print_logs(&self) {
+        for name in ["exit.log", "client.log", "inet.log"] {
+            let path = self.dir.join(name);
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- last lines of {name} ---");
+                for l in &lines[lines.len().saturating_sub(15)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+
+    /// Stops every process in the namespaces (client first, so it restores
+    /// its settings), deletes the namespaces and the files. Safe to repeat.
+    fn down(&mut self) {
+        for role in ["client", "exit", "inet", "lan"] {
+            let ns = self.ns(role);
+            let pids = sys::run("ip", &["netns", "pids", &ns]).unwrap_or_default();
+            let pids: Vec<&str> = pids.split_whitespace().collect();
+            if pids.is_empty() {
+                continue;
+            }
+            let mut args = vec!["-TERM"];
+            args.extend(&pids);
+            let _ = sys::run("kill", &args);
+            for _ in 0..30 {
+                if sys::run("ip", &["netns", "pids", &ns]).is_ok_and(|p| p.trim().is_empty()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let left = sys::run("ip", &["netns", "pids", &ns]).unwrap_or_default();
+            let left: Vec<&str> = left.split_whitespace().collect();
+            if !left.is_empty() {
+                let mut args = vec!["-KILL"];
+                args.extend(&left);
+                let _ = sys::run("kill", &args);
+            }
+        }
+        for child in &mut self.children {
+            let _ = child.wait();
+        }
+        self.children.clear();
+        for role in ROLES {
+            let ns = self.ns(role);
+            let _ = sys::run("ip", &["netns", "del", &ns]);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Writes `mib` MiB of random bytes and returns their sha256 in hex.
+fn write_random_file(path: &Path, mib: u64) -> Result<String> {
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        rng.fill_bytes(&mut chunk);
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_summary(s: &serde_json::Value, keep: bool) {
+    let d = &s["download"];
+    let path: Vec<&str> = s["path"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    println!("Hopwire testnet `{}`", s["prefix"].as_str().unwrap_or(""));
+    println!("  path:       {}", path.join(" → "));
+    println!(
+        "  tunnel:     inner address {}, mtu {}, connected in {} ms",
+        s["client"]["inner_addr"].as_str().unwrap_or("?"),
+        s["client"]["mtu"],
+        s["client"]["connect_ms"]
+    );
+    println!(
+        "  download:   {} bytes in {:.2} s = {} Mbit/s, sha256 matches",
+        d["bytes"],
+        d["seconds"].as_f64().unwrap_or(0.0),
+        d["mbit_per_s"]
+    );
+    println!(
+        "  round trip: {} ms through the tunnel (ping {INET_SERVER})",
+        s["rtt_ms"]
+    );
+    println!(
+        "  privacy:    the internet host saw {} (the exit), not the client's {CLIENT_UPLINK}",
+        s["server_saw"].as_str().unwrap_or("?")
+    );
+    if keep {
+        let ns = &s["namespaces"];
+        println!("\nLeft running. Enter a namespace with:");
+        for role in ROLES {
+            println!("  ip netns exec {} bash", ns[role].as_str().unwrap_or(""));
+        }
+        println!(
+            "Client status: hopwire --socket {} status",
+            s["client"]["socket"].as_str().unwrap_or("")
+        );
+        println!(
+            "Tear down:     hopwire testnet --down --prefix {}",
+            s["prefix"].as_str().unwrap_or("")
+        );
+    } else {
+        println!("  torn down.");
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what Hopwire's demo, tests and benchmarks need on Debian 12, then
+# builds the workspace. Idempotent: installs only packages that are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  iproute2 nftables iputils-ping curl python3 coreutils procps
+  iperf3 wireguard-go wireguard-tools
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (it installs Debian packages and the tests use network namespaces)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+echo "setup: building the workspace"
+cargo build --workspace --bins --tests --quiet
