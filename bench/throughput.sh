@@ -81,7 +81,7 @@ while (( $# > 0 )); do
         --parallel)  is_uint "${2:-}" || die "--parallel needs a positive integer"; PARALLEL=$((10#$2)); shift 2 ;;
         --json)      [[ -n "${2:-}" ]] || die "--json needs a file name"; JSON_OUT="$2"; shift 2 ;;
         --no-hopwire) USE_HOPWIRE=0; shift ;;
-        --prefix)    [[ "${2:-}" =~ ^[a-z0-9][a-z0-9-]*$ ]] || die "--prefix needs [a-z0-9-]+"; PREFIX="$2"; shift 2 ;;
+        --prefix)    [[ "${2:-}" =~ ^[a-z0-9]{1,8}$ ]] || die "--prefix needs 1-8 of a-z, 0-9"; PREFIX="$2"; shift 2 ;;
         --size-mb)   is_uint "${2:-}" || die "--size-mb needs a positive integer"; SIZE_MB=$((10#$2)); shift 2 ;;
         --release)   PROFILE="release"; shift ;;
         -h|--help)   usage; exit 0 ;;
@@ -117,6 +117,7 @@ fi
 HOPWIRE=""
 if (( USE_HOPWIRE )); then
     BIN_DIR="${HOPWIRE_BIN_DIR:-$REPO_DIR/target/$PROFILE}"
+    BIN_SOURCE="$([[ -n "${HOPWIRE_BIN_DIR:-}" ]] && echo "from HOPWIRE_BIN_DIR" || echo "$PROFILE build")"
     HOPWIRE="$BIN_DIR/hopwire"
     for b in hopwire hopwire-node; do
         [[ -x "$BIN_DIR/$b" ]] || die "$BIN_DIR/$b is missing: run 'cargo build --workspace --bins$([[ $PROFILE == release ]] && echo " --release")' in $REPO_DIR, set HOPWIRE_BIN_DIR, or use --no-hopwire"
@@ -267,7 +268,9 @@ start_testnet() {
     [[ -n "$SIZE_MB" ]] && args+=(--size-mb "$SIZE_MB")
     TESTNET_UP=1
     local t0=$SECONDS
-    timeout --foreground -k 10 300 "$HOPWIRE" "${args[@]}" >"$WORK/testnet.json" 2>"$WORK/testnet.err"
+    # The daemons it leaves running must not inherit our lock and log fds.
+    timeout --foreground -k 10 300 "$HOPWIRE" "${args[@]}" >"$WORK/testnet.json" 2>"$WORK/testnet.err" \
+        {LOCK_FD}>&- {LOG_FD}>&-
     local rc=$?
     if (( rc != 0 )); then
         log "'hopwire ${args[*]}' failed (exit $rc after $((SECONDS - t0)) s); stderr tail:"
@@ -300,7 +303,8 @@ start_testnet() {
 # ---------------------------------------------------------------- measuring
 
 start_iperf_server() {
-    ip netns exec "$NS_INET" iperf3 -s -B "$SERVER_ADDR" -p "$IPERF_PORT" >"$WORK/iperf3-server.log" 2>&1 &
+    ip netns exec "$NS_INET" iperf3 -s -B "$SERVER_ADDR" -p "$IPERF_PORT" >"$WORK/iperf3-server.log" 2>&1 \
+        {LOCK_FD}>&- {LOG_FD}>&- &
     PIDS+=($!)
     wait_for 50 ip netns exec "$NS_INET" sh -c "ss -ltn | grep -q '$SERVER_ADDR:$IPERF_PORT'" \
         || { log "iperf3 server did not start:"; sed 's/^/    /' "$WORK/iperf3-server.log" >&2; return 1; }
@@ -398,7 +402,8 @@ hopwire_disconnect() {
 start_wg() { # start_wg NS IFNAME
     local ns="$1" ifn="$2"
     rm -f "/var/run/wireguard/$ifn.sock"
-    ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error wireguard-go "$ifn" >"$WORK/wg-$ifn.log" 2>&1 &
+    ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error wireguard-go "$ifn" >"$WORK/wg-$ifn.log" 2>&1 \
+        {LOCK_FD}>&- {LOG_FD}>&- &
     PIDS+=($!); WG_PIDS+=($!)
     wait_for 50 test -S "/var/run/wireguard/$ifn.sock" && wait_for 50 ip -n "$ns" link show "$ifn" \
         || { log "wireguard-go $ifn did not come up in $ns:"; sed 's/^/    /' "$WORK/wg-$ifn.log" >&2; return 1; }
@@ -469,7 +474,10 @@ MACHINE_NPROC="$(nproc)"
 MACHINE_KERNEL="$(uname -r)"
 MACHINE_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 MACHINE_CPU="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
-log "machine: nproc=$MACHINE_NPROC kernel=$MACHINE_KERNEL date=$MACHINE_DATE cpu=${MACHINE_CPU:-unknown}"
+# Other work on the machine (a cargo build) skews the figures: show the load.
+MACHINE_LOAD="$(cut -d' ' -f1 /proc/loadavg)"
+MACHINE_LINE="machine: nproc=$MACHINE_NPROC kernel=$MACHINE_KERNEL date=$MACHINE_DATE load1=$MACHINE_LOAD cpu=${MACHINE_CPU:-unknown}"
+log "$MACHINE_LINE"
 
 PATHS=()
 FAILED=0
@@ -532,9 +540,9 @@ label() {
 }
 
 echo
-echo "machine: nproc=$MACHINE_NPROC kernel=$MACHINE_KERNEL date=$MACHINE_DATE cpu=${MACHINE_CPU:-unknown}"
+echo "$MACHINE_LINE"
 echo "topology: $TOPOLOGY; iperf3 -R ${SECONDS_PER_TEST}s x$PARALLEL stream(s) to $SERVER_ADDR; ping x$PINGS"
-(( USE_HOPWIRE )) && echo "hopwire binaries: $BIN_DIR ($PROFILE)"
+(( USE_HOPWIRE )) && echo "hopwire binaries: $BIN_DIR ($BIN_SOURCE)"
 printf '%-16s %12s %12s %10s  %s\n' "path" "Mbit/s" "RTT avg ms" "retrans" "device / error"
 for p in "${PATHS[@]}"; do
     printf '%-16s %12s %12s %10s  %s\n' "$(label "$p")" "$(fmt "${MBIT[$p]:-}" 1)" "$(fmt "${RTT[$p]:-}" 3)" \
@@ -544,7 +552,7 @@ RATIO_TP=""; RATIO_RTT=""
 if (( USE_HOPWIRE )); then
     RATIO_TP="$(ratio "${MBIT[hopwire]:-}" "${MBIT[wireguard_go]:-}")"
     RATIO_RTT="$(ratio "${RTT[hopwire]:-}" "${RTT[wireguard_go]:-}")"
-    echo "Hopwire / wireguard-go: throughput $(fmt "$RATIO_TP" 2)x, RTT $(fmt "$RATIO_RTT" 2)x"
+    echo "Hopwire / wireguard-go: throughput $(fmt "$RATIO_TP" 2)${RATIO_TP:+x}, RTT $(fmt "$RATIO_RTT" 2)${RATIO_RTT:+x}"
     if [[ -n "$TESTNET_JSON" ]]; then
         echo "hopwire testnet own check: download $(jq -r '"\(.download.bytes) bytes in \(.download.seconds) s = \(.download.mbit_per_s) Mbit/s, sha256_ok=\(.download.sha256_ok), rtt_ms=\(.rtt_ms)"' <<<"$TESTNET_JSON" 2>/dev/null)"
     fi
@@ -565,15 +573,15 @@ if [[ -n "$JSON_OUT" ]]; then
                         device: ($dev|str), error: ($err|str)}}' <<<"$results")"
     done
     jq -n --argjson results "$results" --arg nproc "$MACHINE_NPROC" --arg kernel "$MACHINE_KERNEL" \
-        --arg date "$MACHINE_DATE" --arg cpu "$MACHINE_CPU" --arg topo "$TOPOLOGY" \
+        --arg date "$MACHINE_DATE" --arg cpu "$MACHINE_CPU" --arg load "$MACHINE_LOAD" --arg topo "$TOPOLOGY" \
         --argjson secs "$SECONDS_PER_TEST" --argjson pings "$PINGS" --argjson par "$PARALLEL" \
-        --arg profile "$( (( USE_HOPWIRE )) && echo "$PROFILE")" \
+        --arg profile "$( (( USE_HOPWIRE )) && echo "$BIN_DIR ($BIN_SOURCE)")" \
         --arg rtp "$RATIO_TP" --arg rrtt "$RATIO_RTT" --arg testnet "${TESTNET_JSON:-}" '
         def num: if . == "" then null else tonumber end;
-        {machine: {nproc: ($nproc|tonumber), kernel: $kernel, date: $date, cpu: $cpu},
+        {machine: {nproc: ($nproc|tonumber), kernel: $kernel, date: $date, cpu: $cpu, load1_at_start: ($load|num)},
          topology: $topo, server: "'"$SERVER_ADDR"'", iperf3_seconds: $secs, iperf3_parallel: $par,
          direction: "download (iperf3 -R from the client namespace)", pings: $pings,
-         hopwire_profile: (if $profile == "" then null else $profile end),
+         hopwire_binaries: (if $profile == "" then null else $profile end),
          results: $results,
          ratio_hopwire_over_wireguard_go: {throughput: ($rtp|num), rtt: ($rrtt|num)},
          hopwire_testnet: (if $testnet == "" then null else ($testnet|fromjson) end)}' >"$JSON_OUT" \
