@@ -169,7 +169,7 @@ impl Exit {
     }
 
     /// Handles one WireGuard datagram from a session's client.
-    async fn from_client(&self, session: &Session, datagram: &[u8], buf: &mut [u8]) {
+    async fn handle_datagram(&self, session: &Session, datagram: &[u8], buf: &mut [u8]) {
         let result = {
             let mut wg = lock(&session.wg);
             wg.decapsulate(None, datagram, buf, |d| session.link.send(d))
@@ -508,7 +508,7 @@ async fn serve_connection(exit: Arc<Exit>, incoming: quinn::Incoming) -> Result<
     let reason = async {
         loop {
             match conn.read_datagram().await {
-                Ok(d) => exit.from_client(&session, &d, &mut buf).await,
+                Ok(d) => exit.handle_datagram(&session, &d, &mut buf).await,
                 Err(e) => break e,
             }
         }
@@ -547,7 +547,7 @@ async fn udp_loop(exit: Arc<Exit>, socket: Arc<UdpSocket>) {
         if let Link::Udp { endpoint, .. } = &session.link {
             *lock(endpoint) = Some(from);
         }
-        exit.from_client(&session, d, &mut buf).await;
+        exit.handle_datagram(&session, d, &mut buf).await;
     }
 }
 
