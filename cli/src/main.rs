@@ -75,11 +75,7 @@ fn run(cli: Cli) -> Result<i32> {
             resolv_conf,
             state_file,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
-                )
-                .init();
+            hopwire_core::process::init_logging();
             if !is_root() {
                 bail!("the daemon needs root to create its TUN device and set routes; run `sudo hopwire daemon`");
             }
@@ -90,7 +86,7 @@ fn run(cli: Cli) -> Result<i32> {
                 tun_name: tun,
                 resolv_conf,
             };
-            runtime.block_on(daemon::serve(config, shutdown_signal()))?;
+            runtime.block_on(daemon::serve(config, hopwire_core::process::shutdown_signal()))?;
             Ok(0)
         }
         Command::Connect { record } => {
@@ -122,20 +118,6 @@ fn run(cli: Cli) -> Result<i32> {
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }
 
 /// Prints the daemon's answer; an error answer is a non-zero exit.

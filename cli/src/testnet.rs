@@ -103,7 +103,7 @@ pub async fn run(args: Args) -> Result<i32> {
     net.down();
     let outcome = tokio::select! {
         r = net.up_and_check(&args) => r,
-        () = crate::shutdown_signal() => Err(anyhow!("interrupted")),
+        () = hopwire_core::process::shutdown_signal() => Err(anyhow!("interrupted")),
     };
     match outcome {
         Ok(summary) => {

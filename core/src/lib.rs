@@ -9,7 +9,8 @@
 //! The tokio shell owns sockets, the TUN device and the system's network
 //! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
 //! DNS), [`exit`] (the exit node runtime), [`client`] (one tunnel link) and
-//! [`daemon`] (the privileged client daemon).
+//! [`daemon`] (the privileged client daemon), and [`process`] (logging and
+//! signals for the binaries).
 //!
 //! What it does not do: command-line parsing, process management and user
 //! interaction live in the binaries.
@@ -24,6 +25,7 @@ pub mod link;
 pub mod packet;
 pub mod policy;
 pub mod pool;
+pub mod process;
 pub mod record;
 pub mod session;
 pub mod sys;

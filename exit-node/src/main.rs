@@ -100,32 +100,14 @@ fn load(config: &Path) -> Result<(LoadedConfig, NodeKeys)> {
 }
 
 fn serve(config: &Path) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .init();
+    hopwire_core::process::init_logging();
     let (loaded, keys) = load(config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let node = ExitNode::new(loaded, keys);
-        node.run(shutdown_signal()).await
+        node.run(hopwire_core::process::shutdown_signal()).await
     })?;
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
 }
 
 fn show_record(config: &Path, json: bool) -> Result<()> {
