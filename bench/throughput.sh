@@ -552,7 +552,7 @@ RATIO_TP=""; RATIO_RTT=""
 if (( USE_HOPWIRE )); then
     RATIO_TP="$(ratio "${MBIT[hopwire]:-}" "${MBIT[wireguard_go]:-}")"
     RATIO_RTT="$(ratio "${RTT[hopwire]:-}" "${RTT[wireguard_go]:-}")"
-    echo "Hopwire / wireguard-go: throughput $(fmt "$RATIO_TP" 2)${RATIO_TP:+x}, RTT $(fmt "$RATIO_RTT" 2)${RATIO_RTT:+x}"
+    echo "Hopwire / wireguard-go: throughput $(fmt "$RATIO_TP" 2)${RATIO_TP:+x}, RTT $(fmt "$RATIO_RTT" 2)${RATIO_RTT:+x} (throughput: higher is better; RTT: lower is better)"
     if [[ -n "$TESTNET_JSON" ]]; then
         echo "hopwire testnet own check: download $(jq -r '"\(.download.bytes) bytes in \(.download.seconds) s = \(.download.mbit_per_s) Mbit/s, sha256_ok=\(.download.sha256_ok), rtt_ms=\(.rtt_ms)"' <<<"$TESTNET_JSON" 2>/dev/null)"
     fi
