@@ -29,7 +29,7 @@ fn state_is_failure(st: &Value) -> bool {
 ///    internet sees the exit's address, never the client's.
 #[test]
 fn download_through_tunnel_is_exact_and_seen_from_exit() {
-    let tn = Testnet::start("hwt1", 16);
+    let tn = Testnet::start("hwt1", 8);
     assert_eq!(tn.field(&["addresses", "inet_server"]), INET_SERVER);
     assert_eq!(tn.field(&["addresses", "exit_uplink"]), EXIT_UPLINK);
     assert_eq!(tn.field(&["addresses", "client_uplink"]), CLIENT_UPLINK);
@@ -164,6 +164,9 @@ fn private_destination_refused_until_policy_allows_it() {
     assert!(out.success(), "public destination failed after the refused one: {out}");
 
     tn.stop_exit("TERM");
+    // The client notices the exit is gone before it can come back on its own.
+    let st = tn.wait_status("client to notice the stopped exit", 60, |st| st["state"] != "connected");
+    eprintln!("[e2e] after stopping the exit: {st}");
     tn.edit_exit_config(|t| {
         let exit = t
             .entry("exit")
@@ -176,7 +179,8 @@ fn private_destination_refused_until_policy_allows_it() {
     });
     tn.restart_exit();
     // The client notices and reconnects on its own; no `connect` from us.
-    tn.wait_state("connected", 90);
+    let st = tn.wait_state("connected", 90);
+    eprintln!("[e2e] reconnected by itself: {st}");
     let out = poll_until("the LAN server through the tunnel", 10, Duration::from_secs(1), || {
         let out = tn.curl_client(&lan_url, None, 5);
         if out.success() {
@@ -350,6 +354,7 @@ fn killed_exit_puts_client_into_error() {
     );
     let reason = st["error"].as_str().unwrap_or("");
     assert!(!reason.trim().is_empty(), "the client gives no reason: {st}");
+    eprintln!("[e2e] client after the exit was killed: {st}");
     // And the daemon keeps answering.
     let again = tn.status();
     assert!(again["state"].is_string(), "status after the failure: {again}");
@@ -545,6 +550,7 @@ fn client_refuses_bad_input() {
         assert!(!out.stderr.trim().is_empty(), "failed connect printed no reason: {out}");
         tn.status()
     };
+    eprintln!("[e2e] connect to an unreachable exit: {out}\n[e2e] status: {st}");
     assert!(
         state_is_failure(&st) || (st["state"] == "disconnected" && !out.success()),
         "unexpected status after connecting to an unreachable exit: {st}"
