@@ -5,7 +5,8 @@
 //! [`packet`] (IP header views), [`policy`] (exit policy), [`pool`] (inner
 //! addresses), [`record`] (signed node records), [`config`] (`node.toml`),
 //! [`keys`] (key files), [`wg`] (WireGuard sessions over boringtun),
-//! [`session`] (session setup messages) and [`api`] (the daemon's local API).
+//! [`session`] (session setup messages), [`onion`] (circuits: handshake,
+//! layers, cells, hop state) and [`api`] (the daemon's local API).
 //! The tokio shell owns sockets, the TUN device and the system's network
 //! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
 //! DNS), [`exit`] (the exit node runtime), [`client`] (one tunnel link) and
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod exit;
 pub mod keys;
 pub mod link;
+pub mod onion;
 pub mod packet;
 pub mod policy;
 pub mod pool;

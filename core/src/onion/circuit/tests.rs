@@ -1,0 +1,343 @@
+//! Pair-style tests: a client and up to three hops driven in memory, with a
+//! fixed clock and seeded randomness, through the real hop and table code.
+
+use std::net::SocketAddr;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::onion::cell::split_cell;
+
+const NOW: u64 = 1_800_000_000;
+
+struct Node {
+    identity: [u8; 32],
+    onion: OnionKeys,
+    table: CircuitTable<usize>,
+}
+
+/// Link `i` joins the client (i = 0) or node `i - 1` to node `i`.
+struct Net {
+    rng: StdRng,
+    nodes: Vec<Node>,
+    client: ClientCircuit,
+    /// The circuit id on each link.
+    ids: Vec<u32>,
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([198, 18, 10, i as u8], 4433))
+}
+
+impl Net {
+    fn new(seed: u64, nodes: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let nodes = (0..nodes)
+            .map(|i| Node {
+                identity: [i as u8 + 1; 32],
+                onion: OnionKeys::generate(&mut rng, NOW),
+                table: CircuitTable::default(),
+            })
+            .collect();
+        Self {
+            rng,
+            nodes,
+            client: ClientCircuit::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Node `n` answers a CREATE that arrived on link `n`.
+    fn create_at(&mut self, n: usize, create: LinkMessage) -> LinkMessage {
+        let LinkMessage::Create(create) = create else {
+            panic!("expected CREATE, got {create:?}");
+        };
+        let node = &mut self.nodes[n];
+        let (hop, created) = HopCircuit::create(&mut self.rng, &node.identity, &node.onion, NOW, n, &create)
+            .expect("hop answers CREATE");
+        assert!(node.table.insert(Arc::new(Mutex::new(hop))), "fresh circuit id");
+        self.ids.push(create.circuit_id);
+        created
+    }
+
+    /// Passes a forward control message from the client along the circuit
+    /// and carries out what the hop it is for asks; returns the hop's answer
+    /// as it reaches the client.
+    fn control(&mut self, message: LinkMessage) -> LinkMessage {
+        let LinkMessage::Relay { mut layered } = message else {
+            panic!("expected RELAY")
+        };
+        for n in 0..self.nodes.len() {
+            let (hop, _) = self.nodes[n].table.get(n, self.ids[n]).expect("circuit known");
+            let action = lock(&hop).forward_control(layered).expect("control opens");
+            match action {
+                ControlAction::Relay(inner) => layered = inner,
+                ControlAction::Here(ForwardMessage::Extend {
+                    identity, onionskin, ..
+                }) => {
+                    let reply = if lock(&hop).may_extend() && n + 1 < self.nodes.len() {
+                        assert_eq!(identity, self.nodes[n + 1].identity);
+                        let next_id = 1000 + n as u32;
+                        let max_extends = lock(&hop).max_extends - 1;
+                        let created = self.create_at(
+                            n + 1,
+                            LinkMessage::Create(Create {
+                                circuit_id: next_id,
+                                onionskin,
+                                max_extends,
+                            }),
+                        );
+                        self.nodes[n].table.extend(&hop, (n + 1, next_id));
+                        let LinkMessage::Created { onionskin } = created else {
+                            panic!("expected CREATED")
+                        };
+                        BackwardMessage::Extended { onionskin }
+                    } else {
+                        BackwardMessage::Failed {
+                            reason: "no more extends".into(),
+                        }
+                    };
+                    let mut answer = lock(&hop).reply(&reply).expect("reply seals");
+                    for m in (0..n).rev() {
+                        let (prev, _) = self.nodes[m].table.get(m, self.ids[m]).expect("known");
+                        let LinkMessage::Relay { layered } = answer else {
+                            panic!("relay")
+                        };
+                        answer = lock(&prev).backward_control(&layered).expect("wraps");
+                    }
+                    return answer;
+                }
+                ControlAction::Here(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("control message was for nobody")
+    }
+
+    fn build(seed: u64, hops: usize) -> Self {
+        let mut net = Net::new(seed, hops);
+        let create = net
+            .client
+            .create(&mut net.rng, 7, net.nodes[0].identity, net.nodes[0].onion.public(), 2);
+        let LinkMessage::Created { onionskin } = net.create_at(0, create) else {
+            panic!("CREATED")
+        };
+        net.client.add_hop(&onionskin).expect("first hop");
+        for n in 1..hops {
+            let (id, key) = (net.nodes[n].identity, net.nodes[n].onion.public());
+            let extend = net.client.extend(&mut net.rng, addr(n), id, key).expect("extend");
+            let answer = net.control(extend);
+            let LinkMessage::Relay { layered } = answer else {
+                panic!("relay")
+            };
+            let (from, message) = net.client.open_control(layered).expect("opens");
+            assert_eq!(from, n - 1, "EXTENDED comes from the hop that extended");
+            let BackwardMessage::Extended { onionskin } = message else {
+                panic!("{message:?}")
+            };
+            net.client.add_hop(&onionskin).expect("hop added");
+        }
+        assert_eq!(net.client.len(), hops);
+        net
+    }
+
+    fn sealed(&mut self, payload: &[u8]) -> Vec<u8> {
+        let hops = self.client.len();
+        let mut buf = vec![0u8; headroom(hops) + payload.len() + hops * TAG_LEN];
+        buf[headroom(hops)..headroom(hops) + payload.len()].copy_from_slice(payload);
+        let range = self
+            .client
+            .seal_data(&mut buf, payload.len(), self.ids[0])
+            .expect("seals");
+        buf[range].to_vec()
+    }
+
+    /// Sends a cell from the client; returns what the exit delivered, or
+    /// the index of the node that dropped it.
+    fn forward(&mut self, mut cell: Vec<u8>) -> Result<Vec<u8>, usize> {
+        let mut out = vec![0u8; 2048];
+        for n in 0..self.nodes.len() {
+            match self.nodes[n].table.route(n, &mut cell, &mut out) {
+                Routed::InPlace { link, range } => {
+                    assert_eq!(link, n + 1);
+                    cell = cell[range].to_vec();
+                }
+                Routed::Deliver { circuit, payload } => {
+                    assert_eq!(circuit, (n, self.ids[n]));
+                    assert_eq!(n, self.nodes.len() - 1, "only the last hop delivers");
+                    return Ok(cell[payload].to_vec());
+                }
+                Routed::Dropped => return Err(n),
+                Routed::Out { .. } => panic!("forward cell routed backward"),
+            }
+        }
+        panic!("cell went past the last hop")
+    }
+
+    /// Sends a payload from the exit; returns what the client opened, or the
+    /// index of the node that dropped it (`nodes.len()` for the client).
+    fn backward(&mut self, payload: &[u8], tamper: Option<usize>) -> Result<Vec<u8>, usize> {
+        let last = self.nodes.len() - 1;
+        let (hop, _) = self.nodes[last].table.get(last, self.ids[last]).expect("known");
+        let mut out = vec![0u8; 2048];
+        let (mut link, len) = lock(&hop).seal_payload(payload, &mut out).expect("seals");
+        let mut cell = out[..len].to_vec();
+        if let Some(i) = tamper {
+            let at = i % cell.len();
+            cell[at] ^= 0x10;
+        }
+        for n in (0..last).rev() {
+            assert_eq!(link, n + 1);
+            match self.nodes[n].table.route(link, &mut cell, &mut out) {
+                Routed::Out { link: l, len } => {
+                    link = l;
+                    cell = out[..len].to_vec();
+                }
+                Routed::Dropped => return Err(n),
+                other => panic!("backward cell routed as {other:?}"),
+            }
+        }
+        assert_eq!(link, 0);
+        let (id, _) = split_cell(&cell).expect("has an id");
+        assert_eq!(id, self.ids[0]);
+        let range = self
+            .client
+            .open_data(&mut cell[CIRCUIT_ID_LEN..])
+            .map_err(|_| self.nodes.len())?;
+        Ok(cell[CIRCUIT_ID_LEN..][range].to_vec())
+    }
+
+    fn drops(&self, n: usize) -> u64 {
+        self.nodes[n].table.drops.total()
+    }
+}
+
+#[test]
+fn cells_cross_one_two_and_three_hops_intact_both_ways() {
+    for hops in 1..=3 {
+        let mut net = Net::build(hops as u64, hops);
+        for size in [0, 1, 100, 1300] {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 7 + hops) as u8).collect();
+            let cell = net.sealed(&payload);
+            assert_eq!(cell.len(), payload.len() + cell_overhead(hops));
+            assert_eq!(
+                net.forward(cell),
+                Ok(payload.clone()),
+                "{hops} hops, {size} bytes forward"
+            );
+            assert_eq!(
+                net.backward(&payload, None),
+                Ok(payload),
+                "{hops} hops, {size} bytes backward"
+            );
+        }
+        assert!((0..hops).all(|n| net.drops(n) == 0));
+    }
+}
+
+#[test]
+fn a_flipped_bit_dies_at_the_next_hop_and_is_counted() {
+    let mut net = Net::build(10, 3);
+    let mut rng = StdRng::seed_from_u64(99);
+    for _ in 0..300 {
+        let cell = net.sealed(b"some wireguard datagram");
+        let mut bad = cell.clone();
+        let i = rng.gen_range(0..bad.len());
+        bad[i] ^= 1 << rng.gen_range(0..8);
+        let before = net.drops(0);
+        assert_eq!(
+            net.forward(bad),
+            Err(0),
+            "flip at byte {i} was not dropped by the guard"
+        );
+        assert_eq!(net.drops(0), before + 1);
+    }
+    // Nothing was forwarded: the middle and exit never saw a cell.
+    assert_eq!(net.drops(1) + net.drops(2), 0);
+    // Backward, relays cannot check the exit's layer (only the client holds
+    // its key): a flipped circuit id dies at the middle, any other flip at
+    // the client. Never is a tampered reply accepted.
+    let reply_cell_len = CIRCUIT_ID_LEN + HOP_OVERHEAD + b"reply".len();
+    for i in 0..reply_cell_len {
+        let dropped_at = net.backward(b"reply", Some(i)).expect_err("tampered reply accepted");
+        let expected = if i < CIRCUIT_ID_LEN { 1 } else { 3 };
+        assert_eq!(dropped_at, expected, "flip at byte {i}");
+    }
+    let ok = net.sealed(b"still works");
+    assert_eq!(net.forward(ok), Ok(b"still works".to_vec()));
+}
+
+#[test]
+fn replayed_unknown_and_truncated_cells_are_dropped_and_counted() {
+    let mut net = Net::build(11, 3);
+    let cell = net.sealed(b"once");
+    assert!(net.forward(cell.clone()).is_ok());
+    assert_eq!(net.forward(cell.clone()), Err(0));
+    assert_eq!(net.nodes[0].table.drops.replayed.load(Ordering::Relaxed), 1);
+
+    let mut unknown = net.sealed(b"x");
+    unknown[..4].copy_from_slice(&999u32.to_be_bytes());
+    assert_eq!(net.forward(unknown), Err(0));
+    assert_eq!(net.nodes[0].table.drops.unknown_circuit.load(Ordering::Relaxed), 1);
+
+    let mut out = [0u8; 64];
+    for len in [0, 3, 4, 10, CIRCUIT_ID_LEN + LAYER_OVERHEAD - 1] {
+        let mut short = cell[..len].to_vec();
+        assert!(matches!(
+            net.nodes[0].table.route(0, &mut short, &mut out),
+            Routed::Dropped
+        ));
+    }
+    assert_eq!(net.nodes[0].table.drops.truncated.load(Ordering::Relaxed), 5);
+    // A cell that arrives on the wrong link is an unknown circuit there.
+    let mut wrong_link = net.sealed(b"y");
+    assert!(matches!(
+        net.nodes[0].table.route(5, &mut wrong_link, &mut out),
+        Routed::Dropped
+    ));
+}
+
+#[test]
+fn reordered_cells_within_the_window_still_arrive() {
+    let mut net = Net::build(12, 2);
+    let cells: Vec<Vec<u8>> = (0..50u8).map(|i| net.sealed(&[i; 40])).collect();
+    for (i, cell) in cells.into_iter().enumerate().rev() {
+        assert_eq!(net.forward(cell), Ok(vec![i as u8; 40]));
+    }
+}
+
+#[test]
+fn circuits_stop_at_three_hops() {
+    let mut net = Net::build(13, 3);
+    let extra = [42u8; 32];
+    assert_eq!(
+        net.client.extend(&mut net.rng, addr(9), extra, extra).map(|_| ()),
+        Err(CircuitError::TooManyHops)
+    );
+    let (exit, _) = net.nodes[2].table.get(2, net.ids[2]).expect("known");
+    assert_eq!(lock(&exit).max_extends, 0);
+    assert!(!lock(&exit).may_extend(), "the exit has no extend budget left");
+    let (guard, _) = net.nodes[0].table.get(0, net.ids[0]).expect("known");
+    assert!(!lock(&guard).may_extend(), "a hop extends once");
+}
+
+#[test]
+fn relays_cap_the_extend_budget_a_client_asks_for() {
+    let mut net = Net::new(16, 1);
+    let create = net
+        .client
+        .create(&mut net.rng, 7, net.nodes[0].identity, net.nodes[0].onion.public(), 200);
+    net.create_at(0, create);
+    let (guard, _) = net.nodes[0].table.get(0, net.ids[0]).expect("known");
+    assert_eq!(lock(&guard).max_extends, (MAX_HOPS - 1) as u8);
+}
+
+#[test]
+fn a_relaying_hop_never_delivers_data() {
+    let mut net = Net::build(17, 2);
+    // The client seals only the guard's layer, as if the guard were the exit.
+    net.client.hops.truncate(1);
+    let cell = net.sealed(b"data for the wrong hop");
+    assert_eq!(net.forward(cell), Err(0));
+    assert_eq!(net.nodes[0].table.drops.misplaced.load(Ordering::Relaxed), 1);
+}
