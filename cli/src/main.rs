@@ -42,8 +42,20 @@ enum Command {
         #[arg(long)]
         state_file: Option<PathBuf>,
     },
-    /// Connect through an exit, given its record (`hopwire-node show-record`).
-    Connect { record: String },
+    /// Connect through a circuit built from node records (`hopwire-node show-record`).
+    Connect {
+        /// Node records (`hopwire1.…`); the path is chosen among them.
+        records: Vec<String>,
+        /// A file with more node records, one per line (`#` starts a comment).
+        #[arg(long)]
+        nodes: Option<PathBuf>,
+        /// Hops in the circuit: 1 (exit only) to 3 (guard, middle, exit).
+        #[arg(long, default_value_t = api::DEFAULT_HOPS)]
+        hops: u8,
+        /// Only exits in this country (ISO code, e.g. DE).
+        #[arg(long)]
+        country: Option<String>,
+    },
     /// Show the tunnel's state.
     Status {
         #[arg(long)]
@@ -81,6 +93,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let config = DaemonConfig {
                 state_file: state_file.unwrap_or_else(|| cli.socket.with_extension("state.json")),
+                guard_file: cli.socket.with_extension("guard"),
                 socket: cli.socket,
                 group,
                 tun_name: tun,
@@ -89,16 +102,35 @@ fn run(cli: Cli) -> Result<i32> {
             runtime.block_on(daemon::serve(config, hopwire_core::process::shutdown_signal()))?;
             Ok(0)
         }
-        Command::Connect { record } => {
-            let record = record.trim().to_owned();
-            // Check the record here too, so a typo is caught without a daemon.
-            if let Err(e) = record.parse::<hopwire_core::record::VerifiedRecord>() {
-                bail!("{e}");
+        Command::Connect {
+            records,
+            nodes,
+            hops,
+            country,
+        } => {
+            let mut records: Vec<String> = records.iter().map(|r| r.trim().to_owned()).collect();
+            if let Some(file) = nodes {
+                let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                records.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned),
+                );
+            }
+            if records.is_empty() {
+                bail!("give node records to build the circuit from (arguments or --nodes FILE); get them with `hopwire-node show-record`");
+            }
+            // Check the records here too, so a typo is caught without a daemon.
+            for (i, r) in records.iter().enumerate() {
+                if let Err(e) = r.parse::<hopwire_core::record::VerifiedRecord>() {
+                    bail!("record {}: {e}", i + 1);
+                }
             }
             let response = runtime.block_on(api::call(
                 &cli.socket,
-                &Request::Connect { record },
-                hopwire_core::client::CONNECT_TIMEOUT + Duration::from_secs(5),
+                &Request::Connect { records, hops, country },
+                hopwire_core::client::BUILD_TIMEOUT * 4 + Duration::from_secs(10),
             ))?;
             report(response, false)
         }
@@ -145,6 +177,14 @@ fn print_status(s: &Status) {
     if s.state == State::Disconnected {
         return;
     }
+    if !s.circuit.is_empty() {
+        let hops: Vec<String> = s.circuit.iter().map(|h| format!("{} ({})", h.id, h.region)).collect();
+        let build = s
+            .build_ms
+            .map(|ms| format!(", built in {ms:.0} ms"))
+            .unwrap_or_default();
+        println!("circuit:  {}{build}", hops.join(" → "));
+    }
     if let Some(exit) = &s.exit {
         println!("exit:     {} at {}", exit.id, exit.addr);
     }
@@ -162,7 +202,7 @@ fn print_status(s: &Status) {
         s.rx_bps as f64 / 1e6
     );
     if let Some(rtt) = s.rtt_ms {
-        println!("rtt:      {rtt:.1} ms to the exit");
+        println!("rtt:      {rtt:.1} ms to the first hop");
     }
 }
 

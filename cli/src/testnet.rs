@@ -1,16 +1,20 @@
 //! `hopwire testnet`: a whole Hopwire network on this machine, in network
 //! namespaces, running the real binaries.
 //!
-//! Topology (namespace names are `PREFIX-ROLE`):
+//! Topology (namespace names are `PREFIX-NAME`):
 //!
 //! ```text
-//!  client 198.18.2.2 ── 198.18.2.1 inet 198.18.1.1 ── 198.18.1.2 exit 10.77.0.1 ── 10.77.0.2 lan
-//!                                   198.18.0.10 (HTTP + DNS: the pretend internet)
+//!  client 198.18.2.2 ── inet ── 198.18.1.2 exit ── 10.77.0.2 lan
+//!                        │  ├── 198.19.1.2 exit2
+//!       198.18.0.10 ─────┘  ├── 100.65.0.2 relay1
+//!   (HTTP + DNS: the        └── 100.66.0.2 relay2 …
+//!    pretend internet)
 //! ```
 //!
-//! `inet` routes between the client and the exit and hosts the pretend
-//! internet; `lan` is the exit operator's private network, which the default
-//! exit policy keeps clients out of. Nothing touches the host's own routes,
+//! `inet` routes between everyone and hosts the pretend internet; every node
+//! sits in its own /16, so path selection may put any of them on one
+//! circuit; `lan` is the first exit operator's private network, which the
+//! default exit policy keeps clients out of. Nothing touches the host's own routes,
 //! DNS or firewall: every address lives inside the namespaces made here.
 
 use std::fs::File;
@@ -27,11 +31,14 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 const INET_SERVER: &str = "198.18.0.10";
+/// The first exit's address; others are listed in the summary.
 const EXIT_UPLINK: &str = "198.18.1.2";
 const CLIENT_UPLINK: &str = "198.18.2.2";
 const LAN_SERVER: &str = "10.77.0.2";
 const EXIT_PORT: u16 = 4433;
-const ROLES: [&str; 4] = ["inet", "exit", "client", "lan"];
+/// Regions the testnet's relays declare, in turn.
+const RELAY_REGIONS: [&str; 8] = ["FR", "SE", "CH", "AT", "PL", "CZ", "IT", "ES"];
+const EXIT_REGIONS: [&str; 4] = ["DE", "NL", "US", "JP"];
 const SERVER_SCRIPT: &str = include_str!("inet.py");
 /// Tools the testnet runs, and the Debian package of each.
 const TOOLS: [(&str, &str); 6] = [
@@ -57,9 +64,62 @@ pub struct Args {
     /// Size of the test file to download, in MiB.
     #[arg(long, default_value_t = 32)]
     size_mb: u64,
+    /// Hops in the client's circuit.
+    #[arg(long, default_value_t = 3)]
+    hops: u8,
+    /// Relay nodes to start.
+    #[arg(long, default_value_t = 4)]
+    relays: u8,
+    /// Exit nodes to start.
+    #[arg(long, default_value_t = 2)]
+    exits: u8,
     /// Tear down a network left by `--keep` and exit.
     #[arg(long)]
     down: bool,
+}
+
+/// One Hopwire node of the testnet.
+struct NodePlan {
+    /// `exit`, `exit2`, …, `relay1`, …: also its namespace's suffix.
+    name: String,
+    role: &'static str,
+    addr: std::net::Ipv4Addr,
+    router: std::net::Ipv4Addr,
+    region: &'static str,
+}
+
+impl NodePlan {
+    /// The inet router's end of the node's link.
+    fn router_dev(&self) -> String {
+        format!("to-{}", self.name)
+    }
+}
+
+/// Exits first, then relays; each in a /16 of its own.
+fn plan(exits: u8, relays: u8) -> Vec<NodePlan> {
+    use std::net::Ipv4Addr;
+    let exits = (1..=exits).map(|k| {
+        let net = match k {
+            1 => [198, 18, 1],
+            2 => [198, 19, 1],
+            k => [100, 96 + k, 0],
+        };
+        NodePlan {
+            name: if k == 1 { "exit".into() } else { format!("exit{k}") },
+            role: "exit",
+            addr: Ipv4Addr::new(net[0], net[1], net[2], 2),
+            router: Ipv4Addr::new(net[0], net[1], net[2], 1),
+            region: EXIT_REGIONS[usize::from(k - 1) % EXIT_REGIONS.len()],
+        }
+    });
+    let relays = (1..=relays).map(|i| NodePlan {
+        name: format!("relay{i}"),
+        role: "relay",
+        addr: Ipv4Addr::new(100, 64 + i, 0, 2),
+        router: Ipv4Addr::new(100, 64 + i, 0, 1),
+        region: RELAY_REGIONS[usize::from(i - 1) % RELAY_REGIONS.len()],
+    });
+    exits.chain(relays).collect()
 }
 
 /// One testnet's names and files.
@@ -79,6 +139,20 @@ pub async fn run(args: Args) -> Result<i32> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     {
         bail!("--prefix `{}` must be 1-8 characters of a-z and 0-9", args.prefix);
+    }
+    if !(1..=3).contains(&args.hops) {
+        bail!("--hops must be 1 to 3, not {}", args.hops);
+    }
+    if args.exits == 0 || args.exits > 8 || args.relays > 20 {
+        bail!("--exits must be 1 to 8 and --relays 0 to 20");
+    }
+    if args.relays + 1 < args.hops {
+        bail!(
+            "a {}-hop circuit needs at least {} relays (--relays {})",
+            args.hops,
+            args.hops - 1,
+            args.relays
+        );
     }
     if !crate::is_root() {
         bail!(
@@ -180,19 +254,45 @@ impl Testnet {
         Ok(pid)
     }
 
-    fn build_topology(&self) -> Result<()> {
-        for role in ROLES {
-            let ns = self.ns(role);
+    fn build_topology(&self, nodes: &[NodePlan]) -> Result<()> {
+        let names = ["inet", "client", "lan"]
+            .into_iter()
+            .chain(nodes.iter().map(|n| n.name.as_str()));
+        for name in names {
+            let ns = self.ns(name);
             self.ip(&["netns", "add", &ns])?;
             self.ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
-        let (inet, exit, client, lan) = (self.ns("inet"), self.ns("exit"), self.ns("client"), self.ns("lan"));
-        let links = [
-            (&exit, "up0", "198.18.1.2/30", &inet, "to-exit", "198.18.1.1/30"),
-            (&client, "eth0", "198.18.2.2/30", &inet, "to-client", "198.18.2.1/30"),
-            (&lan, "eth0", "10.77.0.2/24", &exit, "lan0", "10.77.0.1/24"),
+        let (inet, client, lan, exit) = (self.ns("inet"), self.ns("client"), self.ns("lan"), self.ns("exit"));
+        let mut links = vec![
+            (
+                client.clone(),
+                "eth0".to_owned(),
+                "198.18.2.2/30".to_owned(),
+                inet.clone(),
+                "to-client".to_owned(),
+                "198.18.2.1/30".to_owned(),
+            ),
+            (
+                lan.clone(),
+                "eth0".into(),
+                "10.77.0.2/24".into(),
+                exit.clone(),
+                "lan0".into(),
+                "10.77.0.1/24".into(),
+            ),
         ];
-        for (a_ns, a, a_addr, b_ns, b, b_addr) in links {
+        for n in nodes {
+            links.push((
+                self.ns(&n.name),
+                "up0".into(),
+                format!("{}/30", n.addr),
+                inet.clone(),
+                n.router_dev(),
+                format!("{}/30", n.router),
+            ));
+        }
+        for (a_ns, a, a_addr, b_ns, b, b_addr) in &links {
             self.ip(&[
                 "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
             ])?;
@@ -203,13 +303,23 @@ impl Testnet {
         }
         // The pretend internet host is the router's own address.
         self.ip(&["-n", &inet, "addr", "add", &format!("{INET_SERVER}/32"), "dev", "lo"])?;
-        self.ip(&["-n", &exit, "route", "add", "default", "via", "198.18.1.1"])?;
         self.ip(&["-n", &client, "route", "add", "default", "via", "198.18.2.1"])?;
         self.ip(&["-n", &lan, "route", "add", "default", "via", "10.77.0.1"])?;
+        for n in nodes {
+            self.ip(&[
+                "-n",
+                &self.ns(&n.name),
+                "route",
+                "add",
+                "default",
+                "via",
+                &n.router.to_string(),
+            ])?;
+        }
         self.exec("inet", "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
         // `ip netns exec` bind-mounts these over /etc/resolv.conf.
-        for role in ["client", "exit"] {
-            let dir = Path::new("/etc/netns").join(self.ns(role));
+        for name in std::iter::once("client").chain(nodes.iter().map(|n| n.name.as_str())) {
+            let dir = Path::new("/etc/netns").join(self.ns(name));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(dir.join("resolv.conf"), format!("nameserver {INET_SERVER}\n"))
                 .with_context(|| format!("writing {}/resolv.conf", dir.display()))?;
@@ -217,9 +327,44 @@ impl Testnet {
         Ok(())
     }
 
+    /// Initialises, configures and starts one node; returns its summary.
+    async fn start_node(&mut self, n: &NodePlan) -> Result<serde_json::Value> {
+        let dir = self.dir.join(&n.name);
+        let node = self.bin_dir.join("hopwire-node");
+        let public = format!("{}:{EXIT_PORT}", n.addr);
+        let dir_s = dir.to_string_lossy().into_owned();
+        sys::run(
+            &node.to_string_lossy(),
+            &["init", "--dir", &dir_s, "--public-address", &public],
+        )?;
+        let config = dir.join("node.toml");
+        let text = std::fs::read_to_string(&config).context("reading a node.toml")?;
+        let text = text
+            .replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]"))
+            .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{}\"]", n.role))
+            .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region));
+        std::fs::write(&config, text).context("writing a node.toml")?;
+        let config_s = config.to_string_lossy().into_owned();
+        let log = self.dir.join(format!("{}.log", n.name));
+        let pid = self.spawn(&n.name, &node, &["run", "--config", &config_s], &log)?;
+        self.wait_for_log(&log, "node serving", &format!("node {}", n.name))
+            .await?;
+        let shown = sys::run(
+            &node.to_string_lossy(),
+            &["show-record", "--config", &config_s, "--json"],
+        )?;
+        let shown: serde_json::Value = serde_json::from_str(&shown).context("reading show-record --json")?;
+        Ok(json!({
+            "name": n.name, "namespace": self.ns(&n.name), "addr": n.addr, "role": n.role, "region": n.region,
+            "identity": shown["identity"], "record": shown["record"], "wg_public_key": shown["wg_public_key"],
+            "config": config, "pid": pid, "log": log,
+        }))
+    }
+
     async fn up_and_check(&mut self, args: &Args) -> Result<serde_json::Value> {
         std::fs::create_dir_all(self.dir.join("www")).with_context(|| format!("creating {}", self.dir.display()))?;
-        self.build_topology()?;
+        let nodes = plan(args.exits, args.relays);
+        self.build_topology(&nodes)?;
 
         // The pretend internet and the exit's LAN host.
         let script = self.dir.join("inet.py");
@@ -242,36 +387,17 @@ impl Testnet {
         let (lw, ll) = (lan_www.to_string_lossy(), lan_log.to_string_lossy());
         self.spawn("lan", &python, &[&s, LAN_SERVER, &lw, &ll], &self.dir.join("lan.log"))?;
 
-        // The exit node.
-        let exit_dir = self.dir.join("exit");
-        let node = self.bin_dir.join("hopwire-node");
-        let public = format!("{EXIT_UPLINK}:{EXIT_PORT}");
-        let exit_dir_s = exit_dir.to_string_lossy().into_owned();
-        sys::run(
-            &node.to_string_lossy(),
-            &["init", "--dir", &exit_dir_s, "--public-address", &public],
-        )?;
-        let config = exit_dir.join("node.toml");
-        let text = std::fs::read_to_string(&config).context("reading the exit's node.toml")?;
-        std::fs::write(
-            &config,
-            text.replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]")),
-        )
-        .context("writing the exit's node.toml")?;
-        let config_s = config.to_string_lossy().into_owned();
-        let exit_log = self.dir.join("exit.log");
-        let exit_pid = self.spawn("exit", &node, &["run", "--config", &config_s], &exit_log)?;
-        self.wait_for_log(&exit_log, "exit node serving", "the exit node")
-            .await?;
-        let shown = sys::run(
-            &node.to_string_lossy(),
-            &["show-record", "--config", &config_s, "--json"],
-        )?;
-        let shown: serde_json::Value = serde_json::from_str(&shown).context("reading show-record --json")?;
-        let record = shown["record"]
-            .as_str()
-            .ok_or_else(|| anyhow!("show-record gave no record"))?
-            .to_owned();
+        // The nodes, and the list of their records the client picks from.
+        let mut started = Vec::new();
+        for n in &nodes {
+            started.push(self.start_node(n).await?);
+        }
+        let records: Vec<String> = started
+            .iter()
+            .filter_map(|n| n["record"].as_str().map(str::to_owned))
+            .collect();
+        let nodes_file = self.dir.join("nodes.txt");
+        std::fs::write(&nodes_file, records.join("\n") + "\n").context("writing nodes.txt")?;
 
         // The client daemon.
         let client_dir = self.dir.join("client");
@@ -283,18 +409,39 @@ impl Testnet {
         let client_pid = self.spawn("client", &hopwire, &["--socket", &socket_s, "daemon"], &client_log)?;
         self.wait_for_daemon(&socket).await?;
 
-        let started = Instant::now();
-        let status = match api::call(
-            &socket,
-            &Request::Connect { record: record.clone() },
-            Duration::from_secs(20),
-        )
-        .await?
-        {
+        let started_at = Instant::now();
+        let connect = Request::Connect {
+            records,
+            hops: args.hops,
+            country: None,
+        };
+        let status = match api::call(&socket, &connect, Duration::from_secs(60)).await? {
             Response::Ok { status } => status,
             Response::Error { message, .. } => bail!("connecting the client: {message}"),
         };
-        let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let connect_ms = started_at.elapsed().as_secs_f64() * 1000.0;
+        let exit_ip = status
+            .exit
+            .as_ref()
+            .map(|e| e.addr.ip().to_string())
+            .unwrap_or_default();
+        let name_of = |id: &str| {
+            started
+                .iter()
+                .find(|n| n["identity"].as_str() == Some(id))
+                .and_then(|n| n["name"].as_str())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let path: Vec<String> = std::iter::once(format!("client {CLIENT_UPLINK}"))
+            .chain(
+                status
+                    .circuit
+                    .iter()
+                    .map(|h| format!("{} {} ({}, {})", name_of(&h.id), h.id, h.addr.ip(), h.region)),
+            )
+            .chain(std::iter::once(format!("internet {INET_SERVER}")))
+            .collect();
 
         // Through the tunnel: a DNS name served by the pretend internet.
         let url = "http://files.hopwire.test/test.bin";
@@ -331,11 +478,33 @@ impl Testnet {
             .and_then(|l| l.split_whitespace().next())
             .unwrap_or("")
             .to_owned();
-        if server_saw != EXIT_UPLINK {
-            bail!("the internet server saw the download come from `{server_saw}`, not from the exit {EXIT_UPLINK}");
+        if server_saw != exit_ip {
+            bail!("the internet server saw the download come from `{server_saw}`, not from the exit {exit_ip}");
         }
         let rtt_ms = self.ping_rtt()?;
+        // A packet of the tunnel's full MTU crosses the whole circuit unfragmented.
+        let mtu = status.mtu.unwrap_or(0);
+        let payload = mtu.saturating_sub(28).to_string();
+        self.exec(
+            "client",
+            "ping",
+            &[
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                &payload,
+                INET_SERVER,
+            ],
+        )
+        .context("a full-size packet did not cross the circuit")?;
         let status = self.status(&socket).await.unwrap_or(status);
+        let first_exit = &started[0];
 
         Ok(json!({
             "prefix": self.prefix,
@@ -348,24 +517,26 @@ impl Testnet {
                 "client_uplink": CLIENT_UPLINK, "lan_server": LAN_SERVER,
             },
             "dir": self.dir,
-            "path": [
-                format!("client {CLIENT_UPLINK}"),
-                format!("exit {} at {public}", shown["identity"].as_str().unwrap_or("")),
-                format!("internet {INET_SERVER}"),
-            ],
+            "nodes": started,
+            "nodes_file": nodes_file,
+            "hops": args.hops,
+            "path": path,
+            "circuit": status.circuit,
             "exit": {
-                "config": config, "pid": exit_pid, "record": record,
-                "identity": shown["identity"], "wg_public_key": shown["wg_public_key"], "log": exit_log,
+                "config": first_exit["config"], "pid": first_exit["pid"], "record": first_exit["record"],
+                "identity": first_exit["identity"], "wg_public_key": first_exit["wg_public_key"], "log": first_exit["log"],
             },
             "client": {
                 "socket": socket, "pid": client_pid, "log": client_log,
                 "inner_addr": status.inner_addr, "mtu": status.mtu, "connect_ms": round2(connect_ms),
+                "build_ms": status.build_ms,
             },
             "download": {
                 "url": url, "bytes": bytes, "seconds": seconds,
                 "mbit_per_s": round2(if seconds > 0.0 { bytes as f64 * 8.0 / seconds / 1e6 } else { 0.0 }),
                 "sha256": sha256, "sha256_ok": true,
             },
+            "full_size_packet": { "mtu": mtu, "crossed": true },
             "server_saw": server_saw,
             "rtt_ms": rtt_ms,
         }))
@@ -421,7 +592,14 @@ impl Testnet {
     }
 
     fn print_logs(&self) {
-        for name in ["exit.log", "client.log", "inet.log"] {
+        for name in [
+            "client.log",
+            "exit.log",
+            "exit2.log",
+            "relay1.log",
+            "relay2.log",
+            "inet.log",
+        ] {
             let path = self.dir.join(name);
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let lines: Vec<&str> = text.lines().collect();
@@ -436,9 +614,18 @@ impl Testnet {
     /// Stops every process in the namespaces (client first, so it restores
     /// its settings), deletes the namespaces and the files. Safe to repeat.
     fn down(&mut self) {
-        for role in ["client", "exit", "inet", "lan"] {
-            let ns = self.ns(role);
-            let pids = sys::run("ip", &["netns", "pids", &ns]).unwrap_or_default();
+        let listed = sys::run("ip", &["netns", "list"]).unwrap_or_default();
+        let own = format!("{}-", self.prefix);
+        let mut namespaces: Vec<String> = listed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&own))
+            .map(str::to_owned)
+            .collect();
+        // The client first, so its daemon restores what it changed.
+        namespaces.sort_by_key(|n| !n.ends_with("-client"));
+        for ns in &namespaces {
+            let pids = sys::run("ip", &["netns", "pids", ns]).unwrap_or_default();
             let pids: Vec<&str> = pids.split_whitespace().collect();
             if pids.is_empty() {
                 continue;
@@ -447,12 +634,12 @@ impl Testnet {
             args.extend(&pids);
             let _ = sys::run("kill", &args);
             for _ in 0..30 {
-                if sys::run("ip", &["netns", "pids", &ns]).is_ok_and(|p| p.trim().is_empty()) {
+                if sys::run("ip", &["netns", "pids", ns]).is_ok_and(|p| p.trim().is_empty()) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let left = sys::run("ip", &["netns", "pids", &ns]).unwrap_or_default();
+            let left = sys::run("ip", &["netns", "pids", ns]).unwrap_or_default();
             let left: Vec<&str> = left.split_whitespace().collect();
             if !left.is_empty() {
                 let mut args = vec!["-KILL"];
@@ -464,10 +651,9 @@ impl Testnet {
             let _ = child.wait();
         }
         self.children.clear();
-        for role in ROLES {
-            let ns = self.ns(role);
-            let _ = sys::run("ip", &["netns", "del", &ns]);
-            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
+        for ns in &namespaces {
+            let _ = sys::run("ip", &["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -514,10 +700,11 @@ fn print_summary(s: &serde_json::Value, keep: bool) {
     println!("Hopwire testnet `{}`", s["prefix"].as_str().unwrap_or(""));
     println!("  path:       {}", path.join(" → "));
     println!(
-        "  tunnel:     inner address {}, mtu {}, connected in {} ms",
+        "  tunnel:     {} hops, inner address {}, mtu {}, circuit built in {} ms",
+        s["hops"],
         s["client"]["inner_addr"].as_str().unwrap_or("?"),
         s["client"]["mtu"],
-        s["client"]["connect_ms"]
+        s["client"]["build_ms"]
     );
     println!(
         "  download:   {} bytes in {:.2} s = {} Mbit/s, sha256 matches",
@@ -533,12 +720,20 @@ fn print_summary(s: &serde_json::Value, keep: bool) {
         "  privacy:    the internet host saw {} (the exit), not the client's {CLIENT_UPLINK}",
         s["server_saw"].as_str().unwrap_or("?")
     );
+    println!(
+        "  mtu:        a {}-byte packet crossed the circuit unfragmented",
+        s["full_size_packet"]["mtu"]
+    );
     if keep {
         let ns = &s["namespaces"];
         println!("\nLeft running. Enter a namespace with:");
-        for role in ROLES {
+        for role in ["client", "inet", "lan"] {
             println!("  ip netns exec {} bash", ns[role].as_str().unwrap_or(""));
         }
+        for n in s["nodes"].as_array().into_iter().flatten() {
+            println!("  ip netns exec {} bash", n["namespace"].as_str().unwrap_or(""));
+        }
+        println!("Node records:  {}", s["nodes_file"].as_str().unwrap_or(""));
         println!(
             "Client status: hopwire --socket {} status",
             s["client"]["socket"].as_str().unwrap_or("")

@@ -21,12 +21,25 @@ pub const MAX_LINE: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
-    /// Connect through the exit named by a `hopwire1.` record string.
+    /// Build a circuit of `hops` hops from the nodes named by `records`
+    /// (`hopwire1.` strings) and connect through it.
     Connect {
-        record: String,
+        records: Vec<String>,
+        #[serde(default = "default_hops")]
+        hops: u8,
+        /// Only exits in this country (ISO code).
+        #[serde(default)]
+        country: Option<String>,
     },
     Disconnect,
     Status,
+}
+
+/// Hops a circuit has unless asked otherwise.
+pub const DEFAULT_HOPS: u8 = 3;
+
+fn default_hops() -> u8 {
+    DEFAULT_HOPS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,12 +70,13 @@ impl std::fmt::Display for State {
     }
 }
 
-/// The exit a tunnel goes through.
+/// One node of the circuit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitInfo {
-    /// Short form of the exit's identity key.
+pub struct HopInfo {
+    /// Short form of the node's identity key.
     pub id: String,
     pub addr: SocketAddr,
+    pub region: String,
 }
 
 /// Everything `hopwire status` shows.
@@ -71,7 +85,12 @@ pub struct Status {
     pub state: State,
     /// Why the tunnel is in error (or why the last attempt failed).
     pub error: Option<String>,
-    pub exit: Option<ExitInfo>,
+    /// The exit the tunnel leaves from (the circuit's last hop).
+    pub exit: Option<HopInfo>,
+    /// Every hop, first (guard) to last (exit).
+    pub circuit: Vec<HopInfo>,
+    /// How long building the current circuit took.
+    pub build_ms: Option<f64>,
     pub inner_addr: Option<Ipv4Addr>,
     /// Inner bytes sent into and received from the tunnel this session.
     pub bytes_sent: u64,
@@ -141,11 +160,13 @@ mod tests {
 
     #[test]
     fn wire_format_is_stable() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"connect","record":"hopwire1.x"}"#).expect("parses");
+        let r: Request = serde_json::from_str(r#"{"cmd":"connect","records":["hopwire1.x"]}"#).expect("parses");
         assert_eq!(
             r,
             Request::Connect {
-                record: "hopwire1.x".into()
+                records: vec!["hopwire1.x".into()],
+                hops: DEFAULT_HOPS,
+                country: None
             }
         );
         assert_eq!(

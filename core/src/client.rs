@@ -1,32 +1,39 @@
-//! The client tunnel runtime: one link to an exit and the packets over it.
+//! The client tunnel runtime: one circuit to an exit and the packets over it.
 //!
-//! [`Link::establish`] dials the exit over QUIC (checking its identity
-//! against the record), says hello and gets an inner address. [`Link::pump`]
-//! then moves packets between the TUN device and the exit: IP packets are
-//! encrypted by the client's WireGuard session and sent as QUIC datagrams,
-//! and the other way round, until the link dies.
+//! [`Tunnel::build`] dials the first hop over QUIC (checking its identity
+//! against its record), creates the circuit, extends it hop by hop
+//! (telescoping), and begins a session at the exit, which lends an inner
+//! address. [`Tunnel::pump`] then moves packets between the TUN device and
+//! the exit: IP packets are encrypted by the client's WireGuard session (end
+//! to end with the exit), wrapped in one layer per hop and sent as QUIC
+//! datagrams; the other way round, until the circuit dies.
 //!
-//! What it does not do: routes, DNS and the TUN device's lifetime belong to
-//! the daemon (see [`crate::daemon`]), which keeps them across reconnects so
-//! no packet leaks while a link is down.
+//! What it does not do: routes, DNS, the TUN device and the WireGuard
+//! session belong to the daemon ([`crate::daemon`]), which keeps them across
+//! circuits so no packet leaks while a circuit is rebuilt and a session to
+//! the same exit survives a circuit change.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use boringtun::x25519;
 use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use rand::Rng;
 use tracing::debug;
 
 use crate::link::{self, LinkError};
+use crate::onion::cell::{split_cell, BackwardMessage, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
+use crate::onion::circuit::{headroom, ClientCircuit};
+use crate::onion::layer::TAG_LEN;
 use crate::record::VerifiedRecord;
-use crate::session::{self, ClientHello, ExitHello, SessionParams, PROTOCOL_VERSION};
+use crate::session::{self, ClientHello, ExitHello, SessionParams};
 use crate::tun::TunDevice;
 use crate::wg::WgSession;
 
-/// How long dialing an exit and saying hello may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long building a whole circuit and beginning the session may take.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(12);
 const TICK: Duration = Duration::from_millis(250);
 const BUF: usize = 65536;
 
@@ -34,23 +41,46 @@ const BUF: usize = 65536;
 pub enum ClientError {
     #[error(transparent)]
     Link(#[from] LinkError),
-    #[error("cannot reach exit {exit} at {addr}: {reason}")]
+    #[error("cannot reach {node} at {addr}: {reason}")]
     Unreachable {
-        exit: String,
+        node: String,
+        identity: [u8; 32],
         addr: SocketAddr,
+        reason: String,
+    },
+    #[error("hop {hop} ({node}) failed: {reason}")]
+    HopFailed {
+        hop: usize,
+        node: String,
+        /// The node to avoid next time, if it is known.
+        culprit: Option<[u8; 32]>,
         reason: String,
     },
     #[error("exit {exit} refused the session: {reason}")]
     Refused { exit: String, reason: String },
-    #[error("exit {exit} offers datagrams of {room} bytes, too small to carry IPv4")]
-    DatagramsTooSmall { exit: String, room: usize },
+    #[error("building the circuit took longer than {} s", BUILD_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("the first hop offers datagrams of {room} bytes, too small for a {hops}-hop tunnel")]
+    DatagramsTooSmall { room: usize, hops: usize },
 }
 
 impl ClientError {
-    /// True when trying again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Unreachable { .. })
+    /// The node that failed, so a rebuild can avoid it.
+    pub fn culprit(&self) -> Option<[u8; 32]> {
+        match self {
+            ClientError::Unreachable { identity, .. } => Some(*identity),
+            ClientError::HopFailed { culprit, .. } => *culprit,
+            _ => None,
+        }
     }
+}
+
+/// Why a live circuit ended.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    pub reason: String,
+    /// The node that failed, if the circuit could tell.
+    pub culprit: Option<[u8; 32]>,
 }
 
 /// Bytes through the tunnel, counted as inner (IP) bytes.
@@ -60,132 +90,317 @@ pub struct Traffic {
     pub received: AtomicU64,
 }
 
-/// One live QUIC link to an exit with its WireGuard session.
-#[derive(Debug)]
-pub struct Link {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    wg: Arc<Mutex<WgSession>>,
-    pub params: SessionParams,
-    pub mtu: u16,
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Link {
-    /// Dials the exit of `record`, says hello and starts the WireGuard
-    /// handshake. `previous_addr` asks for the inner address of a previous
-    /// link back, so open connections survive a reconnect.
-    pub async fn establish(
-        record: &VerifiedRecord,
-        wg_secret: &x25519::StaticSecret,
-        index: u32,
-        previous_addr: Option<Ipv4Addr>,
-    ) -> Result<Self, ClientError> {
-        let r = record.record();
-        let exit = record.short_id();
+/// A built circuit to an exit with a session begun.
+#[derive(Debug)]
+pub struct Tunnel {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    circuit: Arc<Mutex<ClientCircuit>>,
+    circuit_id: u32,
+    control: Option<(SendStream, RecvStream)>,
+    pub path: Vec<VerifiedRecord>,
+    pub params: SessionParams,
+    pub mtu: u16,
+    pub build_time: Duration,
+}
+
+fn hop_failed(path: &[VerifiedRecord], hop: usize, reason: String) -> ClientError {
+    ClientError::HopFailed {
+        hop: hop + 1,
+        node: path[hop].short_id(),
+        culprit: path.get(hop).map(|r| r.record().identity),
+        reason,
+    }
+}
+
+impl Tunnel {
+    /// Builds a circuit along `path` (first hop first, exit last) and begins
+    /// a session at the exit with `hello`.
+    pub async fn build(path: &[VerifiedRecord], hello: &ClientHello) -> Result<Self, ClientError> {
+        let started = Instant::now();
+        tokio::time::timeout(BUILD_TIMEOUT, Self::build_inner(path, hello))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map(|mut t| {
+                t.build_time = started.elapsed();
+                t
+            })
+    }
+
+    async fn build_inner(path: &[VerifiedRecord], hello: &ClientHello) -> Result<Self, ClientError> {
+        let guard = path[0].record();
         let unreachable = |reason: String| ClientError::Unreachable {
-            exit: exit.clone(),
-            addr: r.quic_addr,
+            node: path[0].short_id(),
+            identity: guard.identity,
+            addr: guard.quic_addr,
             reason,
         };
-        let bind: SocketAddr = if r.quic_addr.is_ipv4() {
+        let bind: SocketAddr = if guard.quic_addr.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let mut endpoint = link::endpoint(bind, None)?;
-        endpoint.set_default_client_config(link::client_config(r.identity)?);
-        let hello = ClientHello {
-            version: PROTOCOL_VERSION,
-            wg_key: *x25519::PublicKey::from(wg_secret).as_bytes(),
-            previous_addr,
-        };
-        let dial = async {
-            let conn = endpoint
-                .connect(r.quic_addr, link::SERVER_NAME)
-                .map_err(|e| unreachable(e.to_string()))?
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
-            session::write_message(&mut send, &hello)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let answer: ExitHello = session::read_message(&mut recv)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            Ok::<_, ClientError>((conn, answer))
-        };
-        let (conn, answer) = tokio::time::timeout(CONNECT_TIMEOUT, dial)
+        endpoint.set_default_client_config(link::client_config(guard.identity)?);
+        let conn = endpoint
+            .connect(guard.quic_addr, link::SERVER_NAME)
+            .map_err(|e| unreachable(e.to_string()))?
             .await
-            .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))??;
-        let params = match answer {
-            ExitHello::Accepted(p) => p,
-            ExitHello::Refused { reason } => return Err(ClientError::Refused { exit, reason }),
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+        let io = |hop: usize| move |e: session::SetupError| hop_failed(path, hop, e.to_string());
+
+        let mut circuit = ClientCircuit::new();
+        let circuit_id: u32 = rand::thread_rng().gen();
+        let max_extends = (path.len() - 1) as u8;
+        let create = circuit.create(
+            &mut rand::rngs::OsRng,
+            circuit_id,
+            guard.identity,
+            guard.onion_key,
+            max_extends,
+        );
+        session::write_message(&mut send, &create).await.map_err(io(0))?;
+        match session::read_message::<LinkMessage>(&mut recv).await.map_err(io(0))? {
+            LinkMessage::Created { onionskin } => circuit
+                .add_hop(&onionskin)
+                .map_err(|e| hop_failed(path, 0, e.to_string()))?,
+            LinkMessage::Destroy { reason } => return Err(hop_failed(path, 0, reason)),
+            other => return Err(hop_failed(path, 0, format!("unexpected answer {other:?}"))),
+        }
+        for (i, next) in path.iter().enumerate().skip(1) {
+            let r = next.record();
+            let extend = circuit
+                .extend(&mut rand::rngs::OsRng, r.quic_addr, r.identity, r.onion_key)
+                .map_err(|e| hop_failed(path, i, e.to_string()))?;
+            session::write_message(&mut send, &extend).await.map_err(io(i - 1))?;
+            match read_backward(&mut circuit, &mut recv, path).await? {
+                (_, BackwardMessage::Extended { onionskin }) => circuit
+                    .add_hop(&onionskin)
+                    .map_err(|e| hop_failed(path, i, e.to_string()))?,
+                (from, BackwardMessage::Failed { reason }) => {
+                    // The hop before the new one says why it could not extend.
+                    return Err(hop_failed(path, (from + 1).min(path.len() - 1), reason));
+                }
+                (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
+            }
+        }
+        let last = path.len() - 1;
+        let begin = circuit
+            .seal_control(last, &ForwardMessage::Begin { hello: hello.clone() })
+            .map_err(|e| hop_failed(path, last, e.to_string()))?;
+        session::write_message(&mut send, &begin).await.map_err(io(0))?;
+        let params = match read_backward(&mut circuit, &mut recv, path).await? {
+            (
+                _,
+                BackwardMessage::Began {
+                    hello: ExitHello::Accepted(p),
+                },
+            ) => p,
+            (
+                _,
+                BackwardMessage::Began {
+                    hello: ExitHello::Refused { reason },
+                },
+            ) => {
+                return Err(ClientError::Refused {
+                    exit: path[last].short_id(),
+                    reason,
+                })
+            }
+            (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
+            (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
         };
         let room = conn.max_datagram_size().unwrap_or(0);
-        let mtu = link::tunnel_mtu(room).ok_or(ClientError::DatagramsTooSmall { exit, room })?;
-        let mut wg = WgSession::new(wg_secret.clone(), x25519::PublicKey::from(r.wg_key), index, Some(25));
-        let mut buf = [0u8; 256];
-        if let Some(init) = wg.initiate(&mut buf) {
-            let _ = conn.send_datagram(Bytes::copy_from_slice(init));
-        }
+        let mtu =
+            link::tunnel_mtu(room, path.len()).ok_or(ClientError::DatagramsTooSmall { room, hops: path.len() })?;
         Ok(Self {
             endpoint,
             conn,
-            wg: Arc::new(Mutex::new(wg)),
+            circuit: Arc::new(Mutex::new(circuit)),
+            circuit_id,
+            control: Some((send, recv)),
+            path: path.to_vec(),
             params,
             mtu,
+            build_time: Duration::ZERO,
         })
     }
 
-    pub fn rtt(&self) -> Duration {
-        self.conn.rtt()
+    /// The QUIC link to the first hop (for its round-trip time).
+    pub fn first_link(&self) -> quinn::Connection {
+        self.conn.clone()
     }
 
-    /// Moves packets until the link dies and says why.
-    pub async fn pump(&self, tun: Arc<TunDevice>, traffic: Arc<Traffic>) -> String {
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(outbound(
-            tun.clone(),
-            self.conn.clone(),
-            self.wg.clone(),
-            traffic.clone(),
-        ));
-        tasks.spawn(inbound(tun, self.conn.clone(), self.wg.clone(), traffic));
-        tasks.spawn(timers(self.conn.clone(), self.wg.clone()));
-        let why = tokio::select! {
-            e = self.conn.closed() => describe_close(&e),
-            Some(done) = tasks.join_next() => format!("tunnel task ended: {done:?}"),
+    /// Moves packets until the circuit dies and says why. `wg` is the
+    /// session with the exit; a new one starts its handshake here.
+    pub async fn pump(&mut self, tun: Arc<TunDevice>, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) -> Loss {
+        let sender = CellSender {
+            conn: self.conn.clone(),
+            circuit: self.circuit.clone(),
+            circuit_id: self.circuit_id,
         };
+        {
+            let mut buf = [0u8; 256];
+            let init = {
+                let mut wg = lock(&wg);
+                (!wg.is_established())
+                    .then(|| wg.initiate(&mut buf).map(<[u8]>::to_vec))
+                    .flatten()
+            };
+            if let Some(init) = init {
+                sender.send(&init);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(outbound(tun.clone(), sender.clone(), wg.clone(), traffic.clone()));
+        tasks.spawn(inbound(tun, sender.clone(), wg.clone(), traffic));
+        tasks.spawn(timers(sender, wg));
+        let guard = self.path[0].record().identity;
+        let mut control = self.control.take();
+        let (conn, circuit, path) = (self.conn.clone(), self.circuit.clone(), self.path.clone());
+        let loss = {
+            let watch = async {
+                match control.as_mut() {
+                    Some((_, recv)) => watch_control(&circuit, recv, &path).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                e = conn.closed() => Loss { reason: describe_close(&e), culprit: Some(guard) },
+                loss = watch => loss,
+                Some(done) = tasks.join_next() => Loss { reason: format!("tunnel task ended: {done:?}"), culprit: None },
+            }
+        };
+        self.control = control;
         tasks.abort_all();
-        why
+        loss
     }
 
-    /// Closes the link politely (the exit frees the session at once).
-    pub async fn close(self) {
+    /// Tears the circuit down politely: every hop frees it at once.
+    pub async fn close(mut self) {
+        if let Some((mut send, _)) = self.control.take() {
+            let reason = "client closed the circuit".to_owned();
+            let _ = session::write_message(&mut send, &LinkMessage::Destroy { reason }).await;
+            let _ = send.finish();
+        }
         self.conn.close(0u32.into(), b"client disconnected");
         let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
     }
 }
 
+/// Reads the next backward control message and says which hop sent it.
+async fn read_backward(
+    circuit: &mut ClientCircuit,
+    recv: &mut RecvStream,
+    path: &[VerifiedRecord],
+) -> Result<(usize, BackwardMessage), ClientError> {
+    loop {
+        let message = session::read_message::<LinkMessage>(recv)
+            .await
+            .map_err(|e| hop_failed(path, 0, e.to_string()))?;
+        match message {
+            LinkMessage::Relay { layered } => {
+                return circuit
+                    .open_control(layered)
+                    .map_err(|e| hop_failed(path, 0, e.to_string()));
+            }
+            LinkMessage::Destroy { reason } => return Err(hop_failed(path, 0, reason)),
+            _ => continue,
+        }
+    }
+}
+
+/// Waits on the circuit's control stream for a hop reporting a failure.
+async fn watch_control(circuit: &Mutex<ClientCircuit>, recv: &mut RecvStream, path: &[VerifiedRecord]) -> Loss {
+    loop {
+        let message = match session::read_message::<LinkMessage>(recv).await {
+            Ok(m) => m,
+            Err(e) => {
+                return Loss {
+                    reason: format!("the first hop closed the circuit ({e})"),
+                    culprit: Some(path[0].record().identity),
+                }
+            }
+        };
+        match message {
+            LinkMessage::Relay { layered } => {
+                let opened = lock(circuit).open_control(layered);
+                if let Ok((from, BackwardMessage::Failed { reason })) = opened {
+                    let culprit = path.get(from + 1).map(|r| r.record().identity);
+                    let node = path.get(from + 1).map(VerifiedRecord::short_id).unwrap_or_default();
+                    return Loss {
+                        reason: format!(
+                            "hop {} ({}) reports its next hop {node} lost: {reason}",
+                            from + 1,
+                            path[from].short_id()
+                        ),
+                        culprit,
+                    };
+                }
+            }
+            LinkMessage::Destroy { reason } => {
+                return Loss {
+                    reason: format!("the first hop destroyed the circuit: {reason}"),
+                    culprit: None,
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn describe_close(e: &quinn::ConnectionError) -> String {
     match e {
-        quinn::ConnectionError::TimedOut => "the exit stopped answering (link timed out)".into(),
+        quinn::ConnectionError::TimedOut => "the first hop stopped answering (link timed out)".into(),
         quinn::ConnectionError::ApplicationClosed(c) => {
-            format!("the exit closed the link: {}", String::from_utf8_lossy(&c.reason))
+            format!("the first hop closed the link: {}", String::from_utf8_lossy(&c.reason))
         }
-        quinn::ConnectionError::Reset => "the exit reset the link (did it restart?)".into(),
+        quinn::ConnectionError::Reset => "the first hop reset the link (did it restart?)".into(),
         other => format!("link lost: {other}"),
     }
 }
 
-/// TUN → WireGuard → QUIC.
-async fn outbound(tun: Arc<TunDevice>, conn: quinn::Connection, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
+/// Wraps WireGuard datagrams in the circuit's layers and sends them.
+#[derive(Clone)]
+struct CellSender {
+    conn: quinn::Connection,
+    circuit: Arc<Mutex<ClientCircuit>>,
+    circuit_id: u32,
+}
+
+impl CellSender {
+    /// Seals `buf[headroom .. headroom + len]` (a WireGuard datagram put
+    /// there by the caller) in place.
+    fn seal(&self, buf: &mut [u8], len: usize) -> Option<Bytes> {
+        let range = lock(&self.circuit).seal_data(buf, len, self.circuit_id).ok()?;
+        Some(Bytes::copy_from_slice(&buf[range]))
+    }
+
+    fn room(&self) -> usize {
+        headroom(lock(&self.circuit).len())
+    }
+
+    /// Sends one WireGuard datagram (control-path use: allocates).
+    fn send(&self, datagram: &[u8]) {
+        let room = self.room();
+        let mut buf = vec![0u8; room + datagram.len() + 3 * TAG_LEN];
+        buf[room..room + datagram.len()].copy_from_slice(datagram);
+        if let Some(cell) = self.seal(&mut buf, datagram.len()) {
+            let _ = self.conn.send_datagram(cell);
+        }
+    }
+}
+
+/// TUN → WireGuard → layers → QUIC.
+async fn outbound(tun: Arc<TunDevice>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
     let mut packet = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF];
+    let room = sender.room();
     loop {
         let n = match tun.recv(&mut packet).await {
             Ok(n) => n,
@@ -194,15 +409,15 @@ async fn outbound(tun: Arc<TunDevice>, conn: quinn::Connection, wg: Arc<Mutex<Wg
                 continue;
             }
         };
-        // The kernel routes IPv6 elsewhere (blocked); anything else here
-        // that is not IPv4 is not ours to carry.
+        // IPv6 is routed to nowhere (blocked); anything else here that is
+        // not IPv4 is not ours to carry.
         if packet[0] >> 4 != 4 {
             continue;
         }
-        let datagram = {
+        let len = {
             let mut wg = lock(&wg);
-            match wg.encapsulate(&packet[..n], &mut out) {
-                Ok(Some(d)) => Bytes::copy_from_slice(d),
+            match wg.encapsulate(&packet[..n], &mut buf[room..BUF - 3 * TAG_LEN]) {
+                Ok(Some(d)) => d.len(),
                 Ok(None) => continue,
                 Err(e) => {
                     debug!("encapsulating: {e:?}");
@@ -210,33 +425,45 @@ async fn outbound(tun: Arc<TunDevice>, conn: quinn::Connection, wg: Arc<Mutex<Wg
                 }
             }
         };
+        let Some(cell) = sender.seal(&mut buf, len) else {
+            continue;
+        };
         traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
         // Waiting for room pushes back on the TUN device instead of dropping.
-        if conn.send_datagram_wait(datagram).await.is_err() {
+        if sender.conn.send_datagram_wait(cell).await.is_err() {
             return;
         }
     }
 }
 
-/// QUIC → WireGuard → TUN.
-async fn inbound(tun: Arc<TunDevice>, conn: quinn::Connection, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
-    let mut buf = vec![0u8; BUF];
-    let mut replies: Vec<Bytes> = Vec::new();
+/// QUIC → layers → WireGuard → TUN.
+async fn inbound(tun: Arc<TunDevice>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
+    let mut cell = vec![0u8; BUF];
+    let mut packet = vec![0u8; BUF];
+    let mut replies: Vec<Vec<u8>> = Vec::new();
     loop {
-        let Ok(datagram) = conn.read_datagram().await else {
+        let Ok(datagram) = sender.conn.read_datagram().await else {
             return;
         };
+        let n = datagram.len().min(BUF);
+        cell[..n].copy_from_slice(&datagram[..n]);
+        if split_cell(&cell[..n]).is_none_or(|(id, _)| id != sender.circuit_id) {
+            continue;
+        }
+        let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..n]);
+        let Ok(payload) = opened else { continue };
+        let payload = &cell[CIRCUIT_ID_LEN + payload.start..CIRCUIT_ID_LEN + payload.end];
         let result = {
             let mut wg = lock(&wg);
-            wg.decapsulate(None, &datagram, &mut buf, |d| replies.push(Bytes::copy_from_slice(d)))
+            wg.decapsulate(None, payload, &mut packet, |d| replies.push(d.to_vec()))
         };
         for r in replies.drain(..) {
-            let _ = conn.send_datagram(r);
+            sender.send(&r);
         }
         match result {
-            Ok(Some(n)) => {
-                traffic.received.fetch_add(n as u64, Ordering::Relaxed);
-                if let Err(e) = tun.send(&buf[..n]).await {
+            Ok(Some(len)) => {
+                traffic.received.fetch_add(len as u64, Ordering::Relaxed);
+                if let Err(e) = tun.send(&packet[..len]).await {
                     debug!("writing TUN: {e}");
                 }
             }
@@ -246,7 +473,7 @@ async fn inbound(tun: Arc<TunDevice>, conn: quinn::Connection, wg: Arc<Mutex<WgS
     }
 }
 
-async fn timers(conn: quinn::Connection, wg: Arc<Mutex<WgSession>>) {
+async fn timers(sender: CellSender, wg: Arc<Mutex<WgSession>>) {
     let mut buf = vec![0u8; 512];
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -254,12 +481,12 @@ async fn timers(conn: quinn::Connection, wg: Arc<Mutex<WgSession>>) {
         let datagram = {
             let mut wg = lock(&wg);
             match wg.tick(&mut buf) {
-                Ok(Some(d)) => Some(Bytes::copy_from_slice(d)),
+                Ok(Some(d)) => Some(d.to_vec()),
                 _ => None,
             }
         };
         if let Some(d) = datagram {
-            let _ = conn.send_datagram(d);
+            sender.send(&d);
         }
     }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::keys;
 use crate::policy::ExitPolicy;
 use crate::pool::AddressPool;
+use crate::record::Role;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,6 +37,8 @@ pub enum ConfigError {
 pub struct NodeConfig {
     pub node: NodeSection,
     #[serde(default)]
+    pub relay: RelaySection,
+    #[serde(default)]
     pub exit: ExitSection,
     #[serde(default)]
     pub wireguard: WireguardSection,
@@ -52,6 +55,37 @@ pub struct NodeSection {
     /// Directory of the key files, relative to the config file.
     #[serde(default = "default_key_dir")]
     pub key_dir: PathBuf,
+    /// What the node does for others: `relay`, `exit`, or both.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    /// ISO 3166 country code clients see, e.g. "DE"; "ZZ" is unknown.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Identities (64 hex digits) of the operator's other nodes.
+    #[serde(default)]
+    pub family: Vec<String>,
+    /// Where to serve Prometheus metrics over HTTP; unset means off.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Most one circuit may carry through this node, Mbit/s; 0 is unlimited.
+    #[serde(default = "default_circuit_rate")]
+    pub circuit_rate_mbit: u64,
+    /// Most one neighbouring node (all its circuits) may send, Mbit/s; 0 is unlimited.
+    #[serde(default = "default_peer_rate")]
+    pub peer_rate_mbit: u64,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        Self {
+            circuit_rate_mbit: default_circuit_rate(),
+            peer_rate_mbit: default_peer_rate(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +130,18 @@ fn default_listen() -> SocketAddr {
 fn default_key_dir() -> PathBuf {
     PathBuf::from(".")
 }
+fn default_roles() -> Vec<Role> {
+    vec![Role::Relay, Role::Exit]
+}
+fn default_region() -> String {
+    "ZZ".into()
+}
+fn default_circuit_rate() -> u64 {
+    1000
+}
+fn default_peer_rate() -> u64 {
+    2000
+}
 fn default_tun_name() -> String {
     "hwexit0".into()
 }
@@ -126,6 +172,7 @@ pub struct LoadedConfig {
     pub policy: ExitPolicy,
     pub key_dir: PathBuf,
     pub wg_peers: Vec<(boringtun::x25519::PublicKey, Ipv4Addr)>,
+    pub family: Vec<[u8; 32]>,
 }
 
 impl NodeConfig {
@@ -156,6 +203,22 @@ impl NodeConfig {
                 ));
             }
         }
+        if config.node.roles.is_empty() {
+            return Err(invalid("node.roles", "list at least one of \"relay\", \"exit\"".into()));
+        }
+        let region = &config.node.region;
+        if region.len() != 2 || !region.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err(invalid(
+                "node.region",
+                format!("`{region}` must be a two-letter country code like \"DE\""),
+            ));
+        }
+        let family = config
+            .node
+            .family
+            .iter()
+            .map(|f| parse_identity(f).ok_or_else(|| invalid("node.family", format!("`{f}` is not 64 hex digits"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let tun = &config.exit.tun_name;
         if tun.is_empty() || tun.len() > 15 || !tun.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(invalid(
@@ -202,8 +265,22 @@ impl NodeConfig {
             policy,
             key_dir,
             wg_peers,
+            family,
         })
     }
+}
+
+/// Parses a node identity written as 64 hex digits.
+pub fn parse_identity(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The commented `node.toml` that `hopwire-node init` writes.
@@ -220,8 +297,23 @@ pub fn template(public_address: Option<SocketAddr>) -> String {
 listen = "0.0.0.0:4433"
 # The address clients dial; `hopwire-node show-record` puts it in the record.
 {public}
-# Directory holding identity.key and wireguard.key (relative to this file).
+# Directory holding identity.key, wireguard.key and onion.key (relative to this file).
 key_dir = "."
+# What this node does for others: "relay" (carries circuits onward), "exit"
+# (ends them and sends traffic to the internet; needs root for TUN and NAT).
+roles = ["relay", "exit"]
+# Country code clients see when they pick a path, e.g. "DE"; "ZZ" is unknown.
+region = "ZZ"
+# Identities (64 hex digits, from `hopwire-node show-record --json`) of your
+# other nodes: clients never put two of them on one circuit.
+family = []
+# Prometheus metrics over HTTP, e.g. "127.0.0.1:9100"; unset means off.
+# metrics_listen = "127.0.0.1:9100"
+
+[relay]
+# Most one circuit, and one neighbouring node, may carry through this node (Mbit/s, 0 = no limit).
+circuit_rate_mbit = 1000
+peer_rate_mbit = 2000
 
 [exit]
 # TUN device and the inner subnet clients get addresses from.

@@ -1,19 +1,19 @@
 //! The privileged client daemon: owns the TUN device, routes and DNS, and
 //! serves the local API ([`crate::api`]) on a Unix socket.
 //!
-//! States: disconnected → connecting → connected; a lost link puts it in
-//! error with the reason while it reconnects in the background. The TUN
-//! device and the routes stay up while a link is down, so traffic is held
-//! back, never sent around the tunnel. Disconnecting removes exactly what was
+//! States: disconnected → connecting → connected; a lost circuit puts it in
+//! error with the reason while it builds a new one around the node that
+//! failed. The TUN device and the routes stay up while no circuit is, so
+//! traffic is held back, never sent around the tunnel. Disconnecting removes exactly what was
 //! added. A crashed daemon's changes are undone at the next start from the
 //! state file.
 //!
-//! What it does not do: parse the command line (the `hopwire` binary does)
-//! or move packets (see [`crate::client`]).
+//! What it does not do: parse the command line (the `hopwire` binary does),
+//! choose paths (see [`crate::path`]) or move packets (see [`crate::client`]).
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,14 +24,22 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::api::{ExitInfo, Request, Response, State, Status, MAX_LINE};
-use crate::client::{ClientError, Link, Traffic};
+use rand::Rng;
+
+use crate::api::{HopInfo, Request, Response, State, Status, MAX_LINE};
+use crate::client::{Traffic, Tunnel};
+use crate::onion::cell::MAX_HOPS;
+use crate::path::{self, PathRequest};
 use crate::record::VerifiedRecord;
+use crate::session::{ClientHello, SessionParams, PROTOCOL_VERSION};
 use crate::sys::{self, ClientNet};
 use crate::tun::{self, TunDevice};
+use crate::wg::WgSession;
 
 const RECONNECT_FIRST: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// Paths tried, each around the node that failed before, per (re)build.
+const BUILD_ATTEMPTS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -43,6 +51,8 @@ pub struct DaemonConfig {
     pub resolv_conf: PathBuf,
     /// Where the daemon records what it changed on the system.
     pub state_file: PathBuf,
+    /// Where the daemon remembers its guard across sessions.
+    pub guard_file: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +74,14 @@ struct Active {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a connect asked for: the candidates and the path rules.
+#[derive(Debug, Clone)]
+struct Plan {
+    candidates: Vec<VerifiedRecord>,
+    hops: usize,
+    country: Option<String>,
+}
+
 struct Daemon {
     config: DaemonConfig,
     wg_secret: x25519::StaticSecret,
@@ -74,6 +92,20 @@ struct Daemon {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn hop_info(r: &VerifiedRecord) -> HopInfo {
+    HopInfo {
+        id: r.short_id(),
+        addr: r.record().quic_addr,
+        region: r.record().region.clone(),
+    }
+}
+
+/// The WireGuard session with one exit, kept across circuits to it.
+struct ExitSession {
+    exit: [u8; 32],
+    wg: Arc<Mutex<WgSession>>,
 }
 
 impl Daemon {
@@ -105,19 +137,19 @@ impl Daemon {
                 self.update(|s| *s = Status::default());
                 Response::Ok { status: self.status() }
             }
-            Request::Connect { record } => {
-                let record: VerifiedRecord = match record.parse() {
-                    Ok(r) => r,
-                    Err(e) => {
+            Request::Connect { records, hops, country } => {
+                let plan = match parse_plan(&records, hops, country) {
+                    Ok(p) => p,
+                    Err(message) => {
                         return Response::Error {
-                            message: e.to_string(),
+                            message,
                             status: self.status(),
                         }
                     }
                 };
                 let mut active = self.active.lock().await;
                 stop(active.take()).await;
-                match self.connect(record).await {
+                match self.connect(plan).await {
                     Ok(a) => {
                         *active = Some(a);
                         Response::Ok { status: self.status() }
@@ -128,129 +160,233 @@ impl Daemon {
         }
     }
 
-    /// Makes the first link, then the TUN device, routes and DNS. Nothing
-    /// on the system changes unless the exit answered.
-    async fn connect(self: &Arc<Self>, record: VerifiedRecord) -> Result<Active, String> {
-        let exit_addr = record.record().quic_addr;
+    fn saved_guard(&self) -> Option<[u8; 32]> {
+        let text = std::fs::read_to_string(&self.config.guard_file).ok()?;
+        crate::config::parse_identity(&text)
+    }
+
+    fn save_guard(&self, tunnel: &Tunnel) {
+        if tunnel.path.len() < 2 {
+            return;
+        }
+        let hex: String = tunnel.path[0]
+            .record()
+            .identity
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Err(e) = std::fs::write(&self.config.guard_file, hex + "\n") {
+            warn!("remembering the guard in {}: {e}", self.config.guard_file.display());
+        }
+    }
+
+    /// Picks a path and builds a circuit, trying other nodes when one fails.
+    /// `exit` keeps the session's exit when it can.
+    async fn build(
+        &self,
+        plan: &Plan,
+        avoid: &mut Vec<[u8; 32]>,
+        session: &mut Option<ExitSession>,
+        previous_addr: Option<Ipv4Addr>,
+    ) -> Result<Tunnel, String> {
+        let mut last_error = String::new();
+        for _ in 0..BUILD_ATTEMPTS {
+            let mut request = PathRequest {
+                hops: plan.hops,
+                country: plan.country.clone(),
+                exit: session.as_ref().map(|s| s.exit),
+                guard: self.saved_guard(),
+                avoid: avoid.clone(),
+            };
+            let now = crate::node::unix_now();
+            let path = match path::select(&mut rand::thread_rng(), &plan.candidates, &request, now) {
+                Ok(p) => p,
+                Err(_) if request.exit.is_some() => {
+                    // The old exit does not fit any more: any exit will do.
+                    request.exit = None;
+                    path::select(&mut rand::thread_rng(), &plan.candidates, &request, now).map_err(|e| e.to_string())?
+                }
+                Err(e) => {
+                    return Err(if last_error.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{last_error}; then: {e}")
+                    })
+                }
+            };
+            let exit = path[path.len() - 1].record();
+            if session.as_ref().is_none_or(|s| s.exit != exit.identity) {
+                let index = rand::thread_rng().gen::<u32>();
+                let wg = WgSession::new(
+                    self.wg_secret.clone(),
+                    x25519::PublicKey::from(exit.wg_key),
+                    index,
+                    Some(25),
+                );
+                *session = Some(ExitSession {
+                    exit: exit.identity,
+                    wg: Arc::new(Mutex::new(wg)),
+                });
+            }
+            let hello = ClientHello {
+                version: PROTOCOL_VERSION,
+                wg_key: *x25519::PublicKey::from(&self.wg_secret).as_bytes(),
+                previous_addr,
+            };
+            let names: Vec<String> = path.iter().map(VerifiedRecord::short_id).collect();
+            info!(path = %names.join(" → "), "building circuit");
+            match Tunnel::build(&path, &hello).await {
+                Ok(t) => return Ok(t),
+                Err(e) => {
+                    warn!("circuit failed: {e}");
+                    last_error = e.to_string();
+                    match e.culprit() {
+                        Some(c) if !avoid.contains(&c) => avoid.push(c),
+                        _ => return Err(last_error),
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    fn show_circuit(&self, tunnel: &Tunnel) {
+        let circuit: Vec<HopInfo> = tunnel.path.iter().map(hop_info).collect();
+        self.update(|s| {
+            s.state = State::Connected;
+            s.error = None;
+            s.exit = circuit.last().cloned();
+            s.circuit = circuit;
+            s.inner_addr = Some(tunnel.params.inner_addr);
+            s.mtu = Some(tunnel.mtu);
+            s.build_ms = Some((tunnel.build_time.as_secs_f64() * 100_000.0).round() / 100.0);
+        });
+    }
+
+    /// Builds the first circuit, then the TUN device, routes and DNS.
+    /// Nothing on the system changes unless the circuit came up.
+    async fn connect(self: &Arc<Self>, plan: Plan) -> Result<Active, String> {
         self.update(|s| {
             *s = Status {
                 state: State::Connecting,
-                exit: Some(ExitInfo {
-                    id: record.short_id(),
-                    addr: exit_addr,
-                }),
                 ..Status::default()
             }
         });
-        info!(exit = %record.short_id(), "connecting");
-        let link = Link::establish(&record, &self.wg_secret, 1, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let params = link.params.clone();
-        let tun = match tun::create(&self.config.tun_name, params.inner_addr, 32, link.mtu) {
+        let mut avoid = Vec::new();
+        let mut session = None;
+        let tunnel = self.build(&plan, &mut avoid, &mut session, None).await?;
+        let Some(session) = session else {
+            return Err("no exit session".into());
+        };
+        let params = tunnel.params.clone();
+        let tun = match tun::create(&self.config.tun_name, params.inner_addr, 32, tunnel.mtu) {
             Ok(t) => Arc::new(t),
             Err(e) => {
-                link.close().await;
+                tunnel.close().await;
                 return Err(e.to_string());
             }
         };
         let mut net = ClientNet::new(&self.config.state_file);
         let routed = net
-            .route_all_through(&self.config.tun_name, exit_addr.ip())
+            .route_all_through(&self.config.tun_name, tunnel.path[0].record().quic_addr.ip())
             .and_then(|()| net.set_dns(&self.config.resolv_conf, &params.dns));
         if let Err(e) = routed {
             net.restore();
-            link.close().await;
+            tunnel.close().await;
             return Err(format!("setting routes and DNS: {e}"));
         }
-        self.update(|s| {
-            s.state = State::Connected;
-            s.error = None;
-            s.inner_addr = Some(params.inner_addr);
-            s.mtu = Some(link.mtu);
-        });
-        info!(mtu = link.mtu, "connected");
+        self.save_guard(&tunnel);
+        self.show_circuit(&tunnel);
+        info!(
+            mtu = tunnel.mtu,
+            build_ms = tunnel.build_time.as_millis() as u64,
+            "connected"
+        );
         let (stop_tx, stop_rx) = oneshot::channel();
         let daemon = self.clone();
-        let task = tokio::spawn(async move { daemon.run(record, link, tun, net, stop_rx).await });
+        let task = tokio::spawn(async move { daemon.run(plan, tunnel, session, tun, net, stop_rx).await });
         Ok(Active { stop: stop_tx, task })
     }
 
-    /// Keeps the tunnel up until told to stop, reconnecting when the link
-    /// dies; then removes routes, DNS and the TUN device.
+    /// Keeps the tunnel up until told to stop, building a new circuit
+    /// (around the node that failed) when one dies; then removes routes,
+    /// DNS and the TUN device.
     async fn run(
         self: Arc<Self>,
-        record: VerifiedRecord,
-        first: Link,
+        plan: Plan,
+        first: Tunnel,
+        session: ExitSession,
         tun: Arc<TunDevice>,
         mut net: ClientNet,
         mut stop: oneshot::Receiver<()>,
     ) {
         let traffic = Arc::new(Traffic::default());
-        let mut link = first;
-        let mut index = 1u32;
+        let mut tunnel = first;
+        let mut session = Some(session);
         'session: loop {
-            let why = tokio::select! {
-                why = link.pump(tun.clone(), traffic.clone()) => why,
-                () = self.sample(&link, &traffic) => unreachable!("sampling never ends"),
+            let wg = match &session {
+                Some(s) => s.wg.clone(),
+                None => break 'session,
+            };
+            let first_link = tunnel.first_link();
+            let loss = tokio::select! {
+                loss = tunnel.pump(tun.clone(), wg, traffic.clone()) => loss,
+                () = self.sample(first_link, &traffic) => unreachable!("sampling never ends"),
                 _ = &mut stop => {
-                    link.close().await;
+                    tunnel.close().await;
                     break 'session;
                 }
             };
-            warn!("link to the exit lost: {why}");
+            warn!("circuit lost: {}", loss.reason);
             self.update(|s| {
                 s.state = State::Error;
-                s.error = Some(format!("{why}; reconnecting"));
+                s.error = Some(format!("{}; building a new circuit", loss.reason));
                 s.tx_bps = 0;
                 s.rx_bps = 0;
                 s.rtt_ms = None;
             });
-            let previous = link.params.clone();
+            let previous = tunnel.params.clone();
+            let mut avoid: Vec<[u8; 32]> = loss.culprit.into_iter().collect();
+            if loss.culprit == session.as_ref().map(|s| s.exit) {
+                session = None;
+            }
             let mut backoff = RECONNECT_FIRST;
-            link = loop {
+            tunnel = loop {
+                match self
+                    .build(&plan, &mut avoid, &mut session, Some(previous.inner_addr))
+                    .await
+                {
+                    Ok(new) => match self.adopt(&new, &previous, &mut net, &tun) {
+                        Ok(()) => break new,
+                        Err(e) => {
+                            new.close().await;
+                            self.update(|s| s.error = Some(format!("{e}; retrying")));
+                        }
+                    },
+                    Err(e) => {
+                        self.update(|s| s.error = Some(format!("{}; then: {e}; retrying", loss.reason)));
+                        // Every node may be worth a second try later.
+                        avoid.clear();
+                    }
+                }
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     _ = &mut stop => break 'session,
                 }
                 backoff = (backoff * 2).min(RECONNECT_MAX);
-                index = index.wrapping_add(1);
-                match Link::establish(&record, &self.wg_secret, index, Some(previous.inner_addr)).await {
-                    Ok(new) => match self.adopt(&new, &previous, &mut net) {
-                        Ok(()) => break new,
-                        Err(e) => {
-                            new.close().await;
-                            self.update(|s| s.error = Some(format!("{e}; reconnecting")));
-                        }
-                    },
-                    Err(e) => {
-                        let again = if e.is_transient() {
-                            "; reconnecting"
-                        } else {
-                            "; retrying"
-                        };
-                        let reason = match &e {
-                            ClientError::Unreachable { .. } => format!("{why}; {e}"),
-                            _ => e.to_string(),
-                        };
-                        self.update(|s| s.error = Some(format!("{reason}{again}")));
-                    }
-                }
             };
-            info!("reconnected");
-            self.update(|s| {
-                s.state = State::Connected;
-                s.error = None;
-                s.inner_addr = Some(link.params.inner_addr);
-            });
+            info!("new circuit up");
+            self.show_circuit(&tunnel);
         }
         net.restore();
         drop(tun);
         info!("disconnected");
     }
 
-    /// Applies what changed between two links' session parameters.
-    fn adopt(&self, new: &Link, old: &crate::session::SessionParams, net: &mut ClientNet) -> Result<(), String> {
+    /// Applies what changed between two circuits' session parameters.
+    fn adopt(&self, new: &Tunnel, old: &SessionParams, net: &mut ClientNet, tun: &TunDevice) -> Result<(), String> {
+        net.bypass(new.path[0].record().quic_addr.ip())
+            .map_err(|e| format!("routing to the new first hop: {e}"))?;
         if new.params.inner_addr != old.inner_addr {
             readdress(&self.config.tun_name, old.inner_addr, new.params.inner_addr)
                 .map_err(|e| format!("moving the tunnel to {}: {e}", new.params.inner_addr))?;
@@ -259,11 +395,13 @@ impl Daemon {
             net.set_dns(&self.config.resolv_conf, &new.params.dns)
                 .map_err(|e| format!("updating DNS: {e}"))?;
         }
+        tun.set_mtu(new.mtu)
+            .map_err(|e| format!("setting the MTU to {}: {e}", new.mtu))?;
         Ok(())
     }
 
     /// Publishes throughput and round-trip time once a second.
-    async fn sample(&self, link: &Link, traffic: &Traffic) {
+    async fn sample(&self, link: quinn::Connection, traffic: &Traffic) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last = (
             traffic.sent.load(Ordering::Relaxed),
@@ -286,6 +424,30 @@ impl Daemon {
             last = now;
         }
     }
+}
+
+/// Checks a connect request: every record must verify, hops must be 1-3.
+fn parse_plan(records: &[String], hops: u8, country: Option<String>) -> Result<Plan, String> {
+    if records.is_empty() {
+        return Err("no node records given: pass at least one (from `hopwire-node show-record`)".into());
+    }
+    let candidates = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.parse::<VerifiedRecord>()
+                .map_err(|e| format!("record {}: {e}", i + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let hops = usize::from(hops);
+    if hops == 0 || hops > MAX_HOPS {
+        return Err(format!("--hops must be 1 to {MAX_HOPS}, not {hops}"));
+    }
+    Ok(Plan {
+        candidates,
+        hops,
+        country,
+    })
 }
 
 fn readdress(tun: &str, old: Ipv4Addr, new: Ipv4Addr) -> Result<(), sys::SysError> {
@@ -394,9 +556,4 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) {
     let mut text = serde_json::to_string(&response).unwrap_or_else(|e| unreachable!("response encodes: {e}"));
     text.push('\n');
     let _ = write.write_all(text.as_bytes()).await;
-}
-
-/// Default place of the state file next to the socket.
-pub fn default_state_file(socket: &Path) -> PathBuf {
-    socket.with_extension("state.json")
 }

@@ -15,8 +15,11 @@ use boringtun::x25519;
 use ed25519_dalek::SigningKey;
 use rand::{CryptoRng, RngCore};
 
+use crate::onion::keys::OnionKeys;
+
 pub const IDENTITY_FILE: &str = "identity.key";
 pub const WG_FILE: &str = "wireguard.key";
+pub const ONION_FILE: &str = "onion.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -28,7 +31,7 @@ pub enum KeyError {
     },
     #[error("key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and rotate the key if it may have leaked")]
     Exposed { path: PathBuf, mode: u32 },
-    #[error("key file {path} does not hold a base64 32-byte key")]
+    #[error("key file {path} is malformed (restore it from a backup, or run `hopwire-node init --force` for a new identity)")]
     Malformed { path: PathBuf },
     #[error("key file {path} exists; pass --force to replace it (the node gets a new identity)")]
     Exists { path: PathBuf },
@@ -80,14 +83,19 @@ impl NodeKeys {
 }
 
 pub fn write_key(path: &Path, key: &[u8; 32], force: bool) -> Result<(), KeyError> {
+    if path.exists() && !force {
+        return Err(KeyError::Exists { path: path.to_owned() });
+    }
+    write_secret(path, &format!("{}\n", B64.encode(key)))
+}
+
+/// Writes a secret file with mode 0600, beside and renamed, so a crash
+/// never leaves half a key.
+pub fn write_secret(path: &Path, text: &str) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
     };
-    if path.exists() && !force {
-        return Err(KeyError::Exists { path: path.to_owned() });
-    }
-    // Write beside and rename, so a crash never leaves half a key.
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
@@ -96,12 +104,13 @@ pub fn write_key(path: &Path, key: &[u8; 32], force: bool) -> Result<(), KeyErro
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;
-    writeln!(f, "{}", B64.encode(key)).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }
 
-pub fn read_key(path: &Path) -> Result<[u8; 32], KeyError> {
+/// Reads a secret file, refusing one that group or others can read.
+pub fn read_secret(path: &Path) -> Result<String, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -113,11 +122,37 @@ pub fn read_key(path: &Path) -> Result<[u8; 32], KeyError> {
             mode: mode & 0o777,
         });
     }
-    let text = fs::read_to_string(path).map_err(io)?;
+    fs::read_to_string(path).map_err(io)
+}
+
+pub fn read_key(path: &Path) -> Result<[u8; 32], KeyError> {
+    let text = read_secret(path)?;
     B64.decode(text.trim())
         .ok()
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
         .ok_or_else(|| KeyError::Malformed { path: path.to_owned() })
+}
+
+/// Loads the node's onion keys from `dir`, making them on first use, and
+/// rotates them if due; what changed is saved before it is returned.
+pub fn load_onion_keys(dir: &Path, now: u64) -> Result<OnionKeys, KeyError> {
+    let path = dir.join(ONION_FILE);
+    let mut keys = if path.exists() {
+        serde_json::from_str(&read_secret(&path)?).map_err(|_| KeyError::Malformed { path: path.clone() })?
+    } else {
+        let keys = OnionKeys::generate(&mut rand::rngs::OsRng, now);
+        save_onion_keys(dir, &keys)?;
+        keys
+    };
+    if keys.rotate_if_due(&mut rand::rngs::OsRng, now) {
+        save_onion_keys(dir, &keys)?;
+    }
+    Ok(keys)
+}
+
+pub fn save_onion_keys(dir: &Path, keys: &OnionKeys) -> Result<(), KeyError> {
+    let text = serde_json::to_string(keys).unwrap_or_else(|e| unreachable!("onion keys encode: {e}"));
+    write_secret(&dir.join(ONION_FILE), &text)
 }
 
 /// Parses a WireGuard public key in the usual base64 form.
@@ -174,6 +209,25 @@ mod tests {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
         fs::write(&p, "not a key\n").expect("write");
         assert!(matches!(NodeKeys::load(&dir), Err(KeyError::Malformed { .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn onion_keys_persist_and_rotate() {
+        let dir = tempdir("onion");
+        let t0 = 1_800_000_000;
+        let first = load_onion_keys(&dir, t0).expect("created");
+        let mode = fs::metadata(dir.join(ONION_FILE)).expect("exists").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_onion_keys(&dir, t0 + 10).expect("loaded").public(), first.public());
+        let rotated = load_onion_keys(&dir, t0 + crate::onion::keys::ROTATE_AFTER).expect("rotated");
+        assert_ne!(rotated.public(), first.public());
+        assert_eq!(
+            load_onion_keys(&dir, t0 + crate::onion::keys::ROTATE_AFTER + 1)
+                .expect("again")
+                .public(),
+            rotated.public()
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

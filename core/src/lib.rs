@@ -9,7 +9,7 @@
 //! layers, cells, hop state) and [`api`] (the daemon's local API).
 //! The tokio shell owns sockets, the TUN device and the system's network
 //! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
-//! DNS), [`exit`] (the exit node runtime), [`client`] (one tunnel link) and
+//! DNS), [`node`] (the node runtime: relay and exit roles), [`client`] (one tunnel link) and
 //! [`daemon`] (the privileged client daemon), and [`process`] (logging and
 //! signals for the binaries).
 //!
@@ -20,14 +20,16 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod exit;
 pub mod keys;
 pub mod link;
+pub mod node;
 pub mod onion;
 pub mod packet;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod process;
+pub mod ratelimit;
 pub mod record;
 pub mod session;
 pub mod sys;

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+
+use crate::onion::circuit::cell_overhead;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
@@ -27,18 +29,21 @@ pub const INITIAL_MTU: u16 = 1452;
 /// (1), connection id (8), packet number (up to 4), AEAD tag (16), frame type
 /// and length (up to 9), as quinn counts them.
 const DATAGRAM_FRAME_OVERHEAD: u16 = 1 + 8 + 4 + 16 + 9;
-/// The inner MTU a tunnel carries over a link at [`INITIAL_MTU`]: a full
-/// inner packet plus WireGuard's 32 bytes fits one QUIC datagram, so nothing
-/// is fragmented.
-pub const TUNNEL_MTU: u16 = INITIAL_MTU - DATAGRAM_FRAME_OVERHEAD - crate::wg::WG_OVERHEAD as u16;
+/// The inner MTU a tunnel of `hops` hops carries over links at
+/// [`INITIAL_MTU`]: a full inner packet plus WireGuard's 32 bytes plus the
+/// circuit's layers fits one QUIC datagram, so nothing is fragmented.
+pub const fn tunnel_mtu_at_start(hops: usize) -> u16 {
+    INITIAL_MTU - DATAGRAM_FRAME_OVERHEAD - crate::wg::WG_OVERHEAD as u16 - cell_overhead(hops) as u16
+}
 /// Below this a tunnel cannot carry IPv4 as the RFCs require.
 pub const MIN_TUNNEL_MTU: u16 = 576;
 
-/// The inner MTU for a link whose datagrams hold `max_datagram` bytes.
-pub fn tunnel_mtu(max_datagram: usize) -> Option<u16> {
+/// The inner MTU for a circuit of `hops` hops whose first link's datagrams
+/// hold `max_datagram` bytes (later links carry smaller cells).
+pub fn tunnel_mtu(max_datagram: usize, hops: usize) -> Option<u16> {
     let mtu = max_datagram
-        .checked_sub(crate::wg::WG_OVERHEAD)?
-        .min(usize::from(TUNNEL_MTU));
+        .checked_sub(crate::wg::WG_OVERHEAD + cell_overhead(hops))?
+        .min(usize::from(tunnel_mtu_at_start(hops)));
     u16::try_from(mtu).ok().filter(|m| *m >= MIN_TUNNEL_MTU)
 }
 /// A peer is declared dead after this long without any packet from it.
@@ -242,8 +247,8 @@ mod tests {
             .expect("handshake");
         let room = conn.max_datagram_size().expect("datagrams enabled");
         assert_eq!(
-            tunnel_mtu(room),
-            Some(TUNNEL_MTU),
+            tunnel_mtu(room, 3),
+            Some(tunnel_mtu_at_start(3)),
             "a full inner packet fits one datagram ({room} bytes)"
         );
         conn.send_datagram(bytes::Bytes::from_static(b"ping")).expect("send");

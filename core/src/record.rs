@@ -36,6 +36,25 @@ pub enum RecordError {
     Signature,
 }
 
+/// What a node does for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Carries circuits onward (guard or middle).
+    Relay,
+    /// Ends circuits and sends traffic to the internet.
+    Exit,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Relay => "relay",
+            Role::Exit => "exit",
+        })
+    }
+}
+
 /// What a node says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -44,8 +63,18 @@ pub struct NodeRecord {
     pub identity: [u8; 32],
     /// Where the node accepts Hopwire (QUIC) connections.
     pub quic_addr: SocketAddr,
+    pub roles: Vec<Role>,
+    /// The x25519 key circuits are built against, and until when (unix
+    /// seconds) the node accepts it.
+    pub onion_key: [u8; 32],
+    pub onion_key_expires: u64,
     /// The exit's WireGuard static public key.
     pub wg_key: [u8; 32],
+    /// ISO 3166 country code the operator declares, e.g. `DE`.
+    pub region: String,
+    /// Identities of other nodes the same operator runs: never two of them
+    /// on one circuit.
+    pub family: Vec<[u8; 32]>,
     /// Unix seconds when the record was signed.
     pub issued_at: u64,
 }
@@ -61,6 +90,10 @@ struct SignedRecord {
 pub struct VerifiedRecord(NodeRecord);
 
 impl NodeRecord {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
     /// Signs the record with the node's identity key and gives its one-line
     /// string form.
     pub fn to_signed_string(&self, key: &SigningKey) -> String {
@@ -135,7 +168,12 @@ mod tests {
             version: RECORD_VERSION,
             identity: k.verifying_key().to_bytes(),
             quic_addr: "198.18.2.2:4433".parse().expect("addr"),
+            roles: vec![Role::Relay, Role::Exit],
+            onion_key: [5; 32],
+            onion_key_expires: 1_790_700_000,
             wg_key: [7; 32],
+            region: "DE".into(),
+            family: vec![],
             issued_at: 1_790_000_000,
         }
     }

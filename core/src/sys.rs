@@ -174,7 +174,7 @@ impl ExitNat {
 }
 
 /// How the kernel reaches an address now: `ip route get`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RouteHop {
     pub gateway: Option<IpAddr>,
     pub dev: String,
@@ -196,6 +196,9 @@ pub struct ClientNet {
     resolv_backup: Option<String>,
     #[serde(skip)]
     state_file: PathBuf,
+    /// How the machine reached the internet before the tunnel took over.
+    #[serde(skip)]
+    uplink: Option<RouteHop>,
 }
 
 impl ClientNet {
@@ -233,35 +236,45 @@ impl ClientNet {
         Ok(())
     }
 
-    /// Sends all IPv4 through `tun` except packets to the exit itself, and
-    /// blocks IPv6 (which the tunnel does not carry yet) instead of leaking it.
-    pub fn route_all_through(&mut self, tun: &str, exit: IpAddr) -> Result<(), SysError> {
-        let hop = route_get(exit)?;
-        let (family, host) = match exit {
+    /// Sends all IPv4 through `tun` except packets to `first_hop` (the node
+    /// the tunnel's own packets go to), and blocks IPv6 (which the tunnel
+    /// does not carry) instead of leaking it.
+    pub fn route_all_through(&mut self, tun: &str, first_hop: IpAddr) -> Result<(), SysError> {
+        self.uplink = Some(route_get(first_hop)?);
+        self.bypass(first_hop)?;
+        self.add_route(&["-4", "route", "0.0.0.0/1", "dev", tun])?;
+        self.add_route(&["-4", "route", "128.0.0.0/1", "dev", tun])?;
+        if read_file(Path::new("/proc/sys/net/ipv6/conf/all/disable_ipv6")).is_ok_and(|v| v.trim() == "0") {
+            self.add_route(&["-6", "route", "unreachable", "::/1"])?;
+            self.add_route(&["-6", "route", "unreachable", "8000::/1"])?;
+        }
+        Ok(())
+    }
+
+    /// Sends packets to `addr` the way the machine reached the internet
+    /// before the tunnel (for a new first hop after a circuit change).
+    pub fn bypass(&mut self, addr: IpAddr) -> Result<(), SysError> {
+        let hop = match &self.uplink {
+            Some(hop) => hop.clone(),
+            None => route_get(addr)?,
+        };
+        let (family, host) = match addr {
             IpAddr::V4(a) => ("-4", format!("{a}/32")),
             IpAddr::V6(a) => ("-6", format!("{a}/128")),
         };
         let exists = run("ip", &[family, "route", "show", "exact", &host])
             .map(|o| !o.trim().is_empty())
             .unwrap_or(false);
-        if !exists {
-            let via = hop.gateway.map(|g| g.to_string());
-            let mut args = vec![family, "route", &host];
-            if let Some(g) = &via {
-                args.extend(["via", g.as_str()]);
-            }
-            args.extend(["dev", hop.dev.as_str()]);
-            self.add_route(&args)?;
+        if exists {
+            return Ok(());
         }
-        self.add_route(&["-4", "route", "0.0.0.0/1", "dev", tun])?;
-        self.add_route(&["-4", "route", "128.0.0.0/1", "dev", tun])?;
-        if Path::new("/proc/sys/net/ipv6/conf/all/disable_ipv6").exists()
-            && read_file(Path::new("/proc/sys/net/ipv6/conf/all/disable_ipv6")).is_ok_and(|v| v.trim() == "0")
-        {
-            self.add_route(&["-6", "route", "unreachable", "::/1"])?;
-            self.add_route(&["-6", "route", "unreachable", "8000::/1"])?;
+        let via = hop.gateway.map(|g| g.to_string());
+        let mut args = vec![family, "route", &host];
+        if let Some(g) = &via {
+            args.extend(["via", g.as_str()]);
         }
-        Ok(())
+        args.extend(["dev", hop.dev.as_str()]);
+        self.add_route(&args)
     }
 
     /// Points the system resolver at `servers` (reached through the tunnel).

@@ -1,21 +1,26 @@
 //! `hopwire-node`: the headless Hopwire node for a VPS or a router.
 //!
-//! It creates keys and a commented `node.toml` (`init`), serves clients as an
-//! exit (`run`), and prints the one-line record clients connect with
-//! (`show-record`). Everything protocol-related lives in `hopwire-core`.
+//! It creates keys and a commented `node.toml` (`init`), relays circuits
+//! and/or serves as their exit (`run`), and prints the one-line record
+//! clients build circuits with (`show-record`). Everything protocol-related
+//! lives in `hopwire-core`.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hopwire_core::config::{self, LoadedConfig, NodeConfig};
-use hopwire_core::exit::ExitNode;
 use hopwire_core::keys::{self, NodeKeys};
-use hopwire_core::record::{short_id, NodeRecord, RECORD_VERSION};
+use hopwire_core::node::{own_record, unix_now, NodeRuntime};
+use hopwire_core::onion::keys::OnionKeys;
+use hopwire_core::record::short_id;
 
 #[derive(Parser)]
-#[command(name = "hopwire-node", version, about = "Hopwire node: serve clients as an exit")]
+#[command(
+    name = "hopwire-node",
+    version,
+    about = "Hopwire node: relay circuits and serve as an exit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +39,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Serve clients until SIGINT or SIGTERM (needs root: TUN, NAT).
+    /// Serve until SIGINT or SIGTERM (the exit role needs root: TUN, NAT).
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -78,6 +83,7 @@ fn init(dir: &Path, public_address: Option<std::net::SocketAddr>, force: bool) -
         .with_context(|| format!("creating {}", dir.display()))?;
     let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
     keys.save(dir, force)?;
+    keys::save_onion_keys(dir, &OnionKeys::generate(&mut rand::rngs::OsRng, unix_now()))?;
     let config_path = dir.join("node.toml");
     if force || !config_path.exists() {
         std::fs::write(&config_path, config::template(public_address))
@@ -104,7 +110,7 @@ fn serve(config: &Path) -> Result<()> {
     let (loaded, keys) = load(config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let node = ExitNode::new(loaded, keys);
+        let node = NodeRuntime::new(loaded, keys);
         node.run(hopwire_core::process::shutdown_signal()).await
     })?;
     Ok(())
@@ -112,34 +118,17 @@ fn serve(config: &Path) -> Result<()> {
 
 fn show_record(config: &Path, json: bool) -> Result<()> {
     let (loaded, keys) = load(config)?;
-    let node = &loaded.config.node;
-    let quic_addr = match node.public_address {
-        Some(a) => a,
-        None if !node.listen.ip().is_unspecified() => node.listen,
-        None => bail!(
-            "config {}: node.public_address: not set, and listen ({}) is not an address clients can dial; set it to this server's public IP and port",
-            loaded.path.display(),
-            node.listen
-        ),
-    };
-    let issued_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let identity = keys.identity.verifying_key().to_bytes();
-    let record = NodeRecord {
-        version: RECORD_VERSION,
-        identity,
-        quic_addr,
-        wg_key: *keys.wg_public().as_bytes(),
-        issued_at,
-    }
-    .to_signed_string(&keys.identity);
+    let now = unix_now();
+    let onion = keys::load_onion_keys(&loaded.key_dir, now)?;
+    let record = own_record(&loaded, &keys, &onion, now)?;
     if json {
+        let identity = keys.identity.verifying_key().to_bytes();
         let value = serde_json::json!({
             "record": record,
             "identity": short_id(&identity),
-            "quic_addr": quic_addr,
+            "identity_hex": identity.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "roles": loaded.config.node.roles,
+            "region": loaded.config.node.region,
             "wg_public_key": keys::wg_public_to_string(&keys.wg_public()),
         });
         println!("{value}");

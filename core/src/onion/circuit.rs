@@ -12,6 +12,7 @@ use std::hash::Hash;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rand::{CryptoRng, RngCore};
 
@@ -21,6 +22,8 @@ use super::cell::{
 };
 use super::handshake::{respond, ClientHandshake, ClientLayer, HandshakeError, ServerOnionskin};
 use super::keys::OnionKeys;
+use crate::ratelimit::TokenBucket;
+
 use super::layer::{LayerError, Opener, Sealer, COUNTER_LEN, LAYER_OVERHEAD, TAG_LEN};
 
 /// Bytes one hop adds to a data cell: counter, kind and tag.
@@ -248,6 +251,8 @@ pub struct HopCircuit<L> {
     pub next: Option<(L, u32)>,
     /// How many more hops may be added after this one.
     pub max_extends: u8,
+    /// The circuit's share of the node's capacity, if limited.
+    pub limit: Option<TokenBucket>,
 }
 
 impl<L: Copy> HopCircuit<L> {
@@ -278,6 +283,7 @@ impl<L: Copy> HopCircuit<L> {
             prev: (prev, circuit_id),
             next: None,
             max_extends: max_extends.min((MAX_HOPS - 1) as u8),
+            limit: None,
         };
         Ok((hop, LinkMessage::Created { onionskin: reply }))
     }
@@ -385,6 +391,7 @@ pub struct DropCounts {
     pub replayed: AtomicU64,
     pub forged: AtomicU64,
     pub misplaced: AtomicU64,
+    pub rate_limited: AtomicU64,
 }
 
 impl DropCounts {
@@ -506,10 +513,11 @@ impl<L: Copy + Eq + Hash> CircuitTable<L> {
             .collect()
     }
 
-    /// Routes one data cell that arrived on `link`. Forward cells are opened
-    /// in place in `cell`; backward cells are sealed into `out`. Nothing is
-    /// ever forwarded that did not authenticate.
-    pub fn route(&self, link: L, cell: &mut [u8], out: &mut [u8]) -> Routed<L> {
+    /// Routes one data cell that arrived on `link` at `now`. Forward cells
+    /// are opened in place in `cell`; backward cells are sealed into `out`.
+    /// Nothing is ever forwarded that did not authenticate, nor beyond the
+    /// circuit's rate limit.
+    pub fn route(&self, link: L, cell: &mut [u8], out: &mut [u8], now: Instant) -> Routed<L> {
         let Some((id, _)) = split_cell(cell) else {
             self.drops.truncated.fetch_add(1, Ordering::Relaxed);
             return Routed::Dropped;
@@ -519,6 +527,12 @@ impl<L: Copy + Eq + Hash> CircuitTable<L> {
             return Routed::Dropped;
         };
         let mut hop = lock(&hop);
+        if let Some(limit) = &mut hop.limit {
+            if !limit.admit(now, cell.len() as u64) {
+                self.drops.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return Routed::Dropped;
+            }
+        }
         let routed = match direction {
             Direction::Forward => hop.forward_cell(cell).map(|f| match f {
                 Forwarded::Send { link, cell } => Routed::InPlace { link, range: cell },

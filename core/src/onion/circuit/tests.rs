@@ -11,6 +11,13 @@ use crate::onion::cell::split_cell;
 
 const NOW: u64 = 1_800_000_000;
 
+/// The virtual clock: these tests never wait, so one instant serves.
+fn now() -> std::time::Instant {
+    use std::sync::OnceLock;
+    static T0: OnceLock<std::time::Instant> = OnceLock::new();
+    *T0.get_or_init(std::time::Instant::now)
+}
+
 struct Node {
     identity: [u8; 32],
     onion: OnionKeys,
@@ -157,7 +164,7 @@ impl Net {
     fn forward(&mut self, mut cell: Vec<u8>) -> Result<Vec<u8>, usize> {
         let mut out = vec![0u8; 2048];
         for n in 0..self.nodes.len() {
-            match self.nodes[n].table.route(n, &mut cell, &mut out) {
+            match self.nodes[n].table.route(n, &mut cell, &mut out, now()) {
                 Routed::InPlace { link, range } => {
                     assert_eq!(link, n + 1);
                     cell = cell[range].to_vec();
@@ -188,7 +195,7 @@ impl Net {
         }
         for n in (0..last).rev() {
             assert_eq!(link, n + 1);
-            match self.nodes[n].table.route(link, &mut cell, &mut out) {
+            match self.nodes[n].table.route(link, &mut cell, &mut out, now()) {
                 Routed::Out { link: l, len } => {
                     link = l;
                     cell = out[..len].to_vec();
@@ -284,7 +291,7 @@ fn replayed_unknown_and_truncated_cells_are_dropped_and_counted() {
     for len in [0, 3, 4, 10, CIRCUIT_ID_LEN + LAYER_OVERHEAD - 1] {
         let mut short = cell[..len].to_vec();
         assert!(matches!(
-            net.nodes[0].table.route(0, &mut short, &mut out),
+            net.nodes[0].table.route(0, &mut short, &mut out, now()),
             Routed::Dropped
         ));
     }
@@ -292,7 +299,7 @@ fn replayed_unknown_and_truncated_cells_are_dropped_and_counted() {
     // A cell that arrives on the wrong link is an unknown circuit there.
     let mut wrong_link = net.sealed(b"y");
     assert!(matches!(
-        net.nodes[0].table.route(5, &mut wrong_link, &mut out),
+        net.nodes[0].table.route(5, &mut wrong_link, &mut out, now()),
         Routed::Dropped
     ));
 }
@@ -340,4 +347,20 @@ fn a_relaying_hop_never_delivers_data() {
     let cell = net.sealed(b"data for the wrong hop");
     assert_eq!(net.forward(cell), Err(0));
     assert_eq!(net.nodes[0].table.drops.misplaced.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_circuit_over_its_rate_is_cut_back() {
+    let mut net = Net::build(19, 1);
+    let (hop, _) = net.nodes[0].table.get(0, net.ids[0]).expect("known");
+    lock(&hop).limit = Some(crate::ratelimit::TokenBucket::new(10_000, 3_000, now()));
+    let mut delivered = 0;
+    for _ in 0..10 {
+        let cell = net.sealed(&[0u8; 900]);
+        if net.forward(cell).is_ok() {
+            delivered += 1;
+        }
+    }
+    assert_eq!(delivered, 3, "only the burst passes at one instant");
+    assert_eq!(net.nodes[0].table.drops.rate_limited.load(Ordering::Relaxed), 7);
 }

@@ -1,0 +1,627 @@
+//! The node runtime: the tokio shell around the sans-IO circuit code.
+//!
+//! One quinn endpoint per node. Every QUIC connection is a *link*; every
+//! bidirectional stream on it is one circuit's control channel; data cells
+//! ride in its DATAGRAM frames. A node with the relay role extends circuits
+//! to the next hop (reusing one connection per neighbour), and a node with
+//! the exit role ends them in a WireGuard session ([`exit`]). A relay learns
+//! only its previous and next hop; it never sees the payload.
+//!
+//! What it does not do: parse the command line or choose paths.
+
+pub mod exit;
+mod metrics;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use crate::config::LoadedConfig;
+use crate::keys::{self, KeyError, NodeKeys};
+use crate::link::{self, LinkError};
+use crate::onion::cell::{BackwardMessage, ForwardMessage, LinkMessage};
+use crate::onion::circuit::{CircuitTable, ControlAction, HopCircuit, Routed, SharedHop};
+use crate::onion::handshake::ServerOnionskin;
+use crate::onion::keys::OnionKeys;
+use crate::ratelimit::TokenBucket;
+use crate::record::{short_id, Role};
+use crate::session::{self, SetupError};
+
+pub use exit::ExitError;
+
+/// Names a link (one QUIC connection) inside this node.
+pub type LinkId = usize;
+
+/// How long a neighbour may take to answer CREATE.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often onion keys are checked for rotation.
+const ROTATION_CHECK: Duration = Duration::from_secs(3600);
+const BUF: usize = 65536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Exit(#[from] ExitError),
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct LinkState {
+    conn: quinn::Connection,
+    /// What the neighbour may send through us.
+    limit: Mutex<TokenBucket>,
+}
+
+/// The node's links, shared with the exit part so it can send cells back.
+#[derive(Default)]
+pub struct Links {
+    links: RwLock<HashMap<LinkId, LinkState>>,
+    next: AtomicUsize,
+}
+
+impl Links {
+    fn add(&self, conn: quinn::Connection, limit: TokenBucket) -> LinkId {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        write(&self.links).insert(
+            id,
+            LinkState {
+                conn,
+                limit: Mutex::new(limit),
+            },
+        );
+        id
+    }
+
+    /// Sends a data cell on a link; a full or gone link drops it, as a
+    /// router would.
+    pub fn send(&self, link: LinkId, cell: &[u8]) {
+        if let Some(l) = read(&self.links).get(&link) {
+            let _ = l.conn.send_datagram(Bytes::copy_from_slice(cell));
+        }
+    }
+
+    fn admit(&self, link: LinkId, now: Instant, bytes: usize) -> bool {
+        read(&self.links)
+            .get(&link)
+            .is_some_and(|l| lock(&l.limit).admit(now, bytes as u64))
+    }
+
+    fn remove(&self, link: LinkId) {
+        write(&self.links).remove(&link);
+    }
+
+    fn len(&self) -> usize {
+        read(&self.links).len()
+    }
+}
+
+/// Counters the node reports.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    pub circuits_opened: AtomicU64,
+    pub extends_failed: AtomicU64,
+    pub cells_relayed: AtomicU64,
+    pub cells_delivered: AtomicU64,
+    pub peer_rate_limited: AtomicU64,
+}
+
+struct Node {
+    id: [u8; 32],
+    relay: bool,
+    onion: RwLock<OnionKeys>,
+    key_dir: std::path::PathBuf,
+    table: RwLock<CircuitTable<LinkId>>,
+    links: Arc<Links>,
+    /// Connections this node opened, by the neighbour's identity.
+    peers: tokio::sync::Mutex<HashMap<[u8; 32], (LinkId, quinn::Connection)>>,
+    endpoint: quinn::Endpoint,
+    exit: Option<Arc<exit::Exit>>,
+    circuit_rate: u64,
+    peer_rate: u64,
+    counters: NodeCounters,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config {path}: node.public_address: not set, and listen ({listen}) is not an address clients can dial; set it to this server's public IP and port")]
+pub struct NoPublicAddress {
+    pub path: std::path::PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// The node's own record, signed, as clients need it to build circuits.
+pub fn own_record(
+    config: &LoadedConfig,
+    keys: &NodeKeys,
+    onion: &OnionKeys,
+    now: u64,
+) -> Result<String, NoPublicAddress> {
+    let node = &config.config.node;
+    let quic_addr = match node.public_address {
+        Some(a) => a,
+        None if !node.listen.ip().is_unspecified() => node.listen,
+        None => {
+            return Err(NoPublicAddress {
+                path: config.path.clone(),
+                listen: node.listen,
+            })
+        }
+    };
+    let record = crate::record::NodeRecord {
+        version: crate::record::RECORD_VERSION,
+        identity: keys.identity.verifying_key().to_bytes(),
+        quic_addr,
+        roles: node.roles.clone(),
+        onion_key: onion.public(),
+        onion_key_expires: onion.expires_at(),
+        wg_key: *keys.wg_public().as_bytes(),
+        region: node.region.clone(),
+        family: config.family.clone(),
+        issued_at: now,
+    };
+    Ok(record.to_signed_string(&keys.identity))
+}
+
+/// A configured node, ready to run.
+pub struct NodeRuntime {
+    config: LoadedConfig,
+    keys: NodeKeys,
+}
+
+impl std::fmt::Debug for NodeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeRuntime")
+            .field("config", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeRuntime {
+    pub fn new(config: LoadedConfig, keys: NodeKeys) -> Self {
+        Self { config, keys }
+    }
+
+    /// Sets everything up, serves until `shutdown` completes, then removes
+    /// everything it set up on the system.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let cfg = &self.config.config;
+        let onion = keys::load_onion_keys(&self.config.key_dir, unix_now())?;
+        let endpoint = link::endpoint(cfg.node.listen, Some(link::server_config(&self.keys.identity)?))?;
+        let links = Arc::new(Links::default());
+        let exit = if cfg.node.roles.contains(&Role::Exit) {
+            Some(exit::Exit::start(&self.config, &self.keys, links.clone())?)
+        } else {
+            None
+        };
+        let mbit = |m: u64| m * 1_000_000 / 8;
+        let node = Arc::new(Node {
+            id: self.keys.identity.verifying_key().to_bytes(),
+            relay: cfg.node.roles.contains(&Role::Relay),
+            onion: RwLock::new(onion),
+            key_dir: self.config.key_dir.clone(),
+            table: RwLock::default(),
+            links,
+            peers: tokio::sync::Mutex::default(),
+            endpoint: endpoint.clone(),
+            exit: exit.clone(),
+            circuit_rate: mbit(cfg.relay.circuit_rate_mbit),
+            peer_rate: mbit(cfg.relay.peer_rate_mbit),
+            counters: NodeCounters::default(),
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(addr) = cfg.node.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Metrics { addr, source })?;
+            tasks.spawn(metrics::serve(listener, node.clone()));
+        }
+        if let Some(exit) = &exit {
+            exit.spawn_tasks(&mut tasks);
+        }
+        tasks.spawn(accept_loop(node.clone()));
+        tasks.spawn(rotate_onion_keys(node.clone()));
+        info!(
+            listen = %cfg.node.listen,
+            roles = ?cfg.node.roles,
+            id = %short_id(&node.id),
+            "node serving"
+        );
+        tokio::select! {
+            () = shutdown => info!("shutting down"),
+            Some(done) = tasks.join_next() => warn!("a node task ended early: {done:?}"),
+        }
+        endpoint.close(0u32.into(), b"node shutting down");
+        // Let the close frames leave before the process goes.
+        let _ = tokio::time::timeout(Duration::from_millis(300), endpoint.wait_idle()).await;
+        tasks.abort_all();
+        if let Some(exit) = exit {
+            exit.teardown();
+        }
+        Ok(())
+    }
+}
+
+async fn rotate_onion_keys(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(ROTATION_CHECK);
+    loop {
+        tick.tick().await;
+        let rotated = {
+            let mut onion = write(&node.onion);
+            let rotated = onion.rotate_if_due(&mut rand::rngs::OsRng, unix_now());
+            rotated.then(|| onion.clone())
+        };
+        if let Some(keys) = rotated {
+            match keys::save_onion_keys(&node.key_dir, &keys) {
+                Ok(()) => info!("onion key rotated; publish the new record (`hopwire-node show-record`)"),
+                Err(e) => warn!("saving the rotated onion key: {e}"),
+            }
+        }
+    }
+}
+
+async fn accept_loop(node: Arc<Node>) {
+    while let Some(incoming) = node.endpoint.accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => node.serve_link(conn).await,
+                Err(e) => debug!("incoming connection failed: {e}"),
+            }
+        });
+    }
+}
+
+impl Node {
+    fn new_link(self: &Arc<Self>, conn: quinn::Connection) -> LinkId {
+        let link = self.links.add(
+            conn.clone(),
+            TokenBucket::new(self.peer_rate, self.peer_rate / 4, Instant::now()),
+        );
+        let node = self.clone();
+        tokio::spawn(async move {
+            let why = node.read_cells(link, &conn).await;
+            debug!(link, "link closed: {why}");
+            node.links.remove(link);
+        });
+        link
+    }
+
+    /// A link someone opened to us: each stream on it is a circuit.
+    async fn serve_link(self: &Arc<Self>, conn: quinn::Connection) {
+        let link = self.new_link(conn.clone());
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let node = self.clone();
+            tokio::spawn(async move { node.serve_circuit(link, send, recv).await });
+        }
+    }
+
+    /// Moves data cells that arrive on a link until it closes.
+    async fn read_cells(&self, link: LinkId, conn: &quinn::Connection) -> quinn::ConnectionError {
+        let mut cell = vec![0u8; BUF];
+        let mut out = vec![0u8; BUF];
+        loop {
+            let datagram = match conn.read_datagram().await {
+                Ok(d) => d,
+                Err(e) => return e,
+            };
+            let now = Instant::now();
+            if !self.links.admit(link, now, datagram.len()) {
+                self.counters.peer_rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let n = datagram.len().min(BUF);
+            cell[..n].copy_from_slice(&datagram[..n]);
+            let routed = read(&self.table).route(link, &mut cell[..n], &mut out, now);
+            match routed {
+                Routed::InPlace { link, range } => {
+                    self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
+                    self.links.send(link, &cell[range]);
+                }
+                Routed::Out { link, len } => {
+                    self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
+                    self.links.send(link, &out[..len]);
+                }
+                Routed::Deliver { circuit, payload } => {
+                    self.counters.cells_delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(exit) = &self.exit {
+                        exit.deliver(circuit, &cell[payload], &mut out).await;
+                    }
+                }
+                Routed::Dropped => {}
+            }
+        }
+    }
+
+    /// One circuit's control stream from the previous hop: CREATE, then
+    /// control messages until either side ends the circuit.
+    async fn serve_circuit(self: Arc<Self>, link: LinkId, mut send: SendStream, mut recv: RecvStream) {
+        let create = match tokio::time::timeout(CREATE_TIMEOUT, session::read_message::<LinkMessage>(&mut recv)).await {
+            Ok(Ok(LinkMessage::Create(c))) => c,
+            _ => return,
+        };
+        let made = {
+            let onion = read(&self.onion);
+            HopCircuit::create(&mut rand::rngs::OsRng, &self.id, &onion, unix_now(), link, &create)
+        };
+        let (mut hop, created) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = session::write_message(&mut send, &LinkMessage::Destroy { reason: e.to_string() }).await;
+                return;
+            }
+        };
+        hop.limit = Some(TokenBucket::new(
+            self.circuit_rate,
+            self.circuit_rate / 4,
+            Instant::now(),
+        ));
+        let hop: SharedHop<LinkId> = Arc::new(Mutex::new(hop));
+        if !write(&self.table).insert(hop.clone()) {
+            let reason = "circuit id already in use on this link".to_owned();
+            let _ = session::write_message(&mut send, &LinkMessage::Destroy { reason }).await;
+            return;
+        }
+        self.counters.circuits_opened.fetch_add(1, Ordering::Relaxed);
+        let prev = Arc::new(tokio::sync::Mutex::new(send));
+        let ended = self.run_circuit(&hop, &prev, created, &mut recv).await;
+        write(&self.table).remove(&hop);
+        if let Some(exit) = &self.exit {
+            exit.end_circuit((link, create.circuit_id));
+        }
+        let mut prev = prev.lock().await;
+        if let Ended::NextLost(reason) = ended {
+            // Tell the client, inside this hop's layer, which hop failed.
+            let reason = format!("next hop lost: {reason}");
+            let sealed = lock(&hop).reply(&BackwardMessage::Failed { reason });
+            if let Ok(m) = sealed {
+                let _ = session::write_message(&mut *prev, &m).await;
+            }
+        }
+        let _ = prev.finish();
+    }
+
+    async fn run_circuit(
+        self: &Arc<Self>,
+        hop: &SharedHop<LinkId>,
+        prev: &Arc<tokio::sync::Mutex<SendStream>>,
+        created: LinkMessage,
+        recv: &mut RecvStream,
+    ) -> Ended {
+        if session::write_message(&mut *prev.lock().await, &created).await.is_err() {
+            return Ended::PrevLost;
+        }
+        let mut next: Option<SendStream> = None;
+        let mut backward: Option<tokio::task::JoinHandle<String>> = None;
+        let ended = loop {
+            let message = tokio::select! {
+                m = session::read_message::<LinkMessage>(recv) => m,
+                why = async {
+                    match &mut backward {
+                        Some(task) => task.await.unwrap_or_else(|e| e.to_string()),
+                        None => std::future::pending().await,
+                    }
+                } => break Ended::NextLost(why),
+            };
+            let layered = match message {
+                Ok(LinkMessage::Relay { layered }) => layered,
+                Ok(LinkMessage::Destroy { .. }) | Err(_) => break Ended::PrevLost,
+                Ok(_) => break Ended::PrevLost,
+            };
+            let action = lock(hop).forward_control(layered);
+            let reply = match action {
+                Ok(ControlAction::Relay(inner)) => {
+                    if let Some(next) = &mut next {
+                        if session::write_message(next, &LinkMessage::Relay { layered: inner })
+                            .await
+                            .is_err()
+                        {
+                            break Ended::NextLost("its control stream closed".into());
+                        }
+                    }
+                    continue;
+                }
+                Ok(ControlAction::Here(ForwardMessage::Extend {
+                    addr,
+                    identity,
+                    onionskin,
+                })) => match self.extend(hop, addr, identity, onionskin).await {
+                    Ok((send, recv, onionskin)) => {
+                        next = Some(send);
+                        backward = Some(tokio::spawn(relay_backward(hop.clone(), recv, prev.clone())));
+                        BackwardMessage::Extended { onionskin }
+                    }
+                    Err(reason) => {
+                        self.counters.extends_failed.fetch_add(1, Ordering::Relaxed);
+                        BackwardMessage::Failed { reason }
+                    }
+                },
+                Ok(ControlAction::Here(ForwardMessage::Begin { hello })) => {
+                    let key = lock(hop).prev;
+                    match &self.exit {
+                        Some(exit) if lock(hop).next.is_none() => BackwardMessage::Began {
+                            hello: exit.begin(key, hop.clone(), &hello),
+                        },
+                        _ => BackwardMessage::Failed {
+                            reason: "this node is not an exit".into(),
+                        },
+                    }
+                }
+                Err(e) => {
+                    // A control message that does not open is an attack or a
+                    // bug: the circuit cannot be trusted any more.
+                    read(&self.table).drops.count(&e);
+                    break Ended::PrevLost;
+                }
+            };
+            let sealed = lock(hop).reply(&reply);
+            match sealed {
+                Ok(m) => {
+                    if session::write_message(&mut *prev.lock().await, &m).await.is_err() {
+                        break Ended::PrevLost;
+                    }
+                }
+                Err(_) => break Ended::PrevLost,
+            }
+        };
+        if let Some(mut next) = next {
+            let reason = "previous hop closed the circuit".to_owned();
+            let _ = session::write_message(&mut next, &LinkMessage::Destroy { reason }).await;
+            let _ = next.finish();
+        }
+        if let Some(task) = backward {
+            task.abort();
+        }
+        ended
+    }
+
+    /// Adds the next hop: connects to it (or reuses a connection), checks
+    /// its identity, and passes on the client's onionskin.
+    async fn extend(
+        self: &Arc<Self>,
+        hop: &SharedHop<LinkId>,
+        addr: SocketAddr,
+        identity: [u8; 32],
+        onionskin: crate::onion::handshake::ClientOnionskin,
+    ) -> Result<(SendStream, RecvStream, ServerOnionskin), String> {
+        if !self.relay {
+            return Err("this node does not relay".into());
+        }
+        if !lock(hop).may_extend() {
+            return Err("the circuit is at its hop limit".into());
+        }
+        if identity == self.id {
+            return Err("a circuit cannot pass a node twice".into());
+        }
+        let next_name = short_id(&identity);
+        let (link, conn) = self
+            .connect(addr, identity)
+            .await
+            .map_err(|e| format!("cannot reach {next_name} at {addr}: {e}"))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("{next_name}: {e}"))?;
+        let circuit_id = {
+            let table = read(&self.table);
+            let mut rng = rand::thread_rng();
+            loop {
+                let id: u32 = rng.gen();
+                if !table.contains(link, id) {
+                    break id;
+                }
+            }
+        };
+        let max_extends = lock(hop).max_extends.saturating_sub(1);
+        let create = LinkMessage::Create(crate::onion::cell::Create {
+            circuit_id,
+            onionskin,
+            max_extends,
+        });
+        session::write_message(&mut send, &create)
+            .await
+            .map_err(|e| format!("{next_name}: {e}"))?;
+        let answer = tokio::time::timeout(CREATE_TIMEOUT, session::read_message::<LinkMessage>(&mut recv))
+            .await
+            .map_err(|_| format!("{next_name} did not answer CREATE"))?
+            .map_err(|e| format!("{next_name}: {e}"))?;
+        match answer {
+            LinkMessage::Created { onionskin } => {
+                write(&self.table).extend(hop, (link, circuit_id));
+                Ok((send, recv, onionskin))
+            }
+            LinkMessage::Destroy { reason } => Err(format!("{next_name} refused: {reason}")),
+            _ => Err(format!("{next_name} answered CREATE with something else")),
+        }
+    }
+
+    /// A live connection to the node `identity`, reused when there is one.
+    async fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        identity: [u8; 32],
+    ) -> Result<(LinkId, quinn::Connection), String> {
+        let mut peers = self.peers.lock().await;
+        if let Some((link, conn)) = peers.get(&identity) {
+            if conn.close_reason().is_none() {
+                return Ok((*link, conn.clone()));
+            }
+        }
+        let config = link::client_config(identity).map_err(|e| e.to_string())?;
+        let conn = self
+            .endpoint
+            .connect_with(config, addr, link::SERVER_NAME)
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(CREATE_TIMEOUT, conn)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let link = self.new_link(conn.clone());
+        peers.insert(identity, (link, conn.clone()));
+        Ok((link, conn))
+    }
+}
+
+/// How a circuit's control loop ended.
+enum Ended {
+    /// The client's side closed or broke the circuit.
+    PrevLost,
+    /// The next hop went away.
+    NextLost(String),
+}
+
+/// Passes backward control messages from the next hop to the previous one,
+/// each wrapped in this hop's layer; returns why the next hop's side ended.
+async fn relay_backward(
+    hop: SharedHop<LinkId>,
+    mut recv: RecvStream,
+    prev: Arc<tokio::sync::Mutex<SendStream>>,
+) -> String {
+    loop {
+        match session::read_message::<LinkMessage>(&mut recv).await {
+            Ok(LinkMessage::Relay { layered }) => {
+                let wrapped = lock(&hop).backward_control(&layered);
+                let Ok(m) = wrapped else {
+                    return "a backward message did not seal".into();
+                };
+                if session::write_message(&mut *prev.lock().await, &m).await.is_err() {
+                    return "previous hop gone".into();
+                }
+            }
+            Ok(LinkMessage::Destroy { reason }) => return reason,
+            Ok(_) => return "unexpected message from the next hop".into(),
+            Err(SetupError::Io(e)) => return e.to_string(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
