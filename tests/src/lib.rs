@@ -554,6 +554,8 @@ pub fn parse_summary(stdout: &str) -> Value {
 
 impl Testnet {
     /// Builds a kept testnet under `prefix` with a test file of `size_mb` MiB.
+    /// It has one exit (so which exit carries the traffic is known) and the
+    /// testnet's default relays and circuit length.
     pub fn start(prefix: &str, size_mb: u32) -> Self {
         let serial = serial();
         require_root();
@@ -564,7 +566,17 @@ impl Testnet {
         let down = DownOnDrop(prefix.to_owned());
         let size = size_mb.to_string();
         let out = run_timeout(
-            Command::new(&hopwire).args(["testnet", "--keep", "--json", "--prefix", prefix, "--size-mb", &size]),
+            Command::new(&hopwire).args([
+                "testnet",
+                "--keep",
+                "--json",
+                "--prefix",
+                prefix,
+                "--size-mb",
+                &size,
+                "--exits",
+                "1",
+            ]),
             TESTNET_TIMEOUT,
         );
         assert!(out.success(), "hopwire testnet --keep failed: {out}");
@@ -688,10 +700,23 @@ impl Testnet {
         self.wait_state("disconnected", 30);
     }
 
-    pub fn connect(&self, record: &str) {
-        let out = self.cli(&["connect", record]);
+    /// Connects the way the testnet did: a circuit of the same number of
+    /// hops, chosen among the testnet's nodes (`nodes_file`).
+    pub fn reconnect(&self) {
+        let nodes = self.field(&["nodes_file"]).to_owned();
+        let hops = self.summary["hops"].as_u64().unwrap_or(3).to_string();
+        let out = self.cli(&["connect", "--hops", &hops, "--nodes", &nodes]);
         assert!(out.success(), "connect failed: {out}");
         self.wait_state("connected", 60);
+    }
+
+    /// The address of the last hop of the client's circuit, from `status --json`.
+    pub fn exit_addr(&self) -> String {
+        let st = self.status();
+        st["exit"]["addr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("status has no exit.addr: {st}"))
+            .to_owned()
     }
 
     pub fn curl_client(&self, url: &str, out: Option<&Path>, max_time: u32) -> Output {

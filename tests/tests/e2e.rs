@@ -34,6 +34,11 @@ fn download_through_tunnel_is_exact_and_seen_from_exit() {
     assert_eq!(tn.field(&["addresses", "exit_uplink"]), EXIT_UPLINK);
     assert_eq!(tn.field(&["addresses", "client_uplink"]), CLIENT_UPLINK);
     assert_eq!(tn.status()["state"], "connected");
+    let exit_addr = tn.exit_addr();
+    assert!(
+        exit_addr.starts_with(&format!("{EXIT_UPLINK}:")),
+        "the circuit ends at {exit_addr}, not at the exit {EXIT_UPLINK}"
+    );
 
     let before = tn.access_entries().len();
     let got = tn.dir.join("e2e-download.bin");
@@ -133,7 +138,7 @@ fn dns_goes_through_tunnel_and_resolv_conf_is_restored() {
         "after disconnect the client resolv.conf should name the inet DNS server {INET_SERVER}:\n{original_text}"
     );
 
-    tn.connect(&tn.record());
+    tn.reconnect();
     check_connected("after reconnect");
     // A name that has never been asked before, so no cache can answer it.
     let out = ns_exec(&tn.ns.client, "getent", &["hosts", "fresh-name.hopwire.test"]).ok();
@@ -372,7 +377,7 @@ fn disconnect_restores_client_routes() {
         "disconnect changed no route: was the tunnel routed at all?"
     );
 
-    tn.connect(&tn.record());
+    tn.reconnect();
     let connected = tn.client_routes();
     assert_ne!(connected, before, "connect changed no route in the client ns");
     let out = tn.curl_client(&format!("http://{INET_SERVER}/test.bin"), None, 60);
@@ -541,7 +546,8 @@ fn client_refuses_bad_input() {
         .as_str()
         .unwrap_or_else(|| panic!("show-record has no record: {v}"))
         .to_owned();
-    let out = tn.cli(&["connect", &record]);
+    // One hop: straight to the dead exit, no relays to choose among.
+    let out = tn.cli(&["connect", "--hops", "1", &record]);
     assert!(!out.timed_out(), "connect to an unreachable exit hung: {out}");
     let st = if out.success() {
         tn.wait_status("client to give up on the unreachable exit", 60, state_is_failure)
@@ -582,7 +588,7 @@ fn client_refuses_bad_input() {
         st["state"], "disconnected",
         "first daemon after the second one failed: {st}"
     );
-    tn.connect(&tn.record());
+    tn.reconnect();
 }
 
 /// 7c. `hopwire testnet` as an unprivileged user says it needs root and creates nothing.
