@@ -623,3 +623,55 @@ fn testnet_refuses_non_root() {
         "namespaces of the refused testnet exist: {after:?}"
     );
 }
+
+/// 8. Killing a relay of the circuit: the client builds a new circuit around
+///    it by itself and traffic flows again.
+#[test]
+fn killed_relay_is_routed_around() {
+    let tn = Testnet::start("hwt8", 1);
+    let st = tn.status();
+    let circuit = st["circuit"].as_array().cloned().unwrap_or_default();
+    assert!(circuit.len() >= 2, "the testnet's circuit has no relay to kill: {st}");
+    let guard_id = circuit[0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("circuit hop without id: {st}"))
+        .to_owned();
+    let nodes = tn.summary["nodes"].as_array().cloned().unwrap_or_default();
+    let guard = nodes
+        .iter()
+        .find(|n| n["identity"].as_str() == Some(guard_id.as_str()))
+        .unwrap_or_else(|| panic!("guard {guard_id} is not among the testnet's nodes: {:#}", tn.summary));
+    let pid = guard["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("node without pid: {guard}"));
+    kill_and_wait(pid, "KILL");
+
+    let st = tn.wait_status("a new circuit that avoids the killed guard", 90, |st| {
+        st["state"] == "connected"
+            && st["circuit"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty() && c.iter().all(|h| h["id"].as_str() != Some(guard_id.as_str())))
+    });
+    eprintln!("[e2e] circuit after killing guard {guard_id}: {st}");
+    let got = tn.dir.join("after-relay.bin");
+    let out = poll_until(
+        "a download over the rebuilt circuit",
+        10,
+        Duration::from_secs(1),
+        || {
+            let out = tn.curl_client(&format!("http://{INET_SERVER}/test.bin"), Some(&got), 30);
+            if out.success() {
+                Ok(out)
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
+    assert!(out.success());
+    assert_eq!(
+        sha256_file(&got),
+        sha256_file(&tn.www().join("test.bin")),
+        "download over the rebuilt circuit differs"
+    );
+}
