@@ -529,6 +529,26 @@ fn client_refuses_bad_input() {
     let st = tn.status();
     assert_eq!(st["state"], "disconnected", "connect garbage changed the state: {st}");
 
+    // A second daemon on the same socket.
+    let socket = tn.socket.to_string_lossy().into_owned();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &tn.ns.client])
+        .arg(hopwire_bin())
+        .args(["daemon", "--socket", &socket]);
+    let out = run_timeout(&mut cmd, Duration::from_secs(20));
+    assert!(!out.timed_out(), "a second daemon on {socket} kept running: {out}");
+    assert!(!out.success(), "a second daemon on {socket} exited 0: {out}");
+    let err = out.stderr.to_lowercase();
+    assert!(
+        err.contains("socket") || err.contains("already") || err.contains(&socket),
+        "second daemon's error is unclear: {out}"
+    );
+    let st = tn.status();
+    assert_eq!(
+        st["state"], "disconnected",
+        "first daemon after the second one failed: {st}"
+    );
+
     // A well-formed record of an exit that runs nothing.
     let tmp = TempDir::new("hwt7dead");
     let dead = tmp.path().join("dead");
@@ -569,24 +589,12 @@ fn client_refuses_bad_input() {
     );
     assert_eq!(tn.client_routes(), routes, "routes differ after the failed connect");
 
-    // A second daemon on the same socket.
-    let socket = tn.socket.to_string_lossy().into_owned();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &tn.ns.client])
-        .arg(hopwire_bin())
-        .args(["daemon", "--socket", &socket]);
-    let out = run_timeout(&mut cmd, Duration::from_secs(20));
-    assert!(!out.timed_out(), "a second daemon on {socket} kept running: {out}");
-    assert!(!out.success(), "a second daemon on {socket} exited 0: {out}");
-    let err = out.stderr.to_lowercase();
+    // The user is told which exit could not be reached, not only that none worked.
+    let identity = v["identity"].as_str().unwrap_or("(no identity in show-record)");
+    let said = format!("{}\n{}", out.stderr, st["error"].as_str().unwrap_or(""));
     assert!(
-        err.contains("socket") || err.contains("already") || err.contains(&socket),
-        "second daemon's error is unclear: {out}"
-    );
-    let st = tn.status();
-    assert_eq!(
-        st["state"], "disconnected",
-        "first daemon after the second one failed: {st}"
+        said.contains("198.18.1.2:4999") || said.contains(identity),
+        "neither connect's stderr nor the status error names the unreachable exit ({identity} at 198.18.1.2:4999):\n{said}"
     );
     tn.reconnect();
 }
