@@ -72,7 +72,7 @@ fn main() {
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("hopwire: {e:#}");
+            eprintln!("hopwire: {}", hopwire_core::process::describe(e.as_ref()));
             std::process::exit(1);
         }
     }
@@ -158,24 +158,28 @@ fn report(response: Response, json: bool) -> Result<i32> {
         Response::Ok { status } => (status, None),
         Response::Error { message, status } => (status, Some(message)),
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status).context("encoding status")?);
+    let text = if json {
+        serde_json::to_string_pretty(&status).context("encoding status")? + "\n"
     } else {
-        print_status(&status);
-    }
+        status_text(&status)
+    };
+    // A reader that stops early (`| head`) is not an error.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     match error {
         Some(message) => bail!("{message}"),
         None => Ok(0),
     }
 }
 
-fn print_status(s: &Status) {
-    println!("state:    {}", s.state);
+fn status_text(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "state:    {}", s.state);
     if let Some(e) = &s.error {
-        println!("reason:   {e}");
+        let _ = writeln!(out, "reason:   {e}");
     }
     if s.state == State::Disconnected {
-        return;
+        return out;
     }
     if !s.circuit.is_empty() {
         let hops: Vec<String> = s.circuit.iter().map(|h| format!("{} ({})", h.id, h.region)).collect();
@@ -183,27 +187,30 @@ fn print_status(s: &Status) {
             .build_ms
             .map(|ms| format!(", built in {ms:.0} ms"))
             .unwrap_or_default();
-        println!("circuit:  {}{build}", hops.join(" → "));
+        let _ = writeln!(out, "circuit:  {}{build}", hops.join(" → "));
     }
     if let Some(exit) = &s.exit {
-        println!("exit:     {} at {}", exit.id, exit.addr);
+        let _ = writeln!(out, "exit:     {} at {}", exit.id, exit.addr);
     }
     if let Some(a) = s.inner_addr {
-        println!("address:  {a} (mtu {})", s.mtu.unwrap_or(0));
+        let _ = writeln!(out, "address:  {a} (mtu {})", s.mtu.unwrap_or(0));
     }
-    println!(
+    let _ = writeln!(
+        out,
         "traffic:  {} sent, {} received",
         human_bytes(s.bytes_sent),
         human_bytes(s.bytes_received)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "now:      {:.1} Mbit/s up, {:.1} Mbit/s down",
         s.tx_bps as f64 / 1e6,
         s.rx_bps as f64 / 1e6
     );
     if let Some(rtt) = s.rtt_ms {
-        println!("rtt:      {rtt:.1} ms to the first hop");
+        let _ = writeln!(out, "rtt:      {rtt:.1} ms to the first hop");
     }
+    out
 }
 
 fn human_bytes(n: u64) -> String {

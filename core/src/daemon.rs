@@ -182,14 +182,24 @@ impl Daemon {
 
     /// Picks a path and builds a circuit, trying other nodes when one fails.
     /// `exit` keeps the session's exit when it can.
+    /// With `net` (routes already through the tunnel), the new first hop
+    /// is routed around the tunnel before it is dialled.
     async fn build(
         &self,
         plan: &Plan,
         avoid: &mut Vec<[u8; 32]>,
         session: &mut Option<ExitSession>,
         previous_addr: Option<Ipv4Addr>,
+        mut net: Option<&mut ClientNet>,
     ) -> Result<Tunnel, String> {
         let mut last_error = String::new();
+        let failed = |last_error: &str, e: path::PathError| {
+            if last_error.is_empty() {
+                e.to_string()
+            } else {
+                format!("{last_error}; no other path: {e}")
+            }
+        };
         for _ in 0..BUILD_ATTEMPTS {
             let mut request = PathRequest {
                 hops: plan.hops,
@@ -204,16 +214,15 @@ impl Daemon {
                 Err(_) if request.exit.is_some() => {
                     // The old exit does not fit any more: any exit will do.
                     request.exit = None;
-                    path::select(&mut rand::thread_rng(), &plan.candidates, &request, now).map_err(|e| e.to_string())?
+                    path::select(&mut rand::thread_rng(), &plan.candidates, &request, now)
+                        .map_err(|e| failed(&last_error, e))?
                 }
-                Err(e) => {
-                    return Err(if last_error.is_empty() {
-                        e.to_string()
-                    } else {
-                        format!("{last_error}; then: {e}")
-                    })
-                }
+                Err(e) => return Err(failed(&last_error, e)),
             };
+            if let Some(net) = net.as_deref_mut() {
+                net.bypass(path[0].record().quic_addr.ip())
+                    .map_err(|e| format!("routing to the first hop {}: {e}", path[0].short_id()))?;
+            }
             let exit = path[path.len() - 1].record();
             if session.as_ref().is_none_or(|s| s.exit != exit.identity) {
                 let index = rand::thread_rng().gen::<u32>();
@@ -274,7 +283,7 @@ impl Daemon {
         });
         let mut avoid = Vec::new();
         let mut session = None;
-        let tunnel = self.build(&plan, &mut avoid, &mut session, None).await?;
+        let tunnel = self.build(&plan, &mut avoid, &mut session, None, None).await?;
         let Some(session) = session else {
             return Err("no exit session".into());
         };
@@ -341,6 +350,8 @@ impl Daemon {
             self.update(|s| {
                 s.state = State::Error;
                 s.error = Some(format!("{}; building a new circuit", loss.reason));
+                s.circuit.clear();
+                s.build_ms = None;
                 s.tx_bps = 0;
                 s.rx_bps = 0;
                 s.rtt_ms = None;
@@ -353,7 +364,13 @@ impl Daemon {
             let mut backoff = RECONNECT_FIRST;
             tunnel = loop {
                 match self
-                    .build(&plan, &mut avoid, &mut session, Some(previous.inner_addr))
+                    .build(
+                        &plan,
+                        &mut avoid,
+                        &mut session,
+                        Some(previous.inner_addr),
+                        Some(&mut net),
+                    )
                     .await
                 {
                     Ok(new) => match self.adopt(&new, &previous, &mut net, &tun) {
@@ -385,8 +402,8 @@ impl Daemon {
 
     /// Applies what changed between two circuits' session parameters.
     fn adopt(&self, new: &Tunnel, old: &SessionParams, net: &mut ClientNet, tun: &TunDevice) -> Result<(), String> {
-        net.bypass(new.path[0].record().quic_addr.ip())
-            .map_err(|e| format!("routing to the new first hop: {e}"))?;
+        // Only the current first hop goes around the tunnel.
+        net.keep_only_bypass(new.path[0].record().quic_addr.ip());
         if new.params.inner_addr != old.inner_addr {
             readdress(&self.config.tun_name, old.inner_addr, new.params.inner_addr)
                 .map_err(|e| format!("moving the tunnel to {}: {e}", new.params.inner_addr))?;

@@ -1,9 +1,10 @@
-//! Session setup between a client and an exit, on the first bidirectional
-//! QUIC stream of a link: the client names its WireGuard key, the exit lends
-//! it an inner address. After that, WireGuard datagrams flow in QUIC
-//! DATAGRAM frames and the stream stays open until the session ends.
+//! Session setup between a client and its exit, carried end to end inside
+//! the circuit (BEGIN / BEGAN): the client names its WireGuard key, the exit
+//! lends it an inner address. After that, WireGuard datagrams flow as the
+//! payload of the circuit's data cells.
 //!
-//! Each message is a 2-byte big-endian length and a postcard body.
+//! Also the framing of every message on a circuit's control stream: a
+//! 2-byte big-endian length and a postcard body.
 
 use std::net::Ipv4Addr;
 

@@ -277,6 +277,38 @@ impl ClientNet {
         self.add_route(&args)
     }
 
+    /// Removes the routes around the tunnel for every address but `addr`.
+    pub fn keep_only_bypass(&mut self, addr: IpAddr) {
+        let keep = match addr {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        };
+        let mut stale = Vec::new();
+        self.routes.retain(|r| {
+            // A bypass is a host route with a device, unlike the catch-alls.
+            let host = r.iter().position(|a| a == "add").and_then(|i| r.get(i + 1));
+            let is_bypass = host.is_some_and(|h| h.ends_with("/32") || h.ends_with("/128"));
+            if is_bypass && host != Some(&keep) {
+                stale.push(r.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for mut args in stale {
+            if let Some(add) = args.iter().position(|a| a == "add") {
+                args[add] = "del".into();
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(e) = run("ip", &refs) {
+                tracing::debug!("old first-hop route already gone: {e}");
+            }
+        }
+        if let Err(e) = save_state(&self.state_file, self) {
+            tracing::warn!("recording network settings: {e}");
+        }
+    }
+
     /// Points the system resolver at `servers` (reached through the tunnel).
     /// The file is rewritten in place, so a bind-mounted resolv.conf (as in
     /// `ip netns exec`) keeps working.

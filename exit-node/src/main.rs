@@ -57,7 +57,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("hopwire-node: {e:#}");
+        eprintln!("hopwire-node: {}", hopwire_core::process::describe(e.as_ref()));
         std::process::exit(1);
     }
 }

@@ -404,8 +404,7 @@ impl Node {
         }
         let mut prev = prev.lock().await;
         if let Ended::NextLost(reason) = ended {
-            // Tell the client, inside this hop's layer, which hop failed.
-            let reason = format!("next hop lost: {reason}");
+            // Tell the client, inside this hop's layer, that its next hop failed.
             let sealed = lock(&hop).reply(&BackwardMessage::Failed { reason });
             if let Ok(m) = sealed {
                 let _ = session::write_message(&mut *prev, &m).await;
