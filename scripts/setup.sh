@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   iproute2 nftables iputils-ping curl python3 coreutils procps
-  iperf3 wireguard-go wireguard-tools jq util-linux
+  iperf3 wireguard-go wireguard-tools jq util-linux tcpdump
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -557,6 +557,12 @@ impl Testnet {
     /// It has one exit (so which exit carries the traffic is known) and the
     /// testnet's default relays and circuit length.
     pub fn start(prefix: &str, size_mb: u32) -> Self {
+        Self::start_with(prefix, size_mb, &[])
+    }
+
+    /// Like [`Testnet::start`], with more `hopwire testnet` arguments
+    /// (e.g. `--relays 2`).
+    pub fn start_with(prefix: &str, size_mb: u32, extra: &[&str]) -> Self {
         let serial = serial();
         require_root();
         let hopwire = hopwire_bin();
@@ -566,17 +572,19 @@ impl Testnet {
         let down = DownOnDrop(prefix.to_owned());
         let size = size_mb.to_string();
         let out = run_timeout(
-            Command::new(&hopwire).args([
-                "testnet",
-                "--keep",
-                "--json",
-                "--prefix",
-                prefix,
-                "--size-mb",
-                &size,
-                "--exits",
-                "1",
-            ]),
+            Command::new(&hopwire)
+                .args([
+                    "testnet",
+                    "--keep",
+                    "--json",
+                    "--prefix",
+                    prefix,
+                    "--size-mb",
+                    &size,
+                    "--exits",
+                    "1",
+                ])
+                .args(extra),
             TESTNET_TIMEOUT,
         );
         assert!(out.success(), "hopwire testnet --keep failed: {out}");

@@ -1,0 +1,230 @@
+//! End-to-end tests of multi-hop circuits over real namespaces and
+//! processes: what crosses three hops, what each node's links reveal, and
+//! what happens when a relay dies.
+
+use std::time::Duration;
+
+use hopwire_e2e::*;
+use serde_json::Value;
+
+const INET_SERVER: &str = "198.18.0.10";
+const CLIENT_UPLINK: &str = "198.18.2.2";
+
+/// The testnet node (from the summary) whose identity is `id`.
+fn node<'a>(tn: &'a Testnet, id: &str) -> &'a Value {
+    tn.summary["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["identity"].as_str() == Some(id)))
+        .unwrap_or_else(|| panic!("node {id} is not among the testnet's nodes: {:#}", tn.summary))
+}
+
+fn pid_of(node: &Value) -> u32 {
+    node["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("node without pid: {node}"))
+}
+
+fn circuit_ids(st: &Value) -> Vec<String> {
+    st["circuit"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|h| h["id"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn three_hop_download_is_exact_and_full_size_packets_cross() {
+    let tn = Testnet::start("hwc1", 8);
+    let st = tn.status();
+    assert_eq!(circuit_ids(&st).len(), 3, "default circuit has 3 hops: {st}");
+    assert_eq!(tn.summary["full_size_packet"]["crossed"], Value::Bool(true));
+    let mtu = st["mtu"].as_u64().expect("mtu in status");
+    assert!(
+        mtu >= 1280,
+        "a 3-hop tunnel still carries IPv6-minimum packets: mtu {mtu}"
+    );
+
+    // A second download, on the running circuit, is byte-exact too.
+    let got = tn.dir.join("three-hop.bin");
+    tn.curl_client(&format!("http://{INET_SERVER}/test.bin"), Some(&got), 60)
+        .ok();
+    assert_eq!(sha256_file(&got), sha256_file(&tn.www().join("test.bin")));
+    // The largest packet the tunnel takes crosses all hops unfragmented
+    // (don't-fragment set), and one byte more is refused locally.
+    let payload = (mtu - 28).to_string();
+    ns_exec(
+        &tn.ns.client,
+        "ping",
+        &["-c", "2", "-W", "2", "-M", "do", "-s", &payload, INET_SERVER],
+    )
+    .ok();
+    let too_big = (mtu - 27).to_string();
+    let out = ns_exec(
+        &tn.ns.client,
+        "ping",
+        &["-c", "1", "-W", "2", "-M", "do", "-s", &too_big, INET_SERVER],
+    );
+    assert!(!out.success(), "a packet over the MTU must not be sent: {out}");
+}
+
+#[test]
+fn guard_links_never_show_destination_and_exit_links_never_show_client() {
+    require_tool("tcpdump");
+    let tn = Testnet::start("hwc2", 1);
+    let st = tn.status();
+    let ids = circuit_ids(&st);
+    assert_eq!(ids.len(), 3, "{st}");
+    let guard = node(&tn, &ids[0]);
+    let exit = node(&tn, &ids[2]);
+    let guard_ns = guard["namespace"].as_str().expect("namespace");
+    let exit_ns = exit["namespace"].as_str().expect("namespace");
+
+    let guard_pcap = tn.dir.join("guard.pcap");
+    let exit_pcap = tn.dir.join("exit.pcap");
+    let mut captures = [
+        (guard_ns, &guard_pcap, "guard capture"),
+        (exit_ns, &exit_pcap, "exit capture"),
+    ]
+    .into_iter()
+    .map(|(ns, file, name)| {
+        let f = file.to_string_lossy().into_owned();
+        Background::start_in_ns(
+            name,
+            ns,
+            "tcpdump",
+            &["-i", "up0", "-s", "0", "-U", "-w", &f],
+            &tn.dir.join(format!("{name}.log")),
+            &[],
+        )
+    })
+    .collect::<Vec<_>>();
+    std::thread::sleep(Duration::from_secs(1));
+    let got = tn.dir.join("captured.bin");
+    tn.curl_client(&format!("http://{INET_SERVER}/test.bin"), Some(&got), 60)
+        .ok();
+    std::thread::sleep(Duration::from_millis(500));
+    for c in &mut captures {
+        c.stop();
+    }
+    let file = std::fs::read(tn.www().join("test.bin")).expect("test file");
+    let guard_bytes = std::fs::read(&guard_pcap).expect("guard capture");
+    let exit_bytes = std::fs::read(&exit_pcap).expect("exit capture");
+    // The captures saw the download (it crossed both links, encrypted).
+    assert!(
+        guard_bytes.len() > file.len(),
+        "guard capture too small: {}",
+        guard_bytes.len()
+    );
+    assert!(
+        exit_bytes.len() > file.len(),
+        "exit capture too small: {}",
+        exit_bytes.len()
+    );
+
+    let server: [u8; 4] = [198, 18, 0, 10];
+    let client: [u8; 4] = [198, 18, 2, 2];
+    assert!(
+        !contains(&guard_bytes, &server),
+        "the guard's links show the destination {INET_SERVER}"
+    );
+    for chunk in file.chunks(32).step_by(997).take(32) {
+        assert!(
+            !contains(&guard_bytes, chunk),
+            "the guard's links carry the file in plaintext"
+        );
+    }
+    assert!(
+        !contains(&exit_bytes, &client),
+        "the exit's links show the client's address {CLIENT_UPLINK}"
+    );
+    // The exit does see the destination: the test can tell the difference.
+    assert!(
+        contains(&exit_bytes, &server),
+        "the exit capture does not show the destination at all"
+    );
+}
+
+#[test]
+fn killed_middle_mid_download_moves_to_a_new_circuit_and_the_download_completes() {
+    let tn = Testnet::start("hwc3", 1);
+    let ids = circuit_ids(&tn.status());
+    assert_eq!(ids.len(), 3);
+    let middle = ids[1].clone();
+    // A bigger file, downloaded slowly enough to be mid-flight at the kill.
+    let big = tn.www().join("big.bin");
+    run(
+        "dd",
+        &["if=/dev/urandom", &format!("of={}", big.display()), "bs=1M", "count=48"],
+    )
+    .ok();
+    let got = tn.dir.join("big-got.bin");
+    let got_s = got.to_string_lossy().into_owned();
+    let mut download = Background::start_in_ns(
+        "download",
+        &tn.ns.client,
+        "curl",
+        &[
+            "-sS",
+            "--fail",
+            "--limit-rate",
+            "6M",
+            "--max-time",
+            "90",
+            "-o",
+            &got_s,
+            &format!("http://{INET_SERVER}/big.bin"),
+        ],
+        &tn.dir.join("download.log"),
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    kill_and_wait(pid_of(node(&tn, &middle)), "KILL");
+
+    let st = tn.wait_status("a circuit without the killed middle", 60, |st| {
+        st["state"] == "connected" && circuit_ids(st).len() == 3 && !circuit_ids(st).contains(&middle)
+    });
+    eprintln!("[e2e] circuit after killing the middle {middle}: {st}");
+    let status = poll_until(
+        "the download to finish",
+        120,
+        Duration::from_secs(1),
+        || match download.child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            _ => Err("still downloading".into()),
+        },
+    );
+    assert!(
+        status.success(),
+        "download failed: {}",
+        tail(&tn.dir.join("download.log"), 20)
+    );
+    assert_eq!(
+        sha256_file(&got),
+        sha256_file(&big),
+        "download across the circuit change differs"
+    );
+    // Same exit, same session: the client kept its inner address.
+    assert_eq!(circuit_ids(&st)[2], ids[2], "the exit did not change");
+}
+
+#[test]
+fn with_no_spare_relay_the_client_says_why() {
+    let tn = Testnet::start_with("hwc4", 1, &["--relays", "2"]);
+    let ids = circuit_ids(&tn.status());
+    assert_eq!(ids.len(), 3);
+    kill_and_wait(pid_of(node(&tn, &ids[1])), "KILL");
+    let st = tn.wait_status("an error naming the missing relay", 60, |st| {
+        st["state"] == "error"
+            && st["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no usable") && e.contains("relay"))
+    });
+    eprintln!("[e2e] status with no spare relay: {st}");
+    // The tunnel is blocked, not bypassed: nothing reaches the internet.
+    let out = tn.curl_client(&format!("http://{INET_SERVER}/test.bin"), None, 3);
+    assert!(!out.success(), "traffic leaked around a broken circuit: {out}");
+}
