@@ -60,12 +60,9 @@ mod tests {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory"),
         };
         assert_eq!(describe(&e), "config /x/node.toml: No such file or directory");
-        let io = std::io::Error::new(
-            std::io::ErrorKind::Other,
-            Read {
-                source: std::io::ErrorKind::TimedOut.into(),
-            },
-        );
+        let io = std::io::Error::other(Read {
+            source: std::io::ErrorKind::TimedOut.into(),
+        });
         assert_eq!(describe(&io), "config /x/node.toml: timed out");
     }
 }
