@@ -66,6 +66,9 @@ pub struct NodeSection {
     pub family: Vec<String>,
     /// Where to serve Prometheus metrics over HTTP; unset means off.
     pub metrics_listen: Option<SocketAddr>,
+    /// What the node can carry, Mbit/s, as published in its record.
+    #[serde(default = "default_capacity")]
+    pub capacity_mbit: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +135,9 @@ fn default_key_dir() -> PathBuf {
 }
 fn default_roles() -> Vec<Role> {
     vec![Role::Relay, Role::Exit]
+}
+fn default_capacity() -> u32 {
+    100
 }
 fn default_region() -> String {
     "ZZ".into()
@@ -307,6 +313,8 @@ region = "ZZ"
 # Identities (64 hex digits, from `hopwire-node show-record --json`) of your
 # other nodes: clients never put two of them on one circuit.
 family = []
+# What this node can carry, Mbit/s; published so clients can spread load.
+capacity_mbit = 100
 # Prometheus metrics over HTTP, e.g. "127.0.0.1:9100"; unset means off.
 # metrics_listen = "127.0.0.1:9100"
 

@@ -160,8 +160,13 @@ mod tests {
             onion_key_expires: NOW + 1000,
             wg_key: [seed; 32],
             region: region.into(),
+            capacity_mbit: 100,
+            exit_rules: vec![],
+            exit_default_rejects: true,
             family: vec![],
+            seq: 1,
             issued_at: NOW,
+            expires_at: NOW + crate::record::RECORD_TTL,
         };
         (key, record)
     }

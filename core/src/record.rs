@@ -2,8 +2,13 @@
 //! identity key, and the one-line string form users copy around.
 //!
 //! The string is `hopwire1.` followed by unpadded base64url of the encoded
-//! [`SignedRecord`]. The signature covers the exact body bytes, so a record
-//! that was altered in transit, or signed by another key, is rejected.
+//! [`SignedRecord`]; the same bytes without the prefix are what the DHT
+//! stores. The encoding is postcard (canonical: one encoding per record),
+//! led by the version byte. The signature covers the exact body bytes, so a
+//! record that was altered in transit, or signed by another key, is
+//! rejected; [`VerifiedRecord::check`] then rejects records that are
+//! expired, from the future, stored under another node's key, or whose onion
+//! key has expired.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,7 +23,12 @@ use serde::{Deserialize, Serialize};
 pub const RECORD_VERSION: u8 = 1;
 const PREFIX: &str = "hopwire1.";
 /// Records larger than this are refused before any parsing.
-pub const MAX_RECORD_LEN: usize = 1024;
+pub const MAX_RECORD_LEN: usize = 2048;
+/// How long a record is valid after it is signed; nodes republish well
+/// inside it.
+pub const RECORD_TTL: u64 = 3 * 3600;
+/// How far ahead of our clock a record's signing time may be.
+pub const CLOCK_SKEW: u64 = 300;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -34,6 +44,30 @@ pub enum RecordError {
     Version(u8),
     #[error("node record signature does not match its identity key")]
     Signature,
+    #[error("node record expired at {expires_at} (unix time)")]
+    Expired { expires_at: u64 },
+    #[error("node record is signed {issued_at}, in the future (check this machine's clock)")]
+    FromFuture { issued_at: u64 },
+    #[error("node record's onion key expired at {0} (unix time)")]
+    OnionKeyExpired(u64),
+    #[error("node record is for another node than the one it was looked up as")]
+    WrongKey,
+}
+
+impl RecordError {
+    /// A short label for counting rejections by reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RecordError::Prefix | RecordError::Base64 | RecordError::Decode(_) => "malformed",
+            RecordError::TooLong => "oversized",
+            RecordError::Version(_) => "version",
+            RecordError::Signature => "signature",
+            RecordError::Expired { .. } => "expired",
+            RecordError::FromFuture { .. } => "future",
+            RecordError::OnionKeyExpired(_) => "onion_key_expired",
+            RecordError::WrongKey => "wrong_key",
+        }
+    }
 }
 
 /// What a node does for others.
@@ -72,11 +106,21 @@ pub struct NodeRecord {
     pub wg_key: [u8; 32],
     /// ISO 3166 country code the operator declares, e.g. `DE`.
     pub region: String,
+    /// What the operator says the node can carry, Mbit/s.
+    pub capacity_mbit: u32,
+    /// The exit policy in summary: the operator's rules, then whether the
+    /// built-in rejects follow.
+    pub exit_rules: Vec<String>,
+    pub exit_default_rejects: bool,
     /// Identities of other nodes the same operator runs: never two of them
     /// on one circuit.
     pub family: Vec<[u8; 32]>,
-    /// Unix seconds when the record was signed.
+    /// Grows with every new record of the node: a newer record replaces an
+    /// older one.
+    pub seq: u64,
+    /// Unix seconds when the record was signed and until when it is valid.
     pub issued_at: u64,
+    pub expires_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,15 +138,18 @@ impl NodeRecord {
         self.roles.contains(&role)
     }
 
-    /// Signs the record with the node's identity key and gives its one-line
-    /// string form.
-    pub fn to_signed_string(&self, key: &SigningKey) -> String {
+    /// Signs the record with the node's identity key: the bytes the DHT
+    /// stores.
+    pub fn to_signed_bytes(&self, key: &SigningKey) -> Vec<u8> {
         debug_assert_eq!(self.identity, key.verifying_key().to_bytes());
         let body = postcard::to_stdvec(self).unwrap_or_else(|e| unreachable!("record encodes: {e}"));
         let signature = key.sign(&body).to_bytes().to_vec();
-        let signed = postcard::to_stdvec(&SignedRecord { body, signature })
-            .unwrap_or_else(|e| unreachable!("record encodes: {e}"));
-        format!("{PREFIX}{}", B64URL.encode(signed))
+        postcard::to_stdvec(&SignedRecord { body, signature }).unwrap_or_else(|e| unreachable!("record encodes: {e}"))
+    }
+
+    /// Signs the record and gives its one-line string form.
+    pub fn to_signed_string(&self, key: &SigningKey) -> String {
+        format!("{PREFIX}{}", B64URL.encode(self.to_signed_bytes(key)))
     }
 }
 
@@ -127,6 +174,16 @@ impl FromStr for VerifiedRecord {
             return Err(RecordError::TooLong);
         }
         let bytes = B64URL.decode(b64).map_err(|_| RecordError::Base64)?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl VerifiedRecord {
+    /// Checks the signed bytes of a record (as the DHT stores them).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_RECORD_LEN {
+            return Err(RecordError::TooLong);
+        }
         let signed: SignedRecord = postcard::from_bytes(&bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
         // The version byte leads the body, so an unknown version is reported
         // as such even if the rest of its layout is new to us.
@@ -140,6 +197,28 @@ impl FromStr for VerifiedRecord {
         let sig = Signature::from_slice(&signed.signature).map_err(|_| RecordError::Signature)?;
         key.verify(&signed.body, &sig).map_err(|_| RecordError::Signature)?;
         Ok(Self(record))
+    }
+
+    /// The checks that depend on time and on where the record was found:
+    /// not expired, not from the future, onion key still valid, and (when
+    /// looked up under a node's key) for that node.
+    pub fn check(&self, now: u64, looked_up_as: Option<&[u8; 32]>) -> Result<(), RecordError> {
+        let r = &self.0;
+        if looked_up_as.is_some_and(|id| *id != r.identity) {
+            return Err(RecordError::WrongKey);
+        }
+        if r.issued_at > now + CLOCK_SKEW {
+            return Err(RecordError::FromFuture { issued_at: r.issued_at });
+        }
+        if r.expires_at <= now || r.expires_at > r.issued_at + RECORD_TTL + CLOCK_SKEW {
+            return Err(RecordError::Expired {
+                expires_at: r.expires_at,
+            });
+        }
+        if r.onion_key_expires <= now {
+            return Err(RecordError::OnionKeyExpired(r.onion_key_expires));
+        }
+        Ok(())
     }
 }
 
@@ -173,8 +252,13 @@ mod tests {
             onion_key_expires: 1_790_700_000,
             wg_key: [7; 32],
             region: "DE".into(),
+            capacity_mbit: 100,
+            exit_rules: vec![],
+            exit_default_rejects: true,
             family: vec![],
+            seq: 1,
             issued_at: 1_790_000_000,
+            expires_at: 1_790_000_000 + RECORD_TTL,
         }
     }
 
@@ -224,6 +308,10 @@ mod tests {
             format!("{PREFIX}{}", "A".repeat(4000)).parse::<VerifiedRecord>(),
             Err(RecordError::TooLong)
         );
+        assert_eq!(
+            VerifiedRecord::from_bytes(&[0; MAX_RECORD_LEN + 1]),
+            Err(RecordError::TooLong)
+        );
     }
 
     #[test]
@@ -238,5 +326,48 @@ mod tests {
             B64URL.encode(postcard::to_stdvec(&SignedRecord { body, signature }).expect("enc"))
         );
         assert_eq!(s.parse::<VerifiedRecord>(), Err(RecordError::Version(9)));
+    }
+
+    #[test]
+    fn time_and_key_checks_name_the_reason() {
+        let k = key(4);
+        let base = record(&k);
+        let now = base.issued_at + 10;
+        let verified = |r: &NodeRecord| r.to_signed_string(&k).parse::<VerifiedRecord>().expect("signature ok");
+        assert_eq!(verified(&base).check(now, Some(&base.identity)), Ok(()));
+        assert_eq!(verified(&base).check(now, Some(&[1; 32])), Err(RecordError::WrongKey));
+        assert!(matches!(
+            verified(&base).check(base.expires_at, None),
+            Err(RecordError::Expired { .. })
+        ));
+        let future = NodeRecord {
+            issued_at: now + CLOCK_SKEW + 1,
+            expires_at: now + CLOCK_SKEW + 1 + RECORD_TTL,
+            ..base.clone()
+        };
+        assert!(matches!(
+            verified(&future).check(now, None),
+            Err(RecordError::FromFuture { .. })
+        ));
+        let forever = NodeRecord {
+            expires_at: base.issued_at + 10 * RECORD_TTL,
+            ..base.clone()
+        };
+        assert!(
+            matches!(verified(&forever).check(now, None), Err(RecordError::Expired { .. })),
+            "a record may not outlive its TTL"
+        );
+        let stale_onion = NodeRecord {
+            onion_key_expires: now,
+            ..base.clone()
+        };
+        assert_eq!(
+            verified(&stale_onion).check(now, None),
+            Err(RecordError::OnionKeyExpired(now))
+        );
+        // Round trip through the DHT form, and the canonical encoding.
+        let bytes = base.to_signed_bytes(&k);
+        assert_eq!(VerifiedRecord::from_bytes(&bytes).expect("valid").record(), &base);
+        assert_eq!(base.to_signed_bytes(&k), bytes, "one encoding per record");
     }
 }

@@ -69,6 +69,15 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the epoch: a record's sequence number, so a node's
+/// newer record always replaces its older one.
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -190,8 +199,13 @@ pub fn own_record(
         onion_key_expires: onion.expires_at(),
         wg_key: *keys.wg_public().as_bytes(),
         region: node.region.clone(),
+        capacity_mbit: node.capacity_mbit,
+        exit_rules: config.config.exit.policy.clone(),
+        exit_default_rejects: config.config.exit.default_rejects,
         family: config.family.clone(),
+        seq: now_millis(),
         issued_at: now,
+        expires_at: now + crate::record::RECORD_TTL,
     };
     Ok(record.to_signed_string(&keys.identity))
 }
