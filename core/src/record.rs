@@ -184,7 +184,7 @@ impl VerifiedRecord {
         if bytes.len() > MAX_RECORD_LEN {
             return Err(RecordError::TooLong);
         }
-        let signed: SignedRecord = postcard::from_bytes(&bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let signed: SignedRecord = postcard::from_bytes(bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
         // The version byte leads the body, so an unknown version is reported
         // as such even if the rest of its layout is new to us.
         match signed.body.first() {
