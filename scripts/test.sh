@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests and end-to-end tests over real network
-# namespaces, TUN devices and processes. Run as root on Debian 12.
+# The whole test suite: formatting and lints, a bounded fuzzing pass, unit
+# and pair tests, and end-to-end tests over real network namespaces, TUN
+# devices and processes. Run as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 echo "test: cargo fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "test: running the suite"
+echo "test: a short fuzzing pass over every peer-facing parser"
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}" ./scripts/fuzz.sh
+echo "test: unit, pair and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast

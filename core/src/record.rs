@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 /// The only record version this build understands.
 pub const RECORD_VERSION: u8 = 1;
-const PREFIX: &str = "hopwire1.";
+/// What every record string starts with.
+pub const PREFIX: &str = "hopwire1.";
 /// Records larger than this are refused before any parsing.
 pub const MAX_RECORD_LEN: usize = 2048;
 /// How long a record is valid after it is signed; nodes republish well
@@ -184,7 +185,7 @@ impl VerifiedRecord {
         if bytes.len() > MAX_RECORD_LEN {
             return Err(RecordError::TooLong);
         }
-        let signed: SignedRecord = postcard::from_bytes(bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let signed: SignedRecord = decode_exact(bytes)?;
         // The version byte leads the body, so an unknown version is reported
         // as such even if the rest of its layout is new to us.
         match signed.body.first() {
@@ -192,7 +193,7 @@ impl VerifiedRecord {
             Some(&v) => return Err(RecordError::Version(v)),
             None => return Err(RecordError::Decode("empty body".into())),
         }
-        let record: NodeRecord = postcard::from_bytes(&signed.body).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let record: NodeRecord = decode_exact(&signed.body)?;
         let key = VerifyingKey::from_bytes(&record.identity).map_err(|_| RecordError::Signature)?;
         let sig = Signature::from_slice(&signed.signature).map_err(|_| RecordError::Signature)?;
         key.verify(&signed.body, &sig).map_err(|_| RecordError::Signature)?;
@@ -219,6 +220,16 @@ impl VerifiedRecord {
             return Err(RecordError::OnionKeyExpired(r.onion_key_expires));
         }
         Ok(())
+    }
+}
+
+/// Decodes postcard bytes that must hold exactly one value: trailing bytes
+/// would let two byte strings stand for one record.
+fn decode_exact<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RecordError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(RecordError::Decode(format!("{} bytes after the end", rest.len()))),
+        Err(e) => Err(RecordError::Decode(e.to_string())),
     }
 }
 
@@ -369,5 +380,11 @@ mod tests {
         let bytes = base.to_signed_bytes(&k);
         assert_eq!(VerifiedRecord::from_bytes(&bytes).expect("valid").record(), &base);
         assert_eq!(base.to_signed_bytes(&k), bytes, "one encoding per record");
+        let mut longer = bytes.clone();
+        longer.push(0xb3);
+        assert!(
+            matches!(VerifiedRecord::from_bytes(&longer), Err(RecordError::Decode(_))),
+            "trailing bytes are refused"
+        );
     }
 }
