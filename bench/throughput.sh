@@ -352,6 +352,10 @@ TUNNEL_PIDS=()
 cpu_ticks() { # cpu_ticks PID -> utime + stime in clock ticks
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null
 }
+host_ticks() { # host_ticks -> "busy total" clock ticks of all CPUs
+    awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+declare -A HOST_CPU   # whole machine's busy CPU during the iperf3 run, 100 = one core
 
 # measure NAME EXPECTED_DEV_DESCRIPTION-CHECK-FUNCTION
 measure() {
@@ -378,11 +382,16 @@ measure() {
     local out="$WORK/iperf3-$name.json"
     local np before=() t0 t1
     for np in "${TUNNEL_PIDS[@]}"; do before+=("$(cpu_ticks "${np#*=}")"); done
+    local host0 host1
+    host0="$(host_ticks)"
     t0="$(date +%s.%N)"
     nsrun $((SECONDS_PER_TEST + 40)) "$NS_CLIENT" iperf3 -c "$SERVER_ADDR" -p "$IPERF_PORT" -R \
         -t "$SECONDS_PER_TEST" -O 1 -P "$PARALLEL" --connect-timeout 5000 -J >"$out" 2>"$out.err"
     local rc=$?
     t1="$(date +%s.%N)"
+    host1="$(host_ticks)"
+    HOST_CPU[$name]="$(awk -v a="$host0" -v b="$host1" -v n="$(nproc)" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); if (y[2] > x[2]) printf "%.0f", 100 * n * (y[1] - x[1]) / (y[2] - x[2]) }')"
     if (( ${#TUNNEL_PIDS[@]} > 0 )); then
         local i after parts=() total=0 pct tck
         tck="$(getconf CLK_TCK)"
@@ -805,21 +814,22 @@ echo "$MACHINE_LINE"
 echo "topology: $TOPOLOGY; iperf3 -R ${SECONDS_PER_TEST}s x$PARALLEL stream(s) to $SERVER_ADDR; ping x$PINGS"
 (( USE_HOPWIRE )) && echo "hopwire binaries: $BIN_DIR ($BIN_SOURCE)"
 echo
-printf '%-16s %10s %11s %8s %9s %8s  %s\n' "path" "Mbit/s" "RTT avg ms" "retrans" "tun CPU%" "CPU s/Gb" "circuit / device / error"
+printf '%-16s %10s %11s %8s %9s %8s %9s  %s\n' "path" "Mbit/s" "RTT avg ms" "retrans" "tun CPU%" "CPU s/Gb" "host CPU%" "circuit / device / error"
 for p in "${PATHS[@]}"; do
     what="${DEV[$p]:-}"
     [[ "$p" == hopwire_* ]] && n="${p//[!0-9]/}" && [[ -n "${HW_PATH_NAMES[$n]:-}" ]] \
         && what="client → ${HW_PATH_NAMES[$n]//,/ → } ($what, mtu $(jq -r .mtu <<<"${HW_STATUS[$n]}"))"
-    printf '%-16s %10s %11s %8s %9s %8s  %s\n' "$(label "$p")" "$(fmt "${MBIT[$p]:-}" 1)" "$(fmt "${RTT[$p]:-}" 3)" \
-        "${RETR[$p]:-n/a}" "${TUNNEL_CPU[$p]:-—}" "${CPU_PER_GBIT[$p]:-—}" "${ERR[$p]:-$what}"
+    printf '%-16s %10s %11s %8s %9s %8s %9s  %s\n' "$(label "$p")" "$(fmt "${MBIT[$p]:-}" 1)" "$(fmt "${RTT[$p]:-}" 3)" \
+        "${RETR[$p]:-n/a}" "${TUNNEL_CPU[$p]:-—}" "${CPU_PER_GBIT[$p]:-—}" "${HOST_CPU[$p]:-—}" "${ERR[$p]:-$what}"
 done
 echo "(tun CPU% = CPU of the tunnel's processes during iperf3, 100 = one core: Hopwire client daemon + the circuit's nodes,"
-echo " or the two wireguard-go; CPU s/Gb = those CPU seconds per Gbit carried; kernel work in softirq is only partly counted)"
+echo " or the two wireguard-go; CPU s/Gb = those CPU seconds per Gbit carried; kernel work in softirq is only partly counted;"
+echo " host CPU% = the whole machine busy, of $(nproc)00: the rest is iperf3, the kernel's forwarding, and other work on the machine)"
 for p in "${PATHS[@]}"; do
     [[ -n "${TUNNEL_CPU_PARTS[$p]:-}" ]] && echo "  $(label "$p"): ${TUNNEL_CPU_PARTS[$p]//,/, }"
 done
 
-RATIO_TP=""; RATIO_RTT=""; RATIO_3_1=""; RATIO_2_1=""
+RATIO_TP=""; RATIO_RTT=""; RATIO_3_1=""; RATIO_2_1=""; CPU_RATIO_2_1=""; CPU_RATIO_3_1=""
 if (( USE_HOPWIRE )); then
     RATIO_TP="$(ratio "${MBIT[hopwire_1hop]:-}" "${MBIT[wireguard_go]:-}")"
     RATIO_RTT="$(ratio "${RTT[hopwire_1hop]:-}" "${RTT[wireguard_go]:-}")"
@@ -829,6 +839,12 @@ if (( USE_HOPWIRE )); then
     echo "Hopwire 1 hop / wireguard-go: throughput $(fmt "$RATIO_TP" 2)${RATIO_TP:+x}, RTT $(fmt "$RATIO_RTT" 2)${RATIO_RTT:+x} (throughput: higher is better; RTT: lower is better)"
     echo "Hopwire 2 hops / 1 hop: throughput $(fmt "$RATIO_2_1" 2)${RATIO_2_1:+x}"
     echo "Hopwire 3 hops / 1 hop: throughput $(fmt "$RATIO_3_1" 2)${RATIO_3_1:+x} (target >= $TARGET_RATIO_3HOP): $(check "$RATIO_3_1" ">=" "$TARGET_RATIO_3HOP")"
+    # The Mbit/s ratio depends on how much CPU each test got while other work
+    # shares the machine; the inverse ratio of CPU per Gbit does not.
+    CPU_RATIO_2_1="$(ratio "${CPU_PER_GBIT[hopwire_1hop]:-}" "${CPU_PER_GBIT[hopwire_2hop]:-}")"
+    CPU_RATIO_3_1="$(ratio "${CPU_PER_GBIT[hopwire_1hop]:-}" "${CPU_PER_GBIT[hopwire_3hop]:-}")"
+    echo "CPU-normalised (1-hop CPU s/Gb / N-hop CPU s/Gb, the ratio at equal CPU): 2 hops $(fmt "$CPU_RATIO_2_1" 2)${CPU_RATIO_2_1:+x}, 3 hops $(fmt "$CPU_RATIO_3_1" 2)${CPU_RATIO_3_1:+x}: $(check "$CPU_RATIO_3_1" ">=" "$TARGET_RATIO_3HOP")"
+    echo "(the Mbit/s ratio moves with other load on the machine, see host CPU%; the CPU-normalised one is the steadier figure)"
 
     echo
     echo "Circuit build time: $BUILDS builds per hop count with hopwire-bench along the daemon's circuit, each closed before the next;"
@@ -892,14 +908,14 @@ if [[ -n "$JSON_OUT" ]]; then
             --arg mbit "${MBIT[$p]:-}" --arg rtt "${RTT[$p]:-}" --arg rmin "${RTT_MIN[$p]:-}" \
             --arg rmax "${RTT_MAX[$p]:-}" --arg retr "${RETR[$p]:-}" --arg cl "${CPU_LOCAL[$p]:-}" \
             --arg cr "${CPU_REMOTE[$p]:-}" --arg dev "${DEV[$p]:-}" --arg err "${ERR[$p]:-}" \
-            --arg tcpu "${TUNNEL_CPU[$p]:-}" --arg tparts "${TUNNEL_CPU_PARTS[$p]:-}" --arg cpg "${CPU_PER_GBIT[$p]:-}" '
+            --arg tcpu "${TUNNEL_CPU[$p]:-}" --arg tparts "${TUNNEL_CPU_PARTS[$p]:-}" --arg cpg "${CPU_PER_GBIT[$p]:-}" --arg hcpu "${HOST_CPU[$p]:-}" '
             def num: if . == "" then null else tonumber end;
             def str: if . == "" then null else . end;
             . + {($p): {ok: ($err == "" and $mbit != ""), mbit_per_s: ($mbit|num), rtt_ms_avg: ($rtt|num),
                         rtt_ms_min: ($rmin|num), rtt_ms_max: ($rmax|num), retransmits: ($retr|num),
                         cpu_percent_client: ($cl|num), cpu_percent_server: ($cr|num),
                         tunnel_cpu_percent: ($tcpu|num), tunnel_cpu_by_process: ($tparts|str),
-                        tunnel_cpu_seconds_per_gbit: ($cpg|num),
+                        tunnel_cpu_seconds_per_gbit: ($cpg|num), host_cpu_percent: ($hcpu|num),
                         device: ($dev|str), error: ($err|str)}}' <<<"$results")"
         if [[ "$p" == hopwire_* ]]; then
             n="${p//[!0-9]/}"
@@ -932,7 +948,7 @@ if [[ -n "$JSON_OUT" ]]; then
         --argjson secs "$SECONDS_PER_TEST" --argjson pings "$PINGS" --argjson par "$PARALLEL" \
         --arg profile "$( (( USE_HOPWIRE )) && echo "$BIN_DIR ($BIN_SOURCE)")" \
         --arg rtp "$RATIO_TP" --arg rrtt "$RATIO_RTT" --arg testnet "${TESTNET_JSON:-}" \
-        --arg r31 "$RATIO_3_1" --arg r21 "$RATIO_2_1" --argjson builds "$builds" --argjson metrics "$metrics" \
+        --arg r31 "$RATIO_3_1" --arg r21 "$RATIO_2_1" --arg c31 "$CPU_RATIO_3_1" --arg c21 "$CPU_RATIO_2_1" --argjson builds "$builds" --argjson metrics "$metrics" \
         --arg mem "$MEM_JSON" --arg memerr "$MEM_ERR" --arg memverdict "$MEM_VERDICT" --arg mempath "$MEM_PATH_NAMES" \
         --argjson circuits "$CIRCUITS" --argjson nbuilds "$BUILDS" \
         --arg t31 "$TARGET_RATIO_3HOP" --arg tk "$TARGET_BUILD_RTTS" --arg te "$TARGET_BUILD_EXTRA_MS" \
@@ -947,10 +963,13 @@ if [[ -n "$JSON_OUT" ]]; then
          ratio_hopwire_over_wireguard_go: {throughput: ($rtp|num), rtt: ($rrtt|num),
                                            note: "Hopwire 1 hop over wireguard-go"},
          ratio_hops_over_1hop: {"2": ($r21|num), "3": ($r31|num)},
+         ratio_hops_over_1hop_cpu_normalised: {"2": ($c21|num), "3": ($c31|num),
+                                               note: "1-hop tunnel CPU s/Gbit over N-hop tunnel CPU s/Gbit"},
          targets: {throughput_3hop_over_1hop_at_least: ($t31|num),
                    build_ms_under: "\($tk) x path RTT + \($te) ms (path RTT = ping through the tunnel; judged on p95)",
                    middle_bytes_per_idle_circuit_under: ($tb|num),
                    verdicts: {throughput_3hop: (if $r31 == "" then null elif ($r31|num) >= ($t31|num) then "PASS" else "FAIL" end),
+                              throughput_3hop_cpu_normalised: (if $c31 == "" then null elif ($c31|num) >= ($t31|num) then "PASS" else "FAIL" end),
                               build: ($builds | map_values(.verdict_p95)),
                               middle_memory: (if $memverdict == "" then null else $memverdict end)}},
          circuit_build: {builds_per_hop_count: $nbuilds, method: "hopwire-bench build along the daemon circuit of that length, one at a time, each closed before the next",
