@@ -605,7 +605,7 @@ relay_memory() {
         for name in relay1 relay2; do
             MEM_METRICS[${name}_held]="$(metric "$name" hopwire_circuits)"
         done
-        MEM_METRICS[state_bytes]="$(metric relay2 hopwire_circuit_state_bytes)"
+        MEM_METRICS[state_bytes]="$(metric relay2 hopwire_circuit_hop_state_bytes)"
         log "[memory] built $(jq -r .built <<<"$MEM_JSON") (+$(jq -r .warmup <<<"$MEM_JSON") warm-up) of $CIRCUITS; hopwire_circuits now relay1 ${MEM_METRICS[relay1_held]:-?}, relay2 ${MEM_METRICS[relay2_held]:-?}"
         [[ "$(jq -r '.stopped // empty' <<<"$MEM_JSON")" != "" ]] && log "[memory] $(jq -r .stopped <<<"$MEM_JSON")"
     fi
@@ -891,7 +891,7 @@ if (( USE_HOPWIRE )); then
                 "${target:-—}" "$v"
         done
         echo "build ms while piling up: $(jq -r '.build_ms | "median \(.median), p95 \(.p95), max \(.max)"' <<<"$MEM_JSON")"
-        echo "hopwire_circuits (metrics): relay1 ${MEM_METRICS[relay1_before]:-?} before, ${MEM_METRICS[relay1_held]:-?} held, ${MEM_METRICS[relay1_after_close]:-?} after closing; relay2 ${MEM_METRICS[relay2_before]:-?}, ${MEM_METRICS[relay2_held]:-?}, ${MEM_METRICS[relay2_after_close]:-?}; hopwire_circuit_state_bytes says ${MEM_METRICS[state_bytes]:-?} B/circuit"
+        echo "hopwire_circuits (metrics): relay1 ${MEM_METRICS[relay1_before]:-?} before, ${MEM_METRICS[relay1_held]:-?} held, ${MEM_METRICS[relay1_after_close]:-?} after closing; relay2 ${MEM_METRICS[relay2_before]:-?}, ${MEM_METRICS[relay2_held]:-?}, ${MEM_METRICS[relay2_after_close]:-?}; hopwire_circuit_hop_state_bytes says ${MEM_METRICS[state_bytes]:-?} B/circuit"
     elif (( CIRCUITS > 0 )); then
         echo "Relay memory per idle circuit: not measured: ${MEM_ERR:-unknown error}"
     fi

@@ -544,7 +544,10 @@ impl Node {
             .connect(addr, identity)
             .await
             .map_err(|e| format!("cannot reach {next_name} at {addr}: {e}"))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("{next_name}: {e}"))?;
+        let (mut send, mut recv) = tokio::time::timeout(CREATE_TIMEOUT, conn.open_bi())
+            .await
+            .map_err(|_| format!("{next_name} takes no more circuits"))?
+            .map_err(|e| format!("{next_name}: {e}"))?;
         let circuit_id = {
             let table = read(&self.table);
             let mut rng = rand::thread_rng();
