@@ -50,9 +50,12 @@ pub fn tunnel_mtu(max_datagram: usize, hops: usize) -> Option<u16> {
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 const DATAGRAM_BUFFER: usize = 2 << 20;
-/// Circuits one link may carry at once (one control stream each); quinn's
-/// default of 100 would cap a relay at 100 circuits per neighbour.
-const MAX_CIRCUITS_PER_LINK: u32 = 65_536;
+/// Circuits a new link may carry at once (one control stream each). quinn
+/// allocates state for every allowed stream up front, so links start small
+/// and the node raises the limit of a busy link (see
+/// [`crate::node`]) up to [`MAX_CIRCUITS_PER_LINK`].
+pub const INITIAL_CIRCUITS_PER_LINK: u32 = 128;
+pub const MAX_CIRCUITS_PER_LINK: u32 = 65_536;
 /// Kernel socket buffers: the 208 KB default drops bursts at line rate.
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -91,7 +94,7 @@ fn transport_config() -> quinn::TransportConfig {
         .initial_mtu(INITIAL_MTU)
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_BUFFER)
-        .max_concurrent_bidi_streams(MAX_CIRCUITS_PER_LINK.into())
+        .max_concurrent_bidi_streams(INITIAL_CIRCUITS_PER_LINK.into())
         .max_concurrent_uni_streams(0u32.into());
     t
 }

@@ -334,12 +334,23 @@ impl Node {
         link
     }
 
-    /// A link someone opened to us: each stream on it is a circuit.
+    /// A link someone opened to us: each stream on it is a circuit. A link
+    /// that fills up (a neighbouring relay's) may open more.
     async fn serve_link(self: &Arc<Self>, conn: quinn::Connection) {
         let link = self.new_link(conn.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut limit = link::INITIAL_CIRCUITS_PER_LINK;
         while let Ok((send, recv)) = conn.accept_bi().await {
-            let node = self.clone();
-            tokio::spawn(async move { node.serve_circuit(link, send, recv).await });
+            let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+            if now_open as u32 + limit / 4 >= limit && limit < link::MAX_CIRCUITS_PER_LINK {
+                limit = (limit * 2).min(link::MAX_CIRCUITS_PER_LINK);
+                conn.set_max_concurrent_bi_streams(limit.into());
+            }
+            let (node, open) = (self.clone(), open.clone());
+            tokio::spawn(async move {
+                node.serve_circuit(link, send, recv).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
         }
     }
 
