@@ -94,10 +94,22 @@ fn transport_config() -> quinn::TransportConfig {
         .initial_mtu(INITIAL_MTU)
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .ack_frequency_config(Some(ack_frequency()))
         .max_concurrent_bidi_streams(INITIAL_CIRCUITS_PER_LINK.into())
         .max_concurrent_uni_streams(0u32.into());
     t
 }
+
+/// Fewer ACKs: datagrams are never retransmitted, so ACKs only feed
+/// congestion control, and every ACK is a packet each hop must handle.
+fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut a = quinn::AckFrequencyConfig::default();
+    a.ack_eliciting_threshold(ACK_EVERY.into())
+        .max_ack_delay(Some(Duration::from_millis(5)));
+    a
+}
+/// Ack-eliciting packets a peer may receive before it must ACK.
+const ACK_EVERY: u32 = 8;
 
 /// Server side: a self-signed certificate over the node's identity key.
 pub fn server_config(identity: &SigningKey) -> Result<quinn::ServerConfig, LinkError> {
