@@ -10,7 +10,8 @@
 //! The tokio shell owns sockets, the TUN device and the system's network
 //! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
 //! DNS), [`node`] (the node runtime: relay and exit roles), [`client`] (one tunnel link) and
-//! [`daemon`] (the privileged client daemon), and [`process`] (logging and
+//! [`daemon`] (the privileged client daemon), [`dht`] (discovery over
+//! Kademlia), and [`process`] (logging and
 //! signals for the binaries).
 //!
 //! What it does not do: command-line parsing, process management and user
@@ -20,6 +21,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dht;
 pub mod keys;
 pub mod link;
 pub mod node;

@@ -1,0 +1,725 @@
+//! Discovery: a Kademlia DHT (libp2p-kad) of signed node records.
+//!
+//! Every node and every client daemon runs one libp2p swarm (kad, identify,
+//! ping). A node stores its signed record under a key derived from its peer
+//! id ([`node_key`]) and announces itself as a provider under role keys
+//! (`/hopwire/role/exit`, `/hopwire/role/relay`) and, for exits, a region
+//! key (`/hopwire/exit/DE`). A client looks up providers, fetches their
+//! records, and keeps only those that verify: right signer, right key, not
+//! expired, not from the future, onion key valid; among several versions of
+//! one node's record the highest sequence number wins. Nothing a single peer
+//! says is trusted: providers are gathered from many peers over disjoint
+//! paths, and every record is checked by its own signature.
+//!
+//! Defences: nodes store only records that verify and are newer than what
+//! they hold; at most [`MAX_PER_SUBNET`] peers of one IPv4 /24 (or IPv6 /48)
+//! enter one routing-table bucket. Peers learned are kept in sled, so a
+//! restart does not depend on the bootstrap nodes.
+//!
+//! The swarm runs in its own task; [`Dht`] is a handle that sends it
+//! commands. The node's identity key is its libp2p key, so its peer id is
+//! derived from the identity in its record.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::futures::StreamExt;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
+use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, noise, ping, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::record::{Role, VerifiedRecord};
+
+/// The Kademlia protocol of Hopwire's DHT (not the public IPFS one).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hopwire/kad/1.0.0");
+const IDENTIFY_PROTOCOL: &str = "/hopwire/id/1.0.0";
+/// Peers of one IPv4 /24 (or IPv6 /48) one routing-table bucket takes.
+pub const MAX_PER_SUBNET: usize = 2;
+/// How long a lookup may take before it answers with what it has.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest DHT message: provider lists of popular keys are long.
+const MAX_PACKET: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DhtError {
+    #[error("DHT transport: {0}")]
+    Transport(String),
+    #[error("DHT listen address {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("DHT peer store {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("the DHT task has stopped")]
+    Stopped,
+}
+
+/// Under which key a node's record is stored.
+pub fn node_key(peer: &PeerId) -> RecordKey {
+    let mut key = b"/hopwire/node/".to_vec();
+    key.extend_from_slice(&peer.to_bytes());
+    RecordKey::new(&key)
+}
+
+/// The provider key of a role.
+pub fn role_key(role: Role) -> RecordKey {
+    RecordKey::new(&format!("/hopwire/role/{role}"))
+}
+
+/// The provider key of the exits of one region.
+pub fn region_key(region: &str) -> RecordKey {
+    RecordKey::new(&format!("/hopwire/exit/{}", region.to_ascii_uppercase()))
+}
+
+/// The provider keys a node announces itself under.
+pub fn provider_keys(roles: &[Role], region: &str) -> Vec<RecordKey> {
+    let mut keys: Vec<RecordKey> = roles.iter().map(|r| role_key(*r)).collect();
+    if roles.contains(&Role::Exit) {
+        keys.push(region_key(region));
+    }
+    keys
+}
+
+/// The libp2p keypair of a node identity (the same ed25519 key).
+pub fn keypair(identity: &ed25519_dalek::SigningKey) -> identity::Keypair {
+    let mut secret = identity.to_bytes();
+    identity::Keypair::ed25519_from_bytes(&mut secret).unwrap_or_else(|_| unreachable!("32 bytes is an ed25519 secret"))
+}
+
+/// The peer id of a node identity.
+pub fn peer_id(identity: &[u8; 32]) -> Option<PeerId> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(identity).ok()?;
+    Some(identity::PublicKey::from(key).to_peer_id())
+}
+
+/// How the swarm reaches other peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP with Noise and yamux: the real network.
+    Tcp,
+    /// libp2p's in-process memory transport, for simulations.
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    pub transport: Transport,
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through, with their `/p2p/` peer id.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Answer other peers' queries (nodes) or only ask (clients).
+    pub server: bool,
+    /// Where learned peers are kept across restarts.
+    pub peer_store: Option<PathBuf>,
+    /// How long stored records and provider announcements live.
+    pub record_ttl: Duration,
+}
+
+impl DhtConfig {
+    pub fn new(transport: Transport, server: bool) -> Self {
+        Self {
+            transport,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            server,
+            peer_store: None,
+            record_ttl: Duration::from_secs(crate::record::RECORD_TTL),
+        }
+    }
+}
+
+/// A node record found in the DHT.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub record: VerifiedRecord,
+    /// Round trip to the node over the DHT's connection, if measured.
+    pub rtt: Option<Duration>,
+}
+
+/// What one lookup cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LookupStats {
+    /// Requests sent to other peers.
+    pub requests: u32,
+    pub duration: Duration,
+}
+
+/// What the DHT has seen, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct DhtCounters {
+    /// Records refused, by reason.
+    pub rejected: Mutex<BTreeMap<&'static str, u64>>,
+    pub stored: AtomicU64,
+    pub routing_peers: AtomicUsize,
+    pub subnet_refused: AtomicU64,
+}
+
+impl DhtCounters {
+    fn reject(&self, reason: &'static str) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
+        self.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+enum Command {
+    Publish {
+        record: Vec<u8>,
+        provide: Vec<RecordKey>,
+    },
+    Find {
+        key: RecordKey,
+        reply: oneshot::Sender<(Vec<Found>, LookupStats)>,
+    },
+    Addresses {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    AddPeer {
+        addr: Multiaddr,
+    },
+}
+
+/// A handle on the DHT task.
+#[derive(Clone)]
+pub struct Dht {
+    commands: mpsc::Sender<Command>,
+    pub local_peer: PeerId,
+    pub counters: Arc<DhtCounters>,
+}
+
+impl std::fmt::Debug for Dht {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dht")
+            .field("local_peer", &self.local_peer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+impl Dht {
+    /// Starts the swarm task. Must be called inside a tokio runtime.
+    pub fn spawn(keypair: identity::Keypair, config: DhtConfig) -> Result<Self, DhtError> {
+        let local_peer = keypair.public().to_peer_id();
+        let mut swarm = build_swarm(keypair, &config)?;
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| DhtError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let peers = match &config.peer_store {
+            Some(path) => Some(
+                sled::open(path)
+                    .and_then(|db| db.open_tree("peers"))
+                    .map_err(|source| DhtError::Store {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let counters = Arc::new(DhtCounters::default());
+        let (tx, rx) = mpsc::channel(64);
+        let mut task = Task {
+            swarm,
+            peers,
+            counters: counters.clone(),
+            lookups: HashMap::new(),
+            provider_queries: HashMap::new(),
+            record_queries: HashMap::new(),
+            rtts: HashMap::new(),
+            record_ttl: config.record_ttl,
+            next_lookup: 0,
+        };
+        task.restore_peers();
+        for addr in &config.bootstrap {
+            task.add_bootstrap(addr.clone());
+        }
+        let _ = task.swarm.behaviour_mut().kad.bootstrap();
+        tokio::spawn(task.run(rx));
+        Ok(Self {
+            commands: tx,
+            local_peer,
+            counters,
+        })
+    }
+
+    /// Stores this node's signed record and announces it under `provide`.
+    /// Call again to republish (with a fresh record).
+    pub async fn publish(&self, record: Vec<u8>, provide: Vec<RecordKey>) -> Result<(), DhtError> {
+        self.commands
+            .send(Command::Publish { record, provide })
+            .await
+            .map_err(|_| DhtError::Stopped)
+    }
+
+    /// The records of every node that provides `key`, verified.
+    pub async fn find(&self, key: RecordKey) -> Result<(Vec<Found>, LookupStats), DhtError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Find { key, reply })
+            .await
+            .map_err(|_| DhtError::Stopped)?;
+        answer.await.map_err(|_| DhtError::Stopped)
+    }
+
+    /// Where the swarm listens (with its `/p2p/` id appended).
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>, DhtError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Addresses { reply })
+            .await
+            .map_err(|_| DhtError::Stopped)?;
+        answer.await.map_err(|_| DhtError::Stopped)
+    }
+
+    /// Adds a peer to join through (an address with `/p2p/`).
+    pub async fn add_peer(&self, addr: Multiaddr) -> Result<(), DhtError> {
+        self.commands
+            .send(Command::AddPeer { addr })
+            .await
+            .map_err(|_| DhtError::Stopped)
+    }
+}
+
+fn build_swarm(keypair: identity::Keypair, config: &DhtConfig) -> Result<Swarm<Behaviour>, DhtError> {
+    let local_peer = keypair.public().to_peer_id();
+    let behaviour = |key: &identity::Keypair| {
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_record_ttl(Some(config.record_ttl))
+            .set_provider_record_ttl(Some(config.record_ttl))
+            .set_provider_publication_interval(Some(config.record_ttl / 3))
+            .set_publication_interval(None)
+            .set_replication_interval(None)
+            .disjoint_query_paths(true)
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_kbucket_inserts(kad::BucketInserts::Manual)
+            .set_max_packet_size(MAX_PACKET)
+            .set_query_timeout(LOOKUP_TIMEOUT);
+        let store = MemoryStore::with_config(
+            local_peer,
+            MemoryStoreConfig {
+                max_records: 100_000,
+                max_value_bytes: crate::record::MAX_RECORD_LEN,
+                max_providers_per_key: 100_000,
+                max_provided_keys: 64,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(local_peer, store, kad_config);
+        kad.set_mode(Some(if config.server {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
+        Behaviour {
+            kad,
+            identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
+            ping: ping::Behaviour::default(),
+        }
+    };
+    let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    let transport_error = |e: &dyn std::fmt::Display| DhtError::Transport(e.to_string());
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match config.transport {
+        Transport::Tcp => builder
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_error(&e))?
+            .with_behaviour(|key| behaviour(key))
+            .map_err(|e| transport_error(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+        Transport::Memory => builder
+            .with_other_transport(|key| {
+                use libp2p::core::upgrade::Version;
+                use libp2p::Transport as _;
+                libp2p::core::transport::MemoryTransport::default()
+                    .upgrade(Version::V1)
+                    .authenticate(libp2p::plaintext::Config::new(key))
+                    .multiplex(yamux::Config::default())
+            })
+            .map_err(|e| transport_error(&e))?
+            .with_behaviour(|key| behaviour(key))
+            .map_err(|e| transport_error(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+    };
+    Ok(swarm)
+}
+
+/// The network an address belongs to for the bucket rule: IPv4 /24 or
+/// IPv6 /48; `None` for addresses without IP (the memory transport).
+fn subnet(addr: &Multiaddr) -> Option<(bool, u64)> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some((true, u64::from(u32::from(a) >> 8))),
+        Protocol::Ip6(a) => Some((false, (u128::from(a) >> 80) as u64)),
+        _ => None,
+    })
+}
+
+struct Lookup {
+    reply: Option<oneshot::Sender<(Vec<Found>, LookupStats)>>,
+    started: Instant,
+    requests: u32,
+    /// Record queries still running.
+    pending: usize,
+    providers_done: bool,
+    best: HashMap<PeerId, VerifiedRecord>,
+}
+
+struct Task {
+    swarm: Swarm<Behaviour>,
+    peers: Option<sled::Tree>,
+    counters: Arc<DhtCounters>,
+    lookups: HashMap<u64, Lookup>,
+    provider_queries: HashMap<QueryId, (u64, HashSet<PeerId>)>,
+    record_queries: HashMap<QueryId, (u64, PeerId)>,
+    rtts: HashMap<PeerId, Duration>,
+    record_ttl: Duration,
+    next_lookup: u64,
+}
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(c) => self.command(c),
+                    None => return,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+            }
+        }
+    }
+
+    fn restore_peers(&mut self) {
+        let Some(tree) = &self.peers else { return };
+        let mut restored = 0;
+        for (peer, addrs) in tree.iter().flatten() {
+            let Ok(peer) = PeerId::from_bytes(&peer) else { continue };
+            let Ok(addrs) = postcard::from_bytes::<Vec<Vec<u8>>>(&addrs) else {
+                continue;
+            };
+            for addr in addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+            restored += 1;
+        }
+        if restored > 0 {
+            info!(peers = restored, "DHT peers restored from the peer store");
+        }
+    }
+
+    fn add_bootstrap(&mut self, addr: Multiaddr) {
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    debug!("dialing bootstrap {addr}: {e}");
+                }
+            }
+            _ => warn!("bootstrap address {addr} has no /p2p/ peer id; ignored"),
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Publish { record, provide } => self.publish(record, provide),
+            Command::Find { key, reply } => {
+                let id = self.next_lookup;
+                self.next_lookup += 1;
+                let query = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.provider_queries.insert(query, (id, HashSet::new()));
+                self.lookups.insert(
+                    id,
+                    Lookup {
+                        reply: Some(reply),
+                        started: Instant::now(),
+                        requests: 0,
+                        pending: 0,
+                        providers_done: false,
+                        best: HashMap::new(),
+                    },
+                );
+            }
+            Command::Addresses { reply } => {
+                let me = *self.swarm.local_peer_id();
+                let addrs = self
+                    .swarm
+                    .listeners()
+                    .map(|a| a.clone().with(Protocol::P2p(me)))
+                    .collect();
+                let _ = reply.send(addrs);
+            }
+            Command::AddPeer { addr } => self.add_bootstrap(addr),
+        }
+    }
+
+    fn publish(&mut self, bytes: Vec<u8>, provide: Vec<RecordKey>) {
+        let key = node_key(self.swarm.local_peer_id());
+        let mut record = kad::Record::new(key, bytes);
+        record.expires = Some(Instant::now() + self.record_ttl);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if let Err(e) = kad.store_mut().put(record.clone()) {
+            warn!("storing our own record: {e}");
+        }
+        if let Err(e) = kad.put_record(record, Quorum::One) {
+            warn!("publishing our record: {e}");
+        }
+        for key in provide {
+            if let Err(e) = kad.start_providing(key) {
+                warn!("announcing ourselves as provider: {e}");
+            }
+        }
+    }
+
+    /// Checks a record found or offered under `key`; `None` if refused.
+    fn verify(&self, key: &RecordKey, value: &[u8]) -> Option<VerifiedRecord> {
+        let now = crate::node::unix_now();
+        let record = match VerifiedRecord::from_bytes(value) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.reject(e.reason());
+                debug!("refused a DHT record: {e}");
+                return None;
+            }
+        };
+        let Some(peer) = peer_id(&record.record().identity) else {
+            self.counters.reject("malformed");
+            return None;
+        };
+        if node_key(&peer) != *key {
+            self.counters.reject("wrong_key");
+            debug!("refused a DHT record stored under another node's key");
+            return None;
+        }
+        if let Err(e) = record.check(now, None) {
+            self.counters.reject(e.reason());
+            debug!("refused a DHT record: {e}");
+            return None;
+        }
+        Some(record)
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs {
+                    self.maybe_add(peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer, result: Ok(rtt), ..
+            })) => {
+                self.rtts.insert(peer, rtt);
+            }
+            SwarmEvent::NewListenAddr { address, .. } => debug!("DHT listening on {address}"),
+            _ => {}
+        }
+    }
+
+    /// Adds a peer to the routing table unless its bucket already holds
+    /// [`MAX_PER_SUBNET`] peers of its subnet.
+    fn maybe_add(&mut self, peer: PeerId, addr: Multiaddr) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if let Some(net) = subnet(&addr) {
+            let crowded = kad.kbucket(peer).is_some_and(|bucket| {
+                bucket
+                    .iter()
+                    .filter(|e| *e.node.key.preimage() != peer)
+                    .filter(|e| e.node.value.iter().any(|a| subnet(a) == Some(net)))
+                    .count()
+                    >= MAX_PER_SUBNET
+            });
+            if crowded {
+                self.counters.subnet_refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        kad.add_address(&peer, addr);
+    }
+
+    fn kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutablePeer { peer, address } | kad::Event::PendingRoutablePeer { peer, address } => {
+                self.maybe_add(peer, address);
+            }
+            kad::Event::RoutingUpdated { peer, addresses, .. } => {
+                let count: usize = self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum();
+                self.counters.routing_peers.store(count, Ordering::Relaxed);
+                if let Some(tree) = &self.peers {
+                    let addrs: Vec<Vec<u8>> = addresses.iter().map(|a| a.to_vec()).collect();
+                    if let Ok(bytes) = postcard::to_stdvec(&addrs) {
+                        let _ = tree.insert(peer.to_bytes(), bytes);
+                    }
+                }
+            }
+            kad::Event::InboundRequest { request } => self.inbound(request),
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                stats,
+                step,
+            } => {
+                self.progress(id, result, stats.num_requests(), step.last);
+            }
+            _ => {}
+        }
+    }
+
+    /// Stores what others offer only if it verifies and is newer.
+    fn inbound(&mut self, request: kad::InboundRequest) {
+        match request {
+            kad::InboundRequest::PutRecord {
+                record: Some(record), ..
+            } => {
+                let Some(new) = self.verify(&record.key, &record.value) else {
+                    return;
+                };
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let older = store
+                    .get(&record.key)
+                    .and_then(|old| VerifiedRecord::from_bytes(&old.value).ok())
+                    .is_some_and(|old| old.record().seq >= new.record().seq);
+                if older {
+                    self.counters.reject("stale");
+                    return;
+                }
+                let mut record = record;
+                record.expires = Some(Instant::now() + self.record_ttl);
+                if store.put(record).is_ok() {
+                    self.counters.stored.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            kad::InboundRequest::AddProvider { record: Some(provider) } => {
+                let key = provider.key.as_ref();
+                if key.starts_with(b"/hopwire/role/") || key.starts_with(b"/hopwire/exit/") {
+                    let _ = self.swarm.behaviour_mut().kad.store_mut().add_provider(provider);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn progress(&mut self, query: QueryId, result: QueryResult, requests: u32, last: bool) {
+        match result {
+            QueryResult::GetProviders(found) => {
+                let Some((lookup, providers)) = self.provider_queries.get_mut(&query) else {
+                    return;
+                };
+                let lookup = *lookup;
+                if let Ok(GetProvidersOk::FoundProviders { providers: new, .. }) = found {
+                    providers.extend(new);
+                }
+                if !last {
+                    return;
+                }
+                let Some((_, providers)) = self.provider_queries.remove(&query) else {
+                    return;
+                };
+                let me = *self.swarm.local_peer_id();
+                let mut started = 0;
+                for peer in providers {
+                    if peer == me {
+                        continue;
+                    }
+                    let q = self.swarm.behaviour_mut().kad.get_record(node_key(&peer));
+                    self.record_queries.insert(q, (lookup, peer));
+                    started += 1;
+                }
+                if let Some(l) = self.lookups.get_mut(&lookup) {
+                    l.requests += requests;
+                    l.pending += started;
+                    l.providers_done = true;
+                }
+                self.finish_if_done(lookup);
+            }
+            QueryResult::GetRecord(found) => {
+                let Some((lookup, peer)) = self.record_queries.get(&query).copied() else {
+                    return;
+                };
+                if let Ok(GetRecordOk::FoundRecord(found)) = found {
+                    if let Some(record) = self.verify(&found.record.key, &found.record.value) {
+                        if let Some(l) = self.lookups.get_mut(&lookup) {
+                            let newer = l.best.get(&peer).is_none_or(|b| b.record().seq < record.record().seq);
+                            if newer {
+                                l.best.insert(peer, record);
+                            }
+                        }
+                    }
+                    // One verified answer is enough for this node.
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+                        q.finish();
+                    }
+                }
+                if !last {
+                    return;
+                }
+                self.record_queries.remove(&query);
+                if let Some(l) = self.lookups.get_mut(&lookup) {
+                    l.requests += requests;
+                    l.pending = l.pending.saturating_sub(1);
+                }
+                self.finish_if_done(lookup);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish_if_done(&mut self, lookup: u64) {
+        let done = self
+            .lookups
+            .get(&lookup)
+            .is_some_and(|l| l.providers_done && l.pending == 0);
+        if !done {
+            return;
+        }
+        let Some(mut l) = self.lookups.remove(&lookup) else {
+            return;
+        };
+        let found = l
+            .best
+            .drain()
+            .map(|(peer, record)| Found {
+                record,
+                rtt: self.rtts.get(&peer).copied(),
+            })
+            .collect();
+        let stats = LookupStats {
+            requests: l.requests,
+            duration: l.started.elapsed(),
+        };
+        if let Some(reply) = l.reply.take() {
+            let _ = reply.send((found, stats));
+        }
+    }
+}
