@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use hopwire_core::api::{self, Request, Response, State, Status};
+use hopwire_core::api::{self, NodeInfo, Request, Response, State, Status};
 use hopwire_core::daemon::{self, DaemonConfig};
+use hopwire_core::record::Role;
 
 #[derive(Parser)]
 #[command(name = "hopwire", version, about = "Hopwire: a peer-to-peer VPN")]
@@ -41,10 +42,24 @@ enum Command {
         /// Where the daemon records its changes to the system (default: beside the socket).
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// DHT peers to join through (`/ip4/ADDR/tcp/PORT/p2p/PEER_ID`, repeatable).
+        #[arg(long)]
+        bootstrap: Vec<String>,
     },
-    /// Connect through a circuit built from node records (`hopwire-node show-record`).
+    /// List the nodes the DHT knows.
+    Nodes {
+        /// Only nodes of this role.
+        #[arg(long, value_parser = ["exit", "relay"])]
+        role: Option<String>,
+        /// Only exits in this country (ISO code).
+        #[arg(long)]
+        country: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect through a circuit of nodes found in the DHT, or built from records given here.
     Connect {
-        /// Node records (`hopwire1.…`); the path is chosen among them.
+        /// Node records (`hopwire1.…`) to choose the path from; none means the DHT's.
         records: Vec<String>,
         /// A file with more node records, one per line (`#` starts a comment).
         #[arg(long)]
@@ -86,12 +101,22 @@ fn run(cli: Cli) -> Result<i32> {
             tun,
             resolv_conf,
             state_file,
+            bootstrap,
         } => {
             hopwire_core::process::init_logging();
             if !is_root() {
                 bail!("the daemon needs root to create its TUN device and set routes; run `sudo hopwire daemon`");
             }
+            let bootstrap = bootstrap
+                .iter()
+                .map(|b| {
+                    hopwire_core::config::parse_dht_addr(b)
+                        .with_context(|| format!("--bootstrap `{b}` is not /ip4/ADDR/tcp/PORT/p2p/PEER_ID"))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let config = DaemonConfig {
+                bootstrap,
+                dht_store: cli.socket.with_extension("dht-peers"),
                 state_file: state_file.unwrap_or_else(|| cli.socket.with_extension("state.json")),
                 guard_file: cli.socket.with_extension("guard"),
                 socket: cli.socket,
@@ -118,9 +143,6 @@ fn run(cli: Cli) -> Result<i32> {
                         .map(str::to_owned),
                 );
             }
-            if records.is_empty() {
-                bail!("give node records to build the circuit from (arguments or --nodes FILE); get them with `hopwire-node show-record`");
-            }
             // Check the records here too, so a typo is caught without a daemon.
             for (i, r) in records.iter().enumerate() {
                 if let Err(e) = r.parse::<hopwire_core::record::VerifiedRecord>() {
@@ -133,6 +155,27 @@ fn run(cli: Cli) -> Result<i32> {
                 hopwire_core::client::BUILD_TIMEOUT * 4 + Duration::from_secs(10),
             ))?;
             report(response, false)
+        }
+        Command::Nodes { role, country, json } => {
+            let role = role.map(|r| if r == "exit" { Role::Exit } else { Role::Relay });
+            let response = runtime.block_on(api::call(
+                &cli.socket,
+                &Request::Nodes { role, country },
+                hopwire_core::dht::LOOKUP_TIMEOUT * 3,
+            ))?;
+            match response {
+                Response::Nodes { nodes } => {
+                    let text = if json {
+                        serde_json::to_string_pretty(&nodes).context("encoding nodes")? + "\n"
+                    } else {
+                        nodes_text(&nodes)
+                    };
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                    Ok(0)
+                }
+                Response::Error { message, .. } => bail!("{message}"),
+                Response::Ok { .. } => bail!("the daemon answered with a status, not a node list"),
+            }
         }
         Command::Status { json } => {
             let response = runtime.block_on(api::call(&cli.socket, &Request::Status, Duration::from_secs(5)))?;
@@ -157,6 +200,7 @@ fn report(response: Response, json: bool) -> Result<i32> {
     let (status, error) = match response {
         Response::Ok { status } => (status, None),
         Response::Error { message, status } => (status, Some(message)),
+        Response::Nodes { .. } => bail!("the daemon answered with a node list, not a status"),
     };
     let text = if json {
         serde_json::to_string_pretty(&status).context("encoding status")? + "\n"
@@ -169,6 +213,31 @@ fn report(response: Response, json: bool) -> Result<i32> {
         Some(message) => bail!("{message}"),
         None => Ok(0),
     }
+}
+
+fn nodes_text(nodes: &[NodeInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<16}  {:<12}  {:<6}  {:>9}  {:>8}  {:>7}  {}\n",
+        "id", "roles", "region", "capacity", "rtt", "age", "address"
+    );
+    for n in nodes {
+        let roles: Vec<String> = n.roles.iter().map(ToString::to_string).collect();
+        let rtt = n.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<12}  {:<6}  {:>4} Mb/s  {:>8}  {:>6}s  {}",
+            n.id,
+            roles.join(","),
+            n.region,
+            n.capacity_mbit,
+            rtt,
+            n.age_s,
+            n.addr
+        );
+    }
+    let _ = writeln!(out, "{} nodes", nodes.len());
+    out
 }
 
 fn status_text(s: &Status) -> String {

@@ -122,6 +122,17 @@ fn plan(exits: u8, relays: u8) -> Vec<NodePlan> {
     exits.chain(relays).collect()
 }
 
+/// The DHT bootstrap node: in a /16 of its own, no circuits.
+fn bootstrap_plan() -> NodePlan {
+    NodePlan {
+        name: "boot".into(),
+        role: "bootstrap",
+        addr: std::net::Ipv4Addr::new(100, 90, 0, 2),
+        router: std::net::Ipv4Addr::new(100, 90, 0, 1),
+        region: "ZZ",
+    }
+}
+
 /// One testnet's names and files.
 struct Testnet {
     prefix: String,
@@ -328,7 +339,8 @@ impl Testnet {
     }
 
     /// Initialises, configures and starts one node; returns its summary.
-    async fn start_node(&mut self, n: &NodePlan) -> Result<serde_json::Value> {
+    /// `bootstrap` is the DHT address of the bootstrap node (none for itself).
+    async fn start_node(&mut self, n: &NodePlan, bootstrap: Option<&str>) -> Result<serde_json::Value> {
         let dir = self.dir.join(&n.name);
         let node = self.bin_dir.join("hopwire-node");
         let public = format!("{}:{EXIT_PORT}", n.addr);
@@ -343,6 +355,10 @@ impl Testnet {
             .replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]"))
             .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{}\"]", n.role))
             .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region));
+        let text = match bootstrap {
+            Some(b) => text.replace("\nbootstrap = []\n", &format!("\nbootstrap = [\"{b}\"]\n")),
+            None => text,
+        };
         std::fs::write(&config, text).context("writing a node.toml")?;
         let config_s = config.to_string_lossy().into_owned();
         let log = self.dir.join(format!("{}.log", n.name));
@@ -357,14 +373,16 @@ impl Testnet {
         Ok(json!({
             "name": n.name, "namespace": self.ns(&n.name), "addr": n.addr, "role": n.role, "region": n.region,
             "identity": shown["identity"], "record": shown["record"], "wg_public_key": shown["wg_public_key"],
-            "config": config, "pid": pid, "log": log,
+            "dht_addr": shown["dht_addr"], "config": config, "pid": pid, "log": log,
         }))
     }
 
     async fn up_and_check(&mut self, args: &Args) -> Result<serde_json::Value> {
         std::fs::create_dir_all(self.dir.join("www")).with_context(|| format!("creating {}", self.dir.display()))?;
         let nodes = plan(args.exits, args.relays);
-        self.build_topology(&nodes)?;
+        let mut all = vec![bootstrap_plan()];
+        all.extend(plan(args.exits, args.relays));
+        self.build_topology(&all)?;
 
         // The pretend internet and the exit's LAN host.
         let script = self.dir.join("inet.py");
@@ -388,9 +406,15 @@ impl Testnet {
         self.spawn("lan", &python, &[&s, LAN_SERVER, &lw, &ll], &self.dir.join("lan.log"))?;
 
         // The nodes, and the list of their records the client picks from.
+        // The bootstrap node first: everyone else finds the others through it.
+        let boot = self.start_node(&bootstrap_plan(), None).await?;
+        let boot_addr = boot["dht_addr"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the bootstrap node has no DHT address"))?
+            .to_owned();
         let mut started = Vec::new();
         for n in &nodes {
-            started.push(self.start_node(n).await?);
+            started.push(self.start_node(n, Some(&boot_addr)).await?);
         }
         let records: Vec<String> = started
             .iter()
@@ -406,18 +430,27 @@ impl Testnet {
         let socket_s = socket.to_string_lossy().into_owned();
         let client_log = self.dir.join("client.log");
         let hopwire = self.bin_dir.join("hopwire");
-        let client_pid = self.spawn("client", &hopwire, &["--socket", &socket_s, "daemon"], &client_log)?;
+        let client_pid = self.spawn(
+            "client",
+            &hopwire,
+            &["--socket", &socket_s, "daemon", "--bootstrap", &boot_addr],
+            &client_log,
+        )?;
         self.wait_for_daemon(&socket).await?;
+        // The client knows only the bootstrap node: it waits until the DHT
+        // shows every node, then builds its path from what it found.
+        let discovered = self.wait_for_discovery(&socket, nodes.len()).await?;
 
         let started_at = Instant::now();
         let connect = Request::Connect {
-            records,
+            records: Vec::new(),
             hops: args.hops,
             country: None,
         };
         let status = match api::call(&socket, &connect, Duration::from_secs(60)).await? {
             Response::Ok { status } => status,
             Response::Error { message, .. } => bail!("connecting the client: {message}"),
+            Response::Nodes { .. } => bail!("the daemon answered a connect with a node list"),
         };
         let connect_ms = started_at.elapsed().as_secs_f64() * 1000.0;
         let exit_ip = status
@@ -518,6 +551,8 @@ impl Testnet {
             },
             "dir": self.dir,
             "nodes": started,
+            "bootstrap": boot,
+            "discovery": { "via": "dht", "bootstrap": boot_addr, "nodes_found": discovered },
             "nodes_file": nodes_file,
             "hops": args.hops,
             "path": path,
@@ -545,6 +580,7 @@ impl Testnet {
     async fn status(&self, socket: &Path) -> Result<Status> {
         match api::call(socket, &Request::Status, Duration::from_secs(5)).await? {
             Response::Ok { status } | Response::Error { status, .. } => Ok(status),
+            Response::Nodes { .. } => bail!("the daemon answered a status request with a node list"),
         }
     }
 
@@ -568,6 +604,27 @@ impl Testnet {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         bail!("{what} did not start within 10 s (log: {})", log.display())
+    }
+
+    /// Polls the client's DHT until it lists `expected` nodes; returns how
+    /// many it found.
+    async fn wait_for_discovery(&mut self, socket: &Path, expected: usize) -> Result<usize> {
+        let ask = Request::Nodes {
+            role: None,
+            country: None,
+        };
+        let mut seen = 0;
+        for _ in 0..60 {
+            if let Ok(Response::Nodes { nodes }) = api::call(socket, &ask, Duration::from_secs(30)).await {
+                seen = nodes.len();
+                if seen >= expected {
+                    return Ok(seen);
+                }
+            }
+            self.check_children()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!("the client's DHT found {seen} of {expected} nodes within 30 s")
     }
 
     async fn wait_for_daemon(&mut self, socket: &Path) -> Result<()> {
@@ -711,6 +768,10 @@ fn print_summary(s: &serde_json::Value, keep: bool) {
         d["bytes"],
         d["seconds"].as_f64().unwrap_or(0.0),
         d["mbit_per_s"]
+    );
+    println!(
+        "  discovery:  {} nodes found in the DHT through the bootstrap node alone",
+        s["discovery"]["nodes_found"]
     );
     println!(
         "  round trip: {} ms through the tunnel (ping {INET_SERVER})",

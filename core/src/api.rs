@@ -33,6 +33,13 @@ pub enum Request {
     },
     Disconnect,
     Status,
+    /// The nodes the DHT knows, optionally only of one role or country.
+    Nodes {
+        #[serde(default)]
+        role: Option<crate::record::Role>,
+        #[serde(default)]
+        country: Option<String>,
+    },
 }
 
 /// Hops a circuit has unless asked otherwise.
@@ -47,6 +54,21 @@ fn default_hops() -> u8 {
 pub enum Response {
     Ok { status: Status },
     Error { message: String, status: Status },
+    Nodes { nodes: Vec<NodeInfo> },
+}
+
+/// One node as `hopwire nodes` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub roles: Vec<crate::record::Role>,
+    pub region: String,
+    pub addr: SocketAddr,
+    pub capacity_mbit: u32,
+    /// Round trip over the DHT connection to it, if measured.
+    pub rtt_ms: Option<f64>,
+    /// Seconds since the node signed its record.
+    pub age_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

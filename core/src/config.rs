@@ -42,6 +42,33 @@ pub struct NodeConfig {
     pub exit: ExitSection,
     #[serde(default)]
     pub wireguard: WireguardSection,
+    #[serde(default)]
+    pub dht: DhtSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhtSection {
+    /// Where the node's DHT (libp2p over TCP) listens.
+    #[serde(default = "default_dht_listen")]
+    pub listen: SocketAddr,
+    /// DHT peers to join through: `/ip4/ADDR/tcp/PORT/p2p/PEER_ID`, as
+    /// `hopwire-node show-record --json` prints them (`dht_addr`).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+}
+
+impl Default for DhtSection {
+    fn default() -> Self {
+        Self {
+            listen: default_dht_listen(),
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+fn default_dht_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4433))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +206,7 @@ pub struct LoadedConfig {
     pub key_dir: PathBuf,
     pub wg_peers: Vec<(boringtun::x25519::PublicKey, Ipv4Addr)>,
     pub family: Vec<[u8; 32]>,
+    pub bootstrap: Vec<libp2p::Multiaddr>,
 }
 
 impl NodeConfig {
@@ -224,6 +252,15 @@ impl NodeConfig {
             .family
             .iter()
             .map(|f| parse_identity(f).ok_or_else(|| invalid("node.family", format!("`{f}` is not 64 hex digits"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bootstrap = config
+            .dht
+            .bootstrap
+            .iter()
+            .map(|b| {
+                parse_dht_addr(b)
+                    .ok_or_else(|| invalid("dht.bootstrap", format!("`{b}` is not /ip4/ADDR/tcp/PORT/p2p/PEER_ID")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let tun = &config.exit.tun_name;
         if tun.is_empty() || tun.len() > 15 || !tun.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -272,8 +309,15 @@ impl NodeConfig {
             key_dir,
             wg_peers,
             family,
+            bootstrap,
         })
     }
+}
+
+/// Parses a DHT peer address; it must name the peer (`/p2p/…`).
+pub fn parse_dht_addr(s: &str) -> Option<libp2p::Multiaddr> {
+    let addr: libp2p::Multiaddr = s.trim().parse().ok()?;
+    matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))).then_some(addr)
 }
 
 /// Parses a node identity written as 64 hex digits.
@@ -306,7 +350,8 @@ listen = "0.0.0.0:4433"
 # Directory holding identity.key, wireguard.key and onion.key (relative to this file).
 key_dir = "."
 # What this node does for others: "relay" (carries circuits onward), "exit"
-# (ends them and sends traffic to the internet; needs root for TUN and NAT).
+# (ends them and sends traffic to the internet; needs root for TUN and NAT),
+# "bootstrap" (a DHT server new peers join through).
 roles = ["relay", "exit"]
 # Country code clients see when they pick a path, e.g. "DE"; "ZZ" is unknown.
 region = "ZZ"
@@ -335,6 +380,13 @@ dns_upstream = []
 policy = []
 # Built-in rejects: private, loopback, link-local and multicast ranges, and port 25.
 default_rejects = true
+
+[dht]
+# Discovery: the node publishes its record in a Kademlia DHT (TCP).
+listen = "0.0.0.0:4433"
+# Peers to join through, as `hopwire-node show-record --json` prints them (dht_addr):
+# bootstrap = ["/ip4/203.0.113.9/tcp/4433/p2p/12D3KooW..."]
+bootstrap = []
 
 [wireguard]
 # Plain WireGuard over UDP for stock clients listed below; unset means off.

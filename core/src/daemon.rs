@@ -22,14 +22,16 @@ use boringtun::x25519;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use rand::Rng;
 
-use crate::api::{HopInfo, Request, Response, State, Status, MAX_LINE};
+use crate::api::{HopInfo, NodeInfo, Request, Response, State, Status, MAX_LINE};
 use crate::client::{Traffic, Tunnel};
+use crate::dht::{self, Dht, DhtConfig, Transport};
 use crate::onion::cell::MAX_HOPS;
 use crate::path::{self, PathRequest};
+use crate::record::Role;
 use crate::record::VerifiedRecord;
 use crate::session::{ClientHello, SessionParams, PROTOCOL_VERSION};
 use crate::sys::{self, ClientNet};
@@ -53,6 +55,10 @@ pub struct DaemonConfig {
     pub state_file: PathBuf,
     /// Where the daemon remembers its guard across sessions.
     pub guard_file: PathBuf,
+    /// DHT peers to join through (`/ip4/…/tcp/…/p2p/…`).
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Where DHT peers learned are kept across restarts.
+    pub dht_store: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,8 @@ pub enum DaemonError {
     },
     #[error("group `{0}` does not exist (see /etc/group)")]
     NoSuchGroup(String),
+    #[error("starting the DHT: {0}")]
+    Dht(String),
 }
 
 struct Active {
@@ -84,6 +92,7 @@ struct Plan {
 
 struct Daemon {
     config: DaemonConfig,
+    dht: Dht,
     wg_secret: x25519::StaticSecret,
     status: Mutex<Status>,
     /// Serializes connect and disconnect.
@@ -131,6 +140,13 @@ impl Daemon {
     async fn handle(self: &Arc<Self>, request: Request) -> Response {
         match request {
             Request::Status => Response::Ok { status: self.status() },
+            Request::Nodes { role, country } => match self.discover_nodes(role, country.as_deref()).await {
+                Ok(nodes) => Response::Nodes { nodes },
+                Err(message) => Response::Error {
+                    message,
+                    status: self.status(),
+                },
+            },
             Request::Disconnect => {
                 let mut active = self.active.lock().await;
                 stop(active.take()).await;
@@ -138,7 +154,12 @@ impl Daemon {
                 Response::Ok { status: self.status() }
             }
             Request::Connect { records, hops, country } => {
-                let plan = match parse_plan(&records, hops, country) {
+                let plan = if records.is_empty() {
+                    self.discover_plan(hops, country).await
+                } else {
+                    parse_plan(&records, hops, country)
+                };
+                let plan = match plan {
                     Ok(p) => p,
                     Err(message) => {
                         return Response::Error {
@@ -158,6 +179,76 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Looks up the nodes that provide `key` in the DHT.
+    async fn find(&self, key: libp2p::kad::RecordKey) -> Result<Vec<crate::dht::Found>, String> {
+        let (found, stats) = self.dht.find(key).await.map_err(|e| e.to_string())?;
+        debug!(
+            found = found.len(),
+            requests = stats.requests,
+            ms = stats.duration.as_millis() as u64,
+            "DHT lookup"
+        );
+        Ok(found)
+    }
+
+    /// Candidates for a circuit from the DHT: exits (of `country`), and
+    /// relays if the circuit has more than one hop.
+    async fn discover_plan(&self, hops: u8, country: Option<String>) -> Result<Plan, String> {
+        let exits = match &country {
+            Some(cc) => dht::region_key(cc),
+            None => dht::role_key(Role::Exit),
+        };
+        let mut candidates: Vec<VerifiedRecord> = self.find(exits).await?.into_iter().map(|f| f.record).collect();
+        if candidates.is_empty() {
+            return Err(format!(
+                "the DHT knows no exit{}: is the daemon's --bootstrap right, and are nodes up?",
+                country.as_ref().map(|c| format!(" in {c}")).unwrap_or_default()
+            ));
+        }
+        if hops > 1 {
+            let relays = self.find(dht::role_key(Role::Relay)).await?;
+            candidates.extend(relays.into_iter().map(|f| f.record));
+        }
+        let hops = usize::from(hops);
+        if hops == 0 || hops > MAX_HOPS {
+            return Err(format!("--hops must be 1 to {MAX_HOPS}, not {hops}"));
+        }
+        Ok(Plan {
+            candidates,
+            hops,
+            country,
+        })
+    }
+
+    async fn discover_nodes(&self, role: Option<Role>, country: Option<&str>) -> Result<Vec<NodeInfo>, String> {
+        let keys = match (role, country) {
+            (_, Some(cc)) => vec![dht::region_key(cc)],
+            (Some(r), None) => vec![dht::role_key(r)],
+            (None, None) => vec![dht::role_key(Role::Exit), dht::role_key(Role::Relay)],
+        };
+        let now = crate::node::unix_now();
+        let mut nodes: Vec<NodeInfo> = Vec::new();
+        for key in keys {
+            for f in self.find(key).await? {
+                let r = f.record.record();
+                if nodes.iter().any(|n| n.id == f.record.short_id()) {
+                    continue;
+                }
+                nodes.push(NodeInfo {
+                    id: f.record.short_id(),
+                    roles: r.roles.clone(),
+                    region: r.region.clone(),
+                    addr: r.quic_addr,
+                    capacity_mbit: r.capacity_mbit,
+                    rtt_ms: f.rtt.map(|d| (d.as_secs_f64() * 100_000.0).round() / 100.0),
+                    age_s: now.saturating_sub(r.issued_at),
+                });
+            }
+        }
+        nodes.sort_by(|a, b| a.region.cmp(&b.region).then(a.id.cmp(&b.id)));
+        Ok(nodes)
     }
 
     fn saved_guard(&self) -> Option<[u8; 32]> {
@@ -527,7 +618,13 @@ pub async fn serve(config: DaemonConfig, shutdown: impl std::future::Future<Outp
     ClientNet::recover(&config.state_file);
     let mut secret = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+    let mut dht_config = DhtConfig::new(Transport::Tcp, false);
+    dht_config.bootstrap = config.bootstrap.clone();
+    dht_config.peer_store = Some(config.dht_store.clone());
+    let dht_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let dht = Dht::spawn(dht::keypair(&dht_key), dht_config).map_err(|e| DaemonError::Dht(e.to_string()))?;
     let daemon = Arc::new(Daemon {
+        dht,
         wg_secret: x25519::StaticSecret::from(secret),
         config: config.clone(),
         status: Mutex::default(),

@@ -38,6 +38,7 @@ pub enum KeyError {
 }
 
 /// The keys a node keeps across restarts.
+#[derive(Clone)]
 pub struct NodeKeys {
     pub identity: SigningKey,
     pub wg_secret: x25519::StaticSecret,

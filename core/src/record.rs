@@ -79,6 +79,8 @@ pub enum Role {
     Relay,
     /// Ends circuits and sends traffic to the internet.
     Exit,
+    /// A DHT server others join through first.
+    Bootstrap,
 }
 
 impl fmt::Display for Role {
@@ -86,6 +88,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Relay => "relay",
             Role::Exit => "exit",
+            Role::Bootstrap => "bootstrap",
         })
     }
 }

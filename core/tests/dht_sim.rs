@@ -1,7 +1,5 @@
-//! An in-process Kademlia network over libp2p's memory transport: nodes
-//! publish signed records, a client that knows one bootstrap peer finds them.
-
-use std::time::Duration;
+//! experiment
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use hopwire_core::dht::{self, Dht, DhtConfig, Transport};
@@ -39,47 +37,90 @@ fn memory_addr(port: u64) -> Multiaddr {
     Multiaddr::empty().with(Protocol::Memory(port))
 }
 
+fn cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = s.rsplit(')').next().unwrap().split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+struct Count(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+static COUNTS: std::sync::OnceLock<std::sync::Arc<Count>> = std::sync::OnceLock::new();
+struct L(std::sync::Arc<Count>);
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for L {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let m = e.metadata();
+        let k = format!("{} {}:{}", m.target(), m.file().unwrap_or(""), m.line().unwrap_or(0));
+        *self.0 .0.lock().unwrap().entry(k).or_default() += 1;
+    }
+}
+fn dump() {
+    let c = COUNTS.get().unwrap();
+    let mut v: Vec<(String, u64)> = c.0.lock().unwrap().drain().collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.1));
+    for (k, n) in v.iter().take(25) {
+        eprintln!("{n:8} {k}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_finds_every_exit_through_one_bootstrap_peer() {
-    let base = 40_000 + u64::from(std::process::id() % 1000) * 1000;
-    let n = 60;
-    let keys: Vec<SigningKey> = (0..n).map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32])).collect();
+async fn experiment() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let c = std::sync::Arc::new(Count(Default::default()));
+    COUNTS.set(c.clone()).ok();
+    let sub = tracing_subscriber::registry()
+        .with(L(c))
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+    tracing::subscriber::set_global_default(sub).unwrap();
+    let n: usize = std::env::var("N").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
+    let fanout: usize = std::env::var("FANOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let base = 1_000_000u64;
+    let keys: Vec<SigningKey> = (0..n)
+        .map(|i| {
+            let mut s = [0u8; 32];
+            s[0] = 1;
+            s[1..9].copy_from_slice(&(i as u64).to_le_bytes());
+            SigningKey::from_bytes(&s)
+        })
+        .collect();
+    let addrs: Vec<Multiaddr> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            memory_addr(base + i as u64).with(Protocol::P2p(dht::peer_id(&k.verifying_key().to_bytes()).unwrap()))
+        })
+        .collect();
+    let t0 = Instant::now();
+    let c0 = cpu();
     let mut nodes = Vec::new();
-    let bootstrap = memory_addr(base).with(Protocol::P2p(
-        dht::peer_id(&keys[0].verifying_key().to_bytes()).expect("id"),
-    ));
     for (i, key) in keys.iter().enumerate() {
         let mut config = DhtConfig::new(Transport::Memory, true);
         config.listen = vec![memory_addr(base + i as u64)];
-        if i > 0 {
-            config.bootstrap = vec![bootstrap.clone()];
+        for j in 0..fanout.min(i) {
+            let p = (i * 7919 + j * 104_729) % i;
+            config.bootstrap.push(addrs[p].clone());
         }
         nodes.push(Dht::spawn(dht::keypair(key), config).expect("swarm"));
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut exits = Vec::new();
-    for (i, (key, node)) in keys.iter().zip(&nodes).enumerate().skip(1) {
-        let roles = if i % 5 == 0 {
-            vec![Role::Exit]
-        } else {
-            vec![Role::Relay]
-        };
-        if roles == [Role::Exit] {
-            exits.push(key.verifying_key().to_bytes());
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        node.publish(record(key, &roles, "DE", 1), dht::provider_keys(&roles, "DE"))
-            .await
-            .expect("publish");
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-
-    let mut config = DhtConfig::new(Transport::Memory, false);
-    config.bootstrap = vec![bootstrap];
-    let client = Dht::spawn(dht::keypair(&SigningKey::from_bytes(&[250; 32])), config).expect("client");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (found, stats) = client.find(dht::role_key(Role::Exit)).await.expect("lookup");
-    let mut got: Vec<[u8; 32]> = found.iter().map(|f| f.record.record().identity).collect();
-    got.sort();
-    exits.sort();
-    assert_eq!(got, exits, "every exit found ({stats:?})");
+    eprintln!("spawned in {:?} cpu {:.1}", t0.elapsed(), cpu() - c0);
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rp: Vec<usize> = nodes
+            .iter()
+            .map(|d| d.counters.routing_peers.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let min = rp.iter().min().unwrap();
+        let sum: usize = rp.iter().sum();
+        dump();
+        eprintln!(
+            "t={:?} cpu {:.1} min {} avg {:.1}",
+            t0.elapsed(),
+            cpu() - c0,
+            min,
+            sum as f64 / n as f64
+        );
+    }
+    let _ = record;
 }

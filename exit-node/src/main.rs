@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hopwire_core::config::{self, LoadedConfig, NodeConfig};
 use hopwire_core::keys::{self, NodeKeys};
-use hopwire_core::node::{own_record, unix_now, NodeRuntime};
+use hopwire_core::node::{dht_address, own_record, unix_now, NodeRuntime};
 use hopwire_core::onion::keys::OnionKeys;
 use hopwire_core::record::short_id;
 
@@ -120,7 +120,7 @@ fn show_record(config: &Path, json: bool) -> Result<()> {
     let (loaded, keys) = load(config)?;
     let now = unix_now();
     let onion = keys::load_onion_keys(&loaded.key_dir, now)?;
-    let record = own_record(&loaded, &keys, &onion, now)?;
+    let record = own_record(&loaded, &keys, &onion, now)?.to_signed_string(&keys.identity);
     if json {
         let identity = keys.identity.verifying_key().to_bytes();
         let value = serde_json::json!({
@@ -130,6 +130,7 @@ fn show_record(config: &Path, json: bool) -> Result<()> {
             "roles": loaded.config.node.roles,
             "region": loaded.config.node.region,
             "wg_public_key": keys::wg_public_to_string(&keys.wg_public()),
+            "dht_addr": dht_address(&loaded, &keys).map(|a| a.to_string()),
         });
         println!("{value}");
     } else {

@@ -25,6 +25,7 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 
 use crate::config::LoadedConfig;
+use crate::dht::{Dht, DhtConfig, Transport};
 use crate::keys::{self, KeyError, NodeKeys};
 use crate::link::{self, LinkError};
 use crate::onion::cell::{BackwardMessage, ForwardMessage, LinkMessage};
@@ -54,6 +55,8 @@ pub enum NodeError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Exit(#[from] ExitError),
+    #[error(transparent)]
+    Dht(#[from] crate::dht::DhtError),
     #[error("metrics listener on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -172,13 +175,14 @@ pub struct NoPublicAddress {
     pub listen: SocketAddr,
 }
 
-/// The node's own record, signed, as clients need it to build circuits.
+/// The node's own record, as clients need it to build circuits (sign it
+/// with the identity key).
 pub fn own_record(
     config: &LoadedConfig,
     keys: &NodeKeys,
     onion: &OnionKeys,
     now: u64,
-) -> Result<String, NoPublicAddress> {
+) -> Result<crate::record::NodeRecord, NoPublicAddress> {
     let node = &config.config.node;
     let quic_addr = match node.public_address {
         Some(a) => a,
@@ -207,7 +211,61 @@ pub fn own_record(
         issued_at: now,
         expires_at: now + crate::record::RECORD_TTL,
     };
-    Ok(record.to_signed_string(&keys.identity))
+    Ok(record)
+}
+
+/// The node's DHT address others join through: its public IP, the DHT
+/// port, and its peer id.
+pub fn dht_address(config: &LoadedConfig, keys: &NodeKeys) -> Option<libp2p::Multiaddr> {
+    let node = &config.config.node;
+    let ip = node.public_address.map(|a| a.ip()).or_else(|| {
+        let ip = config.config.dht.listen.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    })?;
+    let peer = crate::dht::peer_id(&keys.identity.verifying_key().to_bytes())?;
+    Some(
+        libp2p::Multiaddr::from(ip)
+            .with(libp2p::multiaddr::Protocol::Tcp(config.config.dht.listen.port()))
+            .with(libp2p::multiaddr::Protocol::P2p(peer)),
+    )
+}
+
+/// How often a node signs and publishes a fresh record: well inside its TTL.
+const REPUBLISH: Duration = Duration::from_secs(crate::record::RECORD_TTL / 3);
+
+/// Publishes the node's record and provider announcements, again and again.
+async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: NodeKeys) {
+    let roles = &config.config.node.roles;
+    let provide = crate::dht::provider_keys(
+        &roles
+            .iter()
+            .copied()
+            .filter(|r| *r != Role::Bootstrap)
+            .collect::<Vec<_>>(),
+        &config.config.node.region,
+    );
+    let mut tick = tokio::time::interval(REPUBLISH);
+    loop {
+        tick.tick().await;
+        let onion = read(&node.onion).clone();
+        match own_record(&config, &keys, &onion, unix_now()) {
+            Ok(record) => {
+                if dht
+                    .publish(record.to_signed_bytes(&keys.identity), provide.clone())
+                    .await
+                    .is_err()
+                {
+                    warn!("the DHT stopped; not publishing");
+                    return std::future::pending().await;
+                }
+                debug!("record published in the DHT");
+            }
+            Err(e) => {
+                warn!("not publishing in the DHT: {e}");
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 /// A configured node, ready to run.
@@ -268,10 +326,21 @@ impl NodeRuntime {
         }
         tasks.spawn(accept_loop(node.clone()));
         tasks.spawn(rotate_onion_keys(node.clone()));
+        let dht = self.start_dht()?;
+        if cfg.node.roles.iter().any(|r| *r != Role::Bootstrap) {
+            tasks.spawn(publish_loop(
+                node.clone(),
+                dht.clone(),
+                self.config.clone(),
+                self.keys.clone(),
+            ));
+        }
         info!(
             listen = %cfg.node.listen,
+            dht = %cfg.dht.listen,
             roles = ?cfg.node.roles,
             id = %short_id(&node.id),
+            peer = %dht.local_peer,
             "node serving"
         );
         tokio::select! {
@@ -286,6 +355,19 @@ impl NodeRuntime {
             exit.teardown();
         }
         Ok(())
+    }
+}
+
+impl NodeRuntime {
+    fn start_dht(&self) -> Result<Dht, NodeError> {
+        let cfg = &self.config.config;
+        let mut config = DhtConfig::new(Transport::Tcp, true);
+        config.listen =
+            vec![libp2p::Multiaddr::from(cfg.dht.listen.ip())
+                .with(libp2p::multiaddr::Protocol::Tcp(cfg.dht.listen.port()))];
+        config.bootstrap = self.config.bootstrap.clone();
+        config.peer_store = Some(self.config.key_dir.join("dht-peers"));
+        Ok(Dht::spawn(crate::dht::keypair(&self.keys.identity), config)?)
     }
 }
 
