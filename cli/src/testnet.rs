@@ -355,6 +355,14 @@ impl Testnet {
             .replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]"))
             .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{}\"]", n.role))
             .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region));
+        // The testnet's relays live in 100.64.0.0/10, which exits refuse by
+        // default: the client's DHT traffic, which goes through its tunnel
+        // once connected, must reach them.
+        let text = if n.role == "exit" {
+            text.replace("\npolicy = []\n", "\npolicy = [\"accept 100.64.0.0/10:4433\"]\n")
+        } else {
+            text
+        };
         let text = match bootstrap {
             Some(b) => text.replace("\nbootstrap = []\n", &format!("\nbootstrap = [\"{b}\"]\n")),
             None => text,

@@ -397,6 +397,8 @@ impl Daemon {
         }
         self.save_guard(&tunnel);
         self.show_circuit(&tunnel);
+        // DHT connections made before now would hang on the old routes.
+        let _ = self.dht.reconnect().await;
         info!(
             mtu = tunnel.mtu,
             build_ms = tunnel.build_time.as_millis() as u64,
@@ -488,6 +490,7 @@ impl Daemon {
         }
         net.restore();
         drop(tun);
+        let _ = self.dht.reconnect().await;
         info!("disconnected");
     }
 

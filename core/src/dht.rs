@@ -193,6 +193,7 @@ enum Command {
     AddPeer {
         addr: Multiaddr,
     },
+    Reconnect,
 }
 
 /// A handle on the DHT task.
@@ -293,6 +294,15 @@ impl Dht {
             .await
             .map_err(|_| DhtError::Stopped)?;
         answer.await.map_err(|_| DhtError::Stopped)
+    }
+
+    /// Drops every connection, so the next ones follow the machine's new
+    /// routes (call after a VPN changes them: old connections would hang).
+    pub async fn reconnect(&self) -> Result<(), DhtError> {
+        self.commands
+            .send(Command::Reconnect)
+            .await
+            .map_err(|_| DhtError::Stopped)
     }
 
     /// Adds a peer to join through (an address with `/p2p/`).
@@ -478,6 +488,12 @@ impl Task {
                 let _ = reply.send(addrs);
             }
             Command::AddPeer { addr } => self.add_bootstrap(addr),
+            Command::Reconnect => {
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for peer in peers {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
         }
     }
 
@@ -542,7 +558,15 @@ impl Task {
             })) => {
                 self.rtts.insert(peer, rtt);
             }
-            SwarmEvent::NewListenAddr { address, .. } => debug!("DHT listening on {address}"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                debug!("DHT listening on {address}");
+                // Provider announcements carry only external addresses, and
+                // peers answer provider lookups only with providers whose
+                // address they know: without this, a provider is found only
+                // by way of peers that happen to have it in their routing
+                // table.
+                self.swarm.add_external_address(address);
+            }
             _ => {}
         }
     }
@@ -668,17 +692,21 @@ impl Task {
                     return;
                 };
                 if let Ok(GetRecordOk::FoundRecord(found)) = found {
-                    if let Some(record) = self.verify(&found.record.key, &found.record.value) {
+                    // Checked against the key we asked for, not the one the
+                    // answer names: a peer may answer with another node's
+                    // (valid) record.
+                    if let Some(record) = self.verify(&node_key(&peer), &found.record.value) {
                         if let Some(l) = self.lookups.get_mut(&lookup) {
                             let newer = l.best.get(&peer).is_none_or(|b| b.record().seq < record.record().seq);
                             if newer {
                                 l.best.insert(peer, record);
                             }
                         }
-                    }
-                    // One verified answer is enough for this node.
-                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
-                        q.finish();
+                        // One verified answer is enough for this node; a
+                        // refused one must not end the search.
+                        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+                            q.finish();
+                        }
                     }
                 }
                 if !last {

@@ -113,9 +113,11 @@ impl ExitNat {
     /// then enables forwarding and masquerade for `subnet` behind TUN `tun`.
     ///
     /// The table also keeps clients off the exit host itself (only DNS and
-    /// ping to the gateway) and lets into the TUN only replies to what the
-    /// clients started, so unsolicited inbound traffic never reaches them.
-    pub fn setup(tun: &str, subnet: Ipv4Net, state_file: &Path) -> Result<Self, SysError> {
+    /// ping to the gateway, and the node's DHT on `dht_port`: the DHT is
+    /// public anyway, and a connected client's DHT traffic comes through its
+    /// tunnel) and lets into the TUN only replies to what the clients
+    /// started, so unsolicited inbound traffic never reaches them.
+    pub fn setup(tun: &str, subnet: Ipv4Net, dht_port: u16, state_file: &Path) -> Result<Self, SysError> {
         if let Some(mut stale) = load_state::<ExitNat>(state_file) {
             tracing::info!(
                 "undoing network settings left by a previous run ({})",
@@ -148,6 +150,7 @@ impl ExitNat {
     iifname "{tun}" ct state established,related accept
     iifname "{tun}" udp dport 53 accept
     iifname "{tun}" tcp dport 53 accept
+    iifname "{tun}" tcp dport {dht_port} accept
     iifname "{tun}" icmp type echo-request accept
     iifname "{tun}" drop
   }}

@@ -191,7 +191,8 @@ impl Exit {
         let gateway = pool.gateway();
         let dns_upstream = dns_upstreams(&cfg.exit.dns_upstream)?;
         let state_file = config.key_dir.join("network-state.json");
-        let mut nat = ExitNat::setup(&cfg.exit.tun_name, pool.net(), &state_file).map_err(ExitError::from)?;
+        let mut nat = ExitNat::setup(&cfg.exit.tun_name, pool.net(), cfg.dht.listen.port(), &state_file)
+            .map_err(ExitError::from)?;
         let built = Self::build(config, keys, links, pool, gateway, dns_upstream);
         match built {
             Ok(mut exit) => {
