@@ -86,6 +86,25 @@ fn render(node: &Node) -> String {
             counter.load(Ordering::Relaxed)
         );
     }
+    let dht = &node.dht_counters;
+    let _ = writeln!(
+        m,
+        "# TYPE hopwire_dht_routing_peers gauge\nhopwire_dht_routing_peers {}",
+        dht.routing_peers.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        m,
+        "# TYPE hopwire_dht_records_stored_total counter\nhopwire_dht_records_stored_total {}",
+        dht.stored.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        m,
+        "# TYPE hopwire_dht_subnet_refused_total counter\nhopwire_dht_subnet_refused_total {}",
+        dht.subnet_refused.load(Ordering::Relaxed)
+    );
+    for (reason, n) in dht.rejected() {
+        let _ = writeln!(m, "hopwire_dht_records_rejected_total{{reason=\"{reason}\"}} {n}");
+    }
     if let Some(exit) = &node.exit {
         exit.render_metrics(&mut m);
     }

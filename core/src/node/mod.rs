@@ -166,6 +166,7 @@ struct Node {
     circuit_rate: u64,
     peer_rate: u64,
     counters: NodeCounters,
+    dht_counters: Arc<crate::dht::DhtCounters>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +301,9 @@ impl NodeRuntime {
             None
         };
         let mbit = |m: u64| m * 1_000_000 / 8;
+        let dht = self.start_dht()?;
         let node = Arc::new(Node {
+            dht_counters: dht.counters.clone(),
             id: self.keys.identity.verifying_key().to_bytes(),
             relay: cfg.node.roles.contains(&Role::Relay),
             onion: RwLock::new(onion),
@@ -326,7 +329,6 @@ impl NodeRuntime {
         }
         tasks.spawn(accept_loop(node.clone()));
         tasks.spawn(rotate_onion_keys(node.clone()));
-        let dht = self.start_dht()?;
         if cfg.node.roles.iter().any(|r| *r != Role::Bootstrap) {
             tasks.spawn(publish_loop(
                 node.clone(),
