@@ -90,6 +90,20 @@ struct Plan {
     country: Option<String>,
 }
 
+impl Plan {
+    fn new(candidates: Vec<VerifiedRecord>, hops: u8, country: Option<String>) -> Result<Self, String> {
+        let hops = usize::from(hops);
+        if hops == 0 || hops > MAX_HOPS {
+            return Err(format!("--hops must be 1 to {MAX_HOPS}, not {hops}"));
+        }
+        Ok(Self {
+            candidates,
+            hops,
+            country,
+        })
+    }
+}
+
 struct Daemon {
     config: DaemonConfig,
     dht: Dht,
@@ -196,6 +210,7 @@ impl Daemon {
     /// Candidates for a circuit from the DHT: exits (of `country`), and
     /// relays if the circuit has more than one hop.
     async fn discover_plan(&self, hops: u8, country: Option<String>) -> Result<Plan, String> {
+        Plan::new(Vec::new(), hops, None)?;
         let exits = match &country {
             Some(cc) => dht::region_key(cc),
             None => dht::role_key(Role::Exit),
@@ -211,15 +226,7 @@ impl Daemon {
             let relays = self.find(dht::role_key(Role::Relay)).await?;
             candidates.extend(relays.into_iter().map(|f| f.record));
         }
-        let hops = usize::from(hops);
-        if hops == 0 || hops > MAX_HOPS {
-            return Err(format!("--hops must be 1 to {MAX_HOPS}, not {hops}"));
-        }
-        Ok(Plan {
-            candidates,
-            hops,
-            country,
-        })
+        Plan::new(candidates, hops, country)
     }
 
     async fn discover_nodes(&self, role: Option<Role>, country: Option<&str>) -> Result<Vec<NodeInfo>, String> {
@@ -550,15 +557,7 @@ fn parse_plan(records: &[String], hops: u8, country: Option<String>) -> Result<P
                 .map_err(|e| format!("record {}: {e}", i + 1))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let hops = usize::from(hops);
-    if hops == 0 || hops > MAX_HOPS {
-        return Err(format!("--hops must be 1 to {MAX_HOPS}, not {hops}"));
-    }
-    Ok(Plan {
-        candidates,
-        hops,
-        country,
-    })
+    Plan::new(candidates, hops, country)
 }
 
 fn readdress(tun: &str, old: Ipv4Addr, new: Ipv4Addr) -> Result<(), sys::SysError> {
