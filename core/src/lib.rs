@@ -6,7 +6,8 @@
 //! addresses), [`record`] (signed node records), [`config`] (`node.toml`),
 //! [`keys`] (key files), [`wg`] (WireGuard sessions over boringtun),
 //! [`session`] (session setup messages), [`onion`] (circuits: handshake,
-//! layers, cells, hop state) and [`api`] (the daemon's local API).
+//! layers, cells, hop state), [`pay`] (payment channels and receipts) and
+//! [`api`] (the daemon's local API).
 //! The tokio shell owns sockets, the TUN device and the system's network
 //! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
 //! DNS), [`node`] (the node runtime: relay and exit roles), [`client`] (one tunnel link) and
@@ -28,6 +29,7 @@ pub mod node;
 pub mod onion;
 pub mod packet;
 pub mod path;
+pub mod pay;
 pub mod policy;
 pub mod pool;
 pub mod process;

@@ -1,0 +1,459 @@
+//! Payment channels, sans-IO: signed cumulative receipts and the state each
+//! side of a unidirectional channel keeps.
+//!
+//! A client (payer) pays a hop (payee) per GiB through one channel. A
+//! [`Receipt`] says "on this ledger and channel, for this session, I owe you
+//! this much in total for this many bytes"; amounts only grow, so a lost or
+//! reordered receipt costs nothing and settlement takes the latest one.
+//!
+//! The loop: the payee quotes price, chunk and grace ([`Quote`]); the payer
+//! prepays one chunk; the payee reports usage; the payer pays for what it
+//! measured itself (plus a small tolerance) and one chunk ahead, never more
+//! than the payee reported and never more than the deposit. The payee
+//! forwards while what it carried stays within what it was paid for plus
+//! the grace. So a payee can lose at most one chunk plus the grace, and a
+//! payer can overpay at most one chunk.
+//!
+//! What it does not do: send messages, store receipts, or talk to a ledger.
+//! Amounts are integers in the ledger's smallest unit; overflow is an error.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+pub const GIB: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayError {
+    #[error("receipt signature does not match the channel's payer key")]
+    Forged,
+    #[error("receipt is for ledger `{got}`, this channel is on `{expected}`")]
+    WrongDomain { expected: String, got: String },
+    #[error("receipt is for another channel")]
+    WrongChannel,
+    #[error("receipt sequence {got} is not after {last} (replayed or reordered)")]
+    Stale { last: u64, got: u64 },
+    #[error("receipt amount {got} is less than the {last} already signed")]
+    Decreasing { last: u64, got: u64 },
+    #[error("receipt of {amount} exceeds the channel's deposit of {deposit}")]
+    OverDeposit { amount: u64, deposit: u64 },
+    #[error("amount overflows")]
+    Overflow,
+    #[error("the channel's deposit of {deposit} is spent; top it up to keep going")]
+    OutOfDeposit { deposit: u64 },
+}
+
+/// What a payee asks for, from its config and record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    /// Price per GiB in the ledger's smallest unit.
+    pub price_per_gib: u64,
+    /// Bytes paid for at a time (prepaid, then one ahead).
+    pub chunk_bytes: u64,
+    /// Bytes the payee carries beyond what is paid before it stops.
+    pub grace_bytes: u64,
+}
+
+impl Quote {
+    /// The price of `bytes`, rounded up.
+    pub fn price_of(&self, bytes: u64) -> Result<u64, PayError> {
+        let product = u128::from(bytes) * u128::from(self.price_per_gib);
+        u64::try_from(product.div_ceil(u128::from(GIB))).map_err(|_| PayError::Overflow)
+    }
+
+    /// Bytes `amount` pays for, rounded down.
+    pub fn bytes_for(&self, amount: u64) -> u64 {
+        if self.price_per_gib == 0 {
+            return u64::MAX;
+        }
+        let bytes = u128::from(amount) * u128::from(GIB) / u128::from(self.price_per_gib);
+        u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
+}
+
+/// A payer's promise: cumulative, so only the latest matters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Which ledger the channel lives on (so a receipt can't be replayed on
+    /// another one).
+    pub domain: String,
+    pub channel: [u8; 32],
+    pub session: [u8; 16],
+    pub seq: u64,
+    pub cumulative_bytes: u64,
+    pub cumulative_amount: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    pub receipt: Receipt,
+    pub signature: Vec<u8>,
+}
+
+impl Receipt {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut b = b"hopwire receipt v1".to_vec();
+        b.extend(postcard::to_stdvec(self).unwrap_or_else(|e| unreachable!("receipt encodes: {e}")));
+        b
+    }
+
+    pub fn sign(self, key: &SigningKey) -> SignedReceipt {
+        let signature = key.sign(&self.signed_bytes()).to_bytes().to_vec();
+        SignedReceipt {
+            receipt: self,
+            signature,
+        }
+    }
+}
+
+impl SignedReceipt {
+    pub fn verify(&self, payer: &VerifyingKey) -> Result<(), PayError> {
+        let sig = Signature::from_slice(&self.signature).map_err(|_| PayError::Forged)?;
+        payer
+            .verify(&self.receipt.signed_bytes(), &sig)
+            .map_err(|_| PayError::Forged)
+    }
+}
+
+/// The payer's side of one channel to one hop.
+#[derive(Debug)]
+pub struct PayerChannel {
+    key: SigningKey,
+    domain: String,
+    channel: [u8; 32],
+    session: [u8; 16],
+    deposit: u64,
+    quote: Quote,
+    /// Bytes the payer may pay for beyond what it measured (the two ends
+    /// never count exactly alike).
+    tolerance_bytes: u64,
+    seq: u64,
+    signed_amount: u64,
+    /// Bytes the payer counted itself on this hop.
+    measured: u64,
+}
+
+impl PayerChannel {
+    pub fn new(
+        key: SigningKey,
+        domain: String,
+        channel: [u8; 32],
+        session: [u8; 16],
+        deposit: u64,
+        quote: Quote,
+        tolerance_bytes: u64,
+    ) -> Self {
+        Self {
+            key,
+            domain,
+            channel,
+            session,
+            deposit,
+            quote,
+            tolerance_bytes,
+            seq: 0,
+            signed_amount: 0,
+            measured: 0,
+        }
+    }
+
+    pub fn signed_amount(&self) -> u64 {
+        self.signed_amount
+    }
+
+    /// Counts bytes the payer itself sent or received over this hop.
+    pub fn measure(&mut self, bytes: u64) {
+        self.measured = self.measured.saturating_add(bytes);
+    }
+
+    /// The receipt that prepays the first chunk, before data flows.
+    pub fn prepay(&mut self) -> Result<SignedReceipt, PayError> {
+        self.pay_for(self.quote.chunk_bytes)
+    }
+
+    /// Answers the payee's usage report: pays for what both sides agree on
+    /// (the report, capped at what the payer measured plus the tolerance)
+    /// and one chunk ahead. `None` if nothing more is owed.
+    pub fn on_usage(&mut self, reported_bytes: u64) -> Result<Option<SignedReceipt>, PayError> {
+        let agreed = reported_bytes.min(self.measured.saturating_add(self.tolerance_bytes));
+        let target = agreed.checked_add(self.quote.chunk_bytes).ok_or(PayError::Overflow)?;
+        if self.quote.price_of(target)? <= self.signed_amount {
+            return Ok(None);
+        }
+        self.pay_for(target).map(Some)
+    }
+
+    fn pay_for(&mut self, bytes: u64) -> Result<SignedReceipt, PayError> {
+        let amount = self.quote.price_of(bytes)?.max(self.signed_amount);
+        if amount > self.deposit {
+            return Err(PayError::OutOfDeposit { deposit: self.deposit });
+        }
+        self.seq += 1;
+        self.signed_amount = amount;
+        Ok(Receipt {
+            domain: self.domain.clone(),
+            channel: self.channel,
+            session: self.session,
+            seq: self.seq,
+            cumulative_bytes: bytes,
+            cumulative_amount: amount,
+        }
+        .sign(&self.key))
+    }
+}
+
+/// The payee's side of one channel from one payer.
+#[derive(Debug)]
+pub struct PayeeChannel {
+    payer: VerifyingKey,
+    domain: String,
+    channel: [u8; 32],
+    deposit: u64,
+    quote: Quote,
+    latest: Option<SignedReceipt>,
+    /// Bytes the payee carried for the payer.
+    carried: u64,
+}
+
+impl PayeeChannel {
+    pub fn new(payer: VerifyingKey, domain: String, channel: [u8; 32], deposit: u64, quote: Quote) -> Self {
+        Self {
+            payer,
+            domain,
+            channel,
+            deposit,
+            quote,
+            latest: None,
+            carried: 0,
+        }
+    }
+
+    /// The newest valid receipt: what settlement pays.
+    pub fn latest(&self) -> Option<&SignedReceipt> {
+        self.latest.as_ref()
+    }
+
+    pub fn paid_amount(&self) -> u64 {
+        self.latest.as_ref().map_or(0, |r| r.receipt.cumulative_amount)
+    }
+
+    pub fn carried(&self) -> u64 {
+        self.carried
+    }
+
+    /// Checks a receipt and keeps it if it is the newest; returns how much
+    /// more it pays than the previous one.
+    pub fn accept(&mut self, signed: SignedReceipt) -> Result<u64, PayError> {
+        signed.verify(&self.payer)?;
+        let r = &signed.receipt;
+        if r.domain != self.domain {
+            return Err(PayError::WrongDomain {
+                expected: self.domain.clone(),
+                got: r.domain.clone(),
+            });
+        }
+        if r.channel != self.channel {
+            return Err(PayError::WrongChannel);
+        }
+        if let Some(last) = &self.latest {
+            if r.seq <= last.receipt.seq {
+                return Err(PayError::Stale {
+                    last: last.receipt.seq,
+                    got: r.seq,
+                });
+            }
+            if r.cumulative_amount < last.receipt.cumulative_amount {
+                return Err(PayError::Decreasing {
+                    last: last.receipt.cumulative_amount,
+                    got: r.cumulative_amount,
+                });
+            }
+        }
+        if r.cumulative_amount > self.deposit {
+            return Err(PayError::OverDeposit {
+                amount: r.cumulative_amount,
+                deposit: self.deposit,
+            });
+        }
+        let more = r.cumulative_amount - self.paid_amount();
+        self.latest = Some(signed);
+        Ok(more)
+    }
+
+    /// Counts bytes carried; false means stop forwarding (past the grace).
+    pub fn carry(&mut self, bytes: u64) -> bool {
+        self.carried = self.carried.saturating_add(bytes);
+        self.may_forward()
+    }
+
+    pub fn may_forward(&self) -> bool {
+        let paid_bytes = self.quote.bytes_for(self.paid_amount());
+        self.carried <= paid_bytes.saturating_add(self.quote.grace_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    const QUOTE: Quote = Quote {
+        price_per_gib: 1_000_000,
+        chunk_bytes: 8 << 20,
+        grace_bytes: 1 << 20,
+    };
+
+    fn pair(deposit: u64) -> (PayerChannel, PayeeChannel) {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let payee = PayeeChannel::new(key.verifying_key(), "testnet".into(), [1; 32], deposit, QUOTE);
+        let payer = PayerChannel::new(key, "testnet".into(), [1; 32], [2; 16], deposit, QUOTE, 64 << 10);
+        (payer, payee)
+    }
+
+    #[test]
+    fn prices_round_and_never_overflow_silently() {
+        assert_eq!(QUOTE.price_of(GIB).expect("fits"), 1_000_000);
+        assert_eq!(
+            QUOTE.price_of(1).expect("fits"),
+            1,
+            "a byte costs at least the smallest unit"
+        );
+        assert_eq!(QUOTE.bytes_for(1_000_000), GIB);
+        let dear = Quote {
+            price_per_gib: u64::MAX,
+            ..QUOTE
+        };
+        assert_eq!(dear.price_of(u64::MAX), Err(PayError::Overflow));
+    }
+
+    #[test]
+    fn bad_receipts_are_refused_and_change_nothing() {
+        let (mut payer, mut payee) = pair(100_000_000);
+        let first = payer.prepay().expect("prepay");
+        assert_eq!(
+            payee.accept(first.clone()).expect("valid"),
+            first.receipt.cumulative_amount
+        );
+        assert!(
+            matches!(payee.accept(first.clone()), Err(PayError::Stale { .. })),
+            "replayed"
+        );
+        payer.measure(20 << 20);
+        let second = payer.on_usage(20 << 20).expect("pays").expect("owed");
+        let mut forged = second.clone();
+        forged.receipt.cumulative_amount += 1;
+        assert_eq!(payee.accept(forged), Err(PayError::Forged));
+        let other = SigningKey::from_bytes(&[9; 32]);
+        assert_eq!(payee.accept(second.receipt.clone().sign(&other)), Err(PayError::Forged));
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let wrong_domain = Receipt {
+            domain: "mainnet".into(),
+            ..second.receipt.clone()
+        };
+        assert!(matches!(
+            payee.accept(wrong_domain.sign(&key)),
+            Err(PayError::WrongDomain { .. })
+        ));
+        let wrong_channel = Receipt {
+            channel: [7; 32],
+            ..second.receipt.clone()
+        };
+        assert_eq!(payee.accept(wrong_channel.sign(&key)), Err(PayError::WrongChannel));
+        let decreasing = Receipt {
+            seq: 99,
+            cumulative_amount: 0,
+            ..second.receipt.clone()
+        };
+        assert!(matches!(
+            payee.accept(decreasing.sign(&key)),
+            Err(PayError::Decreasing { .. })
+        ));
+        let too_much = Receipt {
+            seq: 99,
+            cumulative_amount: 100_000_001,
+            ..second.receipt.clone()
+        };
+        assert!(matches!(
+            payee.accept(too_much.sign(&key)),
+            Err(PayError::OverDeposit { .. })
+        ));
+        assert_eq!(payee.latest(), Some(&first), "nothing bad replaced the good receipt");
+        // Reordered: the newer one first, then the older one is stale.
+        let third = {
+            payer.measure(20 << 20);
+            payer.on_usage(40 << 20).expect("pays").expect("owed")
+        };
+        payee.accept(third).expect("newest");
+        assert!(matches!(payee.accept(second), Err(PayError::Stale { .. })));
+    }
+
+    #[test]
+    fn a_client_never_signs_more_than_its_deposit() {
+        let deposit = QUOTE.price_of(30 << 20).expect("fits");
+        let (mut payer, _) = pair(deposit);
+        payer.prepay().expect("one chunk fits");
+        payer.measure(64 << 20);
+        assert_eq!(payer.on_usage(64 << 20), Err(PayError::OutOfDeposit { deposit }));
+        assert!(payer.signed_amount() <= deposit);
+    }
+
+    /// Any interleaving of traffic, usage reports and receipts: the payee
+    /// never carries more than one chunk plus the grace unpaid, and the
+    /// payer never pays for more than one chunk (plus the tolerance) beyond
+    /// what it measured.
+    #[test]
+    fn losses_are_bounded_by_one_chunk_for_any_interleaving() {
+        for seed in 0..300 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let (mut payer, mut payee) = pair(u64::MAX / 2);
+            payee.accept(payer.prepay().expect("prepay")).expect("valid");
+            let mut in_flight: Vec<SignedReceipt> = Vec::new();
+            for _ in 0..400 {
+                match rng.gen_range(0..4) {
+                    // Traffic: the payee forwards only while allowed; the
+                    // payer measures what arrives (maybe a little less).
+                    0 | 1 => {
+                        let bytes = rng.gen_range(1..(2 << 20));
+                        if payee.may_forward() {
+                            payee.carry(bytes);
+                            payer.measure(bytes - bytes / rng.gen_range(50..1000));
+                        }
+                    }
+                    // A usage report: sometimes honest, sometimes inflated.
+                    2 => {
+                        let inflate = if rng.gen_bool(0.2) {
+                            rng.gen_range(0..(100 << 20))
+                        } else {
+                            0
+                        };
+                        if let Some(r) = payer.on_usage(payee.carried() + inflate).expect("deposit is large") {
+                            in_flight.push(r);
+                        }
+                    }
+                    // Receipts arrive late, out of order, or get lost.
+                    _ => {
+                        if !in_flight.is_empty() {
+                            let r = in_flight.remove(rng.gen_range(0..in_flight.len()));
+                            if rng.gen_bool(0.9) {
+                                let _ = payee.accept(r);
+                            }
+                        }
+                    }
+                }
+                let paid_bytes = QUOTE.bytes_for(payee.paid_amount());
+                let unpaid = payee.carried().saturating_sub(paid_bytes);
+                // The grace plus the one burst that crossed it: under a chunk.
+                assert!(
+                    unpaid <= QUOTE.grace_bytes + (2 << 20),
+                    "seed {seed}: {unpaid} bytes unpaid"
+                );
+                assert!(unpaid <= QUOTE.chunk_bytes);
+                // One chunk ahead, the tolerance, and one unit of rounding.
+                let overpaid = QUOTE.bytes_for(payer.signed_amount()).saturating_sub(payer.measured);
+                assert!(
+                    overpaid <= QUOTE.chunk_bytes + payer.tolerance_bytes + QUOTE.bytes_for(1),
+                    "seed {seed}: payer paid for {overpaid} bytes it did not measure"
+                );
+            }
+        }
+    }
+}
