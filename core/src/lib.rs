@@ -6,8 +6,9 @@
 //! addresses), [`record`] (signed node records), [`config`] (`node.toml`),
 //! [`keys`] (key files), [`wg`] (WireGuard sessions over boringtun),
 //! [`session`] (session setup messages), [`onion`] (circuits: handshake,
-//! layers, cells, hop state), [`pay`] (payment channels and receipts) and
-//! [`api`] (the daemon's local API).
+//! layers, cells, hop state), [`pay`] (payment channels and receipts),
+//! [`ledger`] (settlement, with an embedded sled ledger) and [`api`] (the
+//! daemon's local API).
 //! The tokio shell owns sockets, the TUN device and the system's network
 //! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
 //! DNS), [`node`] (the node runtime: relay and exit roles), [`client`] (one tunnel link) and
@@ -24,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod dht;
 pub mod keys;
+pub mod ledger;
 pub mod link;
 pub mod node;
 pub mod onion;
