@@ -7,8 +7,8 @@
 //! [`keys`] (key files), [`wg`] (WireGuard sessions over boringtun),
 //! [`session`] (session setup messages), [`onion`] (circuits: handshake,
 //! layers, cells, hop state), [`pay`] (payment channels and receipts),
-//! [`ledger`] (settlement, with an embedded sled ledger) and [`api`] (the
-//! daemon's local API).
+//! [`ledger`] (settlement, with an embedded sled ledger), [`store`]
+//! (receipts on disk) and [`api`] (the daemon's local API).
 //! The tokio shell owns sockets, the TUN device and the system's network
 //! settings: [`link`] (QUIC), [`tun`] (TUN devices), [`sys`] (routes, NAT,
 //! DNS), [`node`] (the node runtime: relay and exit roles), [`client`] (one tunnel link) and
@@ -38,6 +38,7 @@ pub mod process;
 pub mod ratelimit;
 pub mod record;
 pub mod session;
+pub mod store;
 pub mod sys;
 pub mod tun;
 pub mod wg;
