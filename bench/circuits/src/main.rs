@@ -15,6 +15,8 @@
 //! What it does not do: move traffic, choose paths, or start nodes;
 //! `bench/throughput.sh` drives it.
 
+mod dht;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -85,6 +87,19 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         warmup: usize,
     },
+    /// Simulated DHT networks (memory transport, one process) of the given
+    /// sizes: exit lookups from fresh clients, their wall time, requests
+    /// and memory per node; prints one JSON object.
+    Dht {
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+        sizes: Vec<usize>,
+        /// Lookups per size, each from a fresh client.
+        #[arg(long, default_value_t = 50)]
+        lookups: usize,
+        /// Give up waiting for routing tables to settle after this long.
+        #[arg(long, default_value_t = 300)]
+        settle_limit_s: u64,
+    },
 }
 
 fn parse_pid(s: &str) -> Result<(String, u32), String> {
@@ -117,6 +132,13 @@ fn main() {
                 let settle = Duration::from_millis(settle_ms);
                 hold(&path, count, step.max(1), warmup, &pids, settle, max_failures).await
             }
+            Command::Dht {
+                sizes,
+                lookups,
+                settle_limit_s,
+            } => dht::run(&sizes, lookups.max(1), Duration::from_secs(settle_limit_s))
+                .await
+                .map(|out| println!("{out}")),
         }
     });
     if let Err(e) = result {

@@ -1,0 +1,190 @@
+//! `hopwire-bench dht`: Kademlia discovery at scale, in one process.
+//!
+//! For each size it starts that many DHT servers ([`hopwire_core::dht::Dht`])
+//! over libp2p's memory transport, each joining through a few earlier
+//! nodes, waits until routing tables stop growing, lets every tenth node
+//! publish an exit record, then runs lookups of the exit role key from fresh
+//! clients that each know one bootstrap peer. It reports lookup wall time
+//! (median, p95), requests per lookup (libp2p-kad's count over the provider
+//! query and the record queries), exits found per lookup, and resident
+//! memory per node (VmRSS delta over the network's start / nodes), and fits
+//! requests per lookup against log2(n) by least squares.
+//!
+//! What it does not do: separate the provider query from the record
+//! queries (`Dht::find` reports them together), or model latency: every
+//! message crosses the memory transport, so wall time is CPU time.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
+use hopwire_core::dht::{self, Dht, DhtConfig, Transport};
+use hopwire_core::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use serde_json::{json, Value};
+
+/// Peers each node joins through.
+const JOIN_PEERS: usize = 3;
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn key(net: usize, i: usize) -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(net as u64).to_le_bytes());
+    seed[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    seed[16] = 0x5a;
+    SigningKey::from_bytes(&seed)
+}
+
+fn exit_record(key: &SigningKey) -> Vec<u8> {
+    let t = hopwire_core::node::unix_now();
+    NodeRecord {
+        version: RECORD_VERSION,
+        identity: key.verifying_key().to_bytes(),
+        quic_addr: "198.18.1.2:4433"
+            .parse()
+            .unwrap_or_else(|_| unreachable!("literal address")),
+        roles: vec![Role::Exit],
+        onion_key: [7; 32],
+        onion_key_expires: t + 3600,
+        wg_key: [8; 32],
+        region: "DE".into(),
+        capacity_mbit: 100,
+        exit_rules: vec![],
+        exit_default_rejects: true,
+        family: vec![],
+        seq: 1,
+        issued_at: t,
+        expires_at: t + RECORD_TTL,
+    }
+    .to_signed_bytes(key)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// One network of `n` nodes: build, publish, look up; one JSON object.
+async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) -> Result<Value> {
+    let base = 1_000_000 * (net as u64 + 1);
+    let rss_before = vm_rss_kib();
+    let started = Instant::now();
+    let mut addrs: Vec<Multiaddr> = Vec::with_capacity(n);
+    let mut nodes: Vec<(SigningKey, Dht)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let k = key(net, i);
+        let peer = dht::peer_id(&k.verifying_key().to_bytes()).context("peer id")?;
+        let listen = Multiaddr::empty().with(Protocol::Memory(base + i as u64));
+        let mut config = DhtConfig::new(Transport::Memory, true);
+        config.listen = vec![listen.clone()];
+        for j in 0..JOIN_PEERS.min(i) {
+            config.bootstrap.push(addrs[(i * 7919 + j * 104_729) % i].clone());
+        }
+        let node = Dht::spawn(dht::keypair(&k), config).context("starting a DHT node")?;
+        addrs.push(listen.with(Protocol::P2p(peer)));
+        nodes.push((k, node));
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Settled: fewer than one new routing entry per node in 2 s.
+    let routing = |nodes: &[(SigningKey, Dht)]| -> usize {
+        nodes
+            .iter()
+            .map(|(_, d)| d.counters.routing_peers.load(Ordering::Relaxed))
+            .sum()
+    };
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = routing(&nodes);
+        if now < last + n || started.elapsed() > settle_limit {
+            break;
+        }
+        last = now;
+    }
+    let settle_s = started.elapsed().as_secs_f64();
+    let rss_after = vm_rss_kib();
+    let exits: Vec<usize> = (0..n).filter(|i| i % 10 == 1).collect();
+    for &i in &exits {
+        let (k, d) = &nodes[i];
+        d.publish(exit_record(k), dht::provider_keys(&[Role::Exit], "DE"))
+            .await
+            .context("publishing")?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut times = Vec::new();
+    let mut requests = Vec::new();
+    let mut found = Vec::new();
+    for l in 0..lookups {
+        let mut config = DhtConfig::new(Transport::Memory, false);
+        config.bootstrap = vec![addrs[(l * 104_729 + 17) % n].clone()];
+        let client = Dht::spawn(dht::keypair(&key(net + 1000, l)), config).context("starting a client")?;
+        let (got, stats) = client.find(dht::role_key(Role::Exit)).await.context("lookup")?;
+        times.push(stats.duration.as_secs_f64() * 1e3);
+        requests.push(f64::from(stats.requests));
+        found.push(got.len() as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mem_per_node_kib = rss_after.saturating_sub(rss_before) as f64 / n as f64;
+    let out = json!({
+        "nodes": n,
+        "exits": exits.len(),
+        "settle_s": settle_s,
+        "routing_entries_per_node": routing(&nodes) as f64 / n as f64,
+        "lookups": lookups,
+        "lookup_ms_median": percentile(&times, 0.5),
+        "lookup_ms_p95": percentile(&times, 0.95),
+        "requests_per_lookup": mean(&requests),
+        "exits_found_per_lookup": mean(&found),
+        "rss_per_node_kib": mem_per_node_kib,
+    });
+    eprintln!("{out}");
+    drop(nodes);
+    // Let the swarms wind down before the next size.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(out)
+}
+
+/// Least squares `a + b·x`.
+fn fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+pub async fn run(sizes: &[usize], lookups: usize, settle_limit: Duration) -> Result<Value> {
+    let mut results = Vec::new();
+    for (net, &n) in sizes.iter().enumerate() {
+        results.push(run_size(net, n, lookups, settle_limit).await?);
+    }
+    let points: Vec<(f64, f64)> = results
+        .iter()
+        .filter_map(|r| Some(((r["nodes"].as_f64()?).log2(), r["requests_per_lookup"].as_f64()?)))
+        .collect();
+    let (a, b) = fit(&points);
+    Ok(json!({
+        "sizes": results,
+        "fit_requests_per_lookup": { "a": a, "b": b, "curve": format!("{a:.1} + {b:.1}·log2(n)") },
+    }))
+}
