@@ -20,8 +20,10 @@ out=$(target/release/hopwire-bench dht --sizes "$sizes" --lookups "$lookups")
 printf '%s\n' "$out" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-print(f"{\"nodes\":>6} {\"exits\":>5} {\"found\":>6} {\"median ms\":>10} {\"p95 ms\":>8} {\"requests\":>9} {\"KiB/node\":>9} {\"settle s\":>9}")
+cols = ("nodes", "exits", "found", "median ms", "p95 ms", "requests", "KiB/node", "settle s")
+print("%6s %5s %6s %10s %8s %9s %9s %9s" % cols)
 for r in d["sizes"]:
-    print(f"{r[\"nodes\"]:>6} {r[\"exits\"]:>5} {r[\"exits_found_per_lookup\"]:>6.1f} {r[\"lookup_ms_median\"]:>10.1f} {r[\"lookup_ms_p95\"]:>8.1f} {r[\"requests_per_lookup\"]:>9.1f} {r[\"rss_per_node_kib\"]:>9.1f} {r[\"settle_s\"]:>9.1f}")
+    print("%6d %5d %6.1f %10.1f %8.1f %9.1f %9.1f %9.1f" % (r["nodes"], r["exits"], r["exits_found_per_lookup"],
+          r["lookup_ms_median"], r["lookup_ms_p95"], r["requests_per_lookup"], r["rss_per_node_kib"], r["settle_s"]))
 print("requests per lookup fitted:", d["fit_requests_per_lookup"]["curve"])
 '
