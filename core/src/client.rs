@@ -29,6 +29,7 @@ use crate::onion::circuit::{headroom, ClientCircuit};
 use crate::onion::layer::TAG_LEN;
 use crate::record::VerifiedRecord;
 use crate::session::{self, ClientHello, ExitHello, SessionParams};
+use crate::sync::lock;
 use crate::tun::TunDevice;
 use crate::wg::WgSession;
 
@@ -88,10 +89,6 @@ pub struct Loss {
 pub struct Traffic {
     pub sent: AtomicU64,
     pub received: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A built circuit to an exit with a session begun.

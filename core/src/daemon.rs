@@ -34,6 +34,7 @@ use crate::path::{self, PathRequest};
 use crate::record::Role;
 use crate::record::VerifiedRecord;
 use crate::session::{ClientHello, SessionParams, PROTOCOL_VERSION};
+use crate::sync::lock;
 use crate::sys::{self, ClientNet};
 use crate::tun::{self, TunDevice};
 use crate::wg::WgSession;
@@ -111,10 +112,6 @@ struct Daemon {
     status: Mutex<Status>,
     /// Serializes connect and disconnect.
     active: tokio::sync::Mutex<Option<Active>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn hop_info(r: &VerifiedRecord) -> HopInfo {

@@ -165,16 +165,11 @@ pub struct DhtCounters {
 
 impl DhtCounters {
     fn reject(&self, reason: &'static str) {
-        *self
-            .rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
-            .or_default() += 1;
+        *crate::sync::lock(&self.rejected).entry(reason).or_default() += 1;
     }
 
     pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
-        self.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::sync::lock(&self.rejected).clone()
     }
 }
 

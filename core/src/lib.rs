@@ -14,7 +14,7 @@
 //! DNS), [`node`] (the node runtime: relay and exit roles), [`client`] (one tunnel link) and
 //! [`daemon`] (the privileged client daemon), [`dht`] (discovery over
 //! Kademlia), and [`process`] (logging and
-//! signals for the binaries).
+//! signals for the binaries) and [`sync`] (lock helpers).
 //!
 //! What it does not do: command-line parsing, process management and user
 //! interaction live in the binaries.
@@ -39,6 +39,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod sys;
 pub mod tun;
 pub mod wg;

@@ -23,7 +23,7 @@ use boringtun::x25519;
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
-use super::{lock, read, write, LinkId, Links};
+use super::{LinkId, Links};
 use crate::config::LoadedConfig;
 use crate::keys::NodeKeys;
 use crate::link::{self, LinkError};
@@ -34,6 +34,7 @@ use crate::policy::ExitPolicy;
 use crate::pool::{AddressPool, PoolError};
 use crate::record::short_id;
 use crate::session::{ClientHello, ExitHello, SessionParams, PROTOCOL_VERSION};
+use crate::sync::{lock, read, write};
 use crate::sys::{ExitNat, SysError};
 use crate::tun::{self, TunDevice, TunError};
 use crate::wg::{self, WgSession};

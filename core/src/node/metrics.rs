@@ -7,8 +7,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::{read, LinkId, Node};
+use super::{LinkId, Node};
 use crate::onion::circuit::HopCircuit;
+use crate::sync::read;
 
 /// What one circuit's hop state takes on a relay: the hop itself behind its
 /// lock and `Arc`, and its two table entries. Not counted: the circuit's

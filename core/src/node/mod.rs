@@ -35,6 +35,7 @@ use crate::onion::keys::OnionKeys;
 use crate::ratelimit::TokenBucket;
 use crate::record::{short_id, Role};
 use crate::session::{self, SetupError};
+use crate::sync::{lock, read, write};
 
 pub use exit::ExitError;
 
@@ -79,18 +80,6 @@ fn now_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct LinkState {

@@ -23,6 +23,7 @@ use super::cell::{
 use super::handshake::{respond, ClientHandshake, ClientLayer, HandshakeError, ServerOnionskin};
 use super::keys::OnionKeys;
 use crate::ratelimit::TokenBucket;
+use crate::sync::lock;
 
 use super::layer::{LayerError, Opener, Sealer, COUNTER_LEN, LAYER_OVERHEAD, TAG_LEN};
 
@@ -452,10 +453,6 @@ pub enum Routed<L> {
     Deliver { circuit: (L, u32), payload: Range<usize> },
     /// Dropped, and counted in [`CircuitTable::drops`].
     Dropped,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<L: Copy + Eq + Hash> CircuitTable<L> {
