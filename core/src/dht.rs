@@ -30,6 +30,7 @@ use libp2p::futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, RecordKey};
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, identity, noise, ping, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot};
@@ -70,23 +71,71 @@ pub fn node_key(peer: &PeerId) -> RecordKey {
     RecordKey::new(&key)
 }
 
-/// The provider key of a role.
+/// Provider keys are split in this many shards, a provider announcing
+/// itself under one (chosen by its peer id). A peer answers a provider
+/// lookup with at most K (20) providers of a key, so an unsharded key would
+/// show a client only 20-odd of its providers however many there are;
+/// with 8 shards every one of up to ~80 providers is found, and beyond
+/// that about 20 per shard.
+pub const PROVIDER_SHARDS: u8 = 8;
+
+/// The provider key of a role (all its shards are looked up).
 pub fn role_key(role: Role) -> RecordKey {
     RecordKey::new(&format!("/hopwire/role/{role}"))
 }
 
-/// The provider key of the exits of one region.
+/// The provider key of the exits of one region (all shards looked up).
 pub fn region_key(region: &str) -> RecordKey {
     RecordKey::new(&format!("/hopwire/exit/{}", region.to_ascii_uppercase()))
 }
 
-/// The provider keys a node announces itself under.
-pub fn provider_keys(roles: &[Role], region: &str) -> Vec<RecordKey> {
-    let mut keys: Vec<RecordKey> = roles.iter().map(|r| role_key(*r)).collect();
+/// The shards of a provider key: what a lookup of it asks for.
+fn shards(key: &RecordKey) -> impl Iterator<Item = RecordKey> + '_ {
+    (0..PROVIDER_SHARDS).map(move |s| shard(key, s))
+}
+
+fn shard(key: &RecordKey, shard: u8) -> RecordKey {
+    let mut bytes = key.to_vec();
+    bytes.extend_from_slice(format!("/{shard}").as_bytes());
+    RecordKey::new(&bytes)
+}
+
+/// The provider keys `peer` announces itself under: for each role its
+/// shard of the role key, and for an exit its shard of the region key.
+pub fn provider_keys(peer: &PeerId, roles: &[Role], region: &str) -> Vec<RecordKey> {
+    let own = kad::KBucketKey::from(*peer).hashed_bytes()[0] % PROVIDER_SHARDS;
+    let mut keys: Vec<RecordKey> = roles.iter().map(|r| shard(&role_key(*r), own)).collect();
     if roles.contains(&Role::Exit) {
-        keys.push(region_key(region));
+        keys.push(shard(&region_key(region), own));
     }
     keys
+}
+
+/// The routing tables of a converged network, for simulations: for each
+/// peer, the indices of the [`kad::K_VALUE`] closest other peers in each of
+/// its buckets (distance classes) — what a table holds once the network has
+/// run for a while. A simulation of thousands of nodes in one process can
+/// then measure lookups without first paying every node's join.
+pub fn converged_tables(peers: &[PeerId]) -> Vec<Vec<usize>> {
+    let keys: Vec<kad::KBucketKey<PeerId>> = peers.iter().map(|p| kad::KBucketKey::from(*p)).collect();
+    keys.iter()
+        .map(|me| {
+            let mut buckets: BTreeMap<u32, Vec<(kad::KBucketDistance, usize)>> = BTreeMap::new();
+            for (j, other) in keys.iter().enumerate() {
+                let distance = me.distance(other);
+                if let Some(bucket) = distance.ilog2() {
+                    buckets.entry(bucket).or_default().push((distance, j));
+                }
+            }
+            buckets
+                .into_values()
+                .flat_map(|mut bucket| {
+                    bucket.sort_unstable();
+                    bucket.into_iter().take(kad::K_VALUE.get()).map(|(_, j)| j)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The libp2p keypair of a node identity (the same ed25519 key).
@@ -116,6 +165,10 @@ pub struct DhtConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to join through, with their `/p2p/` peer id.
     pub bootstrap: Vec<Multiaddr>,
+    /// Peers to put in the routing table without dialing them, as a
+    /// restart restores them from the peer store (`/p2p/` addresses).
+    /// Simulations hand nodes [`converged_tables`] this way.
+    pub known_peers: Vec<Multiaddr>,
     /// Answer other peers' queries (nodes) or only ask (clients).
     pub server: bool,
     /// Where learned peers are kept across restarts.
@@ -130,6 +183,7 @@ impl DhtConfig {
             transport,
             listen: Vec::new(),
             bootstrap: Vec::new(),
+            known_peers: Vec::new(),
             server,
             peer_store: None,
             record_ttl: Duration::from_secs(crate::record::RECORD_TTL),
@@ -148,8 +202,15 @@ pub struct Found {
 /// What one lookup cost.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LookupStats {
-    /// Requests sent to other peers.
+    /// Requests sent to other peers: the provider query's, then the record
+    /// queries'.
     pub requests: u32,
+    /// Requests of the provider query alone.
+    pub provider_requests: u32,
+    /// Providers the provider query returned (records fetched for each).
+    pub providers: u32,
+    /// Until the provider query ended.
+    pub provider_duration: Duration,
     pub duration: Duration,
 }
 
@@ -160,6 +221,10 @@ pub struct DhtCounters {
     pub rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub stored: AtomicU64,
     pub routing_peers: AtomicUsize,
+    /// Open connections to other peers.
+    pub connections: AtomicUsize,
+    /// Requests other peers sent us.
+    pub inbound_requests: AtomicU64,
     pub subnet_refused: AtomicU64,
 }
 
@@ -211,7 +276,10 @@ impl std::fmt::Debug for Dht {
 struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
+    /// Round trips to connected peers, on the real network only: in a
+    /// simulation they mean nothing and cost every node a timer per
+    /// connection.
+    ping: Toggle<ping::Behaviour>,
 }
 
 impl Dht {
@@ -249,11 +317,21 @@ impl Dht {
             record_ttl: config.record_ttl,
             next_lookup: 0,
         };
-        task.restore_peers();
+        let restored = task.restore_peers();
+        for addr in &config.known_peers {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                task.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+        }
         for addr in &config.bootstrap {
             task.add_bootstrap(addr.clone());
         }
-        let _ = task.swarm.behaviour_mut().kad.bootstrap();
+        // Join (a lookup of our own id, then one per bucket) when there is
+        // someone to join through; peers handed over as known are trusted
+        // to be a converged table already.
+        if !config.bootstrap.is_empty() || restored > 0 {
+            let _ = task.swarm.behaviour_mut().kad.bootstrap();
+        }
         tokio::spawn(task.run(rx));
         Ok(Self {
             commands: tx,
@@ -342,7 +420,7 @@ fn build_swarm(keypair: identity::Keypair, config: &DhtConfig) -> Result<Swarm<B
         Behaviour {
             kad,
             identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
-            ping: ping::Behaviour::default(),
+            ping: Toggle::from((config.transport == Transport::Tcp).then(ping::Behaviour::default)),
         }
     };
     let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
@@ -392,9 +470,15 @@ struct Lookup {
     reply: Option<oneshot::Sender<(Vec<Found>, LookupStats)>>,
     started: Instant,
     requests: u32,
+    provider_requests: u32,
+    providers: u32,
+    provider_duration: Duration,
+    /// Provider queries (one per shard) still running.
+    provider_queries: usize,
+    /// Providers found so far; each gets one record query.
+    asked: HashSet<PeerId>,
     /// Record queries still running.
     pending: usize,
-    providers_done: bool,
     best: HashMap<PeerId, VerifiedRecord>,
 }
 
@@ -403,7 +487,8 @@ struct Task {
     peers: Option<sled::Tree>,
     counters: Arc<DhtCounters>,
     lookups: HashMap<u64, Lookup>,
-    provider_queries: HashMap<QueryId, (u64, HashSet<PeerId>)>,
+    /// Provider query → its lookup.
+    provider_queries: HashMap<QueryId, u64>,
     record_queries: HashMap<QueryId, (u64, PeerId)>,
     rtts: HashMap<PeerId, Duration>,
     record_ttl: Duration,
@@ -423,8 +508,9 @@ impl Task {
         }
     }
 
-    fn restore_peers(&mut self) {
-        let Some(tree) = &self.peers else { return };
+    /// Puts the peers of the peer store in the routing table; how many.
+    fn restore_peers(&mut self) -> usize {
+        let Some(tree) = &self.peers else { return 0 };
         let mut restored = 0;
         for (peer, addrs) in tree.iter().flatten() {
             let Ok(peer) = PeerId::from_bytes(&peer) else { continue };
@@ -439,6 +525,7 @@ impl Task {
         if restored > 0 {
             info!(peers = restored, "DHT peers restored from the peer store");
         }
+        restored
     }
 
     fn add_bootstrap(&mut self, addr: Multiaddr) {
@@ -459,16 +546,22 @@ impl Task {
             Command::Find { key, reply } => {
                 let id = self.next_lookup;
                 self.next_lookup += 1;
-                let query = self.swarm.behaviour_mut().kad.get_providers(key);
-                self.provider_queries.insert(query, (id, HashSet::new()));
+                for key in shards(&key) {
+                    let query = self.swarm.behaviour_mut().kad.get_providers(key);
+                    self.provider_queries.insert(query, id);
+                }
                 self.lookups.insert(
                     id,
                     Lookup {
                         reply: Some(reply),
                         started: Instant::now(),
                         requests: 0,
+                        provider_requests: 0,
+                        providers: 0,
+                        provider_duration: Duration::ZERO,
+                        provider_queries: usize::from(PROVIDER_SHARDS),
+                        asked: HashSet::new(),
                         pending: 0,
-                        providers_done: false,
                         best: HashMap::new(),
                     },
                 );
@@ -553,6 +646,12 @@ impl Task {
             })) => {
                 self.rtts.insert(peer, rtt);
             }
+            SwarmEvent::ConnectionEstablished { .. } => {
+                self.counters.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            SwarmEvent::ConnectionClosed { .. } => {
+                self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 debug!("DHT listening on {address}");
                 // Provider announcements carry only external addresses, and
@@ -602,7 +701,10 @@ impl Task {
                     }
                 }
             }
-            kad::Event::InboundRequest { request } => self.inbound(request),
+            kad::Event::InboundRequest { request } => {
+                self.counters.inbound_requests.fetch_add(1, Ordering::Relaxed);
+                self.inbound(request);
+            }
             kad::Event::OutboundQueryProgressed {
                 id,
                 result,
@@ -625,11 +727,13 @@ impl Task {
                     return;
                 };
                 let store = self.swarm.behaviour_mut().kad.store_mut();
-                let older = store
-                    .get(&record.key)
-                    .and_then(|old| VerifiedRecord::from_bytes(&old.value).ok())
-                    .is_some_and(|old| old.record().seq >= new.record().seq);
-                if older {
+                // A newer sequence replaces; the same record again only
+                // refreshes its expiry; anything else is stale.
+                let stale = store.get(&record.key).is_some_and(|old| {
+                    old.value != record.value
+                        && VerifiedRecord::from_bytes(&old.value).is_ok_and(|old| old.record().seq >= new.record().seq)
+                });
+                if stale {
                     self.counters.reject("stale");
                     return;
                 }
@@ -652,33 +756,33 @@ impl Task {
     fn progress(&mut self, query: QueryId, result: QueryResult, requests: u32, last: bool) {
         match result {
             QueryResult::GetProviders(found) => {
-                let Some((lookup, providers)) = self.provider_queries.get_mut(&query) else {
-                    return;
-                };
-                let lookup = *lookup;
-                if let Ok(GetProvidersOk::FoundProviders { providers: new, .. }) = found {
-                    providers.extend(new);
-                }
-                if !last {
-                    return;
-                }
-                let Some((_, providers)) = self.provider_queries.remove(&query) else {
+                let Some(&lookup) = self.provider_queries.get(&query) else {
                     return;
                 };
                 let me = *self.swarm.local_peer_id();
-                let mut started = 0;
-                for peer in providers {
-                    if peer == me {
-                        continue;
+                let new: Vec<PeerId> = match found {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => providers.into_iter().collect(),
+                    _ => Vec::new(),
+                };
+                let Some(l) = self.lookups.get_mut(&lookup) else {
+                    return;
+                };
+                // Each provider's record is fetched as soon as it is known.
+                let new: Vec<PeerId> = new.into_iter().filter(|p| *p != me && l.asked.insert(*p)).collect();
+                l.pending += new.len();
+                if last {
+                    self.provider_queries.remove(&query);
+                    l.requests += requests;
+                    l.provider_requests += requests;
+                    l.provider_queries -= 1;
+                    if l.provider_queries == 0 {
+                        l.providers = l.asked.len() as u32;
+                        l.provider_duration = l.started.elapsed();
                     }
+                }
+                for peer in new {
                     let q = self.swarm.behaviour_mut().kad.get_record(node_key(&peer));
                     self.record_queries.insert(q, (lookup, peer));
-                    started += 1;
-                }
-                if let Some(l) = self.lookups.get_mut(&lookup) {
-                    l.requests += requests;
-                    l.pending += started;
-                    l.providers_done = true;
                 }
                 self.finish_if_done(lookup);
             }
@@ -722,7 +826,7 @@ impl Task {
         let done = self
             .lookups
             .get(&lookup)
-            .is_some_and(|l| l.providers_done && l.pending == 0);
+            .is_some_and(|l| l.provider_queries == 0 && l.pending == 0);
         if !done {
             return;
         }
@@ -739,6 +843,9 @@ impl Task {
             .collect();
         let stats = LookupStats {
             requests: l.requests,
+            provider_requests: l.provider_requests,
+            providers: l.providers,
+            provider_duration: l.provider_duration,
             duration: l.started.elapsed(),
         };
         if let Some(reply) = l.reply.take() {

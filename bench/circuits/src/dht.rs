@@ -1,18 +1,20 @@
 //! `hopwire-bench dht`: Kademlia discovery at scale, in one process.
 //!
 //! For each size it starts that many DHT servers ([`hopwire_core::dht::Dht`])
-//! over libp2p's memory transport, each joining through a few earlier
-//! nodes, waits until routing tables stop growing, lets every tenth node
-//! publish an exit record, then runs lookups of the exit role key from fresh
-//! clients that each know one bootstrap peer. It reports lookup wall time
-//! (median, p95), requests per lookup (libp2p-kad's count over the provider
-//! query and the record queries), exits found per lookup, and resident
-//! memory per node (VmRSS delta over the network's start / nodes), and fits
-//! requests per lookup against log2(n) by least squares.
+//! over libp2p's memory transport with converged routing tables
+//! ([`dht::converged_tables`]: up to K closest peers per bucket, as after
+//! the network has run a while — joining thousands of nodes one by one on
+//! two cores would measure the joins, not the lookups). Every tenth node
+//! publishes an exit record; then fresh clients, each knowing one bootstrap
+//! peer, look up the exit role key one after the other. It reports, per
+//! size: the provider lookup (wall time median and p95, requests), the whole
+//! lookup including fetching and verifying every provider's record (same),
+//! exits found, and resident memory per node (VmRSS delta over the
+//! network's start / nodes); and fits requests per lookup against log2(n)
+//! by least squares.
 //!
-//! What it does not do: separate the provider query from the record
-//! queries (`Dht::find` reports them together), or model latency: every
-//! message crosses the memory transport, so wall time is CPU time.
+//! What it does not model: latency (every message crosses the memory
+//! transport, so wall time is CPU time of the one process) and churn.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -24,9 +26,6 @@ use hopwire_core::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
-
-/// Peers each node joins through.
-const JOIN_PEERS: usize = 3;
 
 fn vm_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -79,81 +78,110 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Total requests the nodes have answered.
+fn answered(nodes: &[(SigningKey, Dht)]) -> u64 {
+    nodes
+        .iter()
+        .map(|(_, d)| d.counters.inbound_requests.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Waits until the nodes answer fewer than `n / 20` requests in a second
+/// (at most `limit`).
+async fn quiesce(nodes: &[(SigningKey, Dht)], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut last = answered(nodes);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = answered(nodes);
+        let open: usize = nodes
+            .iter()
+            .map(|(_, d)| d.counters.connections.load(Ordering::Relaxed))
+            .sum();
+        eprintln!("quiesce: {} requests/s, {open} connection ends", now - last);
+        if now - last < (nodes.len() as u64 / 20).max(1) {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// One network of `n` nodes: build, publish, look up; one JSON object.
 async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) -> Result<Value> {
     let base = 1_000_000 * (net as u64 + 1);
     let rss_before = vm_rss_kib();
     let started = Instant::now();
-    let mut addrs: Vec<Multiaddr> = Vec::with_capacity(n);
+    let keys: Vec<SigningKey> = (0..n).map(|i| key(net, i)).collect();
+    let peers = keys
+        .iter()
+        .map(|k| dht::peer_id(&k.verifying_key().to_bytes()).context("peer id"))
+        .collect::<Result<Vec<_>>>()?;
+    let addrs: Vec<Multiaddr> = (0..n)
+        .map(|i| {
+            Multiaddr::empty()
+                .with(Protocol::Memory(base + i as u64))
+                .with(Protocol::P2p(peers[i]))
+        })
+        .collect();
+    let tables = dht::converged_tables(&peers);
     let mut nodes: Vec<(SigningKey, Dht)> = Vec::with_capacity(n);
-    for i in 0..n {
-        let k = key(net, i);
-        let peer = dht::peer_id(&k.verifying_key().to_bytes()).context("peer id")?;
-        let listen = Multiaddr::empty().with(Protocol::Memory(base + i as u64));
+    for (i, k) in keys.into_iter().enumerate() {
         let mut config = DhtConfig::new(Transport::Memory, true);
-        config.listen = vec![listen.clone()];
-        for j in 0..JOIN_PEERS.min(i) {
-            config.bootstrap.push(addrs[(i * 7919 + j * 104_729) % i].clone());
-        }
+        config.listen = vec![Multiaddr::empty().with(Protocol::Memory(base + i as u64))];
+        config.known_peers = tables[i].iter().map(|&j| addrs[j].clone()).collect();
         let node = Dht::spawn(dht::keypair(&k), config).context("starting a DHT node")?;
-        addrs.push(listen.with(Protocol::P2p(peer)));
         nodes.push((k, node));
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
-    // Settled: fewer than one new routing entry per node in 2 s.
-    let routing = |nodes: &[(SigningKey, Dht)]| -> usize {
-        nodes
-            .iter()
-            .map(|(_, d)| d.counters.routing_peers.load(Ordering::Relaxed))
-            .sum()
-    };
-    let mut last = 0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = routing(&nodes);
-        if now < last + n || started.elapsed() > settle_limit {
-            break;
-        }
-        last = now;
-    }
-    let settle_s = started.elapsed().as_secs_f64();
+    let setup_s = started.elapsed().as_secs_f64();
     let rss_after = vm_rss_kib();
     let exits: Vec<usize> = (0..n).filter(|i| i % 10 == 1).collect();
     for &i in &exits {
         let (k, d) = &nodes[i];
-        d.publish(exit_record(k), dht::provider_keys(&[Role::Exit], "DE"))
+        d.publish(exit_record(k), dht::provider_keys(&d.local_peer, &[Role::Exit], "DE"))
             .await
             .context("publishing")?;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    quiesce(&nodes, settle_limit).await;
+    let publish_s = started.elapsed().as_secs_f64() - setup_s;
     let mut times = Vec::new();
+    let mut provider_times = Vec::new();
     let mut requests = Vec::new();
+    let mut provider_requests = Vec::new();
     let mut found = Vec::new();
+    let mut providers = Vec::new();
     for l in 0..lookups {
         let mut config = DhtConfig::new(Transport::Memory, false);
         config.bootstrap = vec![addrs[(l * 104_729 + 17) % n].clone()];
         let client = Dht::spawn(dht::keypair(&key(net + 1000, l)), config).context("starting a client")?;
         let (got, stats) = client.find(dht::role_key(Role::Exit)).await.context("lookup")?;
         times.push(stats.duration.as_secs_f64() * 1e3);
+        provider_times.push(stats.provider_duration.as_secs_f64() * 1e3);
         requests.push(f64::from(stats.requests));
+        provider_requests.push(f64::from(stats.provider_requests));
         found.push(got.len() as f64);
+        providers.push(f64::from(stats.providers));
+        drop(client);
+        // Let the connections the lookup opened close before the next.
+        quiesce(&nodes, Duration::from_secs(10)).await;
     }
     times.sort_by(f64::total_cmp);
+    provider_times.sort_by(f64::total_cmp);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let mem_per_node_kib = rss_after.saturating_sub(rss_before) as f64 / n as f64;
     let out = json!({
         "nodes": n,
         "exits": exits.len(),
-        "settle_s": settle_s,
-        "routing_entries_per_node": routing(&nodes) as f64 / n as f64,
+        "setup_s": setup_s,
+        "publish_s": publish_s,
         "lookups": lookups,
+        "provider_ms_median": percentile(&provider_times, 0.5),
+        "provider_ms_p95": percentile(&provider_times, 0.95),
+        "provider_requests_per_lookup": mean(&provider_requests),
+        "providers_per_lookup": mean(&providers),
         "lookup_ms_median": percentile(&times, 0.5),
         "lookup_ms_p95": percentile(&times, 0.95),
         "requests_per_lookup": mean(&requests),
         "exits_found_per_lookup": mean(&found),
-        "rss_per_node_kib": mem_per_node_kib,
+        "rss_per_node_kib": rss_after.saturating_sub(rss_before) as f64 / n as f64,
     });
     eprintln!("{out}");
     drop(nodes);
@@ -178,13 +206,17 @@ pub async fn run(sizes: &[usize], lookups: usize, settle_limit: Duration) -> Res
     for (net, &n) in sizes.iter().enumerate() {
         results.push(run_size(net, n, lookups, settle_limit).await?);
     }
-    let points: Vec<(f64, f64)> = results
-        .iter()
-        .filter_map(|r| Some(((r["nodes"].as_f64()?).log2(), r["requests_per_lookup"].as_f64()?)))
-        .collect();
-    let (a, b) = fit(&points);
+    let curve = |field: &str| {
+        let points: Vec<(f64, f64)> = results
+            .iter()
+            .filter_map(|r| Some(((r["nodes"].as_f64()?).log2(), r[field].as_f64()?)))
+            .collect();
+        let (a, b) = fit(&points);
+        json!({ "a": a, "b": b, "curve": format!("{a:.1} + {b:.1}·log2(n)") })
+    };
     Ok(json!({
+        "fit_provider_requests_per_lookup": curve("provider_requests_per_lookup"),
+        "fit_requests_per_lookup": curve("requests_per_lookup"),
         "sizes": results,
-        "fit_requests_per_lookup": { "a": a, "b": b, "curve": format!("{a:.1} + {b:.1}·log2(n)") },
     }))
 }

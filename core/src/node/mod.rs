@@ -227,6 +227,7 @@ const REPUBLISH: Duration = Duration::from_secs(crate::record::RECORD_TTL / 3);
 async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: NodeKeys) {
     let roles = &config.config.node.roles;
     let provide = crate::dht::provider_keys(
+        &dht.local_peer,
         &roles
             .iter()
             .copied()
