@@ -70,6 +70,9 @@ enum Command {
         /// Only exits in this country (ISO code, e.g. DE).
         #[arg(long)]
         country: Option<String>,
+        /// Only nodes that charge at most this per GiB (the ledger's smallest unit).
+        #[arg(long)]
+        max_price: Option<u64>,
     },
     /// Show the tunnel's state.
     Status {
@@ -132,6 +135,7 @@ fn run(cli: Cli) -> Result<i32> {
             nodes,
             hops,
             country,
+            max_price,
         } => {
             let mut records: Vec<String> = records.iter().map(|r| r.trim().to_owned()).collect();
             if let Some(file) = nodes {
@@ -151,7 +155,12 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let response = runtime.block_on(api::call(
                 &cli.socket,
-                &Request::Connect { records, hops, country },
+                &Request::Connect {
+                    records,
+                    hops,
+                    country,
+                    max_price,
+                },
                 hopwire_core::client::BUILD_TIMEOUT * 4 + Duration::from_secs(10),
             ))?;
             report(response, false)
@@ -218,19 +227,20 @@ fn report(response: Response, json: bool) -> Result<i32> {
 fn nodes_text(nodes: &[NodeInfo]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<16}  {:<12}  {:<6}  {:>9}  {:>8}  {:>7}  {}\n",
-        "id", "roles", "region", "capacity", "rtt", "age", "address"
+        "{:<16}  {:<12}  {:<6}  {:>9}  {:>10}  {:>8}  {:>7}  {}\n",
+        "id", "roles", "region", "capacity", "price/GiB", "rtt", "age", "address"
     );
     for n in nodes {
         let roles: Vec<String> = n.roles.iter().map(ToString::to_string).collect();
         let rtt = n.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:<16}  {:<12}  {:<6}  {:>4} Mb/s  {:>8}  {:>6}s  {}",
+            "{:<16}  {:<12}  {:<6}  {:>4} Mb/s  {:>10}  {:>8}  {:>6}s  {}",
             n.id,
             roles.join(","),
             n.region,
             n.capacity_mbit,
+            n.price_per_gib,
             rtt,
             n.age_s,
             n.addr

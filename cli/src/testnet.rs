@@ -86,6 +86,8 @@ struct NodePlan {
     addr: std::net::Ipv4Addr,
     router: std::net::Ipv4Addr,
     region: &'static str,
+    /// What it charges per GiB (`[pay] price_per_gib`).
+    price_per_gib: u64,
 }
 
 impl NodePlan {
@@ -110,6 +112,7 @@ fn plan(exits: u8, relays: u8) -> Vec<NodePlan> {
             addr: Ipv4Addr::new(net[0], net[1], net[2], 2),
             router: Ipv4Addr::new(net[0], net[1], net[2], 1),
             region: EXIT_REGIONS[usize::from(k - 1) % EXIT_REGIONS.len()],
+            price_per_gib: 2_000_000 + 1_000_000 * u64::from(k - 1),
         }
     });
     let relays = (1..=relays).map(|i| NodePlan {
@@ -118,6 +121,7 @@ fn plan(exits: u8, relays: u8) -> Vec<NodePlan> {
         addr: Ipv4Addr::new(100, 64 + i, 0, 2),
         router: Ipv4Addr::new(100, 64 + i, 0, 1),
         region: RELAY_REGIONS[usize::from(i - 1) % RELAY_REGIONS.len()],
+        price_per_gib: 1_000_000,
     });
     exits.chain(relays).collect()
 }
@@ -130,6 +134,7 @@ fn bootstrap_plan() -> NodePlan {
         addr: std::net::Ipv4Addr::new(100, 90, 0, 2),
         router: std::net::Ipv4Addr::new(100, 90, 0, 1),
         region: "ZZ",
+        price_per_gib: 0,
     }
 }
 
@@ -354,7 +359,8 @@ impl Testnet {
         let text = text
             .replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]"))
             .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{}\"]", n.role))
-            .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region));
+            .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region))
+            .replace("price_per_gib = 0", &format!("price_per_gib = {}", n.price_per_gib));
         // The testnet's relays live in 100.64.0.0/10, which exits refuse by
         // default: the client's DHT traffic, which goes through its tunnel
         // once connected, must reach them.
@@ -380,6 +386,7 @@ impl Testnet {
         let shown: serde_json::Value = serde_json::from_str(&shown).context("reading show-record --json")?;
         Ok(json!({
             "name": n.name, "namespace": self.ns(&n.name), "addr": n.addr, "role": n.role, "region": n.region,
+            "price_per_gib": n.price_per_gib,
             "identity": shown["identity"], "record": shown["record"], "wg_public_key": shown["wg_public_key"],
             "dht_addr": shown["dht_addr"], "config": config, "pid": pid, "log": log,
         }))
@@ -454,6 +461,7 @@ impl Testnet {
             records: Vec::new(),
             hops: args.hops,
             country: None,
+            max_price: None,
         };
         let status = match api::call(&socket, &connect, Duration::from_secs(60)).await? {
             Response::Ok { status } => status,

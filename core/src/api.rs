@@ -30,6 +30,9 @@ pub enum Request {
         /// Only exits in this country (ISO code).
         #[serde(default)]
         country: Option<String>,
+        /// Only nodes that charge at most this per GiB.
+        #[serde(default)]
+        max_price: Option<u64>,
     },
     Disconnect,
     Status,
@@ -65,6 +68,8 @@ pub struct NodeInfo {
     pub region: String,
     pub addr: SocketAddr,
     pub capacity_mbit: u32,
+    /// What it charges per GiB, in the ledger's smallest unit.
+    pub price_per_gib: u64,
     /// Round trip over the DHT connection to it, if measured.
     pub rtt_ms: Option<f64>,
     /// Seconds since the node signed its record.
@@ -188,7 +193,8 @@ mod tests {
             Request::Connect {
                 records: vec!["hopwire1.x".into()],
                 hops: DEFAULT_HOPS,
-                country: None
+                country: None,
+                max_price: None,
             }
         );
         assert_eq!(

@@ -44,6 +44,47 @@ pub struct NodeConfig {
     pub wireguard: WireguardSection,
     #[serde(default)]
     pub dht: DhtSection,
+    #[serde(default)]
+    pub pay: PaySection,
+}
+
+/// What the node charges, published in its record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaySection {
+    /// Price per GiB carried, in the ledger's smallest unit; 0 is free.
+    #[serde(default)]
+    pub price_per_gib: u64,
+    /// Paid for at a time: clients prepay one chunk and stay one ahead.
+    #[serde(default = "default_chunk_mib")]
+    pub chunk_mib: u64,
+    /// Carried beyond what is paid before the node stops forwarding.
+    #[serde(default = "default_chunk_mib")]
+    pub grace_mib: u64,
+}
+
+impl Default for PaySection {
+    fn default() -> Self {
+        Self {
+            price_per_gib: 0,
+            chunk_mib: default_chunk_mib(),
+            grace_mib: default_chunk_mib(),
+        }
+    }
+}
+
+impl PaySection {
+    pub fn quote(&self) -> crate::pay::Quote {
+        crate::pay::Quote {
+            price_per_gib: self.price_per_gib,
+            chunk_bytes: self.chunk_mib << 20,
+            grace_bytes: self.grace_mib << 20,
+        }
+    }
+}
+
+fn default_chunk_mib() -> u64 {
+    4
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +278,14 @@ impl NodeConfig {
                 ));
             }
         }
+        for (field, mib) in [
+            ("pay.chunk_mib", config.pay.chunk_mib),
+            ("pay.grace_mib", config.pay.grace_mib),
+        ] {
+            if !(1..=1024).contains(&mib) {
+                return Err(invalid(field, format!("{mib} must be between 1 and 1024 (MiB)")));
+            }
+        }
         if config.node.roles.is_empty() {
             return Err(invalid("node.roles", "list at least one of \"relay\", \"exit\"".into()));
         }
@@ -387,6 +436,15 @@ listen = "0.0.0.0:4433"
 # Peers to join through, as `hopwire-node show-record --json` prints them (dht_addr):
 # bootstrap = ["/ip4/203.0.113.9/tcp/4433/p2p/12D3KooW..."]
 bootstrap = []
+
+[pay]
+# What clients pay per GiB this node carries, in the ledger's smallest unit
+# (0 = free). Published in the record; clients can filter with --max-price.
+price_per_gib = 0
+# Clients prepay one chunk and stay one ahead; past the grace unpaid, the
+# node stops forwarding for them.
+chunk_mib = 4
+grace_mib = 4
 
 [wireguard]
 # Plain WireGuard over UDP for stock clients listed below; unset means off.

@@ -103,6 +103,28 @@ impl Plan {
             country,
         })
     }
+
+    /// Drops the nodes that charge more than `max` per GiB.
+    fn within_price(mut self, max: Option<u64>) -> Result<Self, String> {
+        let Some(max) = max else { return Ok(self) };
+        let is_exit = |r: &VerifiedRecord| r.record().roles.contains(&Role::Exit);
+        let cheapest_exit = self
+            .candidates
+            .iter()
+            .filter(|r| is_exit(r))
+            .map(|r| r.record().quote.price_per_gib)
+            .min();
+        self.candidates.retain(|r| r.record().quote.price_per_gib <= max);
+        if !self.candidates.iter().any(is_exit) {
+            return Err(format!(
+                "no exit charges {max} per GiB or less{}",
+                cheapest_exit
+                    .map(|c| format!(" (the cheapest asks {c})"))
+                    .unwrap_or_default()
+            ));
+        }
+        Ok(self)
+    }
 }
 
 struct Daemon {
@@ -164,12 +186,18 @@ impl Daemon {
                 self.update(|s| *s = Status::default());
                 Response::Ok { status: self.status() }
             }
-            Request::Connect { records, hops, country } => {
+            Request::Connect {
+                records,
+                hops,
+                country,
+                max_price,
+            } => {
                 let plan = if records.is_empty() {
                     self.discover_plan(hops, country).await
                 } else {
                     parse_plan(&records, hops, country)
                 };
+                let plan = plan.and_then(|p| p.within_price(max_price));
                 let plan = match plan {
                     Ok(p) => p,
                     Err(message) => {
@@ -246,6 +274,7 @@ impl Daemon {
                     region: r.region.clone(),
                     addr: r.quic_addr,
                     capacity_mbit: r.capacity_mbit,
+                    price_per_gib: r.quote.price_per_gib,
                     rtt_ms: f.rtt.map(|d| (d.as_secs_f64() * 100_000.0).round() / 100.0),
                     age_s: now.saturating_sub(r.issued_at),
                 });

@@ -161,6 +161,7 @@ mod tests {
             wg_key: [seed; 32],
             region: region.into(),
             capacity_mbit: 100,
+            quote: crate::pay::Quote::FREE,
             exit_rules: vec![],
             exit_default_rejects: true,
             family: vec![],

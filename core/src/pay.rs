@@ -54,6 +54,18 @@ pub struct Quote {
 }
 
 impl Quote {
+    /// A node that charges nothing.
+    pub const FREE: Quote = Quote {
+        price_per_gib: 0,
+        chunk_bytes: 4 << 20,
+        grace_bytes: 4 << 20,
+    };
+
+    /// Whether the node charges at all.
+    pub fn is_free(&self) -> bool {
+        self.price_per_gib == 0
+    }
+
     /// The price of `bytes`, rounded up.
     pub fn price_of(&self, bytes: u64) -> Result<u64, PayError> {
         let product = u128::from(bytes) * u128::from(self.price_per_gib);

@@ -112,6 +112,8 @@ pub struct NodeRecord {
     pub region: String,
     /// What the operator says the node can carry, Mbit/s.
     pub capacity_mbit: u32,
+    /// What the node charges: price per GiB, chunk and grace.
+    pub quote: crate::pay::Quote,
     /// The exit policy in summary: the operator's rules, then whether the
     /// built-in rejects follow.
     pub exit_rules: Vec<String>,
@@ -267,6 +269,7 @@ mod tests {
             wg_key: [7; 32],
             region: "DE".into(),
             capacity_mbit: 100,
+            quote: crate::pay::Quote::FREE,
             exit_rules: vec![],
             exit_default_rejects: true,
             family: vec![],

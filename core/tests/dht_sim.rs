@@ -68,6 +68,7 @@ fn node_record(key: &SigningKey, roles: &[Role], region: &str, seq: u64, ttl: u6
         wg_key: [8; 32],
         region: region.into(),
         capacity_mbit: 100,
+        quote: hopwire_core::pay::Quote::FREE,
         exit_rules: vec![],
         exit_default_rejects: true,
         family: vec![],

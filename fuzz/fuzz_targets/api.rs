@@ -70,6 +70,7 @@ fn seeds() -> Vec<Vec<u8>> {
             records: vec!["hopwire1.AAAA".into()],
             hops: 3,
             country: Some("DE".into()),
+            max_price: Some(500),
         },
         Request::Disconnect,
         Request::Status,

@@ -43,6 +43,7 @@ fn genuine() -> &'static Genuine {
             wg_key: [6; 32],
             region: "DE".into(),
             capacity_mbit: 100,
+            quote: hopwire_core::pay::Quote::FREE,
             exit_rules: vec!["accept *:443".into(), "reject *:*".into()],
             exit_default_rejects: true,
             family: vec![[8; 32]],

@@ -53,6 +53,27 @@ fn the_client_builds_its_circuit_from_nodes_it_found_in_the_dht() {
         !out.success() && out.stderr.contains("JP"),
         "a country without exits is named: {out}"
     );
+    // Prices: each node's record carries what its node.toml asks, and a
+    // ceiling below every exit is refused naming the cheapest.
+    let mut priced = 0;
+    for planned in tn.summary["nodes"].as_array().expect("nodes") {
+        let addr = format!("{}:4433", planned["addr"].as_str().expect("addr"));
+        if let Some(found) = listed.iter().find(|n| n["addr"].as_str() == Some(addr.as_str())) {
+            assert_eq!(found["price_per_gib"], planned["price_per_gib"], "{found} vs {planned}");
+            priced += 1;
+        }
+    }
+    assert_eq!(priced, listed.len(), "every listed node's price checked");
+    let cheapest = exits
+        .iter()
+        .filter_map(|n| n["price_per_gib"].as_u64())
+        .min()
+        .expect("exit prices");
+    let out = tn.cli(&["connect", "--max-price", &(cheapest - 1).to_string()]);
+    assert!(
+        !out.success() && out.stderr.contains(&format!("the cheapest asks {cheapest}")),
+        "a price ceiling below every exit is refused: {out}"
+    );
 }
 
 #[test]

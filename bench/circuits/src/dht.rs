@@ -60,6 +60,7 @@ fn exit_record(key: &SigningKey) -> Vec<u8> {
         wg_key: [8; 32],
         region: "DE".into(),
         capacity_mbit: 100,
+        quote: hopwire_core::pay::Quote::FREE,
         exit_rules: vec![],
         exit_default_rejects: true,
         family: vec![],

@@ -194,6 +194,7 @@ pub fn own_record(
         wg_key: *keys.wg_public().as_bytes(),
         region: node.region.clone(),
         capacity_mbit: node.capacity_mbit,
+        quote: config.config.pay.quote(),
         exit_rules: config.config.exit.policy.clone(),
         exit_default_rejects: config.config.exit.default_rejects,
         family: config.family.clone(),
