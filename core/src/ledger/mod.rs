@@ -1,8 +1,12 @@
-//! Settlement: the [`Ledger`] trait, and an embedded ledger on sled for
-//! single machines and testnets.
+//! Settlement: the [`Ledger`] trait, an embedded ledger on sled for single
+//! machines and testnets, and ([`service`]) that ledger served over TCP to
+//! every node and client of a testnet.
 //!
-//! A ledger knows each channel's payer, payee, deposit, what was settled,
-//! and when a close takes effect. Settling with a receipt pays the payee
+//! A ledger knows every account's balance and each channel's payer, payee,
+//! deposit, what was settled, and when a close takes effect. Opening or
+//! topping up a channel moves the deposit out of the payer's balance;
+//! settling moves receipts' amounts into the payee's; finalizing returns
+//! the rest to the payer. Settling with a receipt pays the payee
 //! `cumulative − already settled`; a close waits out a challenge period in
 //! which the payee can still settle the latest receipt. The trait is what
 //! an existing chain would implement: the channel code only ever calls it.
@@ -31,6 +35,12 @@ pub enum LedgerError {
     Overflow,
     #[error("ledger storage: {0}")]
     Storage(String),
+    #[error("balance {balance} is less than the {needed} asked for")]
+    InsufficientFunds { balance: u64, needed: u64 },
+    #[error("ledger unreachable: {0}")]
+    Unreachable(String),
+    #[error("ledger refused: {0}")]
+    Refused(String),
 }
 
 /// What a ledger knows about one channel.
@@ -46,10 +56,14 @@ pub struct ChannelState {
     pub finalized: bool,
 }
 
-/// A settlement layer. Implementations: [`EmbeddedLedger`]; a chain later.
+pub mod service;
+
+/// A settlement layer. Implementations: [`EmbeddedLedger`], [`service::RemoteLedger`]; a chain later.
 pub trait Ledger {
     /// The domain receipts for this ledger carry.
     fn domain(&self) -> &str;
+    /// What an account (an ed25519 public key) holds outside channels.
+    fn balance(&self, account: [u8; 32]) -> Result<u64, LedgerError>;
     fn open(&self, id: [u8; 32], payer: [u8; 32], payee: [u8; 32], deposit: u64) -> Result<ChannelState, LedgerError>;
     fn top_up(&self, id: [u8; 32], amount: u64) -> Result<ChannelState, LedgerError>;
     fn state(&self, id: [u8; 32]) -> Result<ChannelState, LedgerError>;
@@ -70,7 +84,10 @@ fn name(id: &[u8; 32]) -> String {
 pub struct EmbeddedLedger {
     domain: String,
     channels: sled::Tree,
+    balances: sled::Tree,
     challenge: u64,
+    /// One operation at a time: each reads, checks and writes two trees.
+    lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl EmbeddedLedger {
@@ -80,14 +97,52 @@ impl EmbeddedLedger {
     }
 
     pub fn with_db(db: &sled::Db, domain: &str, challenge: u64) -> Result<Self, LedgerError> {
-        let channels = db
-            .open_tree("channels")
-            .map_err(|e| LedgerError::Storage(e.to_string()))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| LedgerError::Storage(e.to_string()));
         Ok(Self {
             domain: domain.to_owned(),
-            channels,
+            channels: tree("channels")?,
+            balances: tree("balances")?,
             challenge,
+            lock: Default::default(),
         })
+    }
+
+    /// Credits an account from nowhere: how a testnet funds its clients.
+    pub fn fund(&self, account: [u8; 32], amount: u64) -> Result<u64, LedgerError> {
+        let _one = crate::sync::lock(&self.lock);
+        self.credit(account, amount)
+    }
+
+    fn credit(&self, account: [u8; 32], amount: u64) -> Result<u64, LedgerError> {
+        let balance = self.read_balance(account)?.checked_add(amount).ok_or(LedgerError::Overflow)?;
+        self.write_balance(account, balance)?;
+        Ok(balance)
+    }
+
+    fn debit(&self, account: [u8; 32], amount: u64) -> Result<u64, LedgerError> {
+        let balance = self.read_balance(account)?;
+        let rest = balance.checked_sub(amount).ok_or(LedgerError::InsufficientFunds {
+            balance,
+            needed: amount,
+        })?;
+        self.write_balance(account, rest)?;
+        Ok(rest)
+    }
+
+    fn read_balance(&self, account: [u8; 32]) -> Result<u64, LedgerError> {
+        let bytes = self
+            .balances
+            .get(account)
+            .map_err(|e| LedgerError::Storage(e.to_string()))?;
+        Ok(bytes.and_then(|b| <[u8; 8]>::try_from(&b[..]).ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    fn write_balance(&self, account: [u8; 32], amount: u64) -> Result<(), LedgerError> {
+        self.balances
+            .insert(account, &amount.to_be_bytes())
+            .and_then(|_| self.balances.flush())
+            .map(drop)
+            .map_err(|e| LedgerError::Storage(e.to_string()))
     }
 
     fn load(&self, id: &[u8; 32]) -> Result<ChannelState, LedgerError> {
@@ -115,10 +170,16 @@ impl Ledger for EmbeddedLedger {
         &self.domain
     }
 
+    fn balance(&self, account: [u8; 32]) -> Result<u64, LedgerError> {
+        self.read_balance(account)
+    }
+
     fn open(&self, id: [u8; 32], payer: [u8; 32], payee: [u8; 32], deposit: u64) -> Result<ChannelState, LedgerError> {
+        let _one = crate::sync::lock(&self.lock);
         if self.load(&id).is_ok() {
             return Err(LedgerError::Exists(name(&id)));
         }
+        self.debit(payer, deposit)?;
         let state = ChannelState {
             id,
             payer,
@@ -133,11 +194,13 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn top_up(&self, id: [u8; 32], amount: u64) -> Result<ChannelState, LedgerError> {
+        let _one = crate::sync::lock(&self.lock);
         let mut state = self.load(&id)?;
         if state.finalized || state.close_at.is_some() {
             return Err(LedgerError::Closed(name(&id)));
         }
         state.deposit = state.deposit.checked_add(amount).ok_or(LedgerError::Overflow)?;
+        self.debit(state.payer, amount)?;
         self.store(&state)?;
         Ok(state)
     }
@@ -147,6 +210,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn settle(&self, receipt: &SignedReceipt, now: u64) -> Result<u64, LedgerError> {
+        let _one = crate::sync::lock(&self.lock);
         let r = &receipt.receipt;
         let mut state = self.load(&r.channel)?;
         if state.finalized || state.close_at.is_some_and(|at| now >= at) {
@@ -165,10 +229,12 @@ impl Ledger for EmbeddedLedger {
         let paid = amount.saturating_sub(state.settled);
         state.settled = state.settled.max(amount);
         self.store(&state)?;
+        self.credit(state.payee, paid)?;
         Ok(paid)
     }
 
     fn start_close(&self, id: [u8; 32], now: u64) -> Result<ChannelState, LedgerError> {
+        let _one = crate::sync::lock(&self.lock);
         let mut state = self.load(&id)?;
         if state.finalized {
             return Err(LedgerError::Closed(name(&id)));
@@ -181,12 +247,15 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn finalize(&self, id: [u8; 32], now: u64) -> Result<u64, LedgerError> {
+        let _one = crate::sync::lock(&self.lock);
         let mut state = self.load(&id)?;
         match state.close_at {
             Some(at) if now >= at && !state.finalized => {
                 state.finalized = true;
                 self.store(&state)?;
-                Ok(state.deposit - state.settled)
+                let rest = state.deposit - state.settled;
+                self.credit(state.payer, rest)?;
+                Ok(rest)
             }
             Some(at) if !state.finalized => Err(LedgerError::ChallengePeriod(name(&id), at)),
             _ => Err(LedgerError::Closed(name(&id))),
@@ -221,8 +290,14 @@ mod tests {
     fn settle_pays_the_difference_and_never_more_than_the_deposit() {
         let (l, _db) = ledger();
         let payer = SigningKey::from_bytes(&[5; 32]);
-        l.open([1; 32], payer.verifying_key().to_bytes(), [2; 32], 1000)
-            .expect("open");
+        let account = payer.verifying_key().to_bytes();
+        assert!(matches!(
+            l.open([1; 32], account, [2; 32], 1000),
+            Err(LedgerError::InsufficientFunds { balance: 0, needed: 1000 })
+        ));
+        l.fund(account, 1500).expect("fund");
+        l.open([1; 32], account, [2; 32], 1000).expect("open");
+        assert_eq!(l.balance(account).expect("balance"), 500);
         assert!(matches!(
             l.open([1; 32], [0; 32], [0; 32], 1),
             Err(LedgerError::Exists(_))
@@ -240,6 +315,7 @@ mod tests {
             "capped at the deposit"
         );
         assert_eq!(l.state([1; 32]).expect("state").settled, 1000);
+        assert_eq!(l.balance([2; 32]).expect("payee"), 1000, "the payee got every unit settled");
         let other = SigningKey::from_bytes(&[6; 32]);
         assert!(matches!(
             l.settle(&receipt(&other, 4, 10), 0),
@@ -251,9 +327,16 @@ mod tests {
     fn close_waits_out_the_challenge_period() {
         let (l, _db) = ledger();
         let payer = SigningKey::from_bytes(&[5; 32]);
-        l.open([1; 32], payer.verifying_key().to_bytes(), [2; 32], 1000)
-            .expect("open");
+        let account = payer.verifying_key().to_bytes();
+        assert!(matches!(
+            l.open([1; 32], account, [2; 32], 1000),
+            Err(LedgerError::InsufficientFunds { balance: 0, needed: 1000 })
+        ));
+        l.fund(account, 1500).expect("fund");
+        l.open([1; 32], account, [2; 32], 1000).expect("open");
+        assert_eq!(l.balance(account).expect("balance"), 500);
         l.top_up([1; 32], 500).expect("top up");
+        assert_eq!(l.balance(account).expect("balance"), 0);
         l.start_close([1; 32], 100).expect("close");
         assert!(matches!(l.top_up([1; 32], 1), Err(LedgerError::Closed(_))));
         assert!(matches!(
@@ -267,6 +350,8 @@ mod tests {
             1100,
             "the rest goes back to the payer"
         );
+        assert_eq!(l.balance(account).expect("balance"), 1100);
+        assert_eq!(l.balance([2; 32]).expect("payee"), 400);
         assert!(matches!(
             l.settle(&receipt(&payer, 2, 900), 701),
             Err(LedgerError::Closed(_))
