@@ -45,6 +45,17 @@ enum Command {
         /// DHT peers to join through (`/ip4/ADDR/tcp/PORT/p2p/PEER_ID`, repeatable).
         #[arg(long)]
         bootstrap: Vec<String>,
+        /// The ledger service to pay nodes on (`ADDR:PORT`); without it only free nodes can be used.
+        #[arg(long)]
+        ledger: Option<std::net::SocketAddr>,
+        /// Each payment channel's deposit, in GiB at the hop's price.
+        #[arg(long, default_value_t = 1)]
+        deposit_gib: u64,
+    },
+    /// Show the wallet: ledger account, balance, and the channels opened to hops.
+    Wallet {
+        #[arg(long)]
+        json: bool,
     },
     /// List the nodes the DHT knows.
     Nodes {
@@ -105,6 +116,8 @@ fn run(cli: Cli) -> Result<i32> {
             resolv_conf,
             state_file,
             bootstrap,
+            ledger,
+            deposit_gib,
         } => {
             hopwire_core::process::init_logging();
             if !is_root() {
@@ -118,6 +131,12 @@ fn run(cli: Cli) -> Result<i32> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let config = DaemonConfig {
+                ledger,
+                deposit_gib,
+                wallet_dir: cli
+                    .socket
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf),
                 bootstrap,
                 dht_store: cli.socket.with_extension("dht-peers"),
                 state_file: state_file.unwrap_or_else(|| cli.socket.with_extension("state.json")),
@@ -183,7 +202,23 @@ fn run(cli: Cli) -> Result<i32> {
                     Ok(0)
                 }
                 Response::Error { message, .. } => bail!("{message}"),
-                Response::Ok { .. } => bail!("the daemon answered with a status, not a node list"),
+                _ => bail!("the daemon answered something else than a node list"),
+            }
+        }
+        Command::Wallet { json } => {
+            let response = runtime.block_on(api::call(&cli.socket, &Request::Wallet, Duration::from_secs(10)))?;
+            match response {
+                Response::Wallet { wallet } => {
+                    let text = if json {
+                        serde_json::to_string_pretty(&wallet).context("encoding the wallet")? + "\n"
+                    } else {
+                        wallet_text(&wallet)
+                    };
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                    Ok(0)
+                }
+                Response::Error { message, .. } => bail!("{message}"),
+                _ => bail!("the daemon answered something else than the wallet"),
             }
         }
         Command::Status { json } => {
@@ -209,7 +244,7 @@ fn report(response: Response, json: bool) -> Result<i32> {
     let (status, error) = match response {
         Response::Ok { status } => (status, None),
         Response::Error { message, status } => (status, Some(message)),
-        Response::Nodes { .. } => bail!("the daemon answered with a node list, not a status"),
+        _ => bail!("the daemon answered something else than a status"),
     };
     let text = if json {
         serde_json::to_string_pretty(&status).context("encoding status")? + "\n"
@@ -289,6 +324,53 @@ fn status_text(s: &Status) -> String {
     if let Some(rtt) = s.rtt_ms {
         let _ = writeln!(out, "rtt:      {rtt:.1} ms to the first hop");
     }
+    if !s.payments.is_empty() || s.spent > 0 {
+        let _ = writeln!(out, "spent:    {} this session", s.spent);
+        for p in &s.payments {
+            let _ = writeln!(
+                out,
+                "  {}  {} per GiB: paid {} for {}",
+                p.id,
+                p.price_per_gib,
+                p.paid,
+                human_bytes(p.bytes)
+            );
+        }
+    }
+    out
+}
+
+fn wallet_text(w: &api::WalletInfo) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("account:  {}\nledger:   {}\n", w.account, w.ledger);
+    match (w.balance, &w.ledger_error) {
+        (Some(b), _) => {
+            let _ = writeln!(out, "balance:  {b}");
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(out, "balance:  unknown ({e})");
+        }
+        (None, None) => {}
+    }
+    let _ = writeln!(
+        out,
+        "{:<16}  {:<16}  {:>10}  {:>10}  {:>10}  {:>10}",
+        "channel", "hop", "price/GiB", "deposit", "signed", "carried"
+    );
+    for c in &w.channels {
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<16}  {:>10}  {:>10}  {:>10}  {:>10}",
+            c.channel,
+            c.payee,
+            c.price_per_gib,
+            c.deposit,
+            c.signed,
+            human_bytes(c.bytes)
+        );
+    }
+    let spent: u64 = w.channels.iter().map(|c| c.signed).sum();
+    let _ = writeln!(out, "{} channels, {spent} signed in all", w.channels.len());
     out
 }
 

@@ -36,6 +36,10 @@ const EXIT_UPLINK: &str = "198.18.1.2";
 const CLIENT_UPLINK: &str = "198.18.2.2";
 const LAN_SERVER: &str = "10.77.0.2";
 const EXIT_PORT: u16 = 4433;
+/// The ledger service, in the bootstrap node's namespace.
+const LEDGER: &str = "100.90.0.2:7300";
+/// What the client's account holds at start.
+const CLIENT_FUNDS: u64 = 1_000_000_000;
 /// Regions the testnet's relays declare, in turn.
 const RELAY_REGIONS: [&str; 8] = ["FR", "SE", "CH", "AT", "PL", "CZ", "IT", "ES"];
 const EXIT_REGIONS: [&str; 4] = ["DE", "NL", "US", "JP"];
@@ -360,7 +364,8 @@ impl Testnet {
             .replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]"))
             .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{}\"]", n.role))
             .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region))
-            .replace("price_per_gib = 0", &format!("price_per_gib = {}", n.price_per_gib));
+            .replace("price_per_gib = 0", &format!("price_per_gib = {}", n.price_per_gib))
+            .replace("# ledger = \"203.0.113.9:7300\"", &format!("ledger = \"{LEDGER}\""));
         // The testnet's relays live in 100.64.0.0/10, which exits refuse by
         // default: the client's DHT traffic, which goes through its tunnel
         // once connected, must reach them.
@@ -420,6 +425,34 @@ impl Testnet {
         let (lw, ll) = (lan_www.to_string_lossy(), lan_log.to_string_lossy());
         self.spawn("lan", &python, &[&s, LAN_SERVER, &lw, &ll], &self.dir.join("lan.log"))?;
 
+        // The ledger every node is paid on, with the client's account funded.
+        let client_dir = self.dir.join("client");
+        std::fs::create_dir_all(&client_dir).context("creating the client dir")?;
+        let account = hopwire_core::wallet::load_or_create_key(&client_dir)?
+            .verifying_key()
+            .to_bytes();
+        let ledger_log = self.dir.join("ledger.log");
+        let ledger_db = self.dir.join("ledger");
+        let node_bin = self.bin_dir.join("hopwire-node");
+        let fund = format!("{}={CLIENT_FUNDS}", hex(&account));
+        self.spawn(
+            "boot",
+            &node_bin,
+            &[
+                "ledger",
+                "--listen",
+                LEDGER,
+                "--db",
+                &ledger_db.to_string_lossy(),
+                "--challenge-s",
+                "60",
+                "--fund",
+                &fund,
+            ],
+            &ledger_log,
+        )?;
+        self.wait_for_log(&ledger_log, "ledger serving", "the ledger").await?;
+
         // The nodes, and the list of their records the client picks from.
         // The bootstrap node first: everyone else finds the others through it.
         let boot = self.start_node(&bootstrap_plan(), None).await?;
@@ -439,8 +472,6 @@ impl Testnet {
         std::fs::write(&nodes_file, records.join("\n") + "\n").context("writing nodes.txt")?;
 
         // The client daemon.
-        let client_dir = self.dir.join("client");
-        std::fs::create_dir_all(&client_dir).context("creating the client dir")?;
         let socket = client_dir.join("hopwire.sock");
         let socket_s = socket.to_string_lossy().into_owned();
         let client_log = self.dir.join("client.log");
@@ -448,7 +479,15 @@ impl Testnet {
         let client_pid = self.spawn(
             "client",
             &hopwire,
-            &["--socket", &socket_s, "daemon", "--bootstrap", &boot_addr],
+            &[
+                "--socket",
+                &socket_s,
+                "daemon",
+                "--bootstrap",
+                &boot_addr,
+                "--ledger",
+                LEDGER,
+            ],
             &client_log,
         )?;
         self.wait_for_daemon(&socket).await?;
@@ -466,7 +505,7 @@ impl Testnet {
         let status = match api::call(&socket, &connect, Duration::from_secs(60)).await? {
             Response::Ok { status } => status,
             Response::Error { message, .. } => bail!("connecting the client: {message}"),
-            Response::Nodes { .. } => bail!("the daemon answered a connect with a node list"),
+            _ => bail!("the daemon answered a connect with something else than a status"),
         };
         let connect_ms = started_at.elapsed().as_secs_f64() * 1000.0;
         let exit_ip = status
@@ -552,7 +591,11 @@ impl Testnet {
             ],
         )
         .context("a full-size packet did not cross the circuit")?;
+        // Let the last usage reports and receipts cross, then see what each
+        // hop was paid against what it carried.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let status = self.status(&socket).await.unwrap_or(status);
+        let payments = payment_summary(&status, &name_of);
         let first_exit = &started[0];
 
         Ok(json!({
@@ -590,13 +633,16 @@ impl Testnet {
             "full_size_packet": { "mtu": mtu, "crossed": true },
             "server_saw": server_saw,
             "rtt_ms": rtt_ms,
+            "ledger": { "addr": LEDGER, "log": ledger_log, "client_account": hex(&account), "funds": CLIENT_FUNDS },
+            "payments": payments,
+            "spent": status.spent,
         }))
     }
 
     async fn status(&self, socket: &Path) -> Result<Status> {
         match api::call(socket, &Request::Status, Duration::from_secs(5)).await? {
             Response::Ok { status } | Response::Error { status, .. } => Ok(status),
-            Response::Nodes { .. } => bail!("the daemon answered a status request with a node list"),
+            _ => bail!("the daemon answered a status request with something else"),
         }
     }
 
@@ -732,6 +778,29 @@ impl Testnet {
     }
 }
 
+/// What each charging hop was paid against what it carried at its price:
+/// the difference is within one chunk (4 MiB at the hop's price) plus the
+/// client's tolerance.
+fn payment_summary(status: &Status, name_of: &dyn Fn(&str) -> String) -> Vec<serde_json::Value> {
+    status
+        .payments
+        .iter()
+        .map(|p| {
+            let quote = hopwire_core::pay::Quote {
+                price_per_gib: p.price_per_gib,
+                ..hopwire_core::pay::Quote::FREE
+            };
+            let owed = quote.price_of(p.bytes).unwrap_or(u64::MAX);
+            let chunk = quote.price_of(quote.chunk_bytes + (1 << 20)).unwrap_or(u64::MAX);
+            json!({
+                "name": name_of(&p.id), "id": p.id, "price_per_gib": p.price_per_gib,
+                "bytes": p.bytes, "paid": p.paid, "owed": owed, "chunk_price": chunk,
+                "within_one_chunk": p.paid.abs_diff(owed) <= chunk,
+            })
+        })
+        .collect()
+}
+
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
@@ -801,6 +870,21 @@ fn print_summary(s: &serde_json::Value, keep: bool) {
         "  mtu:        a {}-byte packet crossed the circuit unfragmented",
         s["full_size_packet"]["mtu"]
     );
+    for p in s["payments"].as_array().into_iter().flatten() {
+        println!(
+            "  paid:       {} {} units for {} bytes at {}/GiB (owed {}, {})",
+            p["name"].as_str().unwrap_or("?"),
+            p["paid"],
+            p["bytes"],
+            p["price_per_gib"],
+            p["owed"],
+            if p["within_one_chunk"].as_bool() == Some(true) {
+                "within one chunk"
+            } else {
+                "OFF BY MORE THAN A CHUNK"
+            }
+        );
+    }
     if keep {
         let ns = &s["namespaces"];
         println!("\nLeft running. Enter a namespace with:");

@@ -36,6 +36,8 @@ pub enum Request {
     },
     Disconnect,
     Status,
+    /// The wallet: account, balance, channels.
+    Wallet,
     /// The nodes the DHT knows, optionally only of one role or country.
     Nodes {
         #[serde(default)]
@@ -58,6 +60,7 @@ pub enum Response {
     Ok { status: Status },
     Error { message: String, status: Status },
     Nodes { nodes: Vec<NodeInfo> },
+    Wallet { wallet: WalletInfo },
 }
 
 /// One node as `hopwire nodes` lists it.
@@ -128,6 +131,35 @@ pub struct Status {
     pub mtu: Option<u16>,
     /// Smoothed round-trip time of the link to the exit.
     pub rtt_ms: Option<f64>,
+    /// What the current circuit's charging hops were paid.
+    #[serde(default)]
+    pub payments: Vec<HopPayment>,
+    /// Paid this session, over every circuit it used.
+    #[serde(default)]
+    pub spent: u64,
+}
+
+/// What the client paid one hop of its circuit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopPayment {
+    pub id: String,
+    pub price_per_gib: u64,
+    /// What the hop confirmed it holds a receipt for.
+    pub paid: u64,
+    /// Bytes the client counted on that hop (cells, both ways).
+    pub bytes: u64,
+}
+
+/// The client's wallet, as `hopwire wallet` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletInfo {
+    /// The ledger account (hex public key).
+    pub account: String,
+    pub ledger: SocketAddr,
+    /// What the account holds outside channels, if the ledger answered.
+    pub balance: Option<u64>,
+    pub ledger_error: Option<String>,
+    pub channels: Vec<crate::wallet::ChannelRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -21,16 +21,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use rand::Rng;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::link::{self, LinkError};
 use crate::onion::cell::{split_cell, BackwardMessage, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
 use crate::onion::circuit::{headroom, ClientCircuit};
 use crate::onion::layer::TAG_LEN;
+use crate::pay::PayerChannel;
 use crate::record::VerifiedRecord;
 use crate::session::{self, ClientHello, ExitHello, SessionParams};
 use crate::sync::lock;
 use crate::tun::TunDevice;
+use crate::wallet::Wallet;
 use crate::wg::WgSession;
 
 /// How long building a whole circuit and beginning the session may take.
@@ -63,6 +65,10 @@ pub enum ClientError {
     Timeout,
     #[error("the first hop offers datagrams of {room} bytes, too small for a {hops}-hop tunnel")]
     DatagramsTooSmall { room: usize, hops: usize },
+    #[error("{node} charges {price} per GiB and this daemon has no ledger to pay on: start it with --ledger ADDR")]
+    NoWallet { node: String, price: u64 },
+    #[error("paying {node}: {reason}")]
+    Payment { node: String, reason: String },
 }
 
 impl ClientError {
@@ -91,6 +97,43 @@ pub struct Traffic {
     pub received: AtomicU64,
 }
 
+/// Cells through this circuit, both ways, and their payloads (WireGuard
+/// datagrams): from these the client knows exactly what each hop counts.
+#[derive(Debug, Default)]
+pub struct CellCount {
+    cells: AtomicU64,
+    payload: AtomicU64,
+}
+
+impl CellCount {
+    fn add(&self, payload: usize) {
+        self.cells.fetch_add(1, Ordering::Relaxed);
+        self.payload.fetch_add(payload as u64, Ordering::Relaxed);
+    }
+
+    /// What hop `hop` of `hops` carried ([`crate::pay::cell_size`] summed).
+    pub fn at_hop(&self, hop: usize, hops: usize) -> u64 {
+        let cells = self.cells.load(Ordering::Relaxed);
+        crate::pay::cell_size(0, hops, hop)
+            .saturating_mul(cells)
+            .saturating_add(self.payload.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's payments to one hop of the circuit.
+#[derive(Debug)]
+pub struct HopPay {
+    pub hop: usize,
+    pub record: VerifiedRecord,
+    pub channel: PayerChannel,
+    /// The amount the hop confirmed it holds a receipt for.
+    pub acked: u64,
+    /// Why paying it stopped (deposit spent), if it did.
+    pub error: Option<String>,
+}
+
+pub type Payments = Arc<Mutex<Vec<HopPay>>>;
+
 /// A built circuit to an exit with a session begun.
 #[derive(Debug)]
 pub struct Tunnel {
@@ -103,6 +146,10 @@ pub struct Tunnel {
     pub params: SessionParams,
     pub mtu: u16,
     pub build_time: Duration,
+    /// One entry per charging hop.
+    pub payments: Payments,
+    pub cells: Arc<CellCount>,
+    wallet: Option<Arc<Wallet>>,
 }
 
 fn hop_failed(path: &[VerifiedRecord], hop: usize, reason: String) -> ClientError {
@@ -117,9 +164,15 @@ fn hop_failed(path: &[VerifiedRecord], hop: usize, reason: String) -> ClientErro
 impl Tunnel {
     /// Builds a circuit along `path` (first hop first, exit last) and begins
     /// a session at the exit with `hello`.
-    pub async fn build(path: &[VerifiedRecord], hello: &ClientHello) -> Result<Self, ClientError> {
+    /// Hops that charge are paid from `wallet`: a channel each, the first
+    /// chunk prepaid before the session begins.
+    pub async fn build(
+        path: &[VerifiedRecord],
+        hello: &ClientHello,
+        wallet: Option<Arc<Wallet>>,
+    ) -> Result<Self, ClientError> {
         let started = Instant::now();
-        tokio::time::timeout(BUILD_TIMEOUT, Self::build_inner(path, hello))
+        tokio::time::timeout(BUILD_TIMEOUT, Self::build_inner(path, hello, wallet))
             .await
             .map_err(|_| ClientError::Timeout)?
             .map(|mut t| {
@@ -128,7 +181,11 @@ impl Tunnel {
             })
     }
 
-    async fn build_inner(path: &[VerifiedRecord], hello: &ClientHello) -> Result<Self, ClientError> {
+    async fn build_inner(
+        path: &[VerifiedRecord],
+        hello: &ClientHello,
+        wallet: Option<Arc<Wallet>>,
+    ) -> Result<Self, ClientError> {
         let guard = path[0].record();
         let unreachable = |reason: String| ClientError::Unreachable {
             node: path[0].short_id(),
@@ -186,6 +243,47 @@ impl Tunnel {
                 (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
             }
         }
+        let mut payments = Vec::new();
+        let session_id: [u8; 16] = rand::thread_rng().gen();
+        for (i, hop) in path.iter().enumerate() {
+            let price = hop.record().quote.price_per_gib;
+            if price == 0 {
+                continue;
+            }
+            let node = hop.short_id();
+            let Some(wallet) = &wallet else {
+                return Err(ClientError::NoWallet { node, price });
+            };
+            let payment = |reason: String| ClientError::Payment {
+                node: hop.short_id(),
+                reason,
+            };
+            let mut channel = wallet.open_channel(hop, session_id).await.map_err(payment)?;
+            let receipt = channel.prepay().map_err(|e| payment(e.to_string()))?;
+            let pay = circuit
+                .seal_control(
+                    i,
+                    &ForwardMessage::Pay {
+                        payer: wallet.account(),
+                        receipt,
+                    },
+                )
+                .map_err(|e| hop_failed(path, i, e.to_string()))?;
+            session::write_message(&mut send, &pay).await.map_err(io(0))?;
+            let acked = match read_backward(&mut circuit, &mut recv, path).await? {
+                (from, BackwardMessage::Paid { amount, .. }) if from == i => amount,
+                (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
+                (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
+            };
+            wallet.remember(&channel, hop);
+            payments.push(HopPay {
+                hop: i,
+                record: hop.clone(),
+                channel,
+                acked,
+                error: None,
+            });
+        }
         let last = path.len() - 1;
         let begin = circuit
             .seal_control(last, &ForwardMessage::Begin { hello: hello.clone() })
@@ -225,6 +323,9 @@ impl Tunnel {
             params,
             mtu,
             build_time: Duration::ZERO,
+            payments: Arc::new(Mutex::new(payments)),
+            cells: Arc::default(),
+            wallet,
         })
     }
 
@@ -240,6 +341,7 @@ impl Tunnel {
             conn: self.conn.clone(),
             circuit: self.circuit.clone(),
             circuit_id: self.circuit_id,
+            cells: self.cells.clone(),
         };
         {
             let mut buf = [0u8; 256];
@@ -263,7 +365,14 @@ impl Tunnel {
         let loss = {
             let watch = async {
                 match control.as_mut() {
-                    Some((_, recv)) => watch_control(&circuit, recv, &path).await,
+                    Some((send, recv)) => {
+                        let payer = Payer {
+                            payments: &self.payments,
+                            cells: &self.cells,
+                            wallet: self.wallet.as_deref(),
+                        };
+                        watch_control(&circuit, send, recv, &path, payer).await
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -312,8 +421,61 @@ async fn read_backward(
     }
 }
 
-/// Waits on the circuit's control stream for a hop reporting a failure.
-async fn watch_control(circuit: &Mutex<ClientCircuit>, recv: &mut RecvStream, path: &[VerifiedRecord]) -> Loss {
+/// What the control stream needs to pay the hops.
+struct Payer<'a> {
+    payments: &'a Payments,
+    cells: &'a CellCount,
+    wallet: Option<&'a Wallet>,
+}
+
+impl Payer<'_> {
+    /// Answers a hop's usage report: a receipt for what the client counted
+    /// itself (within the tolerance) and a chunk ahead, sealed for that hop.
+    fn on_usage(&self, circuit: &Mutex<ClientCircuit>, hops: usize, from: usize, carried: u64) -> Option<LinkMessage> {
+        let wallet = self.wallet?;
+        let mut payments = lock(self.payments);
+        let p = payments.iter_mut().find(|p| p.hop == from)?;
+        let counted = self.cells.at_hop(from, hops);
+        p.channel.measure(counted.saturating_sub(p.channel.measured()));
+        let answer = match p.channel.on_usage(carried) {
+            Ok(Some(receipt)) => lock(circuit)
+                .seal_control(
+                    from,
+                    &ForwardMessage::Pay {
+                        payer: wallet.account(),
+                        receipt,
+                    },
+                )
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                if p.error.is_none() {
+                    warn!("hop {} ({}): {e}", from + 1, p.record.short_id());
+                }
+                p.error = Some(format!("paying hop {} ({}): {e}", from + 1, p.record.short_id()));
+                None
+            }
+        };
+        wallet.remember(&p.channel, &p.record);
+        answer
+    }
+
+    fn on_paid(&self, from: usize, amount: u64) {
+        if let Some(p) = lock(self.payments).iter_mut().find(|p| p.hop == from) {
+            p.acked = p.acked.max(amount);
+        }
+    }
+}
+
+/// Watches the circuit's control stream: pays hops as they report usage,
+/// and returns when a hop reports a failure or the stream ends.
+async fn watch_control(
+    circuit: &Mutex<ClientCircuit>,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    path: &[VerifiedRecord],
+    payer: Payer<'_>,
+) -> Loss {
     loop {
         let message = match session::read_message::<LinkMessage>(recv).await {
             Ok(m) => m,
@@ -327,6 +489,21 @@ async fn watch_control(circuit: &Mutex<ClientCircuit>, recv: &mut RecvStream, pa
         match message {
             LinkMessage::Relay { layered } => {
                 let opened = lock(circuit).open_control(layered);
+                if let Ok((from, BackwardMessage::Usage { carried })) = opened {
+                    if let Some(pay) = payer.on_usage(circuit, path.len(), from, carried) {
+                        if session::write_message(send, &pay).await.is_err() {
+                            return Loss {
+                                reason: "the first hop closed the circuit's control stream".into(),
+                                culprit: Some(path[0].record().identity),
+                            };
+                        }
+                    }
+                    continue;
+                }
+                if let Ok((from, BackwardMessage::Paid { amount, .. })) = opened {
+                    payer.on_paid(from, amount);
+                    continue;
+                }
                 if let Ok((from, BackwardMessage::Failed { reason })) = opened {
                     let culprit = path.get(from + 1).map(|r| r.record().identity);
                     let node = path.get(from + 1).map(VerifiedRecord::short_id).unwrap_or_default();
@@ -368,6 +545,7 @@ struct CellSender {
     conn: quinn::Connection,
     circuit: Arc<Mutex<ClientCircuit>>,
     circuit_id: u32,
+    cells: Arc<CellCount>,
 }
 
 impl CellSender {
@@ -375,6 +553,7 @@ impl CellSender {
     /// there by the caller) in place.
     fn seal(&self, buf: &mut [u8], len: usize) -> Option<Bytes> {
         let range = lock(&self.circuit).seal_data(buf, len, self.circuit_id).ok()?;
+        self.cells.add(len);
         Some(Bytes::copy_from_slice(&buf[range]))
     }
 
@@ -450,6 +629,7 @@ async fn inbound(tun: Arc<TunDevice>, sender: CellSender, wg: Arc<Mutex<WgSessio
         let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..n]);
         let Ok(payload) = opened else { continue };
         let payload = &cell[CIRCUIT_ID_LEN + payload.start..CIRCUIT_ID_LEN + payload.end];
+        sender.cells.add(payload.len());
         let result = {
             let mut wg = lock(&wg);
             wg.decapsulate(None, payload, &mut packet, |d| replies.push(d.to_vec()))

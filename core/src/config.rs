@@ -61,6 +61,10 @@ pub struct PaySection {
     /// Carried beyond what is paid before the node stops forwarding.
     #[serde(default = "default_chunk_mib")]
     pub grace_mib: u64,
+    /// The ledger service channels are checked and settled on (TCP
+    /// address); required when the node charges.
+    #[serde(default)]
+    pub ledger: Option<SocketAddr>,
 }
 
 impl Default for PaySection {
@@ -69,6 +73,7 @@ impl Default for PaySection {
             price_per_gib: 0,
             chunk_mib: default_chunk_mib(),
             grace_mib: default_chunk_mib(),
+            ledger: None,
         }
     }
 }
@@ -286,6 +291,12 @@ impl NodeConfig {
                 return Err(invalid(field, format!("{mib} must be between 1 and 1024 (MiB)")));
             }
         }
+        if config.pay.price_per_gib > 0 && config.pay.ledger.is_none() {
+            return Err(invalid(
+                "pay.ledger",
+                "a node that charges (pay.price_per_gib > 0) needs the address of the ledger it is paid on".into(),
+            ));
+        }
         if config.node.roles.is_empty() {
             return Err(invalid("node.roles", "list at least one of \"relay\", \"exit\"".into()));
         }
@@ -445,6 +456,8 @@ price_per_gib = 0
 # node stops forwarding for them.
 chunk_mib = 4
 grace_mib = 4
+# The ledger service channels are checked and settled on; needed to charge.
+# ledger = "203.0.113.9:7300"
 
 [wireguard]
 # Plain WireGuard over UDP for stock clients listed below; unset means off.

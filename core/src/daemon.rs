@@ -11,7 +11,7 @@
 //! What it does not do: parse the command line (the `hopwire` binary does),
 //! choose paths (see [`crate::path`]) or move packets (see [`crate::client`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -26,8 +26,8 @@ use tracing::{debug, info, warn};
 
 use rand::Rng;
 
-use crate::api::{HopInfo, NodeInfo, Request, Response, State, Status, MAX_LINE};
-use crate::client::{Traffic, Tunnel};
+use crate::api::{HopInfo, HopPayment, NodeInfo, Request, Response, State, Status, WalletInfo, MAX_LINE};
+use crate::client::{CellCount, Payments, Traffic, Tunnel};
 use crate::dht::{self, Dht, DhtConfig, Transport};
 use crate::onion::cell::MAX_HOPS;
 use crate::path::{self, PathRequest};
@@ -37,6 +37,7 @@ use crate::session::{ClientHello, SessionParams, PROTOCOL_VERSION};
 use crate::sync::lock;
 use crate::sys::{self, ClientNet};
 use crate::tun::{self, TunDevice};
+use crate::wallet::Wallet;
 use crate::wg::WgSession;
 
 const RECONNECT_FIRST: Duration = Duration::from_secs(1);
@@ -60,6 +61,12 @@ pub struct DaemonConfig {
     pub bootstrap: Vec<libp2p::Multiaddr>,
     /// Where DHT peers learned are kept across restarts.
     pub dht_store: PathBuf,
+    /// The ledger hops are paid on; `None`: only free nodes can be used.
+    pub ledger: Option<SocketAddr>,
+    /// Each channel's deposit, in GiB at the hop's price.
+    pub deposit_gib: u64,
+    /// Where the wallet (account key, channels) is kept.
+    pub wallet_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +83,8 @@ pub enum DaemonError {
     NoSuchGroup(String),
     #[error("starting the DHT: {0}")]
     Dht(String),
+    #[error("opening the wallet: {0}")]
+    Wallet(String),
 }
 
 struct Active {
@@ -134,6 +143,7 @@ struct Daemon {
     status: Mutex<Status>,
     /// Serializes connect and disconnect.
     active: tokio::sync::Mutex<Option<Active>>,
+    wallet: Option<Arc<Wallet>>,
 }
 
 fn hop_info(r: &VerifiedRecord) -> HopInfo {
@@ -177,6 +187,30 @@ impl Daemon {
                 Ok(nodes) => Response::Nodes { nodes },
                 Err(message) => Response::Error {
                     message,
+                    status: self.status(),
+                },
+            },
+            Request::Wallet => match &self.wallet {
+                Some(w) => {
+                    let (balance, ledger_error) = match w.balance().await {
+                        Ok(b) => (Some(b), None),
+                        Err(e) => (None, Some(e)),
+                    };
+                    Response::Wallet {
+                        wallet: WalletInfo {
+                            account: w.account().iter().map(|b| format!("{b:02x}")).collect(),
+                            ledger: self
+                                .config
+                                .ledger
+                                .unwrap_or_else(|| unreachable!("a wallet has a ledger")),
+                            balance,
+                            ledger_error,
+                            channels: w.channels(),
+                        },
+                    }
+                }
+                None => Response::Error {
+                    message: "this daemon has no wallet: start it with --ledger ADDR".into(),
                     status: self.status(),
                 },
             },
@@ -368,7 +402,7 @@ impl Daemon {
             };
             let names: Vec<String> = path.iter().map(VerifiedRecord::short_id).collect();
             info!(path = %names.join(" → "), "building circuit");
-            match Tunnel::build(&path, &hello).await {
+            match Tunnel::build(&path, &hello, self.wallet.clone()).await {
                 Ok(t) => return Ok(t),
                 Err(e) => {
                     warn!("circuit failed: {e}");
@@ -422,6 +456,7 @@ impl Daemon {
         let mut net = ClientNet::new(&self.config.state_file);
         let routed = net
             .route_all_through(&self.config.tun_name, tunnel.path[0].record().quic_addr.ip())
+            .and_then(|()| self.config.ledger.map_or(Ok(()), |l| net.bypass(l.ip())))
             .and_then(|()| net.set_dns(&self.config.resolv_conf, &params.dns));
         if let Err(e) = routed {
             net.restore();
@@ -458,21 +493,26 @@ impl Daemon {
         let traffic = Arc::new(Traffic::default());
         let mut tunnel = first;
         let mut session = Some(session);
+        // Paid on the circuits before the current one.
+        let mut spent_before = 0;
         'session: loop {
             let wg = match &session {
                 Some(s) => s.wg.clone(),
                 None => break 'session,
             };
             let first_link = tunnel.first_link();
+            let tunnel_payments = tunnel.payments.clone();
+            let paying = (tunnel.payments.clone(), tunnel.cells.clone(), tunnel.path.len());
             let loss = tokio::select! {
                 loss = tunnel.pump(tun.clone(), wg, traffic.clone()) => loss,
-                () = self.sample(first_link, &traffic) => unreachable!("sampling never ends"),
+                () = self.sample(first_link, &traffic, &paying, spent_before) => unreachable!("sampling never ends"),
                 _ = &mut stop => {
                     tunnel.close().await;
                     break 'session;
                 }
             };
             warn!("circuit lost: {}", loss.reason);
+            spent_before += lock(&tunnel_payments).iter().map(|p| p.acked).sum::<u64>();
             self.update(|s| {
                 s.state = State::Error;
                 s.error = Some(format!("{}; building a new circuit", loss.reason));
@@ -527,10 +567,18 @@ impl Daemon {
         info!("disconnected");
     }
 
+    /// What goes around the tunnel: the first hop, and the ledger (new
+    /// circuits open channels on it while the old circuit is gone).
+    fn bypassed(&self, tunnel: &Tunnel) -> Vec<std::net::IpAddr> {
+        let mut keep = vec![tunnel.path[0].record().quic_addr.ip()];
+        keep.extend(self.config.ledger.map(|l| l.ip()));
+        keep
+    }
+
     /// Applies what changed between two circuits' session parameters.
     fn adopt(&self, new: &Tunnel, old: &SessionParams, net: &mut ClientNet, tun: &TunDevice) -> Result<(), String> {
         // Only the current first hop goes around the tunnel.
-        net.keep_only_bypass(new.path[0].record().quic_addr.ip());
+        net.keep_only_bypass(&self.bypassed(new));
         if new.params.inner_addr != old.inner_addr {
             readdress(&self.config.tun_name, old.inner_addr, new.params.inner_addr)
                 .map_err(|e| format!("moving the tunnel to {}: {e}", new.params.inner_addr))?;
@@ -544,8 +592,14 @@ impl Daemon {
         Ok(())
     }
 
-    /// Publishes throughput and round-trip time once a second.
-    async fn sample(&self, link: quinn::Connection, traffic: &Traffic) {
+    /// Publishes throughput, round-trip time and payments once a second.
+    async fn sample(
+        &self,
+        link: quinn::Connection,
+        traffic: &Traffic,
+        (payments, cells, hops): &(Payments, Arc<CellCount>, usize),
+        spent_before: u64,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last = (
             traffic.sent.load(Ordering::Relaxed),
@@ -558,7 +612,25 @@ impl Daemon {
                 traffic.received.load(Ordering::Relaxed),
             );
             let rtt = link.rtt().as_secs_f64() * 1000.0;
+            let (hops, payment_error) = {
+                let payments = lock(payments);
+                let hops: Vec<HopPayment> = payments
+                    .iter()
+                    .map(|p| HopPayment {
+                        id: p.record.short_id(),
+                        price_per_gib: p.record.record().quote.price_per_gib,
+                        paid: p.acked,
+                        bytes: cells.at_hop(p.hop, *hops),
+                    })
+                    .collect();
+                (hops, payments.iter().find_map(|p| p.error.clone()))
+            };
             self.update(|s| {
+                s.spent = spent_before + hops.iter().map(|h| h.paid).sum::<u64>();
+                s.payments = hops;
+                if payment_error.is_some() {
+                    s.error = payment_error;
+                }
                 s.bytes_sent = now.0;
                 s.bytes_received = now.1;
                 s.tx_bps = (now.0 - last.0) * 8;
@@ -651,7 +723,18 @@ pub async fn serve(config: DaemonConfig, shutdown: impl std::future::Future<Outp
     dht_config.peer_store = Some(config.dht_store.clone());
     let dht_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let dht = Dht::spawn(dht::keypair(&dht_key), dht_config).map_err(|e| DaemonError::Dht(e.to_string()))?;
+    let wallet = match config.ledger {
+        Some(ledger) => Some(Arc::new(
+            Wallet::open(&config.wallet_dir, ledger, config.deposit_gib)
+                .map_err(|e| DaemonError::Wallet(e.to_string()))?,
+        )),
+        None => None,
+    };
+    if let Some(w) = &wallet {
+        info!(account = %crate::record::short_id(&w.account()), "wallet ready");
+    }
     let daemon = Arc::new(Daemon {
+        wallet,
         dht,
         wg_secret: x25519::StaticSecret::from(secret),
         config: config.clone(),

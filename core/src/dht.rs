@@ -45,6 +45,8 @@ const IDENTIFY_PROTOCOL: &str = "/hopwire/id/1.0.0";
 pub const MAX_PER_SUBNET: usize = 2;
 /// How long a lookup may take before it answers with what it has.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon a failed publication is tried again.
+const PUBLISH_RETRY: Duration = Duration::from_secs(20);
 /// Largest DHT message: provider lists of popular keys are long.
 const MAX_PACKET: usize = 1 << 20;
 
@@ -225,6 +227,8 @@ pub struct DhtCounters {
     pub connections: AtomicUsize,
     /// Requests other peers sent us.
     pub inbound_requests: AtomicU64,
+    /// Publications (record or provider announcement) that timed out.
+    pub publish_failures: AtomicU64,
     pub subnet_refused: AtomicU64,
 }
 
@@ -316,6 +320,8 @@ impl Dht {
             rtts: HashMap::new(),
             record_ttl: config.record_ttl,
             next_lookup: 0,
+            published: None,
+            retry_publish: None,
         };
         let restored = task.restore_peers();
         for addr in &config.known_peers {
@@ -493,17 +499,27 @@ struct Task {
     rtts: HashMap<PeerId, Duration>,
     record_ttl: Duration,
     next_lookup: u64,
+    /// What this node last published, to publish again after a failure.
+    published: Option<(Vec<u8>, Vec<RecordKey>)>,
+    retry_publish: Option<tokio::time::Instant>,
 }
 
 impl Task {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         loop {
+            let retry = self.retry_publish;
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(c) => self.command(c),
                     None => return,
                 },
                 event = self.swarm.select_next_some() => self.event(event),
+                _ = async { tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)).await }, if retry.is_some() => {
+                    self.retry_publish = None;
+                    if let Some((record, provide)) = self.published.clone() {
+                        self.publish(record, provide);
+                    }
+                }
             }
         }
     }
@@ -586,6 +602,7 @@ impl Task {
     }
 
     fn publish(&mut self, bytes: Vec<u8>, provide: Vec<RecordKey>) {
+        self.published = Some((bytes.clone(), provide.clone()));
         let key = node_key(self.swarm.local_peer_id());
         let mut record = kad::Record::new(key, bytes);
         record.expires = Some(Instant::now() + self.record_ttl);
@@ -818,7 +835,23 @@ impl Task {
                 }
                 self.finish_if_done(lookup);
             }
+            QueryResult::StartProviding(Err(e)) => self.publish_failed(&e),
+            QueryResult::PutRecord(Err(e)) => self.publish_failed(&e),
             _ => {}
+        }
+    }
+
+    /// A publication found too few peers in time (a busy or young
+    /// network): publish everything again soon rather than at the next
+    /// republish, hours away.
+    fn publish_failed(&mut self, e: &dyn std::fmt::Display) {
+        self.counters.publish_failures.fetch_add(1, Ordering::Relaxed);
+        if self.retry_publish.is_none() && self.published.is_some() {
+            warn!(
+                "publishing in the DHT failed ({e}); trying again in {} s",
+                PUBLISH_RETRY.as_secs()
+            );
+            self.retry_publish = Some(tokio::time::Instant::now() + PUBLISH_RETRY);
         }
     }
 

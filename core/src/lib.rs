@@ -42,4 +42,5 @@ pub mod store;
 pub mod sync;
 pub mod sys;
 pub mod tun;
+pub mod wallet;
 pub mod wg;

@@ -82,6 +82,45 @@ impl Quote {
     }
 }
 
+/// Bytes one layer adds to a cell: counter, kind and tag.
+pub const LAYER_OVERHEAD: u64 = 25;
+
+/// The size of the cell hop `hop` (0 = guard) of an `hops`-hop circuit
+/// counts for a packet of `payload` bytes: what it receives going forward
+/// and sends going backward, `circuit id | layers of hops hop..hops |
+/// payload`. Both ends count with this, so a client can check each hop's
+/// usage reports exactly.
+pub fn cell_size(payload: u64, hops: usize, hop: usize) -> u64 {
+    4 + (hops.saturating_sub(hop) as u64) * LAYER_OVERHEAD + payload
+}
+
+/// What a hop carried for one circuit and how far it may go: counted on
+/// the data path, raised by receipts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Meter {
+    pub carried: u64,
+    /// Bytes the hop may carry in all (paid for plus grace); `None`: free.
+    pub allowance: Option<u64>,
+    /// Bytes refused for want of payment.
+    pub refused: u64,
+}
+
+impl Meter {
+    /// Counts a cell of `bytes` if the allowance has room for it.
+    pub fn admit(&mut self, bytes: u64) -> bool {
+        match self.allowance {
+            Some(limit) if self.carried.saturating_add(bytes) > limit => {
+                self.refused = self.refused.saturating_add(bytes);
+                false
+            }
+            _ => {
+                self.carried = self.carried.saturating_add(bytes);
+                true
+            }
+        }
+    }
+}
+
 /// A payer's promise: cumulative, so only the latest matters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -170,6 +209,22 @@ impl PayerChannel {
 
     pub fn signed_amount(&self) -> u64 {
         self.signed_amount
+    }
+
+    pub fn channel(&self) -> [u8; 32] {
+        self.channel
+    }
+
+    pub fn deposit(&self) -> u64 {
+        self.deposit
+    }
+
+    pub fn quote(&self) -> Quote {
+        self.quote
+    }
+
+    pub fn measured(&self) -> u64 {
+        self.measured
     }
 
     /// Counts bytes the payer itself sent or received over this hop.

@@ -281,17 +281,20 @@ impl ClientNet {
     }
 
     /// Removes the routes around the tunnel for every address but `addr`.
-    pub fn keep_only_bypass(&mut self, addr: IpAddr) {
-        let keep = match addr {
-            IpAddr::V4(a) => format!("{a}/32"),
-            IpAddr::V6(a) => format!("{a}/128"),
-        };
+    pub fn keep_only_bypass(&mut self, addrs: &[IpAddr]) {
+        let keep: Vec<String> = addrs
+            .iter()
+            .map(|addr| match addr {
+                IpAddr::V4(a) => format!("{a}/32"),
+                IpAddr::V6(a) => format!("{a}/128"),
+            })
+            .collect();
         let mut stale = Vec::new();
         self.routes.retain(|r| {
             // A bypass is a host route with a device, unlike the catch-alls.
             let host = r.iter().position(|a| a == "add").and_then(|i| r.get(i + 1));
             let is_bypass = host.is_some_and(|h| h.ends_with("/32") || h.ends_with("/128"));
-            if is_bypass && host != Some(&keep) {
+            if is_bypass && !host.is_some_and(|h| keep.contains(h)) {
                 stale.push(r.clone());
                 false
             } else {

@@ -44,6 +44,24 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Serve an embedded ledger (channels, balances, settlement) over TCP:
+    /// what a testnet or a single operator's network settles on.
+    Ledger {
+        #[arg(long, default_value = "0.0.0.0:7300")]
+        listen: std::net::SocketAddr,
+        /// Where the ledger keeps its state (sled).
+        #[arg(long)]
+        db: PathBuf,
+        /// The domain receipts for this ledger carry.
+        #[arg(long, default_value = "testnet")]
+        domain: String,
+        /// Seconds a payee has to settle after a payer starts closing.
+        #[arg(long, default_value_t = 600)]
+        challenge_s: u64,
+        /// Credit an account at start, `HEX_PUBLIC_KEY=AMOUNT` (repeatable): how a testnet funds its clients.
+        #[arg(long)]
+        fund: Vec<String>,
+    },
     /// Print the record clients pass to `hopwire connect`.
     ShowRecord {
         #[arg(long)]
@@ -70,6 +88,13 @@ fn run(cli: Cli) -> Result<()> {
             force,
         } => init(&dir, public_address, force),
         Command::Run { config } => serve(&config),
+        Command::Ledger {
+            listen,
+            db,
+            domain,
+            challenge_s,
+            fund,
+        } => ledger(listen, &db, &domain, challenge_s, &fund),
         Command::ShowRecord { config, json } => show_record(&config, json),
     }
 }
@@ -114,6 +139,27 @@ fn serve(config: &Path) -> Result<()> {
         node.run(hopwire_core::process::shutdown_signal()).await
     })?;
     Ok(())
+}
+
+fn ledger(listen: std::net::SocketAddr, db: &Path, domain: &str, challenge_s: u64, fund: &[String]) -> Result<()> {
+    hopwire_core::process::init_logging();
+    let ledger = hopwire_core::ledger::EmbeddedLedger::open_at(db, domain, challenge_s)?;
+    for f in fund {
+        let (account, amount) = f
+            .split_once('=')
+            .and_then(|(k, a)| Some((config::parse_identity(k)?, a.parse::<u64>().ok()?)))
+            .with_context(|| format!("--fund {f}: expected 64 hex digits=AMOUNT"))?;
+        let balance = ledger.fund(account, amount)?;
+        println!("funded {} with {amount}: balance {balance}", short_id(&account));
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        hopwire_core::ledger::service::listen(listen, ledger)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        hopwire_core::process::shutdown_signal().await;
+        Ok(())
+    })
 }
 
 fn show_record(config: &Path, json: bool) -> Result<()> {

@@ -134,11 +134,25 @@ async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) 
     quiesce(&nodes, settle_limit).await;
     let settle_s = started.elapsed().as_secs_f64() - setup_s;
     let exits: Vec<usize> = (0..n).filter(|i| i % 10 == 1).collect();
-    for &i in &exits {
-        let (k, d) = &nodes[i];
-        d.publish(exit_record(k), dht::provider_keys(&d.local_peer, &[Role::Exit], "DE"))
-            .await
-            .context("publishing")?;
+    // Nodes publish at their own pace, not all in one instant: ten at a time.
+    for batch in exits.chunks(10) {
+        for &i in batch {
+            let (k, d) = &nodes[i];
+            d.publish(exit_record(k), dht::provider_keys(&d.local_peer, &[Role::Exit], "DE"))
+                .await
+                .context("publishing")?;
+        }
+        quiesce(&nodes, Duration::from_secs(30)).await;
+    }
+    let failures = |nodes: &[(SigningKey, Dht)]| -> u64 {
+        nodes
+            .iter()
+            .map(|(_, d)| d.counters.publish_failures.load(Ordering::Relaxed))
+            .sum()
+    };
+    if failures(&nodes) > 0 {
+        // Failed publications are retried after 20 s.
+        tokio::time::sleep(Duration::from_secs(25)).await;
     }
     quiesce(&nodes, settle_limit).await;
     let publish_s = started.elapsed().as_secs_f64() - setup_s - settle_s;
@@ -181,6 +195,7 @@ async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) 
         "lookup_ms_p95": percentile(&times, 0.95),
         "requests_per_lookup": mean(&requests),
         "exits_found_per_lookup": mean(&found),
+        "publish_failures": failures(&nodes),
         "rss_per_node_kib": rss_after.saturating_sub(rss_before) as f64 / n as f64,
     });
     eprintln!("{out}");

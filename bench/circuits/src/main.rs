@@ -228,7 +228,7 @@ async fn build(args: &PathArgs, count: usize, pause: Duration) -> Result<()> {
     let mut errors: Vec<String> = Vec::new();
     let started = Instant::now();
     for _ in 0..count {
-        match Tunnel::build(&path, &hello).await {
+        match Tunnel::build(&path, &hello, None).await {
             Ok(t) => {
                 samples.push(ms(t.build_time));
                 t.close().await;
@@ -340,7 +340,7 @@ async fn hold(
     let mut build_ms = Vec::new();
     let cold = sample(0, pids);
     for i in 0..warmup {
-        let t = Tunnel::build(&path, &hello)
+        let t = Tunnel::build(&path, &hello, None)
             .await
             .with_context(|| format!("warm-up circuit {} of {warmup}", i + 1))?;
         tunnels.push(t);
@@ -355,7 +355,7 @@ async fn hold(
     let started = Instant::now();
     while tunnels.len() < warmup + count {
         let t0 = Instant::now();
-        match Tunnel::build(&path, &hello).await {
+        match Tunnel::build(&path, &hello, None).await {
             Ok(t) => {
                 build_ms.push(ms(t.build_time));
                 tunnels.push(t);

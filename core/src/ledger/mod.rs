@@ -114,7 +114,10 @@ impl EmbeddedLedger {
     }
 
     fn credit(&self, account: [u8; 32], amount: u64) -> Result<u64, LedgerError> {
-        let balance = self.read_balance(account)?.checked_add(amount).ok_or(LedgerError::Overflow)?;
+        let balance = self
+            .read_balance(account)?
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow)?;
         self.write_balance(account, balance)?;
         Ok(balance)
     }
@@ -134,7 +137,9 @@ impl EmbeddedLedger {
             .balances
             .get(account)
             .map_err(|e| LedgerError::Storage(e.to_string()))?;
-        Ok(bytes.and_then(|b| <[u8; 8]>::try_from(&b[..]).ok()).map_or(0, u64::from_be_bytes))
+        Ok(bytes
+            .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     fn write_balance(&self, account: [u8; 32], amount: u64) -> Result<(), LedgerError> {
@@ -293,7 +298,10 @@ mod tests {
         let account = payer.verifying_key().to_bytes();
         assert!(matches!(
             l.open([1; 32], account, [2; 32], 1000),
-            Err(LedgerError::InsufficientFunds { balance: 0, needed: 1000 })
+            Err(LedgerError::InsufficientFunds {
+                balance: 0,
+                needed: 1000
+            })
         ));
         l.fund(account, 1500).expect("fund");
         l.open([1; 32], account, [2; 32], 1000).expect("open");
@@ -315,7 +323,11 @@ mod tests {
             "capped at the deposit"
         );
         assert_eq!(l.state([1; 32]).expect("state").settled, 1000);
-        assert_eq!(l.balance([2; 32]).expect("payee"), 1000, "the payee got every unit settled");
+        assert_eq!(
+            l.balance([2; 32]).expect("payee"),
+            1000,
+            "the payee got every unit settled"
+        );
         let other = SigningKey::from_bytes(&[6; 32]);
         assert!(matches!(
             l.settle(&receipt(&other, 4, 10), 0),
@@ -330,7 +342,10 @@ mod tests {
         let account = payer.verifying_key().to_bytes();
         assert!(matches!(
             l.open([1; 32], account, [2; 32], 1000),
-            Err(LedgerError::InsufficientFunds { balance: 0, needed: 1000 })
+            Err(LedgerError::InsufficientFunds {
+                balance: 0,
+                needed: 1000
+            })
         ));
         l.fund(account, 1500).expect("fund");
         l.open([1; 32], account, [2; 32], 1000).expect("open");

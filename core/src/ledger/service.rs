@@ -6,7 +6,8 @@
 //! spend from it; a top-up also names the deposit it expects to find, so a
 //! replayed one is refused. Settling needs no signature (the receipt is the
 //! payer's) and finalizing none (it only returns the payer's own rest).
-//! `fund` exists only on a ledger started with minting allowed: testnets.
+//! Nobody can credit an account over the wire: a testnet funds its
+//! accounts when it starts the ledger ([`EmbeddedLedger::fund`]).
 //!
 //! [`RemoteLedger`] implements [`Ledger`] with blocking calls (a few per
 //! channel, not per packet); async callers run it on a blocking thread.
@@ -32,9 +33,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "what", rename_all = "snake_case")]
 pub enum Signed {
-    Open { id: [u8; 32], payee: [u8; 32], deposit: u64 },
-    TopUp { id: [u8; 32], amount: u64, expected_deposit: u64 },
-    StartClose { id: [u8; 32] },
+    Open {
+        id: [u8; 32],
+        payee: [u8; 32],
+        deposit: u64,
+    },
+    TopUp {
+        id: [u8; 32],
+        amount: u64,
+        expected_deposit: u64,
+    },
+    StartClose {
+        id: [u8; 32],
+    },
 }
 
 impl Signed {
@@ -51,10 +62,6 @@ pub enum Request {
     Domain,
     Balance {
         account: [u8; 32],
-    },
-    Fund {
-        account: [u8; 32],
-        amount: u64,
     },
     State {
         id: [u8; 32],
@@ -87,7 +94,7 @@ fn unix_now() -> u64 {
 }
 
 /// Answers one request.
-fn answer(ledger: &EmbeddedLedger, mint: bool, request: Request) -> Response {
+fn answer(ledger: &EmbeddedLedger, request: Request) -> Response {
     let result = match request {
         Request::Domain => {
             return Response::Domain {
@@ -95,27 +102,29 @@ fn answer(ledger: &EmbeddedLedger, mint: bool, request: Request) -> Response {
             }
         }
         Request::Balance { account } => ledger.balance(account).map(|amount| Response::Amount { amount }),
-        Request::Fund { account, amount } if mint => ledger.fund(account, amount).map(|amount| Response::Amount { amount }),
-        Request::Fund { .. } => Err(LedgerError::Refused("this ledger does not mint".into())),
         Request::State { id } => ledger.state(id).map(|state| Response::Channel { state }),
         Request::Settle { receipt } => ledger
             .settle(&receipt, unix_now())
             .map(|amount| Response::Amount { amount }),
-        Request::Finalize { id } => ledger.finalize(id, unix_now()).map(|amount| Response::Amount { amount }),
-        Request::Authorized {
-            account,
-            op,
-            signature,
-        } => authorized(ledger, account, &op, &signature),
+        Request::Finalize { id } => ledger
+            .finalize(id, unix_now())
+            .map(|amount| Response::Amount { amount }),
+        Request::Authorized { account, op, signature } => authorized(ledger, account, &op, &signature),
     };
     result.unwrap_or_else(|e| Response::Error { message: e.to_string() })
 }
 
-fn authorized(ledger: &EmbeddedLedger, account: [u8; 32], op: &Signed, signature: &[u8]) -> Result<Response, LedgerError> {
+fn authorized(
+    ledger: &EmbeddedLedger,
+    account: [u8; 32],
+    op: &Signed,
+    signature: &[u8],
+) -> Result<Response, LedgerError> {
     let forged = || LedgerError::Refused("the operation is not signed by the account".into());
     let key = VerifyingKey::from_bytes(&account).map_err(|_| forged())?;
     let signature = Signature::from_slice(signature).map_err(|_| forged())?;
-    key.verify(&op.message(ledger.domain()), &signature).map_err(|_| forged())?;
+    key.verify(&op.message(ledger.domain()), &signature)
+        .map_err(|_| forged())?;
     let payer_of = |id: [u8; 32]| -> Result<(), LedgerError> {
         (ledger.state(id)?.payer == account).then_some(()).ok_or_else(forged)
     };
@@ -144,7 +153,7 @@ fn authorized(ledger: &EmbeddedLedger, account: [u8; 32], op: &Signed, signature
 }
 
 /// Serves `ledger` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, ledger: EmbeddedLedger, mint: bool) {
+pub async fn serve(listener: tokio::net::TcpListener, ledger: EmbeddedLedger) {
     let ledger = Arc::new(ledger);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -160,7 +169,7 @@ pub async fn serve(listener: tokio::net::TcpListener, ledger: EmbeddedLedger, mi
                     Ok(request) => {
                         debug!(%peer, ?request, "ledger request");
                         let ledger = ledger.clone();
-                        tokio::task::spawn_blocking(move || answer(&ledger, mint, request))
+                        tokio::task::spawn_blocking(move || answer(&ledger, request))
                             .await
                             .unwrap_or_else(|e| Response::Error { message: e.to_string() })
                     }
@@ -179,11 +188,11 @@ pub async fn serve(listener: tokio::net::TcpListener, ledger: EmbeddedLedger, mi
 }
 
 /// Starts serving on `addr`; logs where.
-pub async fn listen(addr: SocketAddr, ledger: EmbeddedLedger, mint: bool) -> std::io::Result<SocketAddr> {
+pub async fn listen(addr: SocketAddr, ledger: EmbeddedLedger) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    info!(%local, domain = ledger.domain(), mint, "ledger serving");
-    tokio::spawn(serve(listener, ledger, mint));
+    info!(%local, domain = ledger.domain(), "ledger serving");
+    tokio::spawn(serve(listener, ledger));
     Ok(local)
 }
 
@@ -227,7 +236,10 @@ impl RemoteLedger {
         match serde_json::from_str(&answer) {
             Ok(Response::Error { message }) => Err(LedgerError::Refused(message)),
             Ok(r) => Ok(r),
-            Err(e) => Err(LedgerError::Unreachable(format!("{}: unreadable answer: {e}", self.addr))),
+            Err(e) => Err(LedgerError::Unreachable(format!(
+                "{}: unreadable answer: {e}",
+                self.addr
+            ))),
         }
     }
 
@@ -254,11 +266,6 @@ impl RemoteLedger {
             signature,
         })
     }
-
-    /// Credits `account` (testnet ledgers only).
-    pub fn fund(&self, account: [u8; 32], amount: u64) -> Result<u64, LedgerError> {
-        self.amount(&Request::Fund { account, amount })
-    }
 }
 
 fn unexpected(r: &Response) -> LedgerError {
@@ -277,11 +284,15 @@ impl Ledger for RemoteLedger {
     }
 
     fn open(&self, _: [u8; 32], _: [u8; 32], _: [u8; 32], _: u64) -> Result<ChannelState, LedgerError> {
-        Err(LedgerError::Refused("a remote ledger opens channels only when signed: use `authorized`".into()))
+        Err(LedgerError::Refused(
+            "a remote ledger opens channels only when signed: use `authorized`".into(),
+        ))
     }
 
     fn top_up(&self, _: [u8; 32], _: u64) -> Result<ChannelState, LedgerError> {
-        Err(LedgerError::Refused("a remote ledger tops up only when signed: use `authorized`".into()))
+        Err(LedgerError::Refused(
+            "a remote ledger tops up only when signed: use `authorized`".into(),
+        ))
     }
 
     fn state(&self, id: [u8; 32]) -> Result<ChannelState, LedgerError> {
@@ -295,7 +306,9 @@ impl Ledger for RemoteLedger {
     }
 
     fn start_close(&self, _: [u8; 32], _: u64) -> Result<ChannelState, LedgerError> {
-        Err(LedgerError::Refused("a remote ledger closes only when signed: use `authorized`".into()))
+        Err(LedgerError::Refused(
+            "a remote ledger closes only when signed: use `authorized`".into(),
+        ))
     }
 
     fn finalize(&self, id: [u8; 32], _now: u64) -> Result<u64, LedgerError> {
@@ -311,16 +324,16 @@ mod tests {
     async fn channels_over_tcp_need_the_payers_signature() {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let ledger = EmbeddedLedger::with_db(&db, "test", 60).expect("ledger");
-        let addr = listen("127.0.0.1:0".parse().expect("addr"), ledger, true)
+        let payer = SigningKey::from_bytes(&[1; 32]);
+        ledger.fund(payer.verifying_key().to_bytes(), 1000).expect("fund");
+        let addr = listen("127.0.0.1:0".parse().expect("addr"), ledger)
             .await
             .expect("listen");
         tokio::task::spawn_blocking(move || {
             let remote = RemoteLedger::connect(addr).expect("connect");
             assert_eq!(remote.domain(), "test");
-            let payer = SigningKey::from_bytes(&[1; 32]);
             let thief = SigningKey::from_bytes(&[2; 32]);
             let account = payer.verifying_key().to_bytes();
-            remote.fund(account, 1000).expect("fund");
             let open = Signed::Open {
                 id: [9; 32],
                 payee: [3; 32],
@@ -344,9 +357,15 @@ mod tests {
                 expected_deposit: 600,
             };
             remote.authorized(&payer, top_up.clone()).expect("top up");
-            assert!(remote.authorized(&payer, top_up).is_err(), "a replayed top-up is refused");
+            assert!(
+                remote.authorized(&payer, top_up).is_err(),
+                "a replayed top-up is refused"
+            );
             assert_eq!(remote.state([9; 32]).expect("state").deposit, 700);
-            assert!(matches!(remote.open([8; 32], account, [3; 32], 1), Err(LedgerError::Refused(_))));
+            assert!(matches!(
+                remote.open([8; 32], account, [3; 32], 1),
+                Err(LedgerError::Refused(_))
+            ));
         })
         .await
         .expect("client");

@@ -79,6 +79,7 @@ fn render(node: &Node) -> String {
         ("forged", &drops.forged),
         ("misplaced", &drops.misplaced),
         ("circuit_rate", &drops.rate_limited),
+        ("unpaid", &drops.unpaid),
         ("peer_rate", &c.peer_rate_limited),
     ] {
         let _ = writeln!(

@@ -11,6 +11,7 @@
 
 pub mod exit;
 mod metrics;
+pub mod payee;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,6 +59,12 @@ pub enum NodeError {
     Exit(#[from] ExitError),
     #[error(transparent)]
     Dht(#[from] crate::dht::DhtError),
+    #[error("receipt store in {dir}: {source}")]
+    Receipts {
+        dir: std::path::PathBuf,
+        #[source]
+        source: crate::store::StoreError,
+    },
     #[error("metrics listener on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -156,6 +163,8 @@ struct Node {
     peer_rate: u64,
     counters: NodeCounters,
     dht_counters: Arc<crate::dht::DhtCounters>,
+    /// Set when the node charges.
+    payee: Option<payee::Payee>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +229,10 @@ pub fn dht_address(config: &LoadedConfig, keys: &NodeKeys) -> Option<libp2p::Mul
             .with(libp2p::multiaddr::Protocol::P2p(peer)),
     )
 }
+
+/// How often a charging node looks at its circuits' usage: often enough
+/// that a fast circuit does not run through its grace between two looks.
+const PAY_TICK: Duration = Duration::from_millis(20);
 
 /// How often a node signs and publishes a fresh record: well inside its TTL.
 const REPUBLISH: Duration = Duration::from_secs(crate::record::RECORD_TTL / 3);
@@ -292,6 +305,21 @@ impl NodeRuntime {
             None
         };
         let mbit = |m: u64| m * 1_000_000 / 8;
+        let payee = match cfg.pay.ledger {
+            Some(ledger) if !cfg.pay.quote().is_free() => {
+                let dir = &self.config.key_dir;
+                let identity = self.keys.identity.verifying_key().to_bytes();
+                Some(
+                    payee::Payee::open(cfg.pay.quote(), ledger, identity, dir).map_err(|source| {
+                        NodeError::Receipts {
+                            dir: dir.clone(),
+                            source,
+                        }
+                    })?,
+                )
+            }
+            _ => None,
+        };
         let dht = self.start_dht()?;
         let node = Arc::new(Node {
             dht_counters: dht.counters.clone(),
@@ -307,6 +335,7 @@ impl NodeRuntime {
             circuit_rate: mbit(cfg.relay.circuit_rate_mbit),
             peer_rate: mbit(cfg.relay.peer_rate_mbit),
             counters: NodeCounters::default(),
+            payee,
         });
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(addr) = cfg.node.metrics_listen {
@@ -503,8 +532,8 @@ impl Node {
             exit.end_circuit((link, create.circuit_id));
         }
         let mut prev = prev.lock().await;
-        if let Ended::NextLost(reason) = ended {
-            // Tell the client, inside this hop's layer, that its next hop failed.
+        if let Ended::NextLost(reason) | Ended::Unpaid(reason) = ended {
+            // Tell the client, inside this hop's layer, why the circuit ends.
             let sealed = lock(&hop).reply(&BackwardMessage::Failed { reason });
             if let Ok(m) = sealed {
                 let _ = session::write_message(&mut *prev, &m).await;
@@ -525,9 +554,27 @@ impl Node {
         }
         let mut next: Option<SendStream> = None;
         let mut backward: Option<tokio::task::JoinHandle<String>> = None;
+        let mut pay = self.payee.as_ref().map(|p| p.start(hop));
+        let mut ticker = tokio::time::interval(PAY_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             let message = tokio::select! {
                 m = session::read_message::<LinkMessage>(recv) => m,
+                _ = ticker.tick(), if pay.is_some() => {
+                    let (Some(payee), Some(circuit)) = (&self.payee, pay.as_mut()) else { continue };
+                    match payee.tick(circuit, hop, Instant::now()) {
+                        Ok(Some(report)) => {
+                            let sealed = lock(hop).reply(&report);
+                            match sealed {
+                                Ok(m) if session::write_message(&mut *prev.lock().await, &m).await.is_ok() => {}
+                                _ => break Ended::PrevLost,
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(reason) => break Ended::Unpaid(reason),
+                    }
+                    continue;
+                }
                 why = async {
                     match &mut backward {
                         Some(task) => task.await.unwrap_or_else(|e| e.to_string()),
@@ -567,6 +614,12 @@ impl Node {
                         self.counters.extends_failed.fetch_add(1, Ordering::Relaxed);
                         BackwardMessage::Failed { reason }
                     }
+                },
+                Ok(ControlAction::Here(ForwardMessage::Pay { payer, receipt })) => match (&self.payee, pay.as_mut()) {
+                    (Some(payee), Some(circuit)) => payee.on_pay(circuit, hop, payer, receipt).await,
+                    _ => BackwardMessage::Failed {
+                        reason: "this node charges nothing".into(),
+                    },
                 },
                 Ok(ControlAction::Here(ForwardMessage::Begin { hello })) => {
                     let key = lock(hop).prev;
@@ -700,6 +753,8 @@ enum Ended {
     PrevLost,
     /// The next hop went away.
     NextLost(String),
+    /// The client stayed behind on its payments past the cut-off.
+    Unpaid(String),
 }
 
 /// Passes backward control messages from the next hop to the previous one,

@@ -74,6 +74,12 @@ pub enum ForwardMessage {
     },
     /// Start a tunnel session at this hop, the exit.
     Begin { hello: ClientHello },
+    /// Pays this hop: a receipt on a channel from `payer` (its ledger
+    /// account) to this node.
+    Pay {
+        payer: [u8; 32],
+        receipt: crate::pay::SignedReceipt,
+    },
 }
 
 /// Control messages from one hop back to the client.
@@ -88,5 +94,14 @@ pub enum BackwardMessage {
     /// What the client asked this hop could not be done.
     Failed {
         reason: String,
+    },
+    /// A receipt is on disk: the hop now carries up to `amount`'s worth.
+    Paid {
+        seq: u64,
+        amount: u64,
+    },
+    /// What this hop has carried for the circuit (cell bytes, both ways).
+    Usage {
+        carried: u64,
     },
 }

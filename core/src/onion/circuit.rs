@@ -59,6 +59,8 @@ pub enum CircuitError {
     NoHandshake,
     #[error("buffer too small for the cell")]
     NoRoom,
+    #[error("the circuit's payments are behind what it carried")]
+    Unpaid,
 }
 
 /// The client's side of a circuit: one layer per hop that answered.
@@ -254,6 +256,8 @@ pub struct HopCircuit<L> {
     pub max_extends: u8,
     /// The circuit's share of the node's capacity, if limited.
     pub limit: Option<TokenBucket>,
+    /// What this hop carried for the circuit, and what it was paid for.
+    pub meter: crate::pay::Meter,
 }
 
 impl<L: Copy> HopCircuit<L> {
@@ -285,6 +289,7 @@ impl<L: Copy> HopCircuit<L> {
             next: None,
             max_extends: max_extends.min((MAX_HOPS - 1) as u8),
             limit: None,
+            meter: crate::pay::Meter::default(),
         };
         Ok((hop, LinkMessage::Created { onionskin: reply }))
     }
@@ -299,6 +304,9 @@ impl<L: Copy> HopCircuit<L> {
     /// hop rewrites the circuit id for the next link and returns where to
     /// send which range of `cell`; the last hop returns the payload's range.
     pub fn forward_cell(&mut self, cell: &mut [u8]) -> Result<Forwarded<L>, CircuitError> {
+        if !self.meter.admit(cell.len() as u64) {
+            return Err(CircuitError::Unpaid);
+        }
         let layer = cell.get_mut(CIRCUIT_ID_LEN..).ok_or(LayerError::Truncated)?;
         let inner = self.data_in.open_in_place(layer)?;
         let kind = *layer.get(inner.start).ok_or(LayerError::Truncated)?;
@@ -339,6 +347,9 @@ impl<L: Copy> HopCircuit<L> {
         let end = body + inner.len();
         if out.len() < end + TAG_LEN {
             return Err(CircuitError::NoRoom);
+        }
+        if !self.meter.admit((end + TAG_LEN) as u64) {
+            return Err(CircuitError::Unpaid);
         }
         out[..start].copy_from_slice(&id.to_be_bytes());
         out[body - 1] = kind;
@@ -393,6 +404,8 @@ pub struct DropCounts {
     pub forged: AtomicU64,
     pub misplaced: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Cells beyond what the circuit paid for (plus grace).
+    pub unpaid: AtomicU64,
 }
 
 impl DropCounts {
@@ -401,6 +414,7 @@ impl DropCounts {
             CircuitError::Layer(LayerError::Replayed) => &self.replayed,
             CircuitError::Layer(LayerError::Forged) => &self.forged,
             CircuitError::Layer(_) | CircuitError::NoRoom => &self.truncated,
+            CircuitError::Unpaid => &self.unpaid,
             _ => &self.misplaced,
         };
         counter.fetch_add(1, Ordering::Relaxed);

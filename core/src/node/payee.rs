@@ -1,0 +1,167 @@
+//! Getting paid for what a node carries.
+//!
+//! A node that charges lets a new circuit carry its grace, unpaid. The
+//! client's first receipt names a channel; the node checks it on the
+//! ledger (payee is this node, payer is the signer, open, its deposit),
+//! then keeps the newest valid receipt in sled — flushed before the payment
+//! counts — and raises the circuit's allowance to what it paid for plus the
+//! grace. Every chunk the node reports what it carried; the client pays for
+//! it and one chunk ahead. A circuit that stays past its allowance for
+//! [`CUT_OFF_AFTER`] is destroyed: meanwhile it forwards nothing, but the
+//! control stream stays open so a late receipt still catches up.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::ledger::service::RemoteLedger;
+use crate::ledger::Ledger;
+use crate::onion::cell::BackwardMessage;
+use crate::onion::circuit::SharedHop;
+use crate::pay::{PayeeChannel, Quote, SignedReceipt};
+use crate::store::{ReceiptStore, StoreError};
+use crate::sync::lock;
+
+/// How long a circuit may stay past its allowance before it is destroyed.
+pub const CUT_OFF_AFTER: Duration = Duration::from_secs(3);
+
+/// A charging node's payment side, shared by its circuits.
+pub struct Payee {
+    pub quote: Quote,
+    identity: [u8; 32],
+    ledger_addr: SocketAddr,
+    ledger: tokio::sync::OnceCell<RemoteLedger>,
+    pub store: ReceiptStore,
+}
+
+/// One circuit's payments at this node.
+#[derive(Default)]
+pub struct CircuitPay {
+    channel: Option<PayeeChannel>,
+    last_report: u64,
+    /// Refused bytes when the last payment came.
+    refused_at_payment: u64,
+    behind_since: Option<Instant>,
+}
+
+impl Payee {
+    /// Opens the receipt store in `dir` (`receipts/`, sled).
+    pub fn open(quote: Quote, ledger_addr: SocketAddr, identity: [u8; 32], dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir.join("receipts"))?;
+        Ok(Self {
+            quote,
+            identity,
+            ledger_addr,
+            ledger: tokio::sync::OnceCell::new(),
+            store: ReceiptStore::open(&db)?,
+        })
+    }
+
+    /// A new circuit: it may carry the grace before any receipt.
+    pub fn start(&self, hop: &SharedHop<impl Copy>) -> CircuitPay {
+        lock(hop).meter.allowance = Some(self.quote.grace_bytes);
+        CircuitPay::default()
+    }
+
+    async fn ledger(&self) -> Result<&RemoteLedger, String> {
+        let addr = self.ledger_addr;
+        self.ledger
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || RemoteLedger::connect(addr))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
+    /// Takes a receipt; answers with what the client should hear.
+    pub async fn on_pay(
+        &self,
+        circuit: &mut CircuitPay,
+        hop: &SharedHop<impl Copy>,
+        payer: [u8; 32],
+        receipt: SignedReceipt,
+    ) -> BackwardMessage {
+        match self.accept(circuit, hop, payer, receipt).await {
+            Ok(m) => m,
+            Err(reason) => BackwardMessage::Failed {
+                reason: format!("payment refused: {reason}"),
+            },
+        }
+    }
+
+    async fn accept(
+        &self,
+        circuit: &mut CircuitPay,
+        hop: &SharedHop<impl Copy>,
+        payer: [u8; 32],
+        receipt: SignedReceipt,
+    ) -> Result<BackwardMessage, String> {
+        if circuit.channel.is_none() {
+            let ledger = self.ledger().await?.clone();
+            let id = receipt.receipt.channel;
+            let domain = ledger.domain().to_owned();
+            let state = tokio::task::spawn_blocking(move || ledger.state(id))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if state.payee != self.identity {
+                return Err("the channel pays another node".into());
+            }
+            if state.payer != payer {
+                return Err("the channel belongs to another payer".into());
+            }
+            if state.finalized || state.close_at.is_some() {
+                return Err("the channel is closing".into());
+            }
+            let key = VerifyingKey::from_bytes(&payer).map_err(|_| "the payer is not an ed25519 key".to_owned())?;
+            circuit.channel = Some(PayeeChannel::new(key, domain, id, state.deposit, self.quote));
+        }
+        let Some(channel) = circuit.channel.as_mut() else {
+            unreachable!("set above")
+        };
+        channel.accept(receipt.clone()).map_err(|e| e.to_string())?;
+        let store = self.store.clone();
+        let seq = receipt.receipt.seq;
+        tokio::task::spawn_blocking(move || store.save(&receipt))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        // On disk: only now does it count.
+        let paid = channel.paid_amount();
+        let mut h = lock(hop);
+        h.meter.allowance = Some(self.quote.bytes_for(paid).saturating_add(self.quote.grace_bytes));
+        circuit.refused_at_payment = h.meter.refused;
+        circuit.behind_since = None;
+        Ok(BackwardMessage::Paid { seq, amount: paid })
+    }
+
+    /// Called often: a usage report once a chunk has passed since the last,
+    /// or `Err` once the circuit has been past its allowance too long.
+    pub fn tick(
+        &self,
+        circuit: &mut CircuitPay,
+        hop: &SharedHop<impl Copy>,
+        now: Instant,
+    ) -> Result<Option<BackwardMessage>, String> {
+        let meter = lock(hop).meter;
+        if meter.refused > circuit.refused_at_payment {
+            let since = *circuit.behind_since.get_or_insert(now);
+            if now.duration_since(since) > CUT_OFF_AFTER {
+                return Err(format!(
+                    "unpaid: carried {} bytes, paid for {}",
+                    meter.carried,
+                    meter.allowance.unwrap_or(0).saturating_sub(self.quote.grace_bytes)
+                ));
+            }
+        }
+        if meter.carried >= circuit.last_report.saturating_add(self.quote.chunk_bytes) {
+            circuit.last_report = meter.carried;
+            return Ok(Some(BackwardMessage::Usage { carried: meter.carried }));
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,186 @@
+//! The client's money: its ledger account (an ed25519 key kept beside the
+//! daemon's state), the channels it opened to the hops of its circuits, and
+//! what it signed to each, kept in sled so spending survives a restart.
+//!
+//! Each circuit opens one channel per charging hop, with a deposit of
+//! `deposit_gib` at that hop's price (at least two chunks). A channel's
+//! receipts are signed by [`PayerChannel`]; the wallet only opens channels
+//! and remembers them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::service::{RemoteLedger, Signed};
+use crate::ledger::Ledger;
+use crate::pay::{PayerChannel, GIB};
+use crate::record::VerifiedRecord;
+
+/// Bytes a client pays beyond what it counted itself: cells lost between a
+/// hop and the client are counted by the hop only.
+const TOLERANCE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    #[error("wallet store {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// One channel as `hopwire wallet` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    pub channel: String,
+    /// The hop paid (short id).
+    pub payee: String,
+    pub price_per_gib: u64,
+    pub deposit: u64,
+    /// What the newest receipt signed to it says, in all.
+    pub signed: u64,
+    /// Bytes the client counted on that hop.
+    pub bytes: u64,
+    /// Unix seconds when it was opened.
+    pub opened_at: u64,
+}
+
+pub struct Wallet {
+    key: SigningKey,
+    ledger_addr: SocketAddr,
+    ledger: tokio::sync::OnceCell<RemoteLedger>,
+    deposit_gib: u64,
+    channels: sled::Tree,
+}
+
+impl std::fmt::Debug for Wallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wallet")
+            .field("account", &crate::record::short_id(&self.account()))
+            .field("ledger", &self.ledger_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The account key in `dir` (`wallet.key`), created on first use.
+pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, WalletError> {
+    let path = dir.join("wallet.key");
+    if !path.exists() {
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        crate::keys::write_key(&path, &secret, false)?;
+    }
+    Ok(SigningKey::from_bytes(&crate::keys::read_key(&path)?))
+}
+
+impl Wallet {
+    /// Opens the wallet kept in `dir` (key and `wallet/` sled store).
+    pub fn open(dir: &Path, ledger_addr: SocketAddr, deposit_gib: u64) -> Result<Self, WalletError> {
+        let key = load_or_create_key(dir)?;
+        let path = dir.join("wallet");
+        let channels = sled::open(&path)
+            .and_then(|db| db.open_tree("channels"))
+            .map_err(|source| WalletError::Store { path, source })?;
+        Ok(Self {
+            key,
+            ledger_addr,
+            ledger: tokio::sync::OnceCell::new(),
+            deposit_gib: deposit_gib.max(1),
+            channels,
+        })
+    }
+
+    /// The ledger account this wallet pays from.
+    pub fn account(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    async fn ledger(&self) -> Result<RemoteLedger, String> {
+        let addr = self.ledger_addr;
+        self.ledger
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || RemoteLedger::connect(addr))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .cloned()
+    }
+
+    /// What the account holds outside channels.
+    pub async fn balance(&self) -> Result<u64, String> {
+        let ledger = self.ledger().await?;
+        let account = self.account();
+        tokio::task::spawn_blocking(move || ledger.balance(account))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Opens a channel to `hop` for one circuit on the ledger.
+    pub async fn open_channel(&self, hop: &VerifiedRecord, session: [u8; 16]) -> Result<PayerChannel, String> {
+        let ledger = self.ledger().await?;
+        let quote = hop.record().quote;
+        let deposit = quote
+            .price_of(self.deposit_gib.saturating_mul(GIB))
+            .map_err(|e| e.to_string())?
+            .max(quote.price_of(2 * quote.chunk_bytes).map_err(|e| e.to_string())?);
+        let mut id = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let payee = hop.record().identity;
+        let key = self.key.clone();
+        let open = Signed::Open { id, payee, deposit };
+        let domain = ledger.domain().to_owned();
+        tokio::task::spawn_blocking(move || ledger.authorized(&key, open))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("opening a channel to {} on the ledger: {e}", hop.short_id()))?;
+        let channel = PayerChannel::new(self.key.clone(), domain, id, session, deposit, quote, TOLERANCE_BYTES);
+        self.remember(&channel, hop);
+        Ok(channel)
+    }
+
+    /// Keeps what `channel` has signed so far (best effort: the ledger
+    /// and the hop hold the receipts that matter).
+    pub fn remember(&self, channel: &PayerChannel, hop: &VerifiedRecord) {
+        let id = channel.channel();
+        let opened_at = self
+            .channels
+            .get(id)
+            .ok()
+            .flatten()
+            .and_then(|b| postcard::from_bytes::<ChannelRecord>(&b).ok())
+            .map_or_else(crate::node::unix_now, |r| r.opened_at);
+        let record = ChannelRecord {
+            channel: crate::record::short_id(&id),
+            payee: hop.short_id(),
+            price_per_gib: channel.quote().price_per_gib,
+            deposit: channel.deposit(),
+            signed: channel.signed_amount(),
+            bytes: channel.measured(),
+            opened_at,
+        };
+        if let Ok(bytes) = postcard::to_stdvec(&record) {
+            let _ = self.channels.insert(id, bytes);
+        }
+    }
+
+    /// Every channel this wallet opened, oldest first.
+    pub fn channels(&self) -> Vec<ChannelRecord> {
+        let mut all: Vec<ChannelRecord> = self
+            .channels
+            .iter()
+            .values()
+            .filter_map(|v| postcard::from_bytes(&v.ok()?).ok())
+            .collect();
+        all.sort_by_key(|c| c.opened_at);
+        all
+    }
+}
