@@ -48,9 +48,9 @@ enum Command {
         /// The ledger service to pay nodes on (`ADDR:PORT`); without it only free nodes can be used.
         #[arg(long)]
         ledger: Option<std::net::SocketAddr>,
-        /// Each payment channel's deposit, in GiB at the hop's price.
-        #[arg(long, default_value_t = 1)]
-        deposit_gib: u64,
+        /// Each payment channel's deposit: this many MiB at the hop's price.
+        #[arg(long, default_value_t = 1024)]
+        deposit_mib: u64,
     },
     /// Show the wallet: ledger account, balance, and the channels opened to hops.
     Wallet {
@@ -117,7 +117,7 @@ fn run(cli: Cli) -> Result<i32> {
             state_file,
             bootstrap,
             ledger,
-            deposit_gib,
+            deposit_mib,
         } => {
             hopwire_core::process::init_logging();
             if !is_root() {
@@ -132,7 +132,7 @@ fn run(cli: Cli) -> Result<i32> {
                 .collect::<Result<Vec<_>>>()?;
             let config = DaemonConfig {
                 ledger,
-                deposit_gib,
+                deposit_mib,
                 wallet_dir: cli
                     .socket
                     .parent()

@@ -38,8 +38,6 @@ const LAN_SERVER: &str = "10.77.0.2";
 const EXIT_PORT: u16 = 4433;
 /// The ledger service, in the bootstrap node's namespace.
 const LEDGER: &str = "100.90.0.2:7300";
-/// What the client's account holds at start.
-const CLIENT_FUNDS: u64 = 1_000_000_000;
 /// Regions the testnet's relays declare, in turn.
 const RELAY_REGIONS: [&str; 8] = ["FR", "SE", "CH", "AT", "PL", "CZ", "IT", "ES"];
 const EXIT_REGIONS: [&str; 4] = ["DE", "NL", "US", "JP"];
@@ -77,6 +75,12 @@ pub struct Args {
     /// Exit nodes to start.
     #[arg(long, default_value_t = 2)]
     exits: u8,
+    /// What the client's ledger account holds at start.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    client_funds: u64,
+    /// The client's deposit per payment channel, in MiB at the hop's price.
+    #[arg(long, default_value_t = 1024)]
+    deposit_mib: u64,
     /// Tear down a network left by `--keep` and exit.
     #[arg(long)]
     down: bool,
@@ -434,7 +438,7 @@ impl Testnet {
         let ledger_log = self.dir.join("ledger.log");
         let ledger_db = self.dir.join("ledger");
         let node_bin = self.bin_dir.join("hopwire-node");
-        let fund = format!("{}={CLIENT_FUNDS}", hex(&account));
+        let fund = format!("{}={}", hex(&account), args.client_funds);
         self.spawn(
             "boot",
             &node_bin,
@@ -487,6 +491,8 @@ impl Testnet {
                 &boot_addr,
                 "--ledger",
                 LEDGER,
+                "--deposit-mib",
+                &args.deposit_mib.to_string(),
             ],
             &client_log,
         )?;
@@ -633,7 +639,7 @@ impl Testnet {
             "full_size_packet": { "mtu": mtu, "crossed": true },
             "server_saw": server_saw,
             "rtt_ms": rtt_ms,
-            "ledger": { "addr": LEDGER, "log": ledger_log, "client_account": hex(&account), "funds": CLIENT_FUNDS },
+            "ledger": { "addr": LEDGER, "log": ledger_log, "client_account": hex(&account), "funds": args.client_funds },
             "payments": payments,
             "spent": status.spent,
         }))

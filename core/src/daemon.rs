@@ -63,8 +63,8 @@ pub struct DaemonConfig {
     pub dht_store: PathBuf,
     /// The ledger hops are paid on; `None`: only free nodes can be used.
     pub ledger: Option<SocketAddr>,
-    /// Each channel's deposit, in GiB at the hop's price.
-    pub deposit_gib: u64,
+    /// Each channel's deposit, in MiB at the hop's price.
+    pub deposit_mib: u64,
     /// Where the wallet (account key, channels) is kept.
     pub wallet_dir: PathBuf,
 }
@@ -725,7 +725,7 @@ pub async fn serve(config: DaemonConfig, shutdown: impl std::future::Future<Outp
     let dht = Dht::spawn(dht::keypair(&dht_key), dht_config).map_err(|e| DaemonError::Dht(e.to_string()))?;
     let wallet = match config.ledger {
         Some(ledger) => Some(Arc::new(
-            Wallet::open(&config.wallet_dir, ledger, config.deposit_gib)
+            Wallet::open(&config.wallet_dir, ledger, config.deposit_mib)
                 .map_err(|e| DaemonError::Wallet(e.to_string()))?,
         )),
         None => None,

@@ -12,6 +12,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("receipt store holds an unreadable entry: {0}")]
     Corrupt(String),
+    #[error("receipt store {0} is in use (is the node running with this config? stop it first)")]
+    InUse(std::path::PathBuf),
 }
 
 /// The newest receipt per channel, and whether it was settled.
@@ -28,6 +30,18 @@ pub struct ReceiptStore {
 }
 
 impl ReceiptStore {
+    /// Opens the store kept in `dir` (a node's `receipts/`).
+    pub fn open_dir(dir: &std::path::Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir).map_err(|e| match e {
+            // sled reports its file lock held by another process this way.
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::InUse(dir.to_owned())
+            }
+            e => StoreError::Sled(e),
+        })?;
+        Self::open(&db)
+    }
+
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
         Ok(Self {
             tree: db.open_tree("receipts")?,

@@ -3,7 +3,7 @@
 //! what it signed to each, kept in sled so spending survives a restart.
 //!
 //! Each circuit opens one channel per charging hop, with a deposit of
-//! `deposit_gib` at that hop's price (at least two chunks). A channel's
+//! `deposit_mib` MiB at that hop's price (at least two chunks). A channel's
 //! receipts are signed by [`PayerChannel`]; the wallet only opens channels
 //! and remembers them.
 
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::service::{RemoteLedger, Signed};
 use crate::ledger::Ledger;
-use crate::pay::{PayerChannel, GIB};
+use crate::pay::PayerChannel;
 use crate::record::VerifiedRecord;
 
 /// Bytes a client pays beyond what it counted itself: cells lost between a
@@ -55,7 +55,7 @@ pub struct Wallet {
     key: SigningKey,
     ledger_addr: SocketAddr,
     ledger: tokio::sync::OnceCell<RemoteLedger>,
-    deposit_gib: u64,
+    deposit_mib: u64,
     channels: sled::Tree,
 }
 
@@ -81,7 +81,7 @@ pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, WalletError> {
 
 impl Wallet {
     /// Opens the wallet kept in `dir` (key and `wallet/` sled store).
-    pub fn open(dir: &Path, ledger_addr: SocketAddr, deposit_gib: u64) -> Result<Self, WalletError> {
+    pub fn open(dir: &Path, ledger_addr: SocketAddr, deposit_mib: u64) -> Result<Self, WalletError> {
         let key = load_or_create_key(dir)?;
         let path = dir.join("wallet");
         let channels = sled::open(&path)
@@ -91,7 +91,7 @@ impl Wallet {
             key,
             ledger_addr,
             ledger: tokio::sync::OnceCell::new(),
-            deposit_gib: deposit_gib.max(1),
+            deposit_mib: deposit_mib.max(1),
             channels,
         })
     }
@@ -129,7 +129,7 @@ impl Wallet {
         let ledger = self.ledger().await?;
         let quote = hop.record().quote;
         let deposit = quote
-            .price_of(self.deposit_gib.saturating_mul(GIB))
+            .price_of(self.deposit_mib.saturating_mul(1 << 20))
             .map_err(|e| e.to_string())?
             .max(quote.price_of(2 * quote.chunk_bytes).map_err(|e| e.to_string())?);
         let mut id = [0u8; 32];

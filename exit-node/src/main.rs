@@ -11,9 +11,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hopwire_core::config::{self, LoadedConfig, NodeConfig};
 use hopwire_core::keys::{self, NodeKeys};
+use hopwire_core::ledger::service::RemoteLedger;
+use hopwire_core::ledger::Ledger;
 use hopwire_core::node::{dht_address, own_record, unix_now, NodeRuntime};
 use hopwire_core::onion::keys::OnionKeys;
 use hopwire_core::record::short_id;
+use hopwire_core::store::ReceiptStore;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +65,23 @@ enum Command {
         #[arg(long)]
         fund: Vec<String>,
     },
+    /// What this node earned: the newest receipt of every channel, settled or not.
+    /// Reads the node's receipt store, so run it while the node is stopped.
+    Earnings {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle every channel whose unsettled amount is at least --min on the
+    /// ledger (fees are shown first). Run it while the node is stopped.
+    Settle {
+        #[arg(long)]
+        config: PathBuf,
+        /// Skip channels owing less than this.
+        #[arg(long, default_value_t = 1)]
+        min: u64,
+    },
     /// Print the record clients pass to `hopwire connect`.
     ShowRecord {
         #[arg(long)]
@@ -96,6 +116,8 @@ fn run(cli: Cli) -> Result<()> {
             fund,
         } => ledger(listen, &db, &domain, challenge_s, &fund),
         Command::ShowRecord { config, json } => show_record(&config, json),
+        Command::Earnings { config, json } => earnings(&config, json),
+        Command::Settle { config, min } => settle(&config, min),
     }
 }
 
@@ -160,6 +182,105 @@ fn ledger(listen: std::net::SocketAddr, db: &Path, domain: &str, challenge_s: u6
         hopwire_core::process::shutdown_signal().await;
         Ok(())
     })
+}
+
+/// The node's receipt store; a clear error if the running node holds it.
+fn receipts(loaded: &LoadedConfig) -> Result<ReceiptStore> {
+    Ok(ReceiptStore::open_dir(&loaded.key_dir.join("receipts"))?)
+}
+
+fn ledger_of(loaded: &LoadedConfig) -> Result<RemoteLedger> {
+    let addr = loaded
+        .config
+        .pay
+        .ledger
+        .with_context(|| format!("{}: pay.ledger is not set", loaded.path.display()))?;
+    Ok(RemoteLedger::connect(addr)?)
+}
+
+fn earnings(config: &Path, json: bool) -> Result<()> {
+    let (loaded, keys) = load(config)?;
+    let all = receipts(&loaded)?.all()?;
+    let identity = keys.identity.verifying_key().to_bytes();
+    let balance = ledger_of(&loaded).and_then(|l| Ok(l.balance(identity)?));
+    let rows: Vec<serde_json::Value> = all
+        .iter()
+        .map(|s| {
+            let r = &s.receipt.receipt;
+            serde_json::json!({
+                "channel": short_id(&r.channel),
+                "bytes": r.cumulative_bytes,
+                "amount": r.cumulative_amount,
+                "settled": s.settled,
+                "unsettled": r.cumulative_amount.saturating_sub(s.settled),
+            })
+        })
+        .collect();
+    let total = |field: &str| rows.iter().filter_map(|r| r[field].as_u64()).sum::<u64>();
+    let (earned, settled, unsettled) = (total("amount"), total("settled"), total("unsettled"));
+    if json {
+        let value = serde_json::json!({
+            "channels": rows, "earned": earned, "settled": settled, "unsettled": unsettled,
+            "ledger_balance": balance.as_ref().ok(),
+            "ledger_error": balance.as_ref().err().map(|e| e.to_string()),
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}",
+        "channel", "bytes", "earned", "settled", "unsettled"
+    );
+    for r in &rows {
+        println!(
+            "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}",
+            r["channel"].as_str().unwrap_or("?"),
+            r["bytes"],
+            r["amount"],
+            r["settled"],
+            r["unsettled"]
+        );
+    }
+    println!(
+        "{} channels: earned {earned}, settled {settled}, unsettled {unsettled}",
+        rows.len()
+    );
+    match balance {
+        Ok(b) => println!("ledger balance: {b}"),
+        Err(e) => println!("ledger balance: unknown ({e})"),
+    }
+    Ok(())
+}
+
+fn settle(config: &Path, min: u64) -> Result<()> {
+    let (loaded, _) = load(config)?;
+    let store = receipts(&loaded)?;
+    let ledger = ledger_of(&loaded)?;
+    let due: Vec<_> = store
+        .all()?
+        .into_iter()
+        .filter(|s| s.receipt.receipt.cumulative_amount.saturating_sub(s.settled) >= min.max(1))
+        .collect();
+    let fee = ledger.settle_fee();
+    println!(
+        "{} channels owe at least {min}; the ledger's fee is {fee} per settlement ({} in all)",
+        due.len(),
+        fee * due.len() as u64
+    );
+    let mut paid_total = 0;
+    for s in due {
+        let channel = s.receipt.receipt.channel;
+        match ledger.settle(&s.receipt, unix_now()) {
+            Ok(paid) => {
+                store.mark_settled(channel, s.settled + paid)?;
+                paid_total += paid;
+                println!("  {}: paid {paid}", short_id(&channel));
+            }
+            Err(e) => println!("  {}: not settled: {e}", short_id(&channel)),
+        }
+    }
+    println!("settled {paid_total}");
+    Ok(())
 }
 
 fn show_record(config: &Path, json: bool) -> Result<()> {

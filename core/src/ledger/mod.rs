@@ -73,6 +73,11 @@ pub trait Ledger {
     fn start_close(&self, id: [u8; 32], now: u64) -> Result<ChannelState, LedgerError>;
     /// Ends the channel after the challenge period; returns what goes back to the payer.
     fn finalize(&self, id: [u8; 32], now: u64) -> Result<u64, LedgerError>;
+    /// What one settlement costs the payee (a chain's transaction fee);
+    /// shown to operators before they settle.
+    fn settle_fee(&self) -> u64 {
+        0
+    }
 }
 
 fn name(id: &[u8; 32]) -> String {

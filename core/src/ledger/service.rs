@@ -233,6 +233,12 @@ impl RemoteLedger {
         BufReader::new(std::io::Read::take(stream, MAX_LINE as u64))
             .read_line(&mut answer)
             .map_err(unreachable)?;
+        if answer.is_empty() {
+            return Err(LedgerError::Unreachable(format!(
+                "{}: closed without answering",
+                self.addr
+            )));
+        }
         match serde_json::from_str(&answer) {
             Ok(Response::Error { message }) => Err(LedgerError::Refused(message)),
             Ok(r) => Ok(r),

@@ -49,13 +49,12 @@ pub struct CircuitPay {
 impl Payee {
     /// Opens the receipt store in `dir` (`receipts/`, sled).
     pub fn open(quote: Quote, ledger_addr: SocketAddr, identity: [u8; 32], dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir.join("receipts"))?;
         Ok(Self {
             quote,
             identity,
             ledger_addr,
             ledger: tokio::sync::OnceCell::new(),
-            store: ReceiptStore::open(&db)?,
+            store: ReceiptStore::open_dir(&dir.join("receipts"))?,
         })
     }
 
