@@ -78,6 +78,9 @@ pub struct Args {
     /// What the client's ledger account holds at start.
     #[arg(long, default_value_t = 1_000_000_000)]
     client_funds: u64,
+    /// Every node charges nothing (payments off), e.g. to measure their cost.
+    #[arg(long)]
+    free: bool,
     /// The client's deposit per payment channel, in MiB at the hop's price.
     #[arg(long, default_value_t = 1024)]
     deposit_mib: u64,
@@ -152,6 +155,8 @@ struct Testnet {
     dir: PathBuf,
     bin_dir: PathBuf,
     children: Vec<Child>,
+    /// Nodes charge nothing.
+    free: bool,
 }
 
 pub async fn run(args: Args) -> Result<i32> {
@@ -190,6 +195,7 @@ pub async fn run(args: Args) -> Result<i32> {
         prefix: args.prefix.clone(),
         bin_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
         children: Vec::new(),
+        free: args.free,
     };
     if args.down {
         net.down();
@@ -368,7 +374,10 @@ impl Testnet {
             .replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]"))
             .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{}\"]", n.role))
             .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region))
-            .replace("price_per_gib = 0", &format!("price_per_gib = {}", n.price_per_gib))
+            .replace(
+                "price_per_gib = 0",
+                &format!("price_per_gib = {}", if self.free { 0 } else { n.price_per_gib }),
+            )
             .replace("# ledger = \"203.0.113.9:7300\"", &format!("ledger = \"{LEDGER}\""));
         // The testnet's relays live in 100.64.0.0/10, which exits refuse by
         // default: the client's DHT traffic, which goes through its tunnel
@@ -395,7 +404,7 @@ impl Testnet {
         let shown: serde_json::Value = serde_json::from_str(&shown).context("reading show-record --json")?;
         Ok(json!({
             "name": n.name, "namespace": self.ns(&n.name), "addr": n.addr, "role": n.role, "region": n.region,
-            "price_per_gib": n.price_per_gib,
+            "price_per_gib": if self.free { 0 } else { n.price_per_gib },
             "identity": shown["identity"], "record": shown["record"], "wg_public_key": shown["wg_public_key"],
             "dht_addr": shown["dht_addr"], "config": config, "pid": pid, "log": log,
         }))
@@ -642,6 +651,7 @@ impl Testnet {
             "ledger": { "addr": LEDGER, "log": ledger_log, "client_account": hex(&account), "funds": args.client_funds },
             "payments": payments,
             "spent": status.spent,
+            "payment_bytes": status.payment_bytes,
         }))
     }
 

@@ -137,6 +137,9 @@ pub struct Status {
     /// Paid this session, over every circuit it used.
     #[serde(default)]
     pub spent: u64,
+    /// Bytes of payment messages on the client's link, current circuit.
+    #[serde(default)]
+    pub payment_bytes: u64,
 }
 
 /// What the client paid one hop of its circuit.

@@ -103,6 +103,9 @@ pub struct Traffic {
 pub struct CellCount {
     cells: AtomicU64,
     payload: AtomicU64,
+    /// Bytes of payment messages (receipts out; usage reports and
+    /// acknowledgements in) on the client's link, layers included.
+    pub payment_bytes: AtomicU64,
 }
 
 impl CellCount {
@@ -244,6 +247,7 @@ impl Tunnel {
             }
         }
         let mut payments = Vec::new();
+        let cells = Arc::new(CellCount::default());
         let session_id: [u8; 16] = rand::thread_rng().gen();
         for (i, hop) in path.iter().enumerate() {
             let price = hop.record().quote.price_per_gib;
@@ -270,6 +274,7 @@ impl Tunnel {
                 )
                 .map_err(|e| hop_failed(path, i, e.to_string()))?;
             session::write_message(&mut send, &pay).await.map_err(io(0))?;
+            cells.payment_bytes.fetch_add(message_len(&pay), Ordering::Relaxed);
             let acked = match read_backward(&mut circuit, &mut recv, path).await? {
                 (from, BackwardMessage::Paid { amount, .. }) if from == i => amount,
                 (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
@@ -324,7 +329,7 @@ impl Tunnel {
             mtu,
             build_time: Duration::ZERO,
             payments: Arc::new(Mutex::new(payments)),
-            cells: Arc::default(),
+            cells,
             wallet,
         })
     }
@@ -421,6 +426,14 @@ async fn read_backward(
     }
 }
 
+/// A control message's size on the stream (framing aside).
+fn message_len(m: &LinkMessage) -> u64 {
+    match m {
+        LinkMessage::Relay { layered } => layered.len() as u64,
+        _ => 0,
+    }
+}
+
 /// What the control stream needs to pay the hops.
 struct Payer<'a> {
     payments: &'a Payments,
@@ -488,9 +501,17 @@ async fn watch_control(
         };
         match message {
             LinkMessage::Relay { layered } => {
+                let len = layered.len() as u64;
                 let opened = lock(circuit).open_control(layered);
+                if let Ok((_, BackwardMessage::Usage { .. } | BackwardMessage::Paid { .. })) = opened {
+                    payer.cells.payment_bytes.fetch_add(len, Ordering::Relaxed);
+                }
                 if let Ok((from, BackwardMessage::Usage { carried })) = opened {
                     if let Some(pay) = payer.on_usage(circuit, path.len(), from, carried) {
+                        payer
+                            .cells
+                            .payment_bytes
+                            .fetch_add(message_len(&pay), Ordering::Relaxed);
                         if session::write_message(send, &pay).await.is_err() {
                             return Loss {
                                 reason: "the first hop closed the circuit's control stream".into(),

@@ -627,6 +627,7 @@ impl Daemon {
             };
             self.update(|s| {
                 s.spent = spent_before + hops.iter().map(|h| h.paid).sum::<u64>();
+                s.payment_bytes = cells.payment_bytes.load(Ordering::Relaxed);
                 s.payments = hops;
                 if payment_error.is_some() {
                     s.error = payment_error;

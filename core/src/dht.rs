@@ -177,6 +177,10 @@ pub struct DhtConfig {
     pub peer_store: Option<PathBuf>,
     /// How long stored records and provider announcements live.
     pub record_ttl: Duration,
+    /// How often the routing table is refreshed by lookups (libp2p-kad's
+    /// periodic bootstrap); `None` for simulations, where every node's
+    /// refresh lands on the same few cores.
+    pub refresh: Option<Duration>,
 }
 
 impl DhtConfig {
@@ -189,6 +193,7 @@ impl DhtConfig {
             server,
             peer_store: None,
             record_ttl: Duration::from_secs(crate::record::RECORD_TTL),
+            refresh: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -407,7 +412,8 @@ fn build_swarm(keypair: identity::Keypair, config: &DhtConfig) -> Result<Swarm<B
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_kbucket_inserts(kad::BucketInserts::Manual)
             .set_max_packet_size(MAX_PACKET)
-            .set_query_timeout(LOOKUP_TIMEOUT);
+            .set_query_timeout(LOOKUP_TIMEOUT)
+            .set_periodic_bootstrap_interval(config.refresh);
         let store = MemoryStore::with_config(
             local_peer,
             MemoryStoreConfig {

@@ -144,6 +144,7 @@ async fn network(net: u8, base: u64, n: usize, record_ttl: Duration) -> Vec<Node
             config.listen = vec![memory_addr(base + i as u64)];
             config.known_peers = tables[i].iter().map(|&j| addrs[j].clone()).collect();
             config.record_ttl = record_ttl;
+            config.refresh = None;
             let dht = Dht::spawn(dht::keypair(&key), config).expect("DHT node starts");
             Node {
                 exit: i % EXIT_EVERY == 1,

@@ -125,6 +125,7 @@ async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) 
         let mut config = DhtConfig::new(Transport::Memory, true);
         config.listen = vec![Multiaddr::empty().with(Protocol::Memory(base + i as u64))];
         config.known_peers = tables[i].iter().map(|&j| addrs[j].clone()).collect();
+        config.refresh = None;
         let node = Dht::spawn(dht::keypair(&k), config).context("starting a DHT node")?;
         nodes.push((k, node));
     }
