@@ -1,0 +1,109 @@
+//! Payment messages from a peer: receipts (postcard, inside a hop's layer)
+//! and the ledger service's requests (JSON lines over TCP).
+//!
+//! - A fuzzed receipt never panics the payee, and is accepted only if it is
+//!   the payer's, for this ledger and channel, newer, not decreasing and
+//!   within the deposit; what it accepts only ever grows.
+//! - A genuine receipt with the input XORed onto its encoding is accepted
+//!   only unmodified.
+//! - A fuzzed usage report never makes the payer sign past its deposit, or
+//!   for more than it counted plus the tolerance and one chunk.
+//! - Ledger requests decode or are refused; what decodes round-trips.
+#![no_main]
+
+use ed25519_dalek::SigningKey;
+use hopwire_core::ledger::service::Request;
+use hopwire_core::pay::{PayeeChannel, PayerChannel, Quote, Receipt, SignedReceipt};
+use libfuzzer_sys::fuzz_target;
+
+const QUOTE: Quote = Quote {
+    price_per_gib: 1_000_000,
+    chunk_bytes: 1 << 20,
+    grace_bytes: 1 << 20,
+};
+const DEPOSIT: u64 = 50_000;
+const TOLERANCE: u64 = 1 << 16;
+
+fn payer() -> SigningKey {
+    SigningKey::from_bytes(&[3; 32])
+}
+
+fn genuine(seq: u64, amount: u64) -> SignedReceipt {
+    Receipt {
+        domain: "fuzz".into(),
+        channel: [9; 32],
+        session: [1; 16],
+        seq,
+        cumulative_bytes: amount * 1000,
+        cumulative_amount: amount,
+    }
+    .sign(&payer())
+}
+
+fn payee() -> PayeeChannel {
+    PayeeChannel::new(payer().verifying_key(), "fuzz".into(), [9; 32], DEPOSIT, QUOTE)
+}
+
+fuzz_target!(|data: &[u8]| {
+    // Fuzzed receipts, one after the other, into one payee.
+    let mut channel = payee();
+    let mut paid = 0;
+    for chunk in data.chunks(160) {
+        if let Ok(receipt) = postcard::from_bytes::<SignedReceipt>(chunk) {
+            let before = channel.paid_amount();
+            if channel.accept(receipt.clone()).is_ok() {
+                assert!(receipt.verify(&payer().verifying_key()).is_ok(), "accepted a forgery");
+                assert!(receipt.receipt.cumulative_amount <= DEPOSIT);
+                assert!(channel.paid_amount() >= before);
+            } else {
+                assert_eq!(channel.paid_amount(), before, "a refused receipt changed the channel");
+            }
+            paid = channel.paid_amount();
+        }
+    }
+    assert!(paid <= DEPOSIT);
+
+    // A genuine receipt, tampered with.
+    let mut bytes = postcard::to_stdvec(&genuine(1, 700)).expect("encodes");
+    let mut changed = false;
+    for (b, m) in bytes.iter_mut().zip(data) {
+        changed |= *m != 0;
+        *b ^= m;
+    }
+    if let Ok(receipt) = postcard::from_bytes::<SignedReceipt>(&bytes) {
+        let accepted = payee().accept(receipt.clone()).is_ok();
+        if changed && receipt != genuine(1, 700) {
+            assert!(!accepted, "a tampered receipt was accepted: {receipt:?}");
+        }
+    }
+
+    // Usage reports the payer answers.
+    let mut payer = PayerChannel::new(payer(), "fuzz".into(), [9; 32], [1; 16], DEPOSIT, QUOTE, TOLERANCE);
+    let _ = payer.prepay();
+    let mut counted = 0u64;
+    for w in data.chunks(8) {
+        let mut n = [0u8; 8];
+        n[..w.len()].copy_from_slice(w);
+        let value = u64::from_le_bytes(n);
+        if value & 1 == 0 {
+            let step = value % (4 << 20);
+            counted = counted.saturating_add(step);
+            payer.measure(step);
+        } else if let Ok(Some(r)) = payer.on_usage(value >> 1) {
+            let r = r.receipt;
+            assert!(r.cumulative_amount <= DEPOSIT, "signed past the deposit");
+            let limit = counted.saturating_add(TOLERANCE).saturating_add(QUOTE.chunk_bytes);
+            assert!(
+                r.cumulative_amount <= QUOTE.price_of(limit).unwrap_or(u64::MAX).max(QUOTE.price_of(QUOTE.chunk_bytes).unwrap_or(0)),
+                "paid for more than counted + tolerance + a chunk"
+            );
+        }
+    }
+
+    // Ledger requests.
+    if let Ok(request) = serde_json::from_slice::<Request>(data) {
+        let text = serde_json::to_vec(&request).expect("encodes");
+        let back: Request = serde_json::from_slice(&text).expect("decodes");
+        assert_eq!(back, request);
+    }
+});
