@@ -7,7 +7,7 @@
 //! that).
 #![no_main]
 
-use hopwire_core::api::{HopInfo, Request, Response, State, Status};
+use hopwire_core::api::{HopInfo, HopPayment, Request, Response, State, Status};
 use hopwire_core::record::VerifiedRecord;
 use hopwire_fuzz::write_seeds;
 use libfuzzer_sys::fuzz_target;
@@ -39,6 +39,7 @@ fn response(resp: Response) {
                     n.rtt_ms = n.rtt_ms.map(|_| 0.0);
                 }
             }
+            Response::Wallet { .. } => {}
         }
         r
     };
@@ -64,6 +65,14 @@ fn seeds() -> Vec<Vec<u8>> {
         rx_bps: 4,
         mtu: Some(1380),
         rtt_ms: Some(0.25),
+        payments: vec![HopPayment {
+            id: "0123456789abcdef".into(),
+            price_per_gib: 1_000_000,
+            paid: 4096,
+            bytes: 1 << 22,
+        }],
+        spent: 4096,
+        payment_bytes: 900,
     };
     let mut seeds: Vec<Vec<u8>> = [
         Request::Connect {
@@ -74,6 +83,7 @@ fn seeds() -> Vec<Vec<u8>> {
         },
         Request::Disconnect,
         Request::Status,
+        Request::Wallet,
     ]
     .iter()
     .map(|r| serde_json::to_vec(r).expect("encodes"))
