@@ -297,7 +297,8 @@ start_testnet() {
     # A previous run that was killed may have left this prefix behind.
     timeout 120 "$HOPWIRE" testnet --down --prefix "$PREFIX" >/dev/null 2>&1
     # Enough nodes for circuits of up to 3 hops with a choice of each hop.
-    local args=(testnet --keep --json --prefix "$PREFIX" --hops 3 --relays 4 --exits 2)
+    # Nodes charge nothing here: bench/payments.sh measures what payments cost.
+    local args=(testnet --keep --json --prefix "$PREFIX" --hops 3 --relays 4 --exits 2 --free)
     [[ -n "$SIZE_MB" ]] && args+=(--size-mb "$SIZE_MB")
     TESTNET_UP=1
     local t0=$SECONDS

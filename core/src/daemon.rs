@@ -192,6 +192,7 @@ impl Daemon {
             },
             Request::Wallet => match &self.wallet {
                 Some(w) => {
+                    w.reclaim().await;
                     let (balance, ledger_error) = match w.balance().await {
                         Ok(b) => (Some(b), None),
                         Err(e) => (None, Some(e)),
@@ -508,11 +509,13 @@ impl Daemon {
                 () = self.sample(first_link, &traffic, &paying, spent_before) => unreachable!("sampling never ends"),
                 _ = &mut stop => {
                     tunnel.close().await;
+                    self.close_channels(&tunnel_payments).await;
                     break 'session;
                 }
             };
             warn!("circuit lost: {}", loss.reason);
             spent_before += lock(&tunnel_payments).iter().map(|p| p.acked).sum::<u64>();
+            self.close_channels(&tunnel_payments).await;
             self.update(|s| {
                 s.state = State::Error;
                 s.error = Some(format!("{}; building a new circuit", loss.reason));
@@ -565,6 +568,15 @@ impl Daemon {
         drop(tun);
         let _ = self.dht.reconnect().await;
         info!("disconnected");
+    }
+
+    /// Starts closing a finished circuit's channels, so their deposits come
+    /// back after the ledger's challenge period.
+    async fn close_channels(&self, payments: &Payments) {
+        let ids: Vec<[u8; 32]> = lock(payments).iter().map(|p| p.channel.channel()).collect();
+        if let (Some(wallet), false) = (&self.wallet, ids.is_empty()) {
+            wallet.close(ids).await;
+        }
     }
 
     /// What goes around the tunnel: the first hop, and the ledger (new

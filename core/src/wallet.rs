@@ -49,6 +49,12 @@ pub struct ChannelRecord {
     pub bytes: u64,
     /// Unix seconds when it was opened.
     pub opened_at: u64,
+    /// When its close takes effect (unix seconds), once the client started it.
+    #[serde(default)]
+    pub close_at: Option<u64>,
+    /// The deposit's rest came back to the account.
+    #[serde(default)]
+    pub finalized: bool,
 }
 
 pub struct Wallet {
@@ -151,13 +157,7 @@ impl Wallet {
     /// and the hop hold the receipts that matter).
     pub fn remember(&self, channel: &PayerChannel, hop: &VerifiedRecord) {
         let id = channel.channel();
-        let opened_at = self
-            .channels
-            .get(id)
-            .ok()
-            .flatten()
-            .and_then(|b| postcard::from_bytes::<ChannelRecord>(&b).ok())
-            .map_or_else(crate::node::unix_now, |r| r.opened_at);
+        let opened_at = self.load(id).map_or_else(crate::node::unix_now, |r| r.opened_at);
         let record = ChannelRecord {
             channel: crate::record::short_id(&id),
             payee: hop.short_id(),
@@ -166,10 +166,70 @@ impl Wallet {
             signed: channel.signed_amount(),
             bytes: channel.measured(),
             opened_at,
+            close_at: None,
+            finalized: false,
         };
-        if let Ok(bytes) = postcard::to_stdvec(&record) {
+        self.store(id, &record);
+    }
+
+    fn load(&self, id: [u8; 32]) -> Option<ChannelRecord> {
+        let bytes = self.channels.get(id).ok().flatten()?;
+        postcard::from_bytes(&bytes).ok()
+    }
+
+    fn store(&self, id: [u8; 32], record: &ChannelRecord) {
+        if let Ok(bytes) = postcard::to_stdvec(record) {
             let _ = self.channels.insert(id, bytes);
         }
+    }
+
+    /// Starts closing a circuit's channels: after the ledger's challenge
+    /// period (in which the hops settle) the rest of each deposit can come
+    /// back ([`Wallet::reclaim`]).
+    pub async fn close(&self, channels: Vec<[u8; 32]>) {
+        let Ok(ledger) = self.ledger().await else { return };
+        for id in channels {
+            let key = self.key.clone();
+            let ledger = ledger.clone();
+            let closed = tokio::task::spawn_blocking(move || ledger.authorized(&key, Signed::StartClose { id })).await;
+            match closed {
+                Ok(Ok(state)) => {
+                    if let Some(mut r) = self.load(id) {
+                        r.close_at = state.close_at;
+                        self.store(id, &r);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("closing channel {}: {e}", crate::record::short_id(&id)),
+                Err(e) => tracing::warn!("closing channel {}: {e}", crate::record::short_id(&id)),
+            }
+        }
+    }
+
+    /// Brings back the rest of every deposit whose close has taken effect;
+    /// returns how much came back.
+    pub async fn reclaim(&self) -> u64 {
+        let Ok(ledger) = self.ledger().await else { return 0 };
+        let now = crate::node::unix_now();
+        let due: Vec<([u8; 32], ChannelRecord)> = self
+            .channels
+            .iter()
+            .filter_map(|kv| {
+                let (k, v) = kv.ok()?;
+                let record: ChannelRecord = postcard::from_bytes(&v).ok()?;
+                let id = <[u8; 32]>::try_from(&k[..]).ok()?;
+                (!record.finalized && record.close_at.is_some_and(|at| at <= now)).then_some((id, record))
+            })
+            .collect();
+        let mut back = 0;
+        for (id, mut record) in due {
+            let ledger = ledger.clone();
+            if let Ok(Ok(amount)) = tokio::task::spawn_blocking(move || ledger.finalize(id, now)).await {
+                back += amount;
+                record.finalized = true;
+                self.store(id, &record);
+            }
+        }
+        back
     }
 
     /// Every channel this wallet opened, oldest first.

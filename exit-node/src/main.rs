@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, default_value = "testnet")]
         domain: String,
         /// Seconds a payee has to settle after a payer starts closing.
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 86_400)]
         challenge_s: u64,
         /// Credit an account at start, `HEX_PUBLIC_KEY=AMOUNT` (repeatable): how a testnet funds its clients.
         #[arg(long)]

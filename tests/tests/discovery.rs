@@ -91,7 +91,15 @@ fn a_restarted_client_finds_nodes_without_the_bootstrap_node() {
         "restarted client daemon",
         &tn.ns.client,
         hopwire_bin(),
-        &["--socket", &socket, "daemon", "--bootstrap", &boot_addr],
+        &[
+            "--socket",
+            &socket,
+            "daemon",
+            "--bootstrap",
+            &boot_addr,
+            "--ledger",
+            tn.summary["ledger"]["addr"].as_str().expect("ledger addr"),
+        ],
         &log,
         &[],
     );

@@ -54,6 +54,16 @@ fn every_hop_is_paid_its_price_for_what_it_carried() {
         Some(payments.iter().filter_map(|p| p["paid"].as_u64()).sum()),
         "status shows the session's spending: {st}"
     );
+    // Disconnecting starts closing the channels: their deposits come back
+    // after the ledger's challenge period.
+    tn.disconnect();
+    let wallet = json(&tn.cli(&["wallet", "--json"]).ok());
+    for c in wallet["channels"].as_array().expect("channels") {
+        assert!(
+            c["close_at"].as_u64().is_some(),
+            "channel not closing after disconnect: {c}"
+        );
+    }
 }
 
 #[test]
