@@ -442,40 +442,52 @@ struct Payer<'a> {
 }
 
 impl Payer<'_> {
-    /// Answers a hop's usage report: a receipt for what the client counted
-    /// itself (within the tolerance) and a chunk ahead, sealed for that hop.
+    /// Answers a hop's usage report with a receipt sealed for that hop.
     fn on_usage(&self, circuit: &Mutex<ClientCircuit>, hops: usize, from: usize, carried: u64) -> Option<LinkMessage> {
         let wallet = self.wallet?;
         let mut payments = lock(self.payments);
-        let p = payments.iter_mut().find(|p| p.hop == from)?;
-        let counted = self.cells.at_hop(from, hops);
-        p.channel.measure(counted.saturating_sub(p.channel.measured()));
-        let answer = match p.channel.on_usage(carried) {
-            Ok(Some(receipt)) => lock(circuit)
-                .seal_control(
-                    from,
-                    &ForwardMessage::Pay {
-                        payer: wallet.account(),
-                        receipt,
-                    },
-                )
-                .ok(),
-            Ok(None) => None,
-            Err(e) => {
-                if p.error.is_none() {
-                    warn!("hop {} ({}): {e}", from + 1, p.record.short_id());
-                }
-                p.error = Some(format!("paying hop {} ({}): {e}", from + 1, p.record.short_id()));
-                None
-            }
+        let receipt = answer_usage(&mut payments, self.cells, hops, from, carried);
+        if let Some(p) = payments.iter().find(|p| p.hop == from) {
+            wallet.remember(&p.channel, &p.record);
+        }
+        drop(payments);
+        let pay = ForwardMessage::Pay {
+            payer: wallet.account(),
+            receipt: receipt?,
         };
-        wallet.remember(&p.channel, &p.record);
-        answer
+        lock(circuit).seal_control(from, &pay).ok()
     }
 
     fn on_paid(&self, from: usize, amount: u64) {
         if let Some(p) = lock(self.payments).iter_mut().find(|p| p.hop == from) {
             p.acked = p.acked.max(amount);
+        }
+    }
+}
+
+/// The receipt answering hop `from`'s report that it carried `carried`
+/// bytes: for what the client counted on that hop itself (plus the
+/// tolerance) and one chunk ahead — never for an inflated report. `None` if
+/// nothing more is owed, or the deposit is spent (then the hop's `error`
+/// says so).
+fn answer_usage(
+    payments: &mut [HopPay],
+    cells: &CellCount,
+    hops: usize,
+    from: usize,
+    carried: u64,
+) -> Option<crate::pay::SignedReceipt> {
+    let p = payments.iter_mut().find(|p| p.hop == from)?;
+    let counted = cells.at_hop(from, hops);
+    p.channel.measure(counted.saturating_sub(p.channel.measured()));
+    match p.channel.on_usage(carried) {
+        Ok(receipt) => receipt,
+        Err(e) => {
+            if p.error.is_none() {
+                warn!("hop {} ({}): {e}", from + 1, p.record.short_id());
+            }
+            p.error = Some(format!("paying hop {} ({}): {e}", from + 1, p.record.short_id()));
+            None
         }
     }
 }
@@ -686,5 +698,104 @@ async fn timers(sender: CellSender, wg: Arc<Mutex<WgSession>>) {
         if let Some(d) = datagram {
             sender.send(&d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pay::Quote;
+    use crate::record::{NodeRecord, Role, RECORD_VERSION};
+    use ed25519_dalek::SigningKey;
+
+    const QUOTE: Quote = Quote {
+        price_per_gib: 1_000_000,
+        chunk_bytes: 4 << 20,
+        grace_bytes: 4 << 20,
+    };
+    const TOLERANCE: u64 = 1 << 20;
+
+    fn hop(price: Quote) -> VerifiedRecord {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let now = crate::node::unix_now();
+        let record = NodeRecord {
+            version: RECORD_VERSION,
+            identity: key.verifying_key().to_bytes(),
+            quic_addr: "198.18.1.2:4433".parse().expect("addr"),
+            roles: vec![Role::Exit],
+            onion_key: [1; 32],
+            onion_key_expires: now + 3600,
+            wg_key: [2; 32],
+            region: "DE".into(),
+            capacity_mbit: 100,
+            quote: price,
+            exit_rules: vec![],
+            exit_default_rejects: true,
+            family: vec![],
+            seq: 1,
+            issued_at: now,
+            expires_at: now + 3600,
+        };
+        VerifiedRecord::from_bytes(&record.to_signed_bytes(&key)).expect("verifies")
+    }
+
+    fn payments(deposit: u64) -> Vec<HopPay> {
+        let payer = SigningKey::from_bytes(&[5; 32]);
+        let mut channel = PayerChannel::new(payer, "test".into(), [7; 32], [0; 16], deposit, QUOTE, TOLERANCE);
+        channel.prepay().expect("prepay");
+        vec![HopPay {
+            hop: 2,
+            record: hop(QUOTE),
+            channel,
+            acked: 0,
+            error: None,
+        }]
+    }
+
+    /// `cells` packets of `payload` bytes through a 3-hop circuit.
+    fn counted(cells: u64, payload: usize) -> CellCount {
+        let count = CellCount::default();
+        for _ in 0..cells {
+            count.add(payload);
+        }
+        count
+    }
+
+    #[test]
+    fn an_exit_reporting_inflated_usage_is_paid_only_what_the_client_counted() {
+        let cells = counted(20_000, 1200);
+        let at_exit = cells.at_hop(2, 3);
+        assert_eq!(
+            at_exit,
+            20_000 * (4 + 25 + 1200),
+            "the exit's cells: id, one layer, payload"
+        );
+        let mut honest = payments(u64::MAX / 2);
+        let paid = answer_usage(&mut honest, &cells, 3, 2, at_exit).expect("a receipt");
+        assert_eq!(
+            paid.receipt.cumulative_amount,
+            QUOTE.price_of(at_exit + QUOTE.chunk_bytes).expect("price"),
+            "an honest report is paid in full, one chunk ahead"
+        );
+        let mut cheated = payments(u64::MAX / 2);
+        let paid = answer_usage(&mut cheated, &cells, 3, 2, at_exit * 10).expect("a receipt");
+        assert_eq!(
+            paid.receipt.cumulative_amount,
+            QUOTE.price_of(at_exit + TOLERANCE + QUOTE.chunk_bytes).expect("price"),
+            "a tenfold report is paid only for what the client counted, plus the tolerance and a chunk"
+        );
+        // A report for another hop than the one paid pays nothing.
+        assert!(answer_usage(&mut cheated, &cells, 3, 1, at_exit).is_none());
+    }
+
+    #[test]
+    fn a_spent_deposit_is_reported_not_signed_past() {
+        let cells = counted(20_000, 1200);
+        let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 2).expect("price");
+        let mut pays = payments(deposit);
+        let receipt = answer_usage(&mut pays, &cells, 3, 2, cells.at_hop(2, 3));
+        assert!(receipt.is_none(), "nothing signed past the deposit");
+        let error = pays[0].error.as_deref().unwrap_or("");
+        assert!(error.contains("deposit"), "the reason is kept for status: {error}");
     }
 }
