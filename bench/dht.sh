@@ -20,10 +20,12 @@ out=$(target/release/hopwire-bench dht --sizes "$sizes" --lookups "$lookups")
 printf '%s\n' "$out" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-cols = ("nodes", "exits", "found", "median ms", "p95 ms", "requests", "KiB/node", "settle s")
-print("%6s %5s %6s %10s %8s %9s %9s %9s" % cols)
+cols = ("nodes", "exits", "found", "prov. med ms", "prov. p95 ms", "prov. req", "all med ms", "all p95 ms", "all req", "KiB/node", "settle s")
+print("%6s %5s %6s %12s %12s %9s %10s %10s %8s %9s %9s" % cols)
 for r in d["sizes"]:
-    print("%6d %5d %6.1f %10.1f %8.1f %9.1f %9.1f %9.1f" % (r["nodes"], r["exits"], r["exits_found_per_lookup"],
+    print("%6d %5d %6.1f %12.1f %12.1f %9.1f %10.1f %10.1f %8.1f %9.1f %9.1f" % (r["nodes"], r["exits"], r["exits_found_per_lookup"],
+          r["provider_ms_median"], r["provider_ms_p95"], r["provider_requests_per_lookup"],
           r["lookup_ms_median"], r["lookup_ms_p95"], r["requests_per_lookup"], r["rss_per_node_kib"], r["settle_s"]))
-print("requests per lookup fitted:", d["fit_requests_per_lookup"]["curve"])
+print("provider requests per lookup fitted:", d["fit_provider_requests_per_lookup"]["curve"])
+print("all requests per lookup fitted:", d["fit_requests_per_lookup"]["curve"])
 '
