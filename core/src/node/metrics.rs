@@ -110,6 +110,17 @@ fn render(node: &Node) -> String {
     if let Some(exit) = &node.exit {
         exit.render_metrics(&mut m);
     }
+    if let Some(payee) = &node.payee {
+        // The receipt store: what clients promised, and what the ledger paid.
+        let receipts = payee.store.all().unwrap_or_default();
+        let earned: u64 = receipts.iter().map(|r| r.receipt.receipt.cumulative_amount).sum();
+        let settled: u64 = receipts.iter().map(|r| r.settled).sum();
+        let _ = writeln!(
+            m,
+            "# HELP hopwire_earned Sum of the newest receipt of every channel.\n# TYPE hopwire_earned gauge\nhopwire_earned {earned}\n# HELP hopwire_settled What the ledger paid out for them.\n# TYPE hopwire_settled gauge\nhopwire_settled {settled}\n# TYPE hopwire_paid_channels gauge\nhopwire_paid_channels {}",
+            receipts.len()
+        );
+    }
     m
 }
 
