@@ -104,6 +104,21 @@ fn render(node: &Node) -> String {
         "# TYPE hopwire_dht_subnet_refused_total counter\nhopwire_dht_subnet_refused_total {}",
         dht.subnet_refused.load(Ordering::Relaxed)
     );
+    for (name, kind, value) in [
+        ("hopwire_dht_connections", "gauge", dht.connections.load(Ordering::Relaxed) as u64),
+        (
+            "hopwire_dht_requests_answered_total",
+            "counter",
+            dht.inbound_requests.load(Ordering::Relaxed),
+        ),
+        (
+            "hopwire_dht_publish_failures_total",
+            "counter",
+            dht.publish_failures.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(m, "# TYPE {name} {kind}\n{name} {value}");
+    }
     for (reason, n) in dht.rejected() {
         let _ = writeln!(m, "hopwire_dht_records_rejected_total{{reason=\"{reason}\"}} {n}");
     }
