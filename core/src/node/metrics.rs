@@ -105,7 +105,11 @@ fn render(node: &Node) -> String {
         dht.subnet_refused.load(Ordering::Relaxed)
     );
     for (name, kind, value) in [
-        ("hopwire_dht_connections", "gauge", dht.connections.load(Ordering::Relaxed) as u64),
+        (
+            "hopwire_dht_connections",
+            "gauge",
+            dht.connections.load(Ordering::Relaxed) as u64,
+        ),
         (
             "hopwire_dht_requests_answered_total",
             "counter",
