@@ -230,10 +230,6 @@ pub fn dht_address(config: &LoadedConfig, keys: &NodeKeys) -> Option<libp2p::Mul
     )
 }
 
-/// How often a charging node looks at its circuits' usage: often enough
-/// that a fast circuit does not run through its grace between two looks.
-const PAY_TICK: Duration = Duration::from_millis(20);
-
 /// How often a node signs and publishes a fresh record: well inside its TTL.
 const REPUBLISH: Duration = Duration::from_secs(crate::record::RECORD_TTL / 3);
 
@@ -555,14 +551,15 @@ impl Node {
         let mut next: Option<SendStream> = None;
         let mut backward: Option<tokio::task::JoinHandle<String>> = None;
         let mut pay = self.payee.as_ref().map(|p| p.start(hop));
-        let mut ticker = tokio::time::interval(PAY_TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wake = tokio::time::Instant::now() + payee::BUSY_TICK;
         let ended = loop {
             let message = tokio::select! {
                 m = session::read_message::<LinkMessage>(recv) => m,
-                _ = ticker.tick(), if pay.is_some() => {
+                _ = tokio::time::sleep_until(wake), if pay.is_some() => {
                     let (Some(payee), Some(circuit)) = (&self.payee, pay.as_mut()) else { continue };
-                    match payee.tick(circuit, hop, Instant::now()) {
+                    let ticked = payee.tick(circuit, hop, Instant::now());
+                    wake = tokio::time::Instant::now() + circuit.next_tick();
+                    match ticked {
                         Ok(Some(report)) => {
                             let sealed = lock(hop).reply(&report);
                             match sealed {
