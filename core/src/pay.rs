@@ -277,8 +277,6 @@ pub struct PayeeChannel {
     deposit: u64,
     quote: Quote,
     latest: Option<SignedReceipt>,
-    /// Bytes the payee carried for the payer.
-    carried: u64,
 }
 
 impl PayeeChannel {
@@ -290,7 +288,6 @@ impl PayeeChannel {
             deposit,
             quote,
             latest: None,
-            carried: 0,
         }
     }
 
@@ -301,10 +298,6 @@ impl PayeeChannel {
 
     pub fn paid_amount(&self) -> u64 {
         self.latest.as_ref().map_or(0, |r| r.receipt.cumulative_amount)
-    }
-
-    pub fn carried(&self) -> u64 {
-        self.carried
     }
 
     /// Checks a receipt and keeps it if it is the newest; returns how much
@@ -346,15 +339,12 @@ impl PayeeChannel {
         Ok(more)
     }
 
-    /// Counts bytes carried; false means stop forwarding (past the grace).
-    pub fn carry(&mut self, bytes: u64) -> bool {
-        self.carried = self.carried.saturating_add(bytes);
-        self.may_forward()
-    }
-
-    pub fn may_forward(&self) -> bool {
-        let paid_bytes = self.quote.bytes_for(self.paid_amount());
-        self.carried <= paid_bytes.saturating_add(self.quote.grace_bytes)
+    /// Bytes the payee may carry in all: what it was paid for plus the
+    /// grace (a circuit's [`Meter`] allowance).
+    pub fn allowance(&self) -> u64 {
+        self.quote
+            .bytes_for(self.paid_amount())
+            .saturating_add(self.quote.grace_bytes)
     }
 }
 
@@ -472,6 +462,9 @@ mod tests {
         for seed in 0..300 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let (mut payer, mut payee) = pair(u64::MAX / 2);
+            // The payee's side as a node runs it: the channel sets the
+            // circuit's allowance, the meter counts and refuses.
+            let mut meter = Meter::default();
             payee.accept(payer.prepay().expect("prepay")).expect("valid");
             let mut in_flight: Vec<SignedReceipt> = Vec::new();
             for _ in 0..400 {
@@ -480,8 +473,8 @@ mod tests {
                     // payer measures what arrives (maybe a little less).
                     0 | 1 => {
                         let bytes = rng.gen_range(1..(2 << 20));
-                        if payee.may_forward() {
-                            payee.carry(bytes);
+                        meter.allowance = Some(payee.allowance());
+                        if meter.admit(bytes) {
                             payer.measure(bytes - bytes / rng.gen_range(50..1000));
                         }
                     }
@@ -492,7 +485,7 @@ mod tests {
                         } else {
                             0
                         };
-                        if let Some(r) = payer.on_usage(payee.carried() + inflate).expect("deposit is large") {
+                        if let Some(r) = payer.on_usage(meter.carried + inflate).expect("deposit is large") {
                             in_flight.push(r);
                         }
                     }
@@ -507,12 +500,9 @@ mod tests {
                     }
                 }
                 let paid_bytes = QUOTE.bytes_for(payee.paid_amount());
-                let unpaid = payee.carried().saturating_sub(paid_bytes);
-                // The grace plus the one burst that crossed it: under a chunk.
-                assert!(
-                    unpaid <= QUOTE.grace_bytes + (2 << 20),
-                    "seed {seed}: {unpaid} bytes unpaid"
-                );
+                let unpaid = meter.carried.saturating_sub(paid_bytes);
+                // At most the grace.
+                assert!(unpaid <= QUOTE.grace_bytes, "seed {seed}: {unpaid} bytes unpaid");
                 assert!(unpaid <= QUOTE.chunk_bytes);
                 // One chunk ahead, the tolerance, and one unit of rounding.
                 let overpaid = QUOTE.bytes_for(payer.signed_amount()).saturating_sub(payer.measured);

@@ -151,7 +151,7 @@ impl Payee {
         // On disk: only now does it count.
         let paid = channel.paid_amount();
         let mut h = lock(hop);
-        h.meter.allowance = Some(self.quote.bytes_for(paid).saturating_add(self.quote.grace_bytes));
+        h.meter.allowance = Some(channel.allowance());
         circuit.refused_at_payment = h.meter.refused;
         circuit.behind_since = None;
         Ok(BackwardMessage::Paid { seq, amount: paid })
