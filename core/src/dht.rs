@@ -234,6 +234,8 @@ pub struct DhtCounters {
     pub inbound_requests: AtomicU64,
     /// Publications (record or provider announcement) that timed out.
     pub publish_failures: AtomicU64,
+    /// Joins (a lookup of our own id and a refresh of every bucket) done.
+    pub joins: AtomicU64,
     pub subnet_refused: AtomicU64,
 }
 
@@ -842,6 +844,9 @@ impl Task {
                 self.finish_if_done(lookup);
             }
             QueryResult::StartProviding(Err(e)) => self.publish_failed(&e),
+            QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => {
+                self.counters.joins.fetch_add(1, Ordering::Relaxed);
+            }
             QueryResult::PutRecord(Err(e)) => self.publish_failed(&e),
             _ => {}
         }

@@ -163,10 +163,18 @@ async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) 
     let mut provider_requests = Vec::new();
     let mut found = Vec::new();
     let mut providers = Vec::new();
+    let mut join_times = Vec::new();
     for l in 0..lookups {
         let mut config = DhtConfig::new(Transport::Memory, false);
         config.bootstrap = vec![addrs[(l * 104_729 + 17) % n].clone()];
         let client = Dht::spawn(dht::keypair(&key(net + 1000, l)), config).context("starting a client")?;
+        // Time the lookup of a client that has joined (as `hopwire connect`
+        // finds a daemon that started earlier), not its join.
+        let joining = Instant::now();
+        while client.counters.joins.load(Ordering::Relaxed) == 0 && joining.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        join_times.push(joining.elapsed().as_secs_f64() * 1e3);
         let (got, stats) = client.find(dht::role_key(Role::Exit)).await.context("lookup")?;
         times.push(stats.duration.as_secs_f64() * 1e3);
         provider_times.push(stats.provider_duration.as_secs_f64() * 1e3);
@@ -180,6 +188,7 @@ async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) 
     }
     times.sort_by(f64::total_cmp);
     provider_times.sort_by(f64::total_cmp);
+    join_times.sort_by(f64::total_cmp);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let out = json!({
         "nodes": n,
@@ -188,6 +197,7 @@ async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) 
         "settle_s": settle_s,
         "publish_s": publish_s,
         "lookups": lookups,
+        "client_join_ms_median": percentile(&join_times, 0.5),
         "provider_ms_median": percentile(&provider_times, 0.5),
         "provider_ms_p95": percentile(&provider_times, 0.95),
         "provider_requests_per_lookup": mean(&provider_requests),
