@@ -14,7 +14,7 @@ use ed25519_dalek::SigningKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::service::{RemoteLedger, Signed};
+use crate::ledger::service::{LazyLedger, Signed};
 use crate::ledger::Ledger;
 use crate::pay::PayerChannel;
 use crate::record::VerifiedRecord;
@@ -60,7 +60,7 @@ pub struct ChannelRecord {
 pub struct Wallet {
     key: SigningKey,
     ledger_addr: SocketAddr,
-    ledger: tokio::sync::OnceCell<RemoteLedger>,
+    ledger: LazyLedger,
     deposit_mib: u64,
     channels: sled::Tree,
 }
@@ -96,7 +96,7 @@ impl Wallet {
         Ok(Self {
             key,
             ledger_addr,
-            ledger: tokio::sync::OnceCell::new(),
+            ledger: LazyLedger::new(ledger_addr),
             deposit_mib: deposit_mib.max(1),
             channels,
         })
@@ -107,32 +107,14 @@ impl Wallet {
         self.key.verifying_key().to_bytes()
     }
 
-    async fn ledger(&self) -> Result<RemoteLedger, String> {
-        let addr = self.ledger_addr;
-        self.ledger
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || RemoteLedger::connect(addr))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .cloned()
-    }
-
     /// What the account holds outside channels.
     pub async fn balance(&self) -> Result<u64, String> {
-        let ledger = self.ledger().await?;
         let account = self.account();
-        tokio::task::spawn_blocking(move || ledger.balance(account))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        self.ledger.call(move |l| l.balance(account)).await
     }
 
     /// Opens a channel to `hop` for one circuit on the ledger.
     pub async fn open_channel(&self, hop: &VerifiedRecord, session: [u8; 16]) -> Result<PayerChannel, String> {
-        let ledger = self.ledger().await?;
         let quote = hop.record().quote;
         let deposit = quote
             .price_of(self.deposit_mib.saturating_mul(1 << 20))
@@ -143,10 +125,10 @@ impl Wallet {
         let payee = hop.record().identity;
         let key = self.key.clone();
         let open = Signed::Open { id, payee, deposit };
-        let domain = ledger.domain().to_owned();
-        tokio::task::spawn_blocking(move || ledger.authorized(&key, open))
+        let domain = self
+            .ledger
+            .call(move |l| l.authorized(&key, open).map(|_| l.domain().to_owned()))
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| format!("opening a channel to {} on the ledger: {e}", hop.short_id()))?;
         let channel = PayerChannel::new(self.key.clone(), domain, id, session, deposit, quote, TOLERANCE_BYTES);
         self.remember(&channel, hop);
@@ -187,19 +169,19 @@ impl Wallet {
     /// period (in which the hops settle) the rest of each deposit can come
     /// back ([`Wallet::reclaim`]).
     pub async fn close(&self, channels: Vec<[u8; 32]>) {
-        let Ok(ledger) = self.ledger().await else { return };
         for id in channels {
             let key = self.key.clone();
-            let ledger = ledger.clone();
-            let closed = tokio::task::spawn_blocking(move || ledger.authorized(&key, Signed::StartClose { id })).await;
-            match closed {
-                Ok(Ok(state)) => {
+            match self
+                .ledger
+                .call(move |l| l.authorized(&key, Signed::StartClose { id }))
+                .await
+            {
+                Ok(state) => {
                     if let Some(mut r) = self.load(id) {
                         r.close_at = state.close_at;
                         self.store(id, &r);
                     }
                 }
-                Ok(Err(e)) => tracing::warn!("closing channel {}: {e}", crate::record::short_id(&id)),
                 Err(e) => tracing::warn!("closing channel {}: {e}", crate::record::short_id(&id)),
             }
         }
@@ -208,7 +190,6 @@ impl Wallet {
     /// Brings back the rest of every deposit whose close has taken effect;
     /// returns how much came back.
     pub async fn reclaim(&self) -> u64 {
-        let Ok(ledger) = self.ledger().await else { return 0 };
         let now = crate::node::unix_now();
         let due: Vec<([u8; 32], ChannelRecord)> = self
             .channels
@@ -222,8 +203,7 @@ impl Wallet {
             .collect();
         let mut back = 0;
         for (id, mut record) in due {
-            let ledger = ledger.clone();
-            if let Ok(Ok(amount)) = tokio::task::spawn_blocking(move || ledger.finalize(id, now)).await {
+            if let Ok(amount) = self.ledger.call(move |l| l.finalize(id, now)).await {
                 back += amount;
                 record.finalized = true;
                 self.store(id, &record);

@@ -296,9 +296,9 @@ mod tests {
         .sign(key)
     }
 
-    #[test]
-    fn settle_pays_the_difference_and_never_more_than_the_deposit() {
-        let (l, _db) = ledger();
+    /// Channel [1; 32] from a payer funded with 1500 to payee [2; 32], with
+    /// a deposit of 1000 (refused before the funding).
+    fn open_funded(l: &EmbeddedLedger) -> (SigningKey, [u8; 32]) {
         let payer = SigningKey::from_bytes(&[5; 32]);
         let account = payer.verifying_key().to_bytes();
         assert!(matches!(
@@ -311,6 +311,13 @@ mod tests {
         l.fund(account, 1500).expect("fund");
         l.open([1; 32], account, [2; 32], 1000).expect("open");
         assert_eq!(l.balance(account).expect("balance"), 500);
+        (payer, account)
+    }
+
+    #[test]
+    fn settle_pays_the_difference_and_never_more_than_the_deposit() {
+        let (l, _db) = ledger();
+        let (payer, _) = open_funded(&l);
         assert!(matches!(
             l.open([1; 32], [0; 32], [0; 32], 1),
             Err(LedgerError::Exists(_))
@@ -343,18 +350,7 @@ mod tests {
     #[test]
     fn close_waits_out_the_challenge_period() {
         let (l, _db) = ledger();
-        let payer = SigningKey::from_bytes(&[5; 32]);
-        let account = payer.verifying_key().to_bytes();
-        assert!(matches!(
-            l.open([1; 32], account, [2; 32], 1000),
-            Err(LedgerError::InsufficientFunds {
-                balance: 0,
-                needed: 1000
-            })
-        ));
-        l.fund(account, 1500).expect("fund");
-        l.open([1; 32], account, [2; 32], 1000).expect("open");
-        assert_eq!(l.balance(account).expect("balance"), 500);
+        let (payer, account) = open_funded(&l);
         l.top_up([1; 32], 500).expect("top up");
         assert_eq!(l.balance(account).expect("balance"), 0);
         l.start_close([1; 32], 100).expect("close");

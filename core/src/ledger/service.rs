@@ -274,6 +274,45 @@ impl RemoteLedger {
     }
 }
 
+/// A [`RemoteLedger`] for async code: connected on first use, each call
+/// run on a blocking thread. What nodes and the client daemon hold.
+#[derive(Debug)]
+pub struct LazyLedger {
+    addr: SocketAddr,
+    connected: tokio::sync::OnceCell<RemoteLedger>,
+}
+
+impl LazyLedger {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            connected: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Runs `f` on the ledger (connecting first if need be).
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&RemoteLedger) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, String> {
+        let addr = self.addr;
+        let ledger = self
+            .connected
+            .get_or_try_init(|| blocking(move || RemoteLedger::connect(addr)))
+            .await?
+            .clone();
+        blocking(move || f(&ledger)).await
+    }
+}
+
+/// Runs a blocking call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 fn unexpected(r: &Response) -> LedgerError {
     LedgerError::Refused(format!("unexpected answer {r:?}"))
 }

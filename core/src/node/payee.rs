@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::ledger::service::RemoteLedger;
+use crate::ledger::service::LazyLedger;
 use crate::ledger::Ledger;
 use crate::onion::cell::BackwardMessage;
 use crate::onion::circuit::SharedHop;
@@ -36,8 +36,7 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 pub struct Payee {
     pub quote: Quote,
     identity: [u8; 32],
-    ledger_addr: SocketAddr,
-    ledger: tokio::sync::OnceCell<RemoteLedger>,
+    ledger: LazyLedger,
     pub store: ReceiptStore,
 }
 
@@ -71,8 +70,7 @@ impl Payee {
         Ok(Self {
             quote,
             identity,
-            ledger_addr,
-            ledger: tokio::sync::OnceCell::new(),
+            ledger: LazyLedger::new(ledger_addr),
             store: ReceiptStore::open_dir(&dir.join("receipts"))?,
         })
     }
@@ -81,18 +79,6 @@ impl Payee {
     pub fn start(&self, hop: &SharedHop<impl Copy>) -> CircuitPay {
         lock(hop).meter.allowance = Some(self.quote.grace_bytes);
         CircuitPay::default()
-    }
-
-    async fn ledger(&self) -> Result<&RemoteLedger, String> {
-        let addr = self.ledger_addr;
-        self.ledger
-            .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || RemoteLedger::connect(addr))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            })
-            .await
     }
 
     /// Takes a receipt; answers with what the client should hear.
@@ -119,13 +105,11 @@ impl Payee {
         receipt: SignedReceipt,
     ) -> Result<BackwardMessage, String> {
         if circuit.channel.is_none() {
-            let ledger = self.ledger().await?.clone();
             let id = receipt.receipt.channel;
-            let domain = ledger.domain().to_owned();
-            let state = tokio::task::spawn_blocking(move || ledger.state(id))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let (domain, state) = self
+                .ledger
+                .call(move |l| Ok((l.domain().to_owned(), l.state(id)?)))
+                .await?;
             if state.payee != self.identity {
                 return Err("the channel pays another node".into());
             }
