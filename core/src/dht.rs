@@ -81,6 +81,22 @@ pub fn node_key(peer: &PeerId) -> RecordKey {
 /// that about 20 per shard.
 pub const PROVIDER_SHARDS: u8 = 8;
 
+/// A provider query ends once this many peers' answers in a row brought
+/// no provider not already known (after at least [`PROVIDER_ANSWERS`]).
+/// The peers near a key hold the same announcements (each was sent to the
+/// K closest), so once answers only repeat each other, the walk on to every
+/// one of the K closest would cost most of a lookup's requests for nothing.
+const REPEATED_ANSWERS: u32 = 2;
+
+/// Answers with providers a provider query waits for at least: no single
+/// peer decides who exists.
+const PROVIDER_ANSWERS: u32 = 3;
+
+/// Distinct provider keys a node stores announcements for (libp2p-kad's
+/// `max_provided_keys` bounds every key in the store, not only the node's
+/// own): the shards of two roles and of every region, with room to spare.
+const MAX_PROVIDER_KEYS: usize = 4096;
+
 /// The provider key of a role (all its shards are looked up).
 pub fn role_key(role: Role) -> RecordKey {
     RecordKey::new(&format!("/hopwire/role/{role}"))
@@ -422,7 +438,7 @@ fn build_swarm(keypair: identity::Keypair, config: &DhtConfig) -> Result<Swarm<B
                 max_records: 100_000,
                 max_value_bytes: crate::record::MAX_RECORD_LEN,
                 max_providers_per_key: 100_000,
-                max_provided_keys: 64,
+                max_provided_keys: MAX_PROVIDER_KEYS,
             },
         );
         let mut kad = kad::Behaviour::with_config(local_peer, store, kad_config);
@@ -489,6 +505,9 @@ struct Lookup {
     provider_duration: Duration,
     /// Provider queries (one per shard) still running.
     provider_queries: usize,
+    /// Per running provider query, how many peers have answered it with
+    /// providers, and how many answers in a row brought none new.
+    answers: HashMap<QueryId, (u32, u32)>,
     /// Providers found so far; each gets one record query.
     asked: HashSet<PeerId>,
     /// Record queries still running.
@@ -570,9 +589,11 @@ impl Task {
             Command::Find { key, reply } => {
                 let id = self.next_lookup;
                 self.next_lookup += 1;
+                let mut answers = HashMap::new();
                 for key in shards(&key) {
                     let query = self.swarm.behaviour_mut().kad.get_providers(key);
                     self.provider_queries.insert(query, id);
+                    answers.insert(query, (0, 0));
                 }
                 self.lookups.insert(
                     id,
@@ -584,6 +605,7 @@ impl Task {
                         providers: 0,
                         provider_duration: Duration::ZERO,
                         provider_queries: usize::from(PROVIDER_SHARDS),
+                        answers,
                         asked: HashSet::new(),
                         pending: 0,
                         best: HashMap::new(),
@@ -792,11 +814,25 @@ impl Task {
                 let Some(l) = self.lookups.get_mut(&lookup) else {
                     return;
                 };
+                let answered = !new.is_empty();
                 // Each provider's record is fetched as soon as it is known.
                 let new: Vec<PeerId> = new.into_iter().filter(|p| *p != me && l.asked.insert(*p)).collect();
+                // The first answer may be our own store's (no request yet);
+                // only other peers' answers count towards ending the query.
+                if answered && requests > 0 && !last {
+                    let (answers, repeated) = l.answers.entry(query).or_default();
+                    *answers += 1;
+                    *repeated = if new.is_empty() { *repeated + 1 } else { 0 };
+                    if *answers >= PROVIDER_ANSWERS && *repeated >= REPEATED_ANSWERS {
+                        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&query) {
+                            q.finish();
+                        }
+                    }
+                }
                 l.pending += new.len();
                 if last {
                     self.provider_queries.remove(&query);
+                    l.answers.remove(&query);
                     l.requests += requests;
                     l.provider_requests += requests;
                     l.provider_queries -= 1;
