@@ -56,6 +56,10 @@ enum Command {
     Wallet {
         #[arg(long)]
         json: bool,
+        /// First start closing every channel no circuit uses: their
+        /// deposits come back after the ledger's challenge period.
+        #[arg(long)]
+        close: bool,
     },
     /// List the nodes the DHT knows.
     Nodes {
@@ -205,8 +209,9 @@ fn run(cli: Cli) -> Result<i32> {
                 _ => bail!("the daemon answered something else than a node list"),
             }
         }
-        Command::Wallet { json } => {
-            let response = runtime.block_on(api::call(&cli.socket, &Request::Wallet, Duration::from_secs(10)))?;
+        Command::Wallet { json, close } => {
+            let request = Request::Wallet { close };
+            let response = runtime.block_on(api::call(&cli.socket, &request, Duration::from_secs(10)))?;
             match response {
                 Response::Wallet { wallet } => {
                     let text = if json {
@@ -354,19 +359,29 @@ fn wallet_text(w: &api::WalletInfo) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<16}  {:<16}  {:>10}  {:>10}  {:>10}  {:>10}",
-        "channel", "hop", "price/GiB", "deposit", "signed", "carried"
+        "{:<16}  {:<16}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  state",
+        "channel", "hop", "price/GiB", "deposit", "signed", "carried", "sessions"
     );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     for c in &w.channels {
+        let state = match (c.finalized, c.close_at) {
+            (true, _) => "closed".to_owned(),
+            (false, Some(at)) if at > now => format!("closing (deposit back in {} s)", at - now),
+            (false, Some(_)) => "closing (deposit due back)".to_owned(),
+            (false, None) => "open".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "{:<16}  {:<16}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "{:<16}  {:<16}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {state}",
             c.channel,
             c.payee,
             c.price_per_gib,
             c.deposit,
             c.signed,
-            human_bytes(c.bytes)
+            human_bytes(c.bytes),
+            c.sessions
         );
     }
     let spent: u64 = w.channels.iter().map(|c| c.signed).sum();

@@ -36,8 +36,12 @@ pub enum Request {
     },
     Disconnect,
     Status,
-    /// The wallet: account, balance, channels.
-    Wallet,
+    /// The wallet: account, balance, channels; with `close`, first start
+    /// closing every channel no circuit uses.
+    Wallet {
+        #[serde(default)]
+        close: bool,
+    },
     /// The nodes the DHT knows, optionally only of one role or country.
     Nodes {
         #[serde(default)]

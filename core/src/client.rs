@@ -129,7 +129,8 @@ pub struct HopPay {
     pub hop: usize,
     pub record: VerifiedRecord,
     pub channel: PayerChannel,
-    /// The amount the hop confirmed it holds a receipt for.
+    /// What the hop confirmed this circuit paid it (beyond earlier
+    /// circuits' sessions on the channel).
     pub acked: u64,
     /// Why paying it stopped (deposit spent), if it did.
     pub error: Option<String>,
@@ -262,25 +263,40 @@ impl Tunnel {
                 node: hop.short_id(),
                 reason,
             };
-            let mut channel = wallet.open_channel(hop, session_id).await.map_err(payment)?;
-            let receipt = channel.prepay().map_err(|e| payment(e.to_string()))?;
-            let pay = circuit
-                .seal_control(
-                    i,
-                    &ForwardMessage::Pay {
-                        payer: wallet.account(),
-                        receipt,
-                    },
-                )
-                .map_err(|e| hop_failed(path, i, e.to_string()))?;
-            session::write_message(&mut send, &pay).await.map_err(io(0))?;
-            cells.payment_bytes.fetch_add(message_len(&pay), Ordering::Relaxed);
-            let acked = match read_backward(&mut circuit, &mut recv, path).await? {
-                (from, BackwardMessage::Paid { amount, .. }) if from == i => amount,
-                (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
-                (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
+            let mut channel = wallet.channel_for(hop, session_id).await.map_err(payment)?;
+            let acked = loop {
+                let receipt = channel.prepay().map_err(|e| payment(e.to_string()))?;
+                wallet.remember(&channel, hop);
+                let pay = circuit
+                    .seal_control(
+                        i,
+                        &ForwardMessage::Pay {
+                            payer: wallet.account(),
+                            receipt,
+                        },
+                    )
+                    .map_err(|e| hop_failed(path, i, e.to_string()))?;
+                session::write_message(&mut send, &pay).await.map_err(io(0))?;
+                cells.payment_bytes.fetch_add(message_len(&pay), Ordering::Relaxed);
+                match read_backward(&mut circuit, &mut recv, path).await? {
+                    (from, BackwardMessage::Paid { amount, .. }) if from == i => {
+                        break amount.saturating_sub(channel.base_amount())
+                    }
+                    // The hop would not go on with a channel used before
+                    // (it was closed, or the hop lost its newest receipt):
+                    // a new channel, once.
+                    (from, BackwardMessage::Failed { reason }) if from == i && channel.base_amount() > 0 => {
+                        tracing::info!(
+                            "hop {} refused to resume channel: {reason}; opening a new one",
+                            hop.short_id()
+                        );
+                        wallet.retire(channel.channel()).await;
+                        channel = wallet.open_channel(hop, session_id).await.map_err(payment)?;
+                    }
+                    (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
+                    (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
+                }
             };
-            wallet.remember(&channel, hop);
             payments.push(HopPay {
                 hop: i,
                 record: hop.clone(),
@@ -460,7 +476,7 @@ impl Payer<'_> {
 
     fn on_paid(&self, from: usize, amount: u64) {
         if let Some(p) = lock(self.payments).iter_mut().find(|p| p.hop == from) {
-            p.acked = p.acked.max(amount);
+            p.acked = p.acked.max(amount.saturating_sub(p.channel.base_amount()));
         }
     }
 }

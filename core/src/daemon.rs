@@ -190,8 +190,12 @@ impl Daemon {
                     status: self.status(),
                 },
             },
-            Request::Wallet => match &self.wallet {
+            Request::Wallet { close } => match &self.wallet {
                 Some(w) => {
+                    if close {
+                        let n = w.close_idle().await;
+                        info!(channels = n, "closing the wallet's idle channels");
+                    }
                     w.reclaim().await;
                     let (balance, ledger_error) = match w.balance().await {
                         Ok(b) => (Some(b), None),
@@ -509,13 +513,13 @@ impl Daemon {
                 () = self.sample(first_link, &traffic, &paying, spent_before) => unreachable!("sampling never ends"),
                 _ = &mut stop => {
                     tunnel.close().await;
-                    self.close_channels(&tunnel_payments).await;
+                    self.release_channels(&tunnel_payments).await;
                     break 'session;
                 }
             };
             warn!("circuit lost: {}", loss.reason);
             spent_before += lock(&tunnel_payments).iter().map(|p| p.acked).sum::<u64>();
-            self.close_channels(&tunnel_payments).await;
+            self.release_channels(&tunnel_payments).await;
             self.update(|s| {
                 s.state = State::Error;
                 s.error = Some(format!("{}; building a new circuit", loss.reason));
@@ -570,12 +574,12 @@ impl Daemon {
         info!("disconnected");
     }
 
-    /// Starts closing a finished circuit's channels, so their deposits come
-    /// back after the ledger's challenge period.
-    async fn close_channels(&self, payments: &Payments) {
+    /// Gives a finished circuit's channels back to the wallet for the next
+    /// circuit through the same hops.
+    async fn release_channels(&self, payments: &Payments) {
         let ids: Vec<[u8; 32]> = lock(payments).iter().map(|p| p.channel.channel()).collect();
         if let (Some(wallet), false) = (&self.wallet, ids.is_empty()) {
-            wallet.close(ids).await;
+            wallet.release(ids).await;
         }
     }
 

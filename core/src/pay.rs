@@ -179,7 +179,13 @@ pub struct PayerChannel {
     tolerance_bytes: u64,
     seq: u64,
     signed_amount: u64,
-    /// Bytes the payer counted itself on this hop.
+    /// Bytes the newest receipt names.
+    receipt_bytes: u64,
+    /// What earlier sessions on this channel signed: this session's
+    /// receipts pay on top of it.
+    base_amount: u64,
+    base_bytes: u64,
+    /// Bytes the payer counted itself on this hop in this session.
     measured: u64,
 }
 
@@ -203,8 +209,38 @@ impl PayerChannel {
             tolerance_bytes,
             seq: 0,
             signed_amount: 0,
+            receipt_bytes: 0,
+            base_amount: 0,
+            base_bytes: 0,
             measured: 0,
         }
+    }
+
+    /// Continues a channel used before: the newest receipt signed on it had
+    /// `seq`, `amount` and `bytes`. The session's receipts pay on top of
+    /// that; whatever an earlier session prepaid and did not use is the
+    /// payee's (at most one chunk).
+    pub fn resume(mut self, seq: u64, amount: u64, bytes: u64) -> Self {
+        self.seq = seq;
+        self.signed_amount = amount;
+        self.receipt_bytes = bytes;
+        self.base_amount = amount;
+        self.base_bytes = bytes;
+        self
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Bytes the newest receipt names, over every session.
+    pub fn receipt_bytes(&self) -> u64 {
+        self.receipt_bytes
+    }
+
+    /// What earlier sessions on this channel signed.
+    pub fn base_amount(&self) -> u64 {
+        self.base_amount
     }
 
     pub fn signed_amount(&self) -> u64 {
@@ -217,6 +253,10 @@ impl PayerChannel {
 
     pub fn deposit(&self) -> u64 {
         self.deposit
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
     }
 
     pub fn quote(&self) -> Quote {
@@ -243,25 +283,34 @@ impl PayerChannel {
     pub fn on_usage(&mut self, reported_bytes: u64) -> Result<Option<SignedReceipt>, PayError> {
         let agreed = reported_bytes.min(self.measured.saturating_add(self.tolerance_bytes));
         let target = agreed.checked_add(self.quote.chunk_bytes).ok_or(PayError::Overflow)?;
-        if self.quote.price_of(target)? <= self.signed_amount {
+        if self.amount_for(target)? <= self.signed_amount {
             return Ok(None);
         }
         self.pay_for(target).map(Some)
     }
 
+    /// The cumulative amount that pays for `bytes` of this session.
+    fn amount_for(&self, bytes: u64) -> Result<u64, PayError> {
+        self.base_amount
+            .checked_add(self.quote.price_of(bytes)?)
+            .ok_or(PayError::Overflow)
+    }
+
     fn pay_for(&mut self, bytes: u64) -> Result<SignedReceipt, PayError> {
-        let amount = self.quote.price_of(bytes)?.max(self.signed_amount);
+        let amount = self.amount_for(bytes)?.max(self.signed_amount);
+        let cumulative_bytes = self.base_bytes.checked_add(bytes).ok_or(PayError::Overflow)?;
         if amount > self.deposit {
             return Err(PayError::OutOfDeposit { deposit: self.deposit });
         }
         self.seq += 1;
         self.signed_amount = amount;
+        self.receipt_bytes = cumulative_bytes;
         Ok(Receipt {
             domain: self.domain.clone(),
             channel: self.channel,
             session: self.session,
             seq: self.seq,
-            cumulative_bytes: bytes,
+            cumulative_bytes,
             cumulative_amount: amount,
         }
         .sign(&self.key))
@@ -277,6 +326,10 @@ pub struct PayeeChannel {
     deposit: u64,
     quote: Quote,
     latest: Option<SignedReceipt>,
+    /// The session the newest receipt belongs to, and what the channel had
+    /// been paid when it began: a circuit's allowance counts from there.
+    session: Option<[u8; 16]>,
+    base_amount: u64,
 }
 
 impl PayeeChannel {
@@ -288,7 +341,21 @@ impl PayeeChannel {
             deposit,
             quote,
             latest: None,
+            session: None,
+            base_amount: 0,
         }
+    }
+
+    /// Continues a channel whose newest receipt so far is `latest` (kept in
+    /// the receipt store): its next receipt starts a new session.
+    pub fn resume(mut self, latest: SignedReceipt) -> Self {
+        self.base_amount = latest.receipt.cumulative_amount;
+        self.latest = Some(latest);
+        self
+    }
+
+    pub fn id(&self) -> [u8; 32] {
+        self.channel
     }
 
     /// The newest valid receipt: what settlement pays.
@@ -335,15 +402,21 @@ impl PayeeChannel {
             });
         }
         let more = r.cumulative_amount - self.paid_amount();
+        if self.session != Some(r.session) {
+            // A new session (a new circuit) pays on top of everything
+            // before it, so no amount is credited to two sessions.
+            self.session = Some(r.session);
+            self.base_amount = self.paid_amount();
+        }
         self.latest = Some(signed);
         Ok(more)
     }
 
-    /// Bytes the payee may carry in all: what it was paid for plus the
-    /// grace (a circuit's [`Meter`] allowance).
+    /// Bytes the payee may carry in the current session: what the session
+    /// paid for plus the grace (its circuit's [`Meter`] allowance).
     pub fn allowance(&self) -> u64 {
         self.quote
-            .bytes_for(self.paid_amount())
+            .bytes_for(self.paid_amount() - self.base_amount)
             .saturating_add(self.quote.grace_bytes)
     }
 }
@@ -441,6 +514,107 @@ mod tests {
         };
         payee.accept(third).expect("newest");
         assert!(matches!(payee.accept(second), Err(PayError::Stale { .. })));
+    }
+
+    /// The payer side of a new session on `payer`'s channel.
+    fn next_session(payer: &PayerChannel, session: u8) -> PayerChannel {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        PayerChannel::new(
+            key,
+            "testnet".into(),
+            [1; 32],
+            [session; 16],
+            payer.deposit(),
+            QUOTE,
+            64 << 10,
+        )
+        .resume(payer.seq(), payer.signed_amount(), payer.receipt_bytes())
+    }
+
+    #[test]
+    fn a_channel_carries_sessions_on_top_of_each_other_across_a_restart() {
+        let (mut first, mut payee) = pair(1 << 40);
+        payee.accept(first.prepay().unwrap()).unwrap();
+        first.measure(20 << 20);
+        payee.accept(first.on_usage(20 << 20).unwrap().unwrap()).unwrap();
+        let paid_first = payee.paid_amount();
+        assert_eq!(paid_first, QUOTE.price_of((20 << 20) + QUOTE.chunk_bytes).unwrap());
+
+        // The node restarts: its newest receipt comes back from the store.
+        let mut payee = PayeeChannel::new(
+            SigningKey::from_bytes(&[3; 32]).verifying_key(),
+            "testnet".into(),
+            [1; 32],
+            1 << 40,
+            QUOTE,
+        )
+        .resume(payee.latest().unwrap().clone());
+        assert_eq!(
+            payee.allowance(),
+            QUOTE.grace_bytes,
+            "nothing of the last session carries over"
+        );
+        let mut second = next_session(&first, 9);
+        let more = payee.accept(second.prepay().unwrap()).unwrap();
+        assert_eq!(more, QUOTE.price_of(QUOTE.chunk_bytes).unwrap());
+        // Amounts round up to the unit: bytes paid for are what the amount buys.
+        let paid_for = |bytes: u64| QUOTE.bytes_for(QUOTE.price_of(bytes).unwrap());
+        assert_eq!(payee.allowance(), paid_for(QUOTE.chunk_bytes) + QUOTE.grace_bytes);
+        second.measure(12 << 20);
+        payee.accept(second.on_usage(12 << 20).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            payee.allowance(),
+            paid_for((12 << 20) + QUOTE.chunk_bytes) + QUOTE.grace_bytes,
+            "the session's allowance counts from what the channel had been paid"
+        );
+        assert_eq!(
+            payee.paid_amount(),
+            paid_first + second.signed_amount() - second.base_amount()
+        );
+        assert_eq!(
+            payee.latest().unwrap().receipt.cumulative_bytes,
+            (20 << 20) + QUOTE.chunk_bytes + (12 << 20) + QUOTE.chunk_bytes
+        );
+
+        // A receipt of the first session, replayed, is refused.
+        let mut stale = first;
+        stale.measure(100 << 20);
+        let old = stale.on_usage(120 << 20).unwrap().unwrap();
+        assert!(matches!(payee.accept(old), Err(PayError::Stale { .. })));
+    }
+
+    #[test]
+    fn a_receipt_the_payee_never_stored_is_credited_to_the_next_session() {
+        let (mut first, mut payee) = pair(1 << 40);
+        payee.accept(first.prepay().unwrap()).unwrap();
+        first.measure(8 << 20);
+        // Signed and sent, but the node died before storing it.
+        first.on_usage(8 << 20).unwrap().unwrap();
+        let mut second = next_session(&first, 9);
+        let before = payee.paid_amount();
+        payee.accept(second.prepay().unwrap()).unwrap();
+        assert_eq!(payee.paid_amount(), second.signed_amount());
+        assert!(payee.allowance() >= QUOTE.chunk_bytes + QUOTE.grace_bytes);
+        assert_eq!(
+            QUOTE.bytes_for(payee.paid_amount() - before),
+            payee.allowance() - QUOTE.grace_bytes,
+            "what the lost receipt paid is carried in this session, not lost to the client"
+        );
+    }
+
+    #[test]
+    fn a_payer_that_forgot_its_newest_receipt_is_refused_not_credited_twice() {
+        let (mut first, mut payee) = pair(1 << 40);
+        payee.accept(first.prepay().unwrap()).unwrap();
+        let forgotten = next_session(&first, 8);
+        first.measure(8 << 20);
+        payee.accept(first.on_usage(8 << 20).unwrap().unwrap()).unwrap();
+        // The payer resumes from an older state than the payee holds.
+        let mut behind = next_session(&forgotten, 9);
+        assert!(matches!(
+            payee.accept(behind.prepay().unwrap()),
+            Err(PayError::Stale { .. })
+        ));
     }
 
     #[test]

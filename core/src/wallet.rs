@@ -1,14 +1,21 @@
 //! The client's money: its ledger account (an ed25519 key kept beside the
-//! daemon's state), the channels it opened to the hops of its circuits, and
-//! what it signed to each, kept in sled so spending survives a restart.
+//! daemon's state), the channels it opened to hops, and what it signed to
+//! each, kept in sled so spending survives a restart.
 //!
-//! Each circuit opens one channel per charging hop, with a deposit of
-//! `deposit_mib` MiB at that hop's price (at least two chunks). A channel's
-//! receipts are signed by [`PayerChannel`]; the wallet only opens channels
-//! and remembers them.
+//! One channel per hop, reused by every circuit through that hop: a
+//! circuit pays through it as a new session, on top of what earlier
+//! sessions signed. A new channel is opened with a deposit of
+//! `deposit_mib` MiB at the hop's price (at least two chunks) when the hop
+//! has none with room for two more chunks. A channel is closed (its deposit
+//! comes back after the ledger's challenge period) once it is spent, after
+//! a day unused, or when the user asks (`hopwire wallet --close`).
+//! Receipts are signed by [`PayerChannel`]; the wallet opens channels,
+//! lends them to circuits and remembers them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ed25519_dalek::SigningKey;
 use rand::RngCore;
@@ -22,6 +29,9 @@ use crate::record::VerifiedRecord;
 /// Bytes a client pays beyond what it counted itself: cells lost between a
 /// hop and the client are counted by the hop only.
 const TOLERANCE_BYTES: u64 = 1 << 20;
+
+/// A channel unused this long is closed, so its deposit comes back.
+const IDLE_CLOSE_S: u64 = 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalletError {
@@ -41,20 +51,51 @@ pub struct ChannelRecord {
     pub channel: String,
     /// The hop paid (short id).
     pub payee: String,
+    /// Its identity key (hex).
+    pub payee_key: String,
     pub price_per_gib: u64,
+    pub chunk_bytes: u64,
     pub deposit: u64,
     /// What the newest receipt signed to it says, in all.
     pub signed: u64,
-    /// Bytes the client counted on that hop.
+    /// Bytes the client counted on that hop, over every session.
     pub bytes: u64,
-    /// Unix seconds when it was opened.
+    /// Circuits that paid through it.
+    pub sessions: u64,
+    /// The newest receipt's sequence number and bytes (a new session goes
+    /// on from them).
+    pub seq: u64,
+    pub receipt_bytes: u64,
+    pub domain: String,
+    /// Unix seconds when it was opened, and last used.
     pub opened_at: u64,
+    pub used_at: u64,
     /// When its close takes effect (unix seconds), once the client started it.
-    #[serde(default)]
     pub close_at: Option<u64>,
     /// The deposit's rest came back to the account.
-    #[serde(default)]
     pub finalized: bool,
+}
+
+impl ChannelRecord {
+    fn open(&self) -> bool {
+        self.close_at.is_none() && !self.finalized
+    }
+
+    /// Whether the deposit has room for two more chunks at `quote`: a
+    /// session's prepayment and one chunk of use.
+    fn has_room(&self, quote: &crate::pay::Quote) -> bool {
+        quote
+            .price_of(2 * quote.chunk_bytes)
+            .is_ok_and(|room| self.deposit.saturating_sub(self.signed) >= room)
+    }
+
+    fn quote(&self) -> crate::pay::Quote {
+        crate::pay::Quote {
+            price_per_gib: self.price_per_gib,
+            chunk_bytes: self.chunk_bytes,
+            grace_bytes: 0,
+        }
+    }
 }
 
 pub struct Wallet {
@@ -63,6 +104,9 @@ pub struct Wallet {
     ledger: LazyLedger,
     deposit_mib: u64,
     channels: sled::Tree,
+    /// Channels a circuit pays through now, with the bytes counted on
+    /// them before it.
+    lent: Mutex<HashMap<[u8; 32], u64>>,
 }
 
 impl std::fmt::Debug for Wallet {
@@ -99,6 +143,7 @@ impl Wallet {
             ledger: LazyLedger::new(ledger_addr),
             deposit_mib: deposit_mib.max(1),
             channels,
+            lent: Mutex::default(),
         })
     }
 
@@ -113,7 +158,36 @@ impl Wallet {
         self.ledger.call(move |l| l.balance(account)).await
     }
 
-    /// Opens a channel to `hop` for one circuit on the ledger.
+    /// A channel for a circuit's session with `hop`: the hop's channel if
+    /// it has one open, unused by another circuit, with room for two more
+    /// chunks at its price; else a new one opened on the ledger.
+    pub async fn channel_for(&self, hop: &VerifiedRecord, session: [u8; 16]) -> Result<PayerChannel, String> {
+        let quote = hop.record().quote;
+        let payee_key = hex(&hop.record().identity);
+        let reusable = {
+            let lent = crate::sync::lock(&self.lent);
+            self.records()
+                .into_iter()
+                .find(|(id, r)| r.open() && r.payee_key == payee_key && !lent.contains_key(id) && r.has_room(&quote))
+        };
+        if let Some((id, r)) = reusable {
+            crate::sync::lock(&self.lent).insert(id, r.bytes);
+            let channel = PayerChannel::new(
+                self.key.clone(),
+                r.domain,
+                id,
+                session,
+                r.deposit,
+                quote,
+                TOLERANCE_BYTES,
+            )
+            .resume(r.seq, r.signed, r.receipt_bytes);
+            return Ok(channel);
+        }
+        self.open_channel(hop, session).await
+    }
+
+    /// Opens a new channel to `hop` on the ledger, for a circuit.
     pub async fn open_channel(&self, hop: &VerifiedRecord, session: [u8; 16]) -> Result<PayerChannel, String> {
         let quote = hop.record().quote;
         let deposit = quote
@@ -131,27 +205,97 @@ impl Wallet {
             .await
             .map_err(|e| format!("opening a channel to {} on the ledger: {e}", hop.short_id()))?;
         let channel = PayerChannel::new(self.key.clone(), domain, id, session, deposit, quote, TOLERANCE_BYTES);
+        crate::sync::lock(&self.lent).insert(id, 0);
         self.remember(&channel, hop);
         Ok(channel)
     }
 
-    /// Keeps what `channel` has signed so far (best effort: the ledger
-    /// and the hop hold the receipts that matter).
+    /// Keeps what `channel` has signed so far; called before a receipt is
+    /// sent, so a later session goes on past it.
     pub fn remember(&self, channel: &PayerChannel, hop: &VerifiedRecord) {
         let id = channel.channel();
-        let opened_at = self.load(id).map_or_else(crate::node::unix_now, |r| r.opened_at);
+        let now = crate::node::unix_now();
+        let before = crate::sync::lock(&self.lent).get(&id).copied().unwrap_or(0);
+        let old = self.load(id);
         let record = ChannelRecord {
             channel: crate::record::short_id(&id),
             payee: hop.short_id(),
+            payee_key: hex(&hop.record().identity),
             price_per_gib: channel.quote().price_per_gib,
+            chunk_bytes: channel.quote().chunk_bytes,
             deposit: channel.deposit(),
             signed: channel.signed_amount(),
-            bytes: channel.measured(),
-            opened_at,
+            bytes: before + channel.measured(),
+            sessions: old.as_ref().map_or(0, |r| r.sessions),
+            seq: channel.seq(),
+            receipt_bytes: channel.receipt_bytes(),
+            domain: channel.domain().to_owned(),
+            opened_at: old.as_ref().map_or(now, |r| r.opened_at),
+            used_at: now,
             close_at: None,
             finalized: false,
         };
         self.store(id, &record);
+    }
+
+    /// A circuit is over: its channels are free for the next one. Those
+    /// without room for another session, and any unused for a day, start
+    /// closing.
+    pub async fn release(&self, ids: Vec<[u8; 32]>) {
+        {
+            let mut lent = crate::sync::lock(&self.lent);
+            for id in &ids {
+                lent.remove(id);
+            }
+        }
+        for id in ids {
+            if let Some(mut r) = self.load(id) {
+                r.sessions += 1;
+                self.store(id, &r);
+            }
+        }
+        let now = crate::node::unix_now();
+        let done: Vec<[u8; 32]> = self
+            .idle()
+            .into_iter()
+            .filter(|(_, r)| !r.has_room(&r.quote()) || now.saturating_sub(r.used_at) >= IDLE_CLOSE_S)
+            .map(|(id, _)| id)
+            .collect();
+        self.close(done).await;
+    }
+
+    /// A channel the hop would not take (it lost or never saw the newest
+    /// receipt): closed, and the circuit opens another.
+    pub async fn retire(&self, id: [u8; 32]) {
+        crate::sync::lock(&self.lent).remove(&id);
+        self.close(vec![id]).await;
+    }
+
+    /// Starts closing every channel no circuit uses; how many.
+    pub async fn close_idle(&self) -> usize {
+        let ids: Vec<[u8; 32]> = self.idle().into_iter().map(|(id, _)| id).collect();
+        let n = ids.len();
+        self.close(ids).await;
+        n
+    }
+
+    /// Open channels no circuit uses.
+    fn idle(&self) -> Vec<([u8; 32], ChannelRecord)> {
+        let lent = crate::sync::lock(&self.lent);
+        self.records()
+            .into_iter()
+            .filter(|(id, r)| r.open() && !lent.contains_key(id))
+            .collect()
+    }
+
+    fn records(&self) -> Vec<([u8; 32], ChannelRecord)> {
+        self.channels
+            .iter()
+            .filter_map(|kv| {
+                let (k, v) = kv.ok()?;
+                Some((<[u8; 32]>::try_from(&k[..]).ok()?, postcard::from_bytes(&v).ok()?))
+            })
+            .collect()
     }
 
     fn load(&self, id: [u8; 32]) -> Option<ChannelRecord> {
@@ -161,14 +305,17 @@ impl Wallet {
 
     fn store(&self, id: [u8; 32], record: &ChannelRecord) {
         if let Ok(bytes) = postcard::to_stdvec(record) {
+            // Not flushed each time (sled does within half a second): a
+            // receipt lost in a crash only makes the hop refuse to resume,
+            // and a new channel is opened.
             let _ = self.channels.insert(id, bytes);
         }
     }
 
-    /// Starts closing a circuit's channels: after the ledger's challenge
-    /// period (in which the hops settle) the rest of each deposit can come
-    /// back ([`Wallet::reclaim`]).
-    pub async fn close(&self, channels: Vec<[u8; 32]>) {
+    /// Starts closing channels: after the ledger's challenge period (in
+    /// which the hops settle) the rest of each deposit can come back
+    /// ([`Wallet::reclaim`]).
+    async fn close(&self, channels: Vec<[u8; 32]>) {
         for id in channels {
             let key = self.key.clone();
             match self
@@ -192,14 +339,9 @@ impl Wallet {
     pub async fn reclaim(&self) -> u64 {
         let now = crate::node::unix_now();
         let due: Vec<([u8; 32], ChannelRecord)> = self
-            .channels
-            .iter()
-            .filter_map(|kv| {
-                let (k, v) = kv.ok()?;
-                let record: ChannelRecord = postcard::from_bytes(&v).ok()?;
-                let id = <[u8; 32]>::try_from(&k[..]).ok()?;
-                (!record.finalized && record.close_at.is_some_and(|at| at <= now)).then_some((id, record))
-            })
+            .records()
+            .into_iter()
+            .filter(|(_, r)| !r.finalized && r.close_at.is_some_and(|at| at <= now))
             .collect();
         let mut back = 0;
         for (id, mut record) in due {
@@ -214,13 +356,12 @@ impl Wallet {
 
     /// Every channel this wallet opened, oldest first.
     pub fn channels(&self) -> Vec<ChannelRecord> {
-        let mut all: Vec<ChannelRecord> = self
-            .channels
-            .iter()
-            .values()
-            .filter_map(|v| postcard::from_bytes(&v.ok()?).ok())
-            .collect();
+        let mut all: Vec<ChannelRecord> = self.records().into_iter().map(|(_, r)| r).collect();
         all.sort_by_key(|c| c.opened_at);
         all
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -83,7 +83,7 @@ fn seeds() -> Vec<Vec<u8>> {
         },
         Request::Disconnect,
         Request::Status,
-        Request::Wallet,
+        Request::Wallet { close: true },
     ]
     .iter()
     .map(|r| serde_json::to_vec(r).expect("encodes"))

@@ -4,6 +4,8 @@
 //! - A fuzzed receipt never panics the payee, and is accepted only if it is
 //!   the payer's, for this ledger and channel, newer, not decreasing and
 //!   within the deposit; what it accepts only ever grows.
+//! - Into a channel resumed from a stored receipt, only newer receipts are
+//!   taken and a session's allowance is what it paid on top.
 //! - A genuine receipt with the input XORed onto its encoding is accepted
 //!   only unmodified.
 //! - A fuzzed usage report never makes the payer sign past its deposit, or
@@ -62,6 +64,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(paid <= DEPOSIT);
+
+    // The same receipts into a channel resumed after a restart: nothing at
+    // or below the stored receipt is taken, and a session is never allowed
+    // more than what was paid on top of it.
+    let mut resumed = payee().resume(genuine(5, 300));
+    for chunk in data.chunks(160) {
+        if let Ok(receipt) = postcard::from_bytes::<SignedReceipt>(chunk) {
+            if resumed.accept(receipt.clone()).is_ok() {
+                assert!(receipt.receipt.seq > 5 && receipt.receipt.cumulative_amount >= 300);
+            }
+            let allowed = QUOTE.bytes_for(resumed.paid_amount() - 300) + QUOTE.grace_bytes;
+            assert!(resumed.allowance() <= allowed, "a session allowed more than it paid for");
+        }
+    }
 
     // A genuine receipt, tampered with.
     let mut bytes = postcard::to_stdvec(&genuine(1, 700)).expect("encodes");

@@ -1,7 +1,9 @@
 //! End-to-end tests of payments: every hop of a 3-hop circuit is paid its
-//! price for what it carried (within one chunk); a killed exit keeps every
-//! receipt it acknowledged and `settle` pays it on the ledger; a client out
-//! of money hears why, and the hops stop carrying for it past the grace.
+//! price for what it carried (within one chunk), and the next circuit pays
+//! on the same channels; a killed exit keeps every receipt it acknowledged,
+//! `settle` pays it on the ledger, and restarted it resumes the channel; a
+//! client out of money hears why, and the hops stop carrying for it past the
+//! grace.
 
 use std::path::PathBuf;
 
@@ -54,15 +56,50 @@ fn every_hop_is_paid_its_price_for_what_it_carried() {
         Some(payments.iter().filter_map(|p| p["paid"].as_u64()).sum()),
         "status shows the session's spending: {st}"
     );
-    // Disconnecting starts closing the channels: their deposits come back
-    // after the ledger's challenge period.
+    // A circuit's channels outlive it: the next circuit through a hop pays
+    // on the same channel, as a new session.
     tn.disconnect();
     let wallet = json(&tn.cli(&["wallet", "--json"]).ok());
     for c in wallet["channels"].as_array().expect("channels") {
-        assert!(
-            c["close_at"].as_u64().is_some(),
-            "channel not closing after disconnect: {c}"
-        );
+        assert!(c["close_at"].is_null(), "channel closing after disconnect: {c}");
+        assert_eq!(c["sessions"].as_u64(), Some(1), "{c}");
+    }
+    tn.reconnect();
+    let url = tn.summary["download"]["url"].as_str().expect("download url").to_owned();
+    tn.curl_client(&url, None, 60).ok();
+    let wallet = json(&tn.cli(&["wallet", "--json"]).ok());
+    let channels = wallet["channels"].as_array().expect("channels");
+    let mut payees: Vec<&str> = channels.iter().filter_map(|c| c["payee"].as_str()).collect();
+    payees.sort_unstable();
+    let before = payees.len();
+    payees.dedup();
+    assert_eq!(payees.len(), before, "one channel per hop: {wallet:#}");
+    let st = tn.status();
+    let on_path: Vec<&str> = st["payments"]
+        .as_array()
+        .expect("payments")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    let reused = channels
+        .iter()
+        .filter(|c| c["sessions"].as_u64() == Some(1) && on_path.contains(&c["payee"].as_str().unwrap_or("")))
+        .count();
+    assert!(
+        reused >= 1,
+        "the guard's channel carries its second circuit: {wallet:#} {st}"
+    );
+    eprintln!("[e2e] channels after a second circuit: {wallet}");
+    // `wallet --close` closes what no circuit uses; after a disconnect, all.
+    let wallet = json(&tn.cli(&["wallet", "--close", "--json"]).ok());
+    for c in wallet["channels"].as_array().expect("channels") {
+        let in_use = on_path.contains(&c["payee"].as_str().unwrap_or(""));
+        assert_eq!(c["close_at"].is_null(), in_use, "{c} (in use: {in_use})");
+    }
+    tn.disconnect();
+    let wallet = json(&tn.cli(&["wallet", "--close", "--json"]).ok());
+    for c in wallet["channels"].as_array().expect("channels") {
+        assert!(c["close_at"].as_u64().is_some(), "channel not closing: {c}");
     }
 }
 
@@ -107,6 +144,44 @@ fn a_killed_exit_keeps_its_receipts_and_settle_pays_them() {
     node_cli(&tn, &["settle", "--config", &config]).ok();
     let again = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
     assert_eq!(again["ledger_balance"], after["ledger_balance"], "{again}");
+
+    // Restarted, the exit takes the client's next circuit on the same
+    // channel, from the receipt it kept.
+    tn.restart_exit();
+    tn.disconnect();
+    let only_this_exit: Vec<&str> = tn.summary["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["role"].as_str() != Some("exit") || n["identity"].as_str() == Some(exit_id.as_str()))
+        .filter_map(|n| n["record"].as_str())
+        .collect();
+    let nodes = tn.dir.join("nodes-one-exit.txt");
+    std::fs::write(&nodes, only_this_exit.join("\n") + "\n").expect("write nodes file");
+    let nodes = nodes.to_string_lossy().into_owned();
+    tn.cli(&["connect", "--hops", "3", "--nodes", &nodes]).ok();
+    let st = tn.wait_state("connected", 60);
+    assert_eq!(st["exit"]["id"].as_str(), Some(exit_id.as_str()), "{st}");
+    let url = tn.summary["download"]["url"].as_str().expect("download url").to_owned();
+    tn.curl_client(&url, None, 60).ok();
+    let wallet = json(&tn.cli(&["wallet", "--json"]).ok());
+    let to_exit: Vec<&Value> = wallet["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter(|c| c["payee"].as_str() == Some(exit_id.as_str()))
+        .collect();
+    assert_eq!(to_exit.len(), 1, "the exit's channel resumed, none opened: {wallet:#}");
+    tn.disconnect();
+    tn.stop_exit("TERM");
+    let resumed = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    assert_eq!(resumed["channels"].as_array().map(Vec::len), Some(1), "{resumed}");
+    assert!(
+        resumed["earned"].as_u64() > earned["earned"].as_u64(),
+        "the resumed session earned on the same channel: {resumed} (before: {earned})"
+    );
+    assert_eq!(resumed["settled"], after["ledger_balance"], "{resumed}");
+    eprintln!("[e2e] the exit's channel after its restart: {resumed}");
 }
 
 /// The client's account holds just enough for one circuit's deposits of

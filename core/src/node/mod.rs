@@ -676,10 +676,29 @@ impl Node {
             return Err("a circuit cannot pass a node twice".into());
         }
         let next_name = short_id(&identity);
-        let (link, conn) = self
-            .connect(addr, identity)
-            .await
-            .map_err(|e| format!("cannot reach {next_name} at {addr}: {e}"))?;
+        let reach = |e: String| format!("cannot reach {next_name} at {addr}: {e}");
+        let (link, conn, reused) = self.connect(addr, identity).await.map_err(reach)?;
+        match self.create(hop, link, &conn, &next_name, onionskin.clone()).await {
+            // A link kept from before may lead to a process that has since
+            // restarted (the old connection only fails once used): once
+            // more over a new one.
+            Err(_) if reused && conn.close_reason().is_some() => {
+                let (link, conn, _) = self.connect(addr, identity).await.map_err(reach)?;
+                self.create(hop, link, &conn, &next_name, onionskin).await
+            }
+            done => done,
+        }
+    }
+
+    /// Sends CREATE to the next hop over `conn` and waits for its answer.
+    async fn create(
+        &self,
+        hop: &SharedHop<LinkId>,
+        link: LinkId,
+        conn: &quinn::Connection,
+        next_name: &str,
+        onionskin: crate::onion::handshake::ClientOnionskin,
+    ) -> Result<(SendStream, RecvStream, ServerOnionskin), String> {
         let (mut send, mut recv) = tokio::time::timeout(CREATE_TIMEOUT, conn.open_bi())
             .await
             .map_err(|_| format!("{next_name} takes no more circuits"))?
@@ -717,16 +736,17 @@ impl Node {
         }
     }
 
-    /// A live connection to the node `identity`, reused when there is one.
+    /// A live connection to the node `identity`, reused (`true`) when there
+    /// is one.
     async fn connect(
         self: &Arc<Self>,
         addr: SocketAddr,
         identity: [u8; 32],
-    ) -> Result<(LinkId, quinn::Connection), String> {
+    ) -> Result<(LinkId, quinn::Connection, bool), String> {
         let mut peers = self.peers.lock().await;
         if let Some((link, conn)) = peers.get(&identity) {
             if conn.close_reason().is_none() {
-                return Ok((*link, conn.clone()));
+                return Ok((*link, conn.clone(), true));
             }
         }
         let config = link::client_config(identity).map_err(|e| e.to_string())?;
@@ -740,7 +760,7 @@ impl Node {
             .map_err(|e| e.to_string())?;
         let link = self.new_link(conn.clone());
         peers.insert(identity, (link, conn.clone()));
-        Ok((link, conn))
+        Ok((link, conn, false))
     }
 }
 

@@ -4,14 +4,24 @@
 //! client's first receipt names a channel; the node checks it on the
 //! ledger (payee is this node, payer is the signer, open, its deposit),
 //! then keeps the newest valid receipt in sled — flushed before the payment
-//! counts — and raises the circuit's allowance to what it paid for plus the
-//! grace. Every chunk the node reports what it carried; the client pays for
-//! it and one chunk ahead. A circuit that stays past its allowance for
-//! [`CUT_OFF_AFTER`] is destroyed: meanwhile it forwards nothing, but the
-//! control stream stays open so a late receipt still catches up.
+//! counts — and raises the circuit's allowance to what its session paid for
+//! plus the grace. Every chunk the node reports what it carried; the client
+//! pays for it and one chunk ahead. A circuit that stays past its allowance
+//! for [`CUT_OFF_AFTER`] is destroyed: meanwhile it forwards nothing, but
+//! the control stream stays open so a late receipt still catches up.
+//!
+//! A client keeps one channel per hop and pays each new circuit through it
+//! as a new session, on top of what the channel was paid before; after a
+//! restart the newest receipt comes back from the store, so a session
+//! resumes the channel where it stopped. One circuit pays through a channel
+//! at a time: a newer one takes it over (the older is usually dead and not
+//! yet noticed), and the older one's receipts are refused from then on.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
@@ -38,12 +48,24 @@ pub struct Payee {
     identity: [u8; 32],
     ledger: LazyLedger,
     pub store: ReceiptStore,
+    /// Channels circuits are paying through now.
+    channels: Arc<Mutex<HashMap<[u8; 32], SharedSlot>>>,
+    next_circuit: AtomicU64,
+}
+
+type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
+
+/// A channel in use: its state, and which circuit pays through it.
+struct Slot {
+    channel: Option<PayeeChannel>,
+    owner: u64,
 }
 
 /// One circuit's payments at this node.
-#[derive(Default)]
 pub struct CircuitPay {
-    channel: Option<PayeeChannel>,
+    /// Tells this circuit from others paying through the same channel.
+    token: u64,
+    slot: Option<SlotGuard>,
     last_report: u64,
     /// Refused bytes when the last payment came.
     refused_at_payment: u64,
@@ -51,6 +73,26 @@ pub struct CircuitPay {
     /// Carried bytes at the last look, and whether they had moved.
     last_carried: u64,
     busy: bool,
+}
+
+/// A circuit's hold on its channel's slot; letting go frees the slot unless
+/// a newer circuit took it over.
+struct SlotGuard {
+    id: [u8; 32],
+    slot: SharedSlot,
+    token: u64,
+    channels: Arc<Mutex<HashMap<[u8; 32], SharedSlot>>>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut channels = lock(&self.channels);
+        // A slot being used right now belongs to another circuit.
+        let ours = self.slot.try_lock().is_ok_and(|s| s.owner == self.token);
+        if ours && channels.get(&self.id).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+            channels.remove(&self.id);
+        }
+    }
 }
 
 impl CircuitPay {
@@ -72,13 +114,23 @@ impl Payee {
             identity,
             ledger: LazyLedger::new(ledger_addr),
             store: ReceiptStore::open_dir(&dir.join("receipts"))?,
+            channels: Arc::default(),
+            next_circuit: AtomicU64::new(1),
         })
     }
 
     /// A new circuit: it may carry the grace before any receipt.
     pub fn start(&self, hop: &SharedHop<impl Copy>) -> CircuitPay {
         lock(hop).meter.allowance = Some(self.quote.grace_bytes);
-        CircuitPay::default()
+        CircuitPay {
+            token: self.next_circuit.fetch_add(1, Ordering::Relaxed),
+            slot: None,
+            last_report: 0,
+            refused_at_payment: 0,
+            behind_since: None,
+            last_carried: 0,
+            busy: false,
+        }
     }
 
     /// Takes a receipt; answers with what the client should hear.
@@ -104,26 +156,26 @@ impl Payee {
         payer: [u8; 32],
         receipt: SignedReceipt,
     ) -> Result<BackwardMessage, String> {
-        if circuit.channel.is_none() {
-            let id = receipt.receipt.channel;
-            let (domain, state) = self
-                .ledger
-                .call(move |l| Ok((l.domain().to_owned(), l.state(id)?)))
-                .await?;
-            if state.payee != self.identity {
-                return Err("the channel pays another node".into());
+        let id = receipt.receipt.channel;
+        let fresh = match &circuit.slot {
+            Some(g) if g.id != id => return Err("a circuit pays through one channel".into()),
+            Some(_) => None,
+            None => {
+                let channel = self.check_channel(&receipt, payer).await?;
+                Some(self.take_over(channel, circuit.token).await?)
             }
-            if state.payer != payer {
-                return Err("the channel belongs to another payer".into());
-            }
-            if state.finalized || state.close_at.is_some() {
-                return Err("the channel is closing".into());
-            }
-            let key = VerifyingKey::from_bytes(&payer).map_err(|_| "the payer is not an ed25519 key".to_owned())?;
-            circuit.channel = Some(PayeeChannel::new(key, domain, id, state.deposit, self.quote));
+        };
+        let Some(guard) = fresh.as_ref().or(circuit.slot.as_ref()) else {
+            unreachable!("either the circuit's slot or a fresh one")
+        };
+        // Held until the receipt is on disk, so a circuit taking the channel
+        // over reads it from the store.
+        let mut slot = guard.slot.lock().await;
+        if slot.owner != circuit.token {
+            return Err("a newer circuit pays through this channel".into());
         }
-        let Some(channel) = circuit.channel.as_mut() else {
-            unreachable!("set above")
+        let Some(channel) = slot.channel.as_mut() else {
+            unreachable!("a slot's channel is set when it is taken over")
         };
         channel.accept(receipt.clone()).map_err(|e| e.to_string())?;
         let store = self.store.clone();
@@ -134,11 +186,75 @@ impl Payee {
             .map_err(|e| e.to_string())?;
         // On disk: only now does it count.
         let paid = channel.paid_amount();
+        let allowance = channel.allowance();
+        drop(slot);
         let mut h = lock(hop);
-        h.meter.allowance = Some(channel.allowance());
+        h.meter.allowance = Some(allowance);
         circuit.refused_at_payment = h.meter.refused;
         circuit.behind_since = None;
+        drop(h);
+        // A refused first receipt leaves the circuit free to pay through
+        // another channel.
+        if fresh.is_some() {
+            circuit.slot = fresh;
+        }
         Ok(BackwardMessage::Paid { seq, amount: paid })
+    }
+
+    /// Checks on the ledger that the receipt's channel pays this node from
+    /// `payer` and is open, and that `payer` signed it (only the payer may
+    /// move its channel to a new circuit); the channel as it starts.
+    async fn check_channel(&self, receipt: &SignedReceipt, payer: [u8; 32]) -> Result<PayeeChannel, String> {
+        let id = receipt.receipt.channel;
+        let (domain, state) = self
+            .ledger
+            .call(move |l| Ok((l.domain().to_owned(), l.state(id)?)))
+            .await?;
+        if state.payee != self.identity {
+            return Err("the channel pays another node".into());
+        }
+        if state.payer != payer {
+            return Err("the channel belongs to another payer".into());
+        }
+        if state.finalized || state.close_at.is_some() {
+            return Err("the channel is closing".into());
+        }
+        let key = VerifyingKey::from_bytes(&payer).map_err(|_| "the payer is not an ed25519 key".to_owned())?;
+        receipt.verify(&key).map_err(|e| e.to_string())?;
+        Ok(PayeeChannel::new(key, domain, id, state.deposit, self.quote))
+    }
+
+    /// Makes circuit `token` the one paying through `channel`, resumed
+    /// from the receipt store (everything accepted is there).
+    async fn take_over(&self, mut channel: PayeeChannel, token: u64) -> Result<SlotGuard, String> {
+        let id = channel.id();
+        let slot = lock(&self.channels)
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Slot {
+                    channel: None,
+                    owner: 0,
+                }))
+            })
+            .clone();
+        let mut held = slot.lock().await;
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.get(id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some(stored) = stored {
+            channel = channel.resume(stored.receipt);
+        }
+        held.channel = Some(channel);
+        held.owner = token;
+        drop(held);
+        Ok(SlotGuard {
+            id,
+            slot,
+            token,
+            channels: self.channels.clone(),
+        })
     }
 
     /// Called often: a usage report once a chunk has passed since the last,
