@@ -51,6 +51,11 @@ result = {
     "payment_bytes_per_gib": statistics.median(per_gib),
     "payment_bytes_percent": 100 * statistics.median(per_gib) / 2**30,
     "all_hops_within_one_chunk": all(p["within_one_chunk"] for r in paid for p in r["payments"]),
+    "paid_runs_mbit_per_s": [r["download"]["mbit_per_s"] for r in paid],
+    "free_runs_mbit_per_s": [r["download"]["mbit_per_s"] for r in free],
+    # Run i paid against run i free (they ran back to back).
+    "pair_cost_percent": [round(100 * (1 - p["download"]["mbit_per_s"] / f["download"]["mbit_per_s"]), 1)
+                          for p, f in zip(paid, free)],
 }
 print(json.dumps(result, indent=2))
 if dest:

@@ -563,6 +563,12 @@ impl Testnet {
     /// Like [`Testnet::start`], with more `hopwire testnet` arguments
     /// (e.g. `--relays 2`).
     pub fn start_with(prefix: &str, size_mb: u32, extra: &[&str]) -> Self {
+        Self::start_with_env(prefix, size_mb, extra, &[])
+    }
+
+    /// Like [`Testnet::start_with`], with environment variables for every
+    /// process of the testnet (nodes, ledger, client).
+    pub fn start_with_env(prefix: &str, size_mb: u32, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let serial = serial();
         require_root();
         let hopwire = hopwire_bin();
@@ -584,7 +590,8 @@ impl Testnet {
                     "--exits",
                     "1",
                 ])
-                .args(extra),
+                .args(extra)
+                .envs(env.iter().copied()),
             TESTNET_TIMEOUT,
         );
         assert!(out.success(), "hopwire testnet --keep failed: {out}");

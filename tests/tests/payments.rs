@@ -3,7 +3,7 @@
 //! on the same channels; a killed exit keeps every receipt it acknowledged,
 //! `settle` pays it on the ledger, and restarted it resumes the channel; a
 //! client out of money hears why, and the hops stop carrying for it past the
-//! grace.
+//! grace; hops that report inflated usage are paid only what they carried.
 
 use std::path::PathBuf;
 
@@ -182,6 +182,32 @@ fn a_killed_exit_keeps_its_receipts_and_settle_pays_them() {
     );
     assert_eq!(resumed["settled"], after["ledger_balance"], "{resumed}");
     eprintln!("[e2e] the exit's channel after its restart: {resumed}");
+}
+
+/// Every hop reports four times what it carried (a debug-build test hook):
+/// the client pays each for what it counted itself, within one chunk and
+/// its tolerance, not for the reports.
+#[test]
+fn hops_reporting_inflated_usage_are_paid_only_what_they_carried() {
+    let tn = Testnet::start_with_env("hwp4", 16, &[], &[("HOPWIRE_TEST_INFLATE_USAGE", "4")]);
+    let payments = tn.summary["payments"].as_array().expect("payments");
+    assert_eq!(payments.len(), 3, "{:#}", tn.summary["payments"]);
+    for p in payments {
+        let (owed, paid) = (p["owed"].as_u64().expect("owed"), p["paid"].as_u64().expect("paid"));
+        let price = p["price_per_gib"].as_u64().expect("price");
+        // One chunk ahead and the 1 MiB tolerance, rounded up to the unit.
+        let slack = ((4u64 << 20) + (1 << 20)) * price / (1 << 30) + 2;
+        assert!(
+            p["bytes"].as_u64() > Some(16 << 20),
+            "the hop carried the download: {p}"
+        );
+        assert!(
+            paid <= owed + slack,
+            "a hop reporting 4× its usage was paid {paid} for {owed} owed: {p}"
+        );
+        assert!(paid + slack >= owed, "the hop was still paid for what it carried: {p}");
+    }
+    eprintln!("[e2e] paid against inflated reports: {:#}", tn.summary["payments"]);
 }
 
 /// The client's account holds just enough for one circuit's deposits of

@@ -51,6 +51,23 @@ pub struct Payee {
     /// Channels circuits are paying through now.
     channels: Arc<Mutex<HashMap<[u8; 32], SharedSlot>>>,
     next_circuit: AtomicU64,
+    /// Reports usage this many times too high: see [`dishonest_factor`].
+    inflate: u64,
+}
+
+/// The test suite's dishonest node: in debug builds only,
+/// `HOPWIRE_TEST_INFLATE_USAGE=N` makes a node report N times what it
+/// carried, so the end-to-end tests can show the client paying only for
+/// what it counted. Release builds always report honestly.
+fn dishonest_factor() -> u64 {
+    if cfg!(debug_assertions) {
+        std::env::var("HOPWIRE_TEST_INFLATE_USAGE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    } else {
+        1
+    }
 }
 
 type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
@@ -116,6 +133,7 @@ impl Payee {
             store: ReceiptStore::open_dir(&dir.join("receipts"))?,
             channels: Arc::default(),
             next_circuit: AtomicU64::new(1),
+            inflate: dishonest_factor().max(1),
         })
     }
 
@@ -280,7 +298,8 @@ impl Payee {
         }
         if meter.carried >= circuit.last_report.saturating_add(self.quote.chunk_bytes) {
             circuit.last_report = meter.carried;
-            return Ok(Some(BackwardMessage::Usage { carried: meter.carried }));
+            let carried = meter.carried.saturating_mul(self.inflate);
+            return Ok(Some(BackwardMessage::Usage { carried }));
         }
         Ok(None)
     }
