@@ -378,7 +378,9 @@ impl Testnet {
                 "price_per_gib = 0",
                 &format!("price_per_gib = {}", if self.free { 0 } else { n.price_per_gib }),
             )
-            .replace("# ledger = \"203.0.113.9:7300\"", &format!("ledger = \"{LEDGER}\""));
+            .replace("# ledger = \"203.0.113.9:7300\"", &format!("ledger = \"{LEDGER}\""))
+            // Channels a client closes are settled within seconds.
+            .replace("settle_every_s = 600", "settle_every_s = 2");
         // The testnet's relays live in 100.64.0.0/10, which exits refuse by
         // default: the client's DHT traffic, which goes through its tunnel
         // once connected, must reach them.

@@ -65,6 +65,14 @@ pub struct PaySection {
     /// address); required when the node charges.
     #[serde(default)]
     pub ledger: Option<SocketAddr>,
+    /// The running node settles, every `settle_every_s` seconds, each
+    /// channel its payer has started closing (what is not settled before
+    /// the close takes effect is lost) and, when this is above 0, each
+    /// channel owing at least this much.
+    #[serde(default)]
+    pub settle_min: u64,
+    #[serde(default = "default_settle_every_s")]
+    pub settle_every_s: u64,
 }
 
 impl Default for PaySection {
@@ -74,6 +82,8 @@ impl Default for PaySection {
             chunk_mib: default_chunk_mib(),
             grace_mib: default_chunk_mib(),
             ledger: None,
+            settle_min: 0,
+            settle_every_s: default_settle_every_s(),
         }
     }
 }
@@ -90,6 +100,10 @@ impl PaySection {
 
 fn default_chunk_mib() -> u64 {
     4
+}
+
+fn default_settle_every_s() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +472,11 @@ chunk_mib = 4
 grace_mib = 4
 # The ledger service channels are checked and settled on; needed to charge.
 # ledger = "203.0.113.9:7300"
+# Every settle_every_s the running node settles each channel whose client
+# started closing it (unsettled earnings are lost once the close takes
+# effect) and, if settle_min > 0, each channel owing at least settle_min.
+settle_min = 0
+settle_every_s = 600
 
 [wireguard]
 # Plain WireGuard over UDP for stock clients listed below; unset means off.

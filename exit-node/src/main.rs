@@ -256,27 +256,25 @@ fn settle(config: &Path, min: u64) -> Result<()> {
     let (loaded, _) = load(config)?;
     let store = receipts(&loaded)?;
     let ledger = ledger_of(&loaded)?;
-    let due: Vec<_> = store
-        .all()?
-        .into_iter()
-        .filter(|s| s.receipt.receipt.cumulative_amount.saturating_sub(s.settled) >= min.max(1))
-        .collect();
     let fee = ledger.settle_fee();
+    let min = min.max(1);
+    let due = store
+        .all()?
+        .iter()
+        .filter(|s| s.receipt.receipt.cumulative_amount.saturating_sub(s.settled) >= min)
+        .count() as u64;
     println!(
-        "{} channels owe at least {min}; the ledger's fee is {fee} per settlement ({} in all)",
-        due.len(),
-        fee * due.len() as u64
+        "{due} channels owe at least {min}; the ledger's fee is {fee} per settlement ({} in all; channels owing no more than the fee are left)",
+        fee * due
     );
     let mut paid_total = 0;
-    for s in due {
-        let channel = s.receipt.receipt.channel;
-        match ledger.settle(&s.receipt, unix_now()) {
+    for s in hopwire_core::node::payee::settle_due(&store, &ledger, min, false, unix_now())? {
+        match s.paid {
             Ok(paid) => {
-                store.mark_settled(channel, s.settled + paid)?;
                 paid_total += paid;
-                println!("  {}: paid {paid}", short_id(&channel));
+                println!("  {}: paid {paid}", short_id(&s.channel));
             }
-            Err(e) => println!("  {}: not settled: {e}", short_id(&channel)),
+            Err(e) => println!("  {}: not settled: {e}", short_id(&s.channel)),
         }
     }
     println!("settled {paid_total}");

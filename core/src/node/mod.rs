@@ -345,6 +345,15 @@ impl NodeRuntime {
         }
         tasks.spawn(accept_loop(node.clone()));
         tasks.spawn(rotate_onion_keys(node.clone()));
+        if node.payee.is_some() {
+            let (min, every) = (cfg.pay.settle_min, Duration::from_secs(cfg.pay.settle_every_s));
+            let node = node.clone();
+            tasks.spawn(async move {
+                if let Some(payee) = &node.payee {
+                    payee.settle_periodically(min, every).await;
+                }
+            });
+        }
         if cfg.node.roles.iter().any(|r| *r != Role::Bootstrap) {
             tasks.spawn(publish_loop(
                 node.clone(),

@@ -31,8 +31,10 @@ use crate::ledger::Ledger;
 use crate::onion::cell::BackwardMessage;
 use crate::onion::circuit::SharedHop;
 use crate::pay::{PayeeChannel, Quote, SignedReceipt};
+use crate::record::short_id;
 use crate::store::{ReceiptStore, StoreError};
 use crate::sync::lock;
+use tracing::{info, warn};
 
 /// How long a circuit may stay past its allowance before it is destroyed.
 pub const CUT_OFF_AFTER: Duration = Duration::from_secs(3);
@@ -123,6 +125,49 @@ impl CircuitPay {
     }
 }
 
+/// What [`settle_due`] did for one channel.
+#[derive(Debug)]
+pub struct Settlement {
+    pub channel: [u8; 32],
+    /// What the ledger paid, or why it did not.
+    pub paid: Result<u64, String>,
+}
+
+/// Settles on `ledger` every channel in `store` that owes more than the
+/// ledger's fee and either owes at least `min` (0: none that way) or, with
+/// `closing`, is being closed by its payer.
+pub fn settle_due(
+    store: &ReceiptStore,
+    ledger: &dyn Ledger,
+    min: u64,
+    closing: bool,
+    now: u64,
+) -> Result<Vec<Settlement>, StoreError> {
+    let fee = ledger.settle_fee();
+    let mut done = Vec::new();
+    for stored in store.all()? {
+        let owed = stored.receipt.receipt.cumulative_amount.saturating_sub(stored.settled);
+        let channel = stored.receipt.receipt.channel;
+        if owed <= fee {
+            continue;
+        }
+        let due = (min > 0 && owed >= min)
+            || (closing
+                && ledger
+                    .state(channel)
+                    .is_ok_and(|s| s.close_at.is_some() && !s.finalized));
+        if !due {
+            continue;
+        }
+        let paid = ledger.settle(&stored.receipt, now).map_err(|e| e.to_string());
+        if let Ok(paid) = paid {
+            store.mark_settled(channel, stored.settled + paid)?;
+        }
+        done.push(Settlement { channel, paid });
+    }
+    Ok(done)
+}
+
 impl Payee {
     /// Opens the receipt store in `dir` (`receipts/`, sled).
     pub fn open(quote: Quote, ledger_addr: SocketAddr, identity: [u8; 32], dir: &Path) -> Result<Self, StoreError> {
@@ -135,6 +180,33 @@ impl Payee {
             next_circuit: AtomicU64::new(1),
             inflate: dishonest_factor().max(1),
         })
+    }
+
+    /// Settles what is due (see [`settle_due`]) every `every`, for ever.
+    pub async fn settle_periodically(&self, min: u64, every: Duration) {
+        let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = self.store.clone();
+            let now = crate::node::unix_now();
+            match self
+                .ledger
+                .call(move |l| Ok(settle_due(&store, l, min, true, now)))
+                .await
+            {
+                Ok(Err(e)) => warn!("settling: {e}"),
+                Ok(Ok(done)) => {
+                    for s in done {
+                        match s.paid {
+                            Ok(paid) => info!(channel = %short_id(&s.channel), paid, "settled on the ledger"),
+                            Err(e) => warn!(channel = %short_id(&s.channel), "settling: {e}"),
+                        }
+                    }
+                }
+                Err(e) => warn!("settling on the ledger: {e}"),
+            }
+        }
     }
 
     /// A new circuit: it may carry the grace before any receipt.
