@@ -386,6 +386,20 @@ fn wallet_text(w: &api::WalletInfo) -> String {
     }
     let spent: u64 = w.channels.iter().map(|c| c.signed).sum();
     let _ = writeln!(out, "{} channels, {spent} signed in all", w.channels.len());
+    if !w.sessions.is_empty() {
+        let _ = writeln!(out, "\nrecent sessions (newest first):");
+        for s in &w.sessions {
+            let hops: Vec<String> = s.hops.iter().map(|(hop, paid)| format!("{hop} {paid}")).collect();
+            let _ = writeln!(
+                out,
+                "  {} s ago, {} s long: spent {} ({})",
+                now.saturating_sub(s.ended_at),
+                s.ended_at.saturating_sub(s.started_at),
+                s.spent,
+                hops.join(", ")
+            );
+        }
+    }
     out
 }
 

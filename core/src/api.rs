@@ -167,6 +167,8 @@ pub struct WalletInfo {
     pub balance: Option<u64>,
     pub ledger_error: Option<String>,
     pub channels: Vec<crate::wallet::ChannelRecord>,
+    /// The last connect sessions, newest first: what each paid each hop.
+    pub sessions: Vec<crate::wallet::SessionRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@
 //! What it does not do: parse the command line (the `hopwire` binary does),
 //! choose paths (see [`crate::path`]) or move packets (see [`crate::client`]).
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ use crate::sys::{self, ClientNet};
 use crate::tun::{self, TunDevice};
 use crate::wallet::Wallet;
 use crate::wg::WgSession;
+
+/// Connect sessions `hopwire wallet` lists, newest first.
+const SESSIONS_SHOWN: usize = 20;
 
 const RECONNECT_FIRST: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
@@ -211,6 +215,7 @@ impl Daemon {
                             balance,
                             ledger_error,
                             channels: w.channels(),
+                            sessions: w.sessions(SESSIONS_SHOWN),
                         },
                     }
                 }
@@ -498,8 +503,9 @@ impl Daemon {
         let traffic = Arc::new(Traffic::default());
         let mut tunnel = first;
         let mut session = Some(session);
-        // Paid on the circuits before the current one.
-        let mut spent_before = 0;
+        // Paid to each hop (short id) on the circuits before the current one.
+        let started_at = crate::node::unix_now();
+        let mut spent: BTreeMap<String, u64> = BTreeMap::new();
         'session: loop {
             let wg = match &session {
                 Some(s) => s.wg.clone(),
@@ -510,16 +516,15 @@ impl Daemon {
             let paying = (tunnel.payments.clone(), tunnel.cells.clone(), tunnel.path.len());
             let loss = tokio::select! {
                 loss = tunnel.pump(tun.clone(), wg, traffic.clone()) => loss,
-                () = self.sample(first_link, &traffic, &paying, spent_before) => unreachable!("sampling never ends"),
+                () = self.sample(first_link, &traffic, &paying, spent.values().sum()) => unreachable!("sampling never ends"),
                 _ = &mut stop => {
                     tunnel.close().await;
-                    self.release_channels(&tunnel_payments).await;
+                    self.release_channels(&tunnel_payments, &mut spent).await;
                     break 'session;
                 }
             };
             warn!("circuit lost: {}", loss.reason);
-            spent_before += lock(&tunnel_payments).iter().map(|p| p.acked).sum::<u64>();
-            self.release_channels(&tunnel_payments).await;
+            self.release_channels(&tunnel_payments, &mut spent).await;
             self.update(|s| {
                 s.state = State::Error;
                 s.error = Some(format!("{}; building a new circuit", loss.reason));
@@ -571,13 +576,28 @@ impl Daemon {
         net.restore();
         drop(tun);
         let _ = self.dht.reconnect().await;
+        if let (Some(wallet), false) = (&self.wallet, spent.is_empty()) {
+            wallet.record_session(crate::wallet::SessionRecord {
+                started_at,
+                ended_at: crate::node::unix_now(),
+                spent: spent.values().sum(),
+                hops: spent,
+            });
+        }
         info!("disconnected");
     }
 
     /// Gives a finished circuit's channels back to the wallet for the next
-    /// circuit through the same hops.
-    async fn release_channels(&self, payments: &Payments) {
-        let ids: Vec<[u8; 32]> = lock(payments).iter().map(|p| p.channel.channel()).collect();
+    /// circuit through the same hops, and adds what it paid each hop to
+    /// `spent`.
+    async fn release_channels(&self, payments: &Payments, spent: &mut BTreeMap<String, u64>) {
+        let ids: Vec<[u8; 32]> = {
+            let payments = lock(payments);
+            for p in payments.iter() {
+                *spent.entry(p.record.short_id()).or_default() += p.acked;
+            }
+            payments.iter().map(|p| p.channel.channel()).collect()
+        };
         if let (Some(wallet), false) = (&self.wallet, ids.is_empty()) {
             wallet.release(ids).await;
         }

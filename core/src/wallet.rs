@@ -98,12 +98,27 @@ impl ChannelRecord {
     }
 }
 
+/// One connect session (connect to disconnect, across its circuits): what
+/// it paid each hop, as the hops confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Unix seconds.
+    pub started_at: u64,
+    pub ended_at: u64,
+    pub spent: u64,
+    /// Hop (short id) → paid.
+    pub hops: std::collections::BTreeMap<String, u64>,
+}
+
 pub struct Wallet {
     key: SigningKey,
     ledger_addr: SocketAddr,
     ledger: LazyLedger,
     deposit_mib: u64,
     channels: sled::Tree,
+    /// Connect sessions by when they ended (big-endian unix seconds, then
+    /// a counter): what each spent.
+    sessions: sled::Tree,
     /// Channels a circuit pays through now, with the bytes counted on
     /// them before it.
     lent: Mutex<HashMap<[u8; 32], u64>>,
@@ -134,8 +149,8 @@ impl Wallet {
     pub fn open(dir: &Path, ledger_addr: SocketAddr, deposit_mib: u64) -> Result<Self, WalletError> {
         let key = load_or_create_key(dir)?;
         let path = dir.join("wallet");
-        let channels = sled::open(&path)
-            .and_then(|db| db.open_tree("channels"))
+        let (channels, sessions) = sled::open(&path)
+            .and_then(|db| Ok((db.open_tree("channels")?, db.open_tree("sessions")?)))
             .map_err(|source| WalletError::Store { path, source })?;
         Ok(Self {
             key,
@@ -143,6 +158,7 @@ impl Wallet {
             ledger: LazyLedger::new(ledger_addr),
             deposit_mib: deposit_mib.max(1),
             channels,
+            sessions,
             lent: Mutex::default(),
         })
     }
@@ -352,6 +368,25 @@ impl Wallet {
             }
         }
         back
+    }
+
+    /// Keeps what a connect session spent.
+    pub fn record_session(&self, session: SessionRecord) {
+        let mut key = session.ended_at.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.sessions.len().to_be_bytes());
+        if let Ok(bytes) = postcard::to_stdvec(&session) {
+            let _ = self.sessions.insert(key, bytes);
+        }
+    }
+
+    /// The last `n` connect sessions, newest first.
+    pub fn sessions(&self, n: usize) -> Vec<SessionRecord> {
+        self.sessions
+            .iter()
+            .rev()
+            .filter_map(|kv| postcard::from_bytes(&kv.ok()?.1).ok())
+            .take(n)
+            .collect()
     }
 
     /// Every channel this wallet opened, oldest first.

@@ -65,6 +65,11 @@ fn every_hop_is_paid_its_price_for_what_it_carried() {
         assert!(c["close_at"].is_null(), "channel closing after disconnect: {c}");
         assert_eq!(c["sessions"].as_u64(), Some(1), "{c}");
     }
+    // The session is in the wallet's history, with what it paid each hop.
+    let sessions = wallet["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{wallet:#}");
+    assert_eq!(sessions[0]["hops"].as_object().map(|h| h.len()), Some(3), "{wallet:#}");
+    assert!(sessions[0]["spent"].as_u64() >= st["spent"].as_u64(), "{wallet:#} {st}");
     tn.reconnect();
     let url = tn.summary["download"]["url"].as_str().expect("download url").to_owned();
     tn.curl_client(&url, None, 60).ok();
