@@ -54,34 +54,58 @@ impl ReceiptStore {
 
     /// Keeps `receipt` if it is newer than the stored one for its channel,
     /// and returns only once it is on disk. `false`: an older or equal one.
+    /// Atomic per channel against [`ReceiptStore::mark_settled`].
     pub fn save(&self, receipt: &SignedReceipt) -> Result<bool, StoreError> {
-        let key = receipt.receipt.channel;
-        let old = self.tree.get(key)?.map(|b| Self::decode(&b)).transpose()?;
-        if old
-            .as_ref()
-            .is_some_and(|o| o.receipt.receipt.seq >= receipt.receipt.seq)
-        {
-            return Ok(false);
+        let mut newer = false;
+        let mut corrupt = None;
+        self.tree.fetch_and_update(receipt.receipt.channel, |raw| {
+            let keep = raw.map(<[u8]>::to_vec);
+            let old = match raw.map(Self::decode).transpose() {
+                Ok(old) => old,
+                Err(e) => {
+                    corrupt = Some(e);
+                    return keep;
+                }
+            };
+            newer = old.as_ref().is_none_or(|o| o.receipt.receipt.seq < receipt.receipt.seq);
+            if !newer {
+                return keep;
+            }
+            let entry = StoredReceipt {
+                receipt: receipt.clone(),
+                settled: old.map_or(0, |o| o.settled),
+            };
+            postcard::to_stdvec(&entry).ok().or(keep)
+        })?;
+        if let Some(e) = corrupt {
+            return Err(e);
         }
-        let entry = StoredReceipt {
-            receipt: receipt.clone(),
-            settled: old.map_or(0, |o| o.settled),
-        };
-        let bytes = postcard::to_stdvec(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.tree.insert(key, bytes)?;
-        self.tree.flush()?;
-        Ok(true)
+        if newer {
+            self.tree.flush()?;
+        }
+        Ok(newer)
     }
 
     /// Records what the ledger paid out for a channel.
     pub fn mark_settled(&self, channel: [u8; 32], settled: u64) -> Result<(), StoreError> {
-        if let Some(bytes) = self.tree.get(channel)? {
-            let mut entry = Self::decode(&bytes)?;
-            entry.settled = entry.settled.max(settled);
-            let bytes = postcard::to_stdvec(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            self.tree.insert(channel, bytes)?;
-            self.tree.flush()?;
+        let mut corrupt = None;
+        self.tree.fetch_and_update(channel, |old| {
+            let bytes = old?;
+            match Self::decode(bytes) {
+                Ok(mut entry) => {
+                    entry.settled = entry.settled.max(settled);
+                    postcard::to_stdvec(&entry).ok().or_else(|| Some(bytes.to_vec()))
+                }
+                Err(e) => {
+                    corrupt = Some(e);
+                    Some(bytes.to_vec())
+                }
+            }
+        })?;
+        if let Some(e) = corrupt {
+            return Err(e);
         }
+        self.tree.flush()?;
         Ok(())
     }
 
