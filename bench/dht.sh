@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # DHT lookups at scale: builds hopwire-bench (release) and runs
 # `hopwire-bench dht` over simulated networks (memory transport, one
-# process), then prints a table. Options: --sizes 100,1000,5000
+# process), then prints a table for both searches (Enough: what connect
+# uses; All: what `hopwire nodes` uses). Options: --sizes 100,1000,5000
 # --lookups 50 --json FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +21,14 @@ out=$(target/release/hopwire-bench dht --sizes "$sizes" --lookups "$lookups")
 printf '%s\n' "$out" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-cols = ("nodes", "exits", "found", "prov. med ms", "prov. p95 ms", "prov. req", "all med ms", "all p95 ms", "all req", "KiB/node", "settle s")
-print("%6s %5s %6s %12s %12s %9s %10s %10s %8s %9s %9s" % cols)
+cols = ("nodes", "search", "exits", "found", "prov. med ms", "prov. p95 ms", "prov. req", "all med ms", "all p95 ms", "all req", "join ms", "KiB/node")
+print("%6s %7s %5s %6s %12s %12s %9s %10s %10s %8s %8s %9s" % cols)
 for r in d["sizes"]:
-    print("%6d %5d %6.1f %12.1f %12.1f %9.1f %10.1f %10.1f %8.1f %9.1f %9.1f" % (r["nodes"], r["exits"], r["exits_found_per_lookup"],
-          r["provider_ms_median"], r["provider_ms_p95"], r["provider_requests_per_lookup"],
-          r["lookup_ms_median"], r["lookup_ms_p95"], r["requests_per_lookup"], r["rss_per_node_kib"], r["settle_s"]))
-print("provider requests per lookup fitted:", d["fit_provider_requests_per_lookup"]["curve"])
-print("all requests per lookup fitted:", d["fit_requests_per_lookup"]["curve"])
+    for mode in ("enough", "all"):
+        m = r[mode]
+        print("%6d %7s %5d %6.1f %12.1f %12.1f %9.1f %10.1f %10.1f %8.1f %8.1f %9.1f" % (r["nodes"], mode, r["exits"], m["exits_found_per_lookup"],
+              m["provider_ms_median"], m["provider_ms_p95"], m["provider_requests_per_lookup"],
+              m["lookup_ms_median"], m["lookup_ms_p95"], m["requests_per_lookup"], m["client_join_ms_median"], r["rss_per_node_kib"]))
+for mode in ("enough", "all"):
+    print("provider requests per lookup fitted (%s):" % mode, d["fit"][mode]["provider_requests_per_lookup"]["curve"])
 '

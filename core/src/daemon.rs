@@ -265,8 +265,8 @@ impl Daemon {
     }
 
     /// Looks up the nodes that provide `key` in the DHT.
-    async fn find(&self, key: libp2p::kad::RecordKey) -> Result<Vec<crate::dht::Found>, String> {
-        let (found, stats) = self.dht.find(key).await.map_err(|e| e.to_string())?;
+    async fn find(&self, key: libp2p::kad::RecordKey, search: dht::Search) -> Result<Vec<crate::dht::Found>, String> {
+        let (found, stats) = self.dht.find(key, search).await.map_err(|e| e.to_string())?;
         debug!(
             found = found.len(),
             requests = stats.requests,
@@ -284,7 +284,13 @@ impl Daemon {
             Some(cc) => dht::region_key(cc),
             None => dht::role_key(Role::Exit),
         };
-        let mut candidates: Vec<VerifiedRecord> = self.find(exits).await?.into_iter().map(|f| f.record).collect();
+        // A path needs a choice of nodes, not every one of them.
+        let mut candidates: Vec<VerifiedRecord> = self
+            .find(exits, dht::Search::Enough)
+            .await?
+            .into_iter()
+            .map(|f| f.record)
+            .collect();
         if candidates.is_empty() {
             return Err(format!(
                 "the DHT knows no exit{}: is the daemon's --bootstrap right, and are nodes up?",
@@ -292,7 +298,7 @@ impl Daemon {
             ));
         }
         if hops > 1 {
-            let relays = self.find(dht::role_key(Role::Relay)).await?;
+            let relays = self.find(dht::role_key(Role::Relay), dht::Search::Enough).await?;
             candidates.extend(relays.into_iter().map(|f| f.record));
         }
         Plan::new(candidates, hops, country)
@@ -307,7 +313,7 @@ impl Daemon {
         let now = crate::node::unix_now();
         let mut nodes: Vec<NodeInfo> = Vec::new();
         for key in keys {
-            for f in self.find(key).await? {
+            for f in self.find(key, dht::Search::All).await? {
                 let r = f.record.record();
                 if nodes.iter().any(|n| n.id == f.record.short_id()) {
                     continue;

@@ -81,8 +81,21 @@ pub fn node_key(peer: &PeerId) -> RecordKey {
 /// that about 20 per shard.
 pub const PROVIDER_SHARDS: u8 = 8;
 
-/// A provider query ends once this many peers' answers in a row brought
-/// no provider not already known (after at least [`PROVIDER_ANSWERS`]).
+/// How far a lookup looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Search {
+    /// Every shard query asks the K closest peers of its key: every
+    /// provider they know (`hopwire nodes`).
+    All,
+    /// Every shard query ends once answers only repeat what is known: the
+    /// many providers a path is chosen from, in a fraction of the requests
+    /// (`hopwire connect`).
+    Enough,
+}
+
+/// With [`Search::Enough`], a provider query ends once this many peers'
+/// answers in a row brought no provider not already known (after at least
+/// [`PROVIDER_ANSWERS`]).
 /// The peers near a key hold the same announcements (each was sent to the
 /// K closest), so once answers only repeat each other, the walk on to every
 /// one of the K closest would cost most of a lookup's requests for nothing.
@@ -272,6 +285,7 @@ enum Command {
     },
     Find {
         key: RecordKey,
+        search: Search,
         reply: oneshot::Sender<(Vec<Found>, LookupStats)>,
     },
     Addresses {
@@ -379,10 +393,10 @@ impl Dht {
     }
 
     /// The records of every node that provides `key`, verified.
-    pub async fn find(&self, key: RecordKey) -> Result<(Vec<Found>, LookupStats), DhtError> {
+    pub async fn find(&self, key: RecordKey, search: Search) -> Result<(Vec<Found>, LookupStats), DhtError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Find { key, reply })
+            .send(Command::Find { key, search, reply })
             .await
             .map_err(|_| DhtError::Stopped)?;
         answer.await.map_err(|_| DhtError::Stopped)
@@ -505,8 +519,9 @@ struct Lookup {
     provider_duration: Duration,
     /// Provider queries (one per shard) still running.
     provider_queries: usize,
-    /// Per running provider query, how many peers have answered it with
-    /// providers, and how many answers in a row brought none new.
+    /// Per running provider query that may end early ([`Search::Enough`]),
+    /// how many peers have answered it with providers, and how many answers
+    /// in a row brought none new.
     answers: HashMap<QueryId, (u32, u32)>,
     /// Providers found so far; each gets one record query.
     asked: HashSet<PeerId>,
@@ -586,14 +601,16 @@ impl Task {
     fn command(&mut self, command: Command) {
         match command {
             Command::Publish { record, provide } => self.publish(record, provide),
-            Command::Find { key, reply } => {
+            Command::Find { key, search, reply } => {
                 let id = self.next_lookup;
                 self.next_lookup += 1;
                 let mut answers = HashMap::new();
                 for key in shards(&key) {
                     let query = self.swarm.behaviour_mut().kad.get_providers(key);
                     self.provider_queries.insert(query, id);
-                    answers.insert(query, (0, 0));
+                    if search == Search::Enough {
+                        answers.insert(query, (0, 0));
+                    }
                 }
                 self.lookups.insert(
                     id,
@@ -819,8 +836,9 @@ impl Task {
                 let new: Vec<PeerId> = new.into_iter().filter(|p| *p != me && l.asked.insert(*p)).collect();
                 // The first answer may be our own store's (no request yet);
                 // only other peers' answers count towards ending the query.
-                if answered && requests > 0 && !last {
-                    let (answers, repeated) = l.answers.entry(query).or_default();
+                if let (true, true, false, Some((answers, repeated))) =
+                    (answered, requests > 0, last, l.answers.get_mut(&query))
+                {
                     *answers += 1;
                     *repeated = if new.is_empty() { *repeated + 1 } else { 0 };
                     if *answers >= PROVIDER_ANSWERS && *repeated >= REPEATED_ANSWERS {

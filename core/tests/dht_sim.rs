@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer, SigningKey};
-use hopwire_core::dht::{self, Dht, DhtConfig, Found, Transport};
+use hopwire_core::dht::{self, Dht, DhtConfig, Found, Search, Transport};
 use hopwire_core::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
 use libp2p::futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, RecordStore};
@@ -226,13 +226,30 @@ async fn five_hundred_nodes() {
 
     // a. A client that knows one bootstrap peer finds every exit.
     let alice = client(201, &nodes[n / 2], &[]);
-    let (found, stats) = alice.find(dht::role_key(Role::Exit)).await.expect("lookup");
+    let (found, stats) = alice
+        .find(dht::role_key(Role::Exit), Search::All)
+        .await
+        .expect("lookup");
     eprintln!("a: {} exits found ({stats:?})", found.len());
     assert_eq!(
         found_ids(&found),
         honest_exits,
         "every one of the {} exits found, each once ({stats:?})",
         honest_exits.len()
+    );
+
+    //    A lookup that stops once answers repeat (what `connect` uses)
+    //    finds honest exits only.
+    let quick = client(204, &nodes[n / 3], &[]);
+    let (some, quick_stats) = quick
+        .find(dht::role_key(Role::Exit), Search::Enough)
+        .await
+        .expect("lookup");
+    eprintln!("a: {} exits found by a quick lookup ({quick_stats:?})", some.len());
+    let some = found_ids(&some);
+    assert!(
+        !some.is_empty() && some.iter().all(|id| honest_exits.contains(id)),
+        "{some:?} ({quick_stats:?})"
     );
 
     // b. An exit moves to France with a new onion key: sequence 2. A later
@@ -242,7 +259,7 @@ async fn five_hundred_nodes() {
     let moved = publish(mover, "FR", 2).await;
     quiesce(&nodes, "republishing").await;
     let bob = client(202, &nodes[7], &[]);
-    let (found, stats) = bob.find(dht::role_key(Role::Exit)).await.expect("lookup");
+    let (found, stats) = bob.find(dht::role_key(Role::Exit), Search::All).await.expect("lookup");
     eprintln!("b: {} exits found ({stats:?})", found.len());
     assert_eq!(found_ids(&found), honest_exits, "every exit still found ({stats:?})");
     let seen = found
@@ -255,7 +272,7 @@ async fn five_hundred_nodes() {
         (2, "FR", moved.onion_key),
         "the updated record, not the old one"
     );
-    let (in_fr, stats) = bob.find(dht::region_key("FR")).await.expect("lookup");
+    let (in_fr, stats) = bob.find(dht::region_key("FR"), Search::All).await.expect("lookup");
     assert_eq!(
         found_ids(&in_fr),
         ids_of(std::iter::once(mover)),
@@ -277,7 +294,10 @@ async fn five_hundred_nodes() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let carol = client(203, &nodes[11], &liars);
-    let (found, stats) = carol.find(dht::role_key(Role::Exit)).await.expect("lookup");
+    let (found, stats) = carol
+        .find(dht::role_key(Role::Exit), Search::All)
+        .await
+        .expect("lookup");
     let rejected = carol.counters.rejected();
     eprintln!("d: {} exits found, refused {rejected:?} ({stats:?})", found.len());
     assert_eq!(
@@ -313,7 +333,10 @@ async fn stopped_node_disappears_after_ttl() {
     publish_exits(exits(&nodes), 1).await;
     quiesce(&nodes, "publishing").await;
     let alice = client(211, &nodes[n / 3], &[]);
-    let (found, stats) = alice.find(dht::role_key(Role::Exit)).await.expect("lookup");
+    let (found, stats) = alice
+        .find(dht::role_key(Role::Exit), Search::All)
+        .await
+        .expect("lookup");
     assert_eq!(found_ids(&found), ids_of(exits(&nodes)), "every exit found ({stats:?})");
 
     let gone = nodes.remove(1 + 2 * EXIT_EVERY);
@@ -330,7 +353,7 @@ async fn stopped_node_disappears_after_ttl() {
         tokio::time::sleep(Duration::from_secs(6)).await;
     }
     let bob = client(212, &nodes[n / 5], &[]);
-    let (found, stats) = bob.find(dht::role_key(Role::Exit)).await.expect("lookup");
+    let (found, stats) = bob.find(dht::role_key(Role::Exit), Search::All).await.expect("lookup");
     assert_eq!(
         found_ids(&found),
         live,

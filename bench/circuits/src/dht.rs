@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
-use hopwire_core::dht::{self, Dht, DhtConfig, Transport};
+use hopwire_core::dht::{self, Dht, DhtConfig, Search, Transport};
 use hopwire_core::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
@@ -157,58 +157,60 @@ async fn run_size(net: usize, n: usize, lookups: usize, settle_limit: Duration) 
     }
     quiesce(&nodes, settle_limit).await;
     let publish_s = started.elapsed().as_secs_f64() - setup_s - settle_s;
-    let mut times = Vec::new();
-    let mut provider_times = Vec::new();
-    let mut requests = Vec::new();
-    let mut provider_requests = Vec::new();
-    let mut found = Vec::new();
-    let mut providers = Vec::new();
-    let mut join_times = Vec::new();
-    for l in 0..lookups {
-        let mut config = DhtConfig::new(Transport::Memory, false);
-        config.bootstrap = vec![addrs[(l * 104_729 + 17) % n].clone()];
-        let client = Dht::spawn(dht::keypair(&key(net + 1000, l)), config).context("starting a client")?;
-        // Time the lookup of a client that has joined (as `hopwire connect`
-        // finds a daemon that started earlier), not its join.
-        let joining = Instant::now();
-        while client.counters.joins.load(Ordering::Relaxed) == 0 && joining.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        join_times.push(joining.elapsed().as_secs_f64() * 1e3);
-        let (got, stats) = client.find(dht::role_key(Role::Exit)).await.context("lookup")?;
-        times.push(stats.duration.as_secs_f64() * 1e3);
-        provider_times.push(stats.provider_duration.as_secs_f64() * 1e3);
-        requests.push(f64::from(stats.requests));
-        provider_requests.push(f64::from(stats.provider_requests));
-        found.push(got.len() as f64);
-        providers.push(f64::from(stats.providers));
-        drop(client);
-        // Let the connections the lookup opened close before the next.
-        quiesce(&nodes, Duration::from_secs(10)).await;
-    }
-    times.sort_by(f64::total_cmp);
-    provider_times.sort_by(f64::total_cmp);
-    join_times.sort_by(f64::total_cmp);
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let out = json!({
+    let mut out = json!({
         "nodes": n,
         "exits": exits.len(),
         "setup_s": setup_s,
         "settle_s": settle_s,
         "publish_s": publish_s,
         "lookups": lookups,
-        "client_join_ms_median": percentile(&join_times, 0.5),
-        "provider_ms_median": percentile(&provider_times, 0.5),
-        "provider_ms_p95": percentile(&provider_times, 0.95),
-        "provider_requests_per_lookup": mean(&provider_requests),
-        "providers_per_lookup": mean(&providers),
-        "lookup_ms_median": percentile(&times, 0.5),
-        "lookup_ms_p95": percentile(&times, 0.95),
-        "requests_per_lookup": mean(&requests),
-        "exits_found_per_lookup": mean(&found),
         "publish_failures": failures(&nodes),
         "rss_per_node_kib": rss_after.saturating_sub(rss_before) as f64 / n as f64,
     });
+    for (mode, search) in [("enough", Search::Enough), ("all", Search::All)] {
+        let mut times = Vec::new();
+        let mut provider_times = Vec::new();
+        let mut requests = Vec::new();
+        let mut provider_requests = Vec::new();
+        let mut found = Vec::new();
+        let mut join_times = Vec::new();
+        for l in 0..lookups {
+            let mut config = DhtConfig::new(Transport::Memory, false);
+            config.bootstrap = vec![addrs[(l * 104_729 + 17) % n].clone()];
+            let seed = if search == Search::All { 1000 } else { 2000 };
+            let client = Dht::spawn(dht::keypair(&key(net + seed, l)), config).context("starting a client")?;
+            // Time the lookup of a client that has joined (as `hopwire
+            // connect` finds a daemon that started earlier), not its join.
+            let joining = Instant::now();
+            while client.counters.joins.load(Ordering::Relaxed) == 0 && joining.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            join_times.push(joining.elapsed().as_secs_f64() * 1e3);
+            let (got, stats) = client.find(dht::role_key(Role::Exit), search).await.context("lookup")?;
+            times.push(stats.duration.as_secs_f64() * 1e3);
+            provider_times.push(stats.provider_duration.as_secs_f64() * 1e3);
+            requests.push(f64::from(stats.requests));
+            provider_requests.push(f64::from(stats.provider_requests));
+            found.push(got.len() as f64);
+            drop(client);
+            // Let the connections the lookup opened close before the next.
+            quiesce(&nodes, Duration::from_secs(10)).await;
+        }
+        times.sort_by(f64::total_cmp);
+        provider_times.sort_by(f64::total_cmp);
+        join_times.sort_by(f64::total_cmp);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        out[mode] = json!({
+            "client_join_ms_median": percentile(&join_times, 0.5),
+            "provider_ms_median": percentile(&provider_times, 0.5),
+            "provider_ms_p95": percentile(&provider_times, 0.95),
+            "provider_requests_per_lookup": mean(&provider_requests),
+            "lookup_ms_median": percentile(&times, 0.5),
+            "lookup_ms_p95": percentile(&times, 0.95),
+            "requests_per_lookup": mean(&requests),
+            "exits_found_per_lookup": mean(&found),
+        });
+    }
     eprintln!("{out}");
     drop(nodes);
     // Let the swarms wind down before the next size.
@@ -232,17 +234,19 @@ pub async fn run(sizes: &[usize], lookups: usize, settle_limit: Duration) -> Res
     for (net, &n) in sizes.iter().enumerate() {
         results.push(run_size(net, n, lookups, settle_limit).await?);
     }
-    let curve = |field: &str| {
+    let curve = |mode: &str, field: &str| {
         let points: Vec<(f64, f64)> = results
             .iter()
-            .filter_map(|r| Some(((r["nodes"].as_f64()?).log2(), r[field].as_f64()?)))
+            .filter_map(|r| Some(((r["nodes"].as_f64()?).log2(), r[mode][field].as_f64()?)))
             .collect();
         let (a, b) = fit(&points);
         json!({ "a": a, "b": b, "curve": format!("{a:.1} + {b:.1}·log2(n)") })
     };
-    Ok(json!({
-        "fit_provider_requests_per_lookup": curve("provider_requests_per_lookup"),
-        "fit_requests_per_lookup": curve("requests_per_lookup"),
-        "sizes": results,
-    }))
+    let fits = |mode: &str| {
+        json!({
+            "provider_requests_per_lookup": curve(mode, "provider_requests_per_lookup"),
+            "requests_per_lookup": curve(mode, "requests_per_lookup"),
+        })
+    };
+    Ok(json!({ "fit": { "enough": fits("enough"), "all": fits("all") }, "sizes": results }))
 }
