@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hopwire_core::api::{self, Request, Response, State, Status};
+use hopwire_core::record::hex;
 use hopwire_core::sys;
 use rand::{RngCore, SeedableRng};
 use serde_json::json;
@@ -843,10 +844,6 @@ fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn print_summary(s: &serde_json::Value, keep: bool) {

@@ -207,7 +207,7 @@ impl Daemon {
                     };
                     Response::Wallet {
                         wallet: WalletInfo {
-                            account: w.account().iter().map(|b| format!("{b:02x}")).collect(),
+                            account: crate::record::hex(&w.account()),
                             ledger: self
                                 .config
                                 .ledger
@@ -343,12 +343,7 @@ impl Daemon {
         if tunnel.path.len() < 2 {
             return;
         }
-        let hex: String = tunnel.path[0]
-            .record()
-            .identity
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = crate::record::hex(&tunnel.path[0].record().identity);
         if let Err(e) = std::fs::write(&self.config.guard_file, hex + "\n") {
             warn!("remembering the guard in {}: {e}", self.config.guard_file.display());
         }

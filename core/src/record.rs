@@ -238,9 +238,14 @@ fn decode_exact<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RecordE
     }
 }
 
+/// Bytes in lower-case hex (keys, accounts, digests).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// First 8 bytes of a key in hex: enough to tell nodes apart in a UI.
 pub fn short_id(key: &[u8; 32]) -> String {
-    key[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&key[..8])
 }
 
 impl fmt::Display for VerifiedRecord {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::ledger::service::{LazyLedger, Signed};
 use crate::ledger::Ledger;
 use crate::pay::PayerChannel;
-use crate::record::VerifiedRecord;
+use crate::record::{hex, VerifiedRecord};
 
 /// Bytes a client pays beyond what it counted itself: cells lost between a
 /// hop and the client are counted by the hop only.
@@ -395,8 +395,4 @@ impl Wallet {
         all.sort_by_key(|c| c.opened_at);
         all
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -291,7 +291,7 @@ fn show_record(config: &Path, json: bool) -> Result<()> {
         let value = serde_json::json!({
             "record": record,
             "identity": short_id(&identity),
-            "identity_hex": identity.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "identity_hex": hopwire_core::record::hex(&identity),
             "roles": loaded.config.node.roles,
             "region": loaded.config.node.region,
             "wg_public_key": keys::wg_public_to_string(&keys.wg_public()),
