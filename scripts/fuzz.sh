@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A short, bounded fuzzing pass over every target in fuzz/ (the parsers in
-# hopwire-core that read bytes from a peer), for CI.
+# Hopwire crates that read bytes from a peer), for CI.
 #
 #   scripts/fuzz.sh                 # every target, 20 s each
 #   FUZZ_SECONDS=300 scripts/fuzz.sh cell control
@@ -10,7 +10,7 @@
 # fuzz/target; the corpus grows in fuzz/corpus/TARGET (cache it in CI to
 # start where the last run stopped); crashes land in fuzz/artifacts/TARGET.
 #
-# No sanitizer: hopwire-core has no unsafe code (`unsafe_code = "deny"`),
+# No sanitizer: the crates fuzzed have no unsafe code (`unsafe_code = "deny"`),
 # so what there is to find is panics, overflows (debug assertions are on),
 # hangs and broken invariants, which the targets assert. AddressSanitizer
 # would slow the build and every run for little gain here; run a target by

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 echo "test: cargo fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "test: crate layers"
+./scripts/layers.sh
 echo "test: a short fuzzing pass over every peer-facing parser"
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" ./scripts/fuzz.sh
 echo "test: unit, pair and end-to-end tests"

@@ -5,6 +5,7 @@
 //! builds a whole Hopwire network in namespaces on this machine and shows
 //! it working. The tunnel itself lives in `hopwire-core`.
 
+mod daemon;
 mod testnet;
 
 use std::path::PathBuf;
@@ -12,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use hopwire_core::api::{self, NodeInfo, Request, Response, State, Status};
-use hopwire_core::daemon::{self, DaemonConfig};
-use hopwire_core::record::Role;
+use daemon::DaemonConfig;
+use hopwire_api::{self as api, NodeInfo, Request, Response, State, Status};
+use hopwire_proto::record::Role;
 
 #[derive(Parser)]
 #[command(name = "hopwire", version, about = "Hopwire: a peer-to-peer VPN")]
@@ -42,6 +43,9 @@ enum Command {
         /// Where the daemon records its changes to the system (default: beside the socket).
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// What survives a reboot: the wallet's key and channels, the guard, DHT peers.
+        #[arg(long, env = "HOPWIRE_STATE_DIR", default_value = "/var/lib/hopwire")]
+        state_dir: PathBuf,
         /// DHT peers to join through (`/ip4/ADDR/tcp/PORT/p2p/PEER_ID`, repeatable).
         #[arg(long)]
         bootstrap: Vec<String>,
@@ -89,10 +93,13 @@ enum Command {
         #[arg(long)]
         max_price: Option<u64>,
     },
-    /// Show the tunnel's state.
+    /// Show the tunnel's state; with --watch, keep printing what changes.
     Status {
         #[arg(long)]
         json: bool,
+        /// Follow the daemon's events (state changes, circuits, traffic each second) until it stops.
+        #[arg(long)]
+        watch: bool,
     },
     /// Disconnect and restore routes and DNS.
     Disconnect,
@@ -105,7 +112,7 @@ fn main() {
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("hopwire: {}", hopwire_core::process::describe(e.as_ref()));
+            eprintln!("hopwire: {}", hopwire_net::process::describe(e.as_ref()));
             std::process::exit(1);
         }
     }
@@ -119,38 +126,36 @@ fn run(cli: Cli) -> Result<i32> {
             tun,
             resolv_conf,
             state_file,
+            state_dir,
             bootstrap,
             ledger,
             deposit_mib,
         } => {
-            hopwire_core::process::init_logging();
+            hopwire_net::process::init_logging();
             if !is_root() {
                 bail!("the daemon needs root to create its TUN device and set routes; run `sudo hopwire daemon`");
             }
             let bootstrap = bootstrap
                 .iter()
                 .map(|b| {
-                    hopwire_core::config::parse_dht_addr(b)
+                    hopwire_net::dht::parse_dht_addr(b)
                         .with_context(|| format!("--bootstrap `{b}` is not /ip4/ADDR/tcp/PORT/p2p/PEER_ID"))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let config = DaemonConfig {
-                ledger,
-                deposit_mib,
-                wallet_dir: cli
-                    .socket
-                    .parent()
-                    .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf),
-                bootstrap,
-                dht_store: cli.socket.with_extension("dht-peers"),
+                client: hopwire_client::runtime::ClientConfig {
+                    state_dir,
+                    bootstrap,
+                    ledger,
+                    deposit_mib,
+                },
                 state_file: state_file.unwrap_or_else(|| cli.socket.with_extension("state.json")),
-                guard_file: cli.socket.with_extension("guard"),
                 socket: cli.socket,
                 group,
                 tun_name: tun,
                 resolv_conf,
             };
-            runtime.block_on(daemon::serve(config, hopwire_core::process::shutdown_signal()))?;
+            runtime.block_on(daemon::serve(config, hopwire_net::process::shutdown_signal()))?;
             Ok(0)
         }
         Command::Connect {
@@ -172,7 +177,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             // Check the records here too, so a typo is caught without a daemon.
             for (i, r) in records.iter().enumerate() {
-                if let Err(e) = r.parse::<hopwire_core::record::VerifiedRecord>() {
+                if let Err(e) = r.parse::<hopwire_proto::record::VerifiedRecord>() {
                     bail!("record {}: {e}", i + 1);
                 }
             }
@@ -184,7 +189,7 @@ fn run(cli: Cli) -> Result<i32> {
                     country,
                     max_price,
                 },
-                hopwire_core::client::BUILD_TIMEOUT * 4 + Duration::from_secs(10),
+                hopwire_client::tunnel::BUILD_TIMEOUT * 4 + Duration::from_secs(10),
             ))?;
             report(response, false)
         }
@@ -193,7 +198,7 @@ fn run(cli: Cli) -> Result<i32> {
             let response = runtime.block_on(api::call(
                 &cli.socket,
                 &Request::Nodes { role, country },
-                hopwire_core::dht::LOOKUP_TIMEOUT * 3,
+                hopwire_net::dht::LOOKUP_TIMEOUT * 3,
             ))?;
             match response {
                 Response::Nodes { nodes } => {
@@ -226,7 +231,8 @@ fn run(cli: Cli) -> Result<i32> {
                 _ => bail!("the daemon answered something else than the wallet"),
             }
         }
-        Command::Status { json } => {
+        Command::Status { json, watch: true } => runtime.block_on(watch(&cli.socket, json)),
+        Command::Status { json, watch: false } => {
             let response = runtime.block_on(api::call(&cli.socket, &Request::Status, Duration::from_secs(5)))?;
             report(response, json)
         }
@@ -244,11 +250,78 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// Prints the status, then every event the daemon pushes (one JSON object
+/// per line with `json`), until the daemon goes away.
+async fn watch(socket: &std::path::Path, json: bool) -> Result<i32> {
+    use std::io::Write as _;
+    let mut subscription = api::Subscription::open(socket, Duration::from_secs(5)).await?;
+    let mut out = std::io::stdout();
+    let first = if json {
+        serde_json::to_string(&subscription.status).context("encoding status")? + "\n"
+    } else {
+        status_text(&subscription.status)
+    };
+    if out.write_all(first.as_bytes()).and_then(|()| out.flush()).is_err() {
+        return Ok(0);
+    }
+    while let Some(event) = subscription.next().await? {
+        let line = if json {
+            serde_json::to_string(&event).context("encoding an event")?
+        } else {
+            event_text(&event)
+        };
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            return Ok(0);
+        }
+    }
+    eprintln!("hopwire: the daemon closed the event stream");
+    Ok(1)
+}
+
+fn event_text(event: &api::Event) -> String {
+    use api::{Event, TunnelState};
+    match event {
+        Event::State { state } => match state {
+            TunnelState::Reconnecting { reason, attempt } => {
+                format!("state:    reconnecting (attempt {attempt}): {reason}")
+            }
+            TunnelState::Error { kind, message } => format!("state:    error ({kind}): {message}"),
+            other => format!("state:    {}", other.state()),
+        },
+        Event::Circuit {
+            circuit,
+            build_ms,
+            inner_addr,
+            mtu,
+        } => {
+            let hops: Vec<String> = circuit.iter().map(|h| format!("{} ({})", h.id, h.region)).collect();
+            format!(
+                "circuit:  {}, built in {build_ms:.0} ms; address {inner_addr} (mtu {mtu})",
+                hops.join(" → ")
+            )
+        }
+        Event::Traffic {
+            tx_bps,
+            rx_bps,
+            rtt_ms,
+            spent,
+            ..
+        } => format!(
+            "traffic:  {:.1} Mbit/s up, {:.1} Mbit/s down, rtt {}, spent {spent}",
+            *tx_bps as f64 / 1e6,
+            *rx_bps as f64 / 1e6,
+            rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into())
+        ),
+        Event::Wallet { channels } => format!("wallet:   {} channels", channels.len()),
+        Event::Lagged { missed } => format!("(fell behind by {missed} events; the daemon dropped this watcher)"),
+    }
+}
+
 /// Prints the daemon's answer; an error answer is a non-zero exit.
 fn report(response: Response, json: bool) -> Result<i32> {
     let (status, error) = match response {
         Response::Ok { status } => (status, None),
-        Response::Error { message, status } => (status, Some(message)),
+        Response::Error { message, status, .. } => (status, Some(message)),
         _ => bail!("the daemon answered something else than a status"),
     };
     let text = if json {
@@ -293,7 +366,17 @@ fn nodes_text(nodes: &[NodeInfo]) -> String {
 fn status_text(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "state:    {}", s.state);
+    match (s.error_kind, s.attempt) {
+        (Some(kind), _) => {
+            let _ = writeln!(out, "state:    {} ({kind})", s.state);
+        }
+        (None, Some(attempt)) => {
+            let _ = writeln!(out, "state:    {} (attempt {attempt})", s.state);
+        }
+        (None, None) => {
+            let _ = writeln!(out, "state:    {}", s.state);
+        }
+    }
     if let Some(e) = &s.error {
         let _ = writeln!(out, "reason:   {e}");
     }

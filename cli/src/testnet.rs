@@ -24,9 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hopwire_core::api::{self, Request, Response, State, Status};
-use hopwire_core::record::hex;
-use hopwire_core::sys;
+use hopwire_api::{self as api, Request, Response, State, Status};
+use hopwire_proto::record::hex;
+use hopwire_sys as sys;
 use rand::{RngCore, SeedableRng};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -208,7 +208,7 @@ pub async fn run(args: Args) -> Result<i32> {
     net.down();
     let outcome = tokio::select! {
         r = net.up_and_check(&args) => r,
-        () = hopwire_core::process::shutdown_signal() => Err(anyhow!("interrupted")),
+        () = hopwire_net::process::shutdown_signal() => Err(anyhow!("interrupted")),
     };
     match outcome {
         Ok(summary) => {
@@ -444,7 +444,7 @@ impl Testnet {
         // The ledger every node is paid on, with the client's account funded.
         let client_dir = self.dir.join("client");
         std::fs::create_dir_all(&client_dir).context("creating the client dir")?;
-        let account = hopwire_core::wallet::load_or_create_key(&client_dir)?
+        let account = hopwire_client::wallet::load_or_create_key(&client_dir)?
             .verifying_key()
             .to_bytes();
         let ledger_log = self.dir.join("ledger.log");
@@ -499,6 +499,8 @@ impl Testnet {
                 "--socket",
                 &socket_s,
                 "daemon",
+                "--state-dir",
+                &client_dir.to_string_lossy(),
                 "--bootstrap",
                 &boot_addr,
                 "--ledger",
@@ -639,7 +641,7 @@ impl Testnet {
                 "identity": first_exit["identity"], "wg_public_key": first_exit["wg_public_key"], "log": first_exit["log"],
             },
             "client": {
-                "socket": socket, "pid": client_pid, "log": client_log,
+                "socket": socket, "pid": client_pid, "log": client_log, "state_dir": client_dir,
                 "inner_addr": status.inner_addr, "mtu": status.mtu, "connect_ms": round2(connect_ms),
                 "build_ms": status.build_ms,
             },
@@ -805,9 +807,9 @@ fn payment_summary(status: &Status, name_of: &dyn Fn(&str) -> String) -> Vec<ser
         .payments
         .iter()
         .map(|p| {
-            let quote = hopwire_core::pay::Quote {
+            let quote = hopwire_proto::pay::Quote {
                 price_per_gib: p.price_per_gib,
-                ..hopwire_core::pay::Quote::FREE
+                ..hopwire_proto::pay::Quote::FREE
             };
             let owed = quote.price_of(p.bytes).unwrap_or(u64::MAX);
             let chunk = quote.price_of(quote.chunk_bytes + (1 << 20)).unwrap_or(u64::MAX);

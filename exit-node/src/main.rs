@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use hopwire_core::config::{self, LoadedConfig, NodeConfig};
-use hopwire_core::keys::{self, NodeKeys};
-use hopwire_core::ledger::service::RemoteLedger;
-use hopwire_core::ledger::Ledger;
-use hopwire_core::node::{dht_address, own_record, unix_now, NodeRuntime};
-use hopwire_core::onion::keys::OnionKeys;
-use hopwire_core::record::short_id;
-use hopwire_core::store::ReceiptStore;
+use hopwire_net::keys::{self, NodeKeys};
+use hopwire_net::ledger::service::RemoteLedger;
+use hopwire_net::ledger::Ledger;
+use hopwire_net::store::ReceiptStore;
+use hopwire_node_runtime::config::{self, LoadedConfig, NodeConfig};
+use hopwire_node_runtime::{dht_address, own_record, NodeRuntime};
+use hopwire_proto::onion::keys::OnionKeys;
+use hopwire_proto::record::short_id;
+use hopwire_proto::time::unix_now;
 
 #[derive(Parser)]
 #[command(
@@ -95,7 +96,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("hopwire-node: {}", hopwire_core::process::describe(e.as_ref()));
+        eprintln!("hopwire-node: {}", hopwire_net::process::describe(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -153,33 +154,33 @@ fn load(config: &Path) -> Result<(LoadedConfig, NodeKeys)> {
 }
 
 fn serve(config: &Path) -> Result<()> {
-    hopwire_core::process::init_logging();
+    hopwire_net::process::init_logging();
     let (loaded, keys) = load(config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let node = NodeRuntime::new(loaded, keys);
-        node.run(hopwire_core::process::shutdown_signal()).await
+        node.run(hopwire_net::process::shutdown_signal()).await
     })?;
     Ok(())
 }
 
 fn ledger(listen: std::net::SocketAddr, db: &Path, domain: &str, challenge_s: u64, fund: &[String]) -> Result<()> {
-    hopwire_core::process::init_logging();
-    let ledger = hopwire_core::ledger::EmbeddedLedger::open_at(db, domain, challenge_s)?;
+    hopwire_net::process::init_logging();
+    let ledger = hopwire_net::ledger::EmbeddedLedger::open_at(db, domain, challenge_s)?;
     for f in fund {
         let (account, amount) = f
             .split_once('=')
-            .and_then(|(k, a)| Some((config::parse_identity(k)?, a.parse::<u64>().ok()?)))
+            .and_then(|(k, a)| Some((hopwire_proto::record::parse_identity(k)?, a.parse::<u64>().ok()?)))
             .with_context(|| format!("--fund {f}: expected 64 hex digits=AMOUNT"))?;
         let balance = ledger.fund(account, amount)?;
         println!("funded {} with {amount}: balance {balance}", short_id(&account));
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        hopwire_core::ledger::service::listen(listen, ledger)
+        hopwire_node_runtime::ledger_service::listen(listen, ledger)
             .await
             .with_context(|| format!("listening on {listen}"))?;
-        hopwire_core::process::shutdown_signal().await;
+        hopwire_net::process::shutdown_signal().await;
         Ok(())
     })
 }
@@ -268,7 +269,7 @@ fn settle(config: &Path, min: u64) -> Result<()> {
         fee * due
     );
     let mut paid_total = 0;
-    for s in hopwire_core::node::payee::settle_due(&store, &ledger, min, false, unix_now())? {
+    for s in hopwire_node_runtime::payee::settle_due(&store, &ledger, min, false, unix_now())? {
         match s.paid {
             Ok(paid) => {
                 paid_total += paid;
@@ -291,7 +292,7 @@ fn show_record(config: &Path, json: bool) -> Result<()> {
         let value = serde_json::json!({
             "record": record,
             "identity": short_id(&identity),
-            "identity_hex": hopwire_core::record::hex(&identity),
+            "identity_hex": hopwire_proto::record::hex(&identity),
             "roles": loaded.config.node.roles,
             "region": loaded.config.node.region,
             "wg_public_key": keys::wg_public_to_string(&keys.wg_public()),

@@ -1,5 +1,6 @@
-//! The daemon's local API: a `Request` line as the daemon reads it
-//! (`serde_json::from_str`), and a `Response` as the CLI reads it.
+//! The daemon's local API: a request line as the daemon reads it (an
+//! `Envelope` with the version), a `Response` as the CLI reads it, and an
+//! `Event` as a subscriber reads it.
 //!
 //! Nothing may panic. A request that decodes encodes back to itself, and the
 //! records it names are parsed as the daemon would; a response that decodes
@@ -7,8 +8,8 @@
 //! that).
 #![no_main]
 
-use hopwire_core::api::{HopInfo, HopPayment, Request, Response, State, Status};
-use hopwire_core::record::VerifiedRecord;
+use hopwire_api::{Envelope, ErrorKind, Event, HopInfo, HopPayment, Request, Response, State, Status, TunnelState};
+use hopwire_proto::record::VerifiedRecord;
 use hopwire_fuzz::write_seeds;
 use libfuzzer_sys::fuzz_target;
 
@@ -30,7 +31,7 @@ fn response(resp: Response) {
     let strip = |r: &Response| {
         let mut r = r.clone();
         match &mut r {
-            Response::Ok { status } | Response::Error { status, .. } => {
+            Response::Ok { status } | Response::Error { status, .. } | Response::Subscribed { status } => {
                 status.build_ms = status.build_ms.map(|_| 0.0);
                 status.rtt_ms = status.rtt_ms.map(|_| 0.0);
             }
@@ -46,6 +47,21 @@ fn response(resp: Response) {
     assert_eq!(strip(&back), strip(&resp), "response round trip through {text}");
 }
 
+fn event(e: Event) {
+    let text = serde_json::to_string(&e).expect("an event encodes");
+    let back: Event = serde_json::from_str(&text).expect("an encoded event decodes");
+    let strip = |e: &Event| {
+        let mut e = e.clone();
+        match &mut e {
+            Event::Circuit { build_ms, .. } => *build_ms = 0.0,
+            Event::Traffic { rtt_ms, .. } => *rtt_ms = rtt_ms.map(|_| 0.0),
+            _ => {}
+        }
+        e
+    };
+    assert_eq!(strip(&back), strip(&e), "event round trip through {text}");
+}
+
 fn seeds() -> Vec<Vec<u8>> {
     let hop = HopInfo {
         id: "0123456789abcdef".into(),
@@ -55,6 +71,8 @@ fn seeds() -> Vec<Vec<u8>> {
     let status = Status {
         state: State::Connected,
         error: Some("x".into()),
+        error_kind: Some(ErrorKind::Funds),
+        attempt: Some(2),
         exit: Some(hop.clone()),
         circuit: vec![hop.clone(), hop],
         build_ms: Some(12.5),
@@ -84,14 +102,26 @@ fn seeds() -> Vec<Vec<u8>> {
         Request::Disconnect,
         Request::Status,
         Request::Wallet { close: true },
+        Request::Subscribe,
     ]
-    .iter()
-    .map(|r| serde_json::to_vec(r).expect("encodes"))
+    .into_iter()
+    .map(|request| serde_json::to_vec(&Envelope { v: 2, request }).expect("encodes"))
     .collect();
+    seeds.push(
+        serde_json::to_vec(&Event::State {
+            state: TunnelState::Reconnecting {
+                reason: "lost".into(),
+                attempt: 1,
+            },
+        })
+        .expect("encodes"),
+    );
+    seeds.push(serde_json::to_vec(&Response::Subscribed { status: status.clone() }).expect("encodes"));
     seeds.push(br#"{"cmd":"connect","records":["hopwire1.x"]}"#.to_vec());
     seeds.push(serde_json::to_vec(&Response::Ok { status: status.clone() }).expect("encodes"));
     seeds.push(
         serde_json::to_vec(&Response::Error {
+            kind: ErrorKind::NoExit,
             message: "no".into(),
             status: Status::default(),
         })
@@ -107,8 +137,8 @@ fuzz_target!(
     |data: &[u8]| {
         // The daemon reads a line into a String, so only UTF-8 reaches it.
         if let Ok(line) = std::str::from_utf8(data) {
-            if let Ok(req) = serde_json::from_str::<Request>(line) {
-                request(req);
+            if let Ok(env) = serde_json::from_str::<Envelope>(line) {
+                request(env.request);
             }
         }
         if let Ok(req) = serde_json::from_slice::<Request>(data) {
@@ -116,6 +146,9 @@ fuzz_target!(
         }
         if let Ok(resp) = serde_json::from_slice::<Response>(data) {
             response(resp);
+        }
+        if let Ok(e) = serde_json::from_slice::<Event>(data) {
+            event(e);
         }
     }
 );

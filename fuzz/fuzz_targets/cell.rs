@@ -14,7 +14,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use hopwire_core::onion::cell::CIRCUIT_ID_LEN;
+use hopwire_proto::onion::cell::CIRCUIT_ID_LEN;
 use hopwire_fuzz::{lock, write_seeds, xor, Net, Stop};
 use libfuzzer_sys::fuzz_target;
 

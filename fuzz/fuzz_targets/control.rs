@@ -15,10 +15,10 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use hopwire_core::onion::cell::{BackwardMessage, Create, ForwardMessage, LinkMessage};
-use hopwire_core::onion::circuit::{ClientCircuit, HopCircuit};
-use hopwire_core::onion::handshake::{ClientOnionskin, ServerOnionskin};
-use hopwire_core::session::{ExitHello, SessionParams};
+use hopwire_proto::onion::cell::{BackwardMessage, Create, ForwardMessage, LinkMessage};
+use hopwire_proto::onion::circuit::{ClientCircuit, HopCircuit};
+use hopwire_proto::onion::handshake::{ClientOnionskin, ServerOnionskin};
+use hopwire_proto::session::{ExitHello, SessionParams};
 use hopwire_fuzz::{client_hello, lock, write_seeds, xor, Net, Stop, NOW_UNIX};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
@@ -165,7 +165,7 @@ fuzz_target!(
             // handshake itself runs on the fuzzed public value.
             let node = &net.nodes[usize::from(create.max_extends) % net.hops()];
             if create.circuit_id & 1 == 0 {
-                create.onionskin.key_id = hopwire_core::onion::handshake::key_id(&node.onion.public());
+                create.onionskin.key_id = hopwire_proto::onion::handshake::key_id(&node.onion.public());
             }
             let answer = HopCircuit::create(&mut net.rng, &node.identity, &node.onion, NOW_UNIX, 9usize, &create);
             if let Ok((hop, created)) = answer {

@@ -13,8 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
-use hopwire_core::packet::{self, PacketInfo, PROTO_ICMP};
-use hopwire_core::policy::{Action, ExitPolicy, Rule};
+use hopwire_proto::packet::{self, PacketInfo, PROTO_ICMP};
+use hopwire_proto::policy::{Action, ExitPolicy, Rule};
 use hopwire_fuzz::write_seeds;
 use libfuzzer_sys::fuzz_target;
 

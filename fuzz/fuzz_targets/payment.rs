@@ -14,8 +14,8 @@
 #![no_main]
 
 use ed25519_dalek::SigningKey;
-use hopwire_core::ledger::service::Request;
-use hopwire_core::pay::{PayeeChannel, PayerChannel, Quote, Receipt, SignedReceipt};
+use hopwire_net::ledger::service::Request;
+use hopwire_proto::pay::{PayeeChannel, PayerChannel, Quote, Receipt, SignedReceipt};
 use libfuzzer_sys::fuzz_target;
 
 const QUOTE: Quote = Quote {

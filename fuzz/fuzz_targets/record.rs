@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
-use hopwire_core::policy::ExitPolicy;
-use hopwire_core::record::{NodeRecord, Role, VerifiedRecord, RECORD_TTL, RECORD_VERSION};
+use hopwire_proto::policy::ExitPolicy;
+use hopwire_proto::record::{NodeRecord, Role, VerifiedRecord, RECORD_TTL, RECORD_VERSION};
 use hopwire_fuzz::{write_seeds, xor};
 use libfuzzer_sys::fuzz_target;
 
@@ -43,7 +43,7 @@ fn genuine() -> &'static Genuine {
             wg_key: [6; 32],
             region: "DE".into(),
             capacity_mbit: 100,
-            quote: hopwire_core::pay::Quote::FREE,
+            quote: hopwire_proto::pay::Quote::FREE,
             exit_rules: vec!["accept *:443".into(), "reject *:*".into()],
             exit_default_rejects: true,
             family: vec![[8; 32]],

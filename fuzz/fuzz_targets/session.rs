@@ -1,4 +1,4 @@
-//! Framed setup messages on a QUIC stream (`session::read_message`: 2-byte
+//! Framed setup messages on a QUIC stream (`framing::read_message`: 2-byte
 //! length, postcard body) as an exit, a client and a relay read them: a
 //! `ClientHello`, an `ExitHello`, and the `LinkMessage`s of a circuit stream,
 //! read one after another from the input until it runs out or is refused.
@@ -9,8 +9,9 @@
 
 use std::sync::OnceLock;
 
-use hopwire_core::onion::cell::LinkMessage;
-use hopwire_core::session::{read_message, write_message, ClientHello, ExitHello, SessionParams, MAX_MESSAGE};
+use hopwire_proto::onion::cell::LinkMessage;
+use hopwire_net::framing::{read_message, write_message, MAX_MESSAGE};
+use hopwire_proto::session::{ClientHello, ExitHello, SessionParams};
 use hopwire_fuzz::{client_hello, write_seeds};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use hopwire_core::onion::cell::{split_cell, BackwardMessage, Create, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
-use hopwire_core::onion::circuit::{headroom, CircuitTable, ClientCircuit, ControlAction, HopCircuit, Routed};
-use hopwire_core::onion::keys::OnionKeys;
-use hopwire_core::onion::layer::TAG_LEN;
-use hopwire_core::session::{ClientHello, PROTOCOL_VERSION};
+use hopwire_proto::onion::cell::{split_cell, BackwardMessage, Create, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
+use hopwire_proto::onion::circuit::{headroom, CircuitTable, ClientCircuit, ControlAction, HopCircuit, Routed};
+use hopwire_proto::onion::keys::OnionKeys;
+use hopwire_proto::onion::layer::TAG_LEN;
+use hopwire_proto::session::{ClientHello, PROTOCOL_VERSION};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

@@ -218,7 +218,7 @@ fn with_no_spare_relay_the_client_says_why() {
     assert_eq!(ids.len(), 3);
     kill_and_wait(pid_of(node(&tn, &ids[1])), "KILL");
     let st = tn.wait_status("an error naming the missing relay", 60, |st| {
-        st["state"] == "error"
+        st["state"] == "reconnecting"
             && st["error"]
                 .as_str()
                 .is_some_and(|e| e.contains("no usable") && e.contains("relay"))

@@ -95,6 +95,8 @@ fn a_restarted_client_finds_nodes_without_the_bootstrap_node() {
             "--socket",
             &socket,
             "daemon",
+            "--state-dir",
+            tn.summary["client"]["state_dir"].as_str().expect("state_dir"),
             "--bootstrap",
             &boot_addr,
             "--ledger",

@@ -22,7 +22,7 @@ const LAN_SERVER: &str = "10.77.0.2";
 fn state_is_failure(st: &Value) -> bool {
     let reason = st["error"].as_str().unwrap_or("").trim();
     let state = st["state"].as_str().unwrap_or("");
-    (state == "error" || state == "connecting") && !reason.is_empty()
+    (state == "error" || state == "connecting" || state == "reconnecting") && !reason.is_empty()
 }
 
 /// 1. A file downloaded through the tunnel is byte-exact, and the pretend

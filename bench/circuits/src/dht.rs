@@ -1,6 +1,6 @@
 //! `hopwire-bench dht`: Kademlia discovery at scale, in one process.
 //!
-//! For each size it starts that many DHT servers ([`hopwire_core::dht::Dht`])
+//! For each size it starts that many DHT servers ([`hopwire_net::dht::Dht`])
 //! over libp2p's memory transport with converged routing tables
 //! ([`dht::converged_tables`]: up to K closest peers per bucket, as after
 //! the network has run a while — joining thousands of nodes one by one on
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
-use hopwire_core::dht::{self, Dht, DhtConfig, Search, Transport};
-use hopwire_core::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
+use hopwire_net::dht::{self, Dht, DhtConfig, Search, Transport};
+use hopwire_proto::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
@@ -47,7 +47,7 @@ fn key(net: usize, i: usize) -> SigningKey {
 }
 
 fn exit_record(key: &SigningKey) -> Vec<u8> {
-    let t = hopwire_core::node::unix_now();
+    let t = hopwire_proto::time::unix_now();
     NodeRecord {
         version: RECORD_VERSION,
         identity: key.verifying_key().to_bytes(),
@@ -60,7 +60,7 @@ fn exit_record(key: &SigningKey) -> Vec<u8> {
         wg_key: [8; 32],
         region: "DE".into(),
         capacity_mbit: 100,
-        quote: hopwire_core::pay::Quote::FREE,
+        quote: hopwire_proto::pay::Quote::FREE,
         exit_rules: vec![],
         exit_default_rejects: true,
         family: vec![],

@@ -8,7 +8,7 @@
 //! prints one JSON line and then waits until it is killed (SIGINT/SIGTERM),
 //! when it closes its circuits politely.
 //!
-//! It runs the real client code ([`hopwire_core::client::Tunnel`]) and must
+//! It runs the real client code ([`hopwire_client::tunnel::Tunnel`]) and must
 //! run where the client would, e.g. `ip netns exec PREFIX-client
 //! hopwire-bench …` on a `hopwire testnet --keep` network.
 //!
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use hopwire_core::client::Tunnel;
-use hopwire_core::record::VerifiedRecord;
-use hopwire_core::session::{ClientHello, PROTOCOL_VERSION};
+use hopwire_client::tunnel::Tunnel;
+use hopwire_proto::record::VerifiedRecord;
+use hopwire_proto::session::{ClientHello, PROTOCOL_VERSION};
 use rand::RngCore;
 use serde_json::{json, Value};
 
@@ -228,7 +228,14 @@ async fn build(args: &PathArgs, count: usize, pause: Duration) -> Result<()> {
     let mut errors: Vec<String> = Vec::new();
     let started = Instant::now();
     for _ in 0..count {
-        match Tunnel::build(&path, &hello, None).await {
+        match Tunnel::build(
+            &hopwire_client::platform::MemoryPlatform::default(),
+            &path,
+            &hello,
+            None,
+        )
+        .await
+        {
             Ok(t) => {
                 samples.push(ms(t.build_time));
                 t.close().await;
@@ -340,9 +347,14 @@ async fn hold(
     let mut build_ms = Vec::new();
     let cold = sample(0, pids);
     for i in 0..warmup {
-        let t = Tunnel::build(&path, &hello, None)
-            .await
-            .with_context(|| format!("warm-up circuit {} of {warmup}", i + 1))?;
+        let t = Tunnel::build(
+            &hopwire_client::platform::MemoryPlatform::default(),
+            &path,
+            &hello,
+            None,
+        )
+        .await
+        .with_context(|| format!("warm-up circuit {} of {warmup}", i + 1))?;
         tunnels.push(t);
     }
     tokio::time::sleep(settle).await;
@@ -355,7 +367,14 @@ async fn hold(
     let started = Instant::now();
     while tunnels.len() < warmup + count {
         let t0 = Instant::now();
-        match Tunnel::build(&path, &hello, None).await {
+        match Tunnel::build(
+            &hopwire_client::platform::MemoryPlatform::default(),
+            &path,
+            &hello,
+            None,
+        )
+        .await
+        {
             Ok(t) => {
                 build_ms.push(ms(t.build_time));
                 tunnels.push(t);
@@ -409,7 +428,7 @@ async fn hold(
         "hopwire-bench: holding {} idle circuits; SIGINT/SIGTERM closes them",
         tunnels.len()
     );
-    hopwire_core::process::shutdown_signal().await;
+    hopwire_net::process::shutdown_signal().await;
     let closing = tunnels.len();
     // Each close waits up to 300 ms for its link to drain: close them together.
     let mut closes = tokio::task::JoinSet::new();

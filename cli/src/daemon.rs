@@ -1,0 +1,413 @@
+//! The privileged client daemon: the client runtime on Linux, served on a
+//! Unix socket.
+//!
+//! [`LinuxPlatform`] is the runtime's [`Platform`] here: a TUN device,
+//! routes that send everything through it but the first hop and the
+//! ledger, and the tunnel's DNS. A crashed daemon's changes are undone at
+//! the next start from the state file. The socket speaks the API of
+//! `hopwire_api`: one request per connection, or a `subscribe` that turns
+//! the connection into a stream of events.
+//!
+//! What it does not do: build circuits or keep them up (the runtime in
+//! `hopwire_client` does), or parse the command line.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{debug, info, warn};
+
+use hopwire_api::{Envelope, ErrorKind, Event, Request, Response, API_VERSION, MAX_LINE};
+use hopwire_client::platform::{Platform, PlatformError, TunnelConfig};
+use hopwire_client::runtime::{Client, ClientConfig, ConnectRequest};
+use hopwire_proto::sync::lock;
+use hopwire_sys::tun::{self, TunDevice};
+use hopwire_sys::ClientNet;
+
+/// How long a subscriber may take to accept one event line before it is
+/// dropped (a stalled reader never holds the tunnel back either way).
+const SUBSCRIBER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    /// Group allowed to use the socket (mode 0660); `None` means root only.
+    pub group: Option<String>,
+    pub tun_name: String,
+    /// The resolver file to point at the tunnel's DNS while connected.
+    pub resolv_conf: PathBuf,
+    /// Where the daemon records what it changed on the system (runtime
+    /// bookkeeping: beside the socket).
+    pub state_file: PathBuf,
+    /// What survives a reboot: wallet, channels, guard, DHT peers.
+    pub client: ClientConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another hopwire daemon is already serving {0}; stop it first")]
+    AlreadyRunning(PathBuf),
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("group `{0}` does not exist (see /etc/group)")]
+    NoSuchGroup(String),
+    #[error(transparent)]
+    Client(#[from] hopwire_client::runtime::Error),
+}
+
+/// The tunnel on Linux: a TUN device, routes and DNS.
+pub struct LinuxPlatform {
+    tun_name: String,
+    resolv_conf: PathBuf,
+    state_file: PathBuf,
+    up: Mutex<Option<LinuxTunnel>>,
+}
+
+struct LinuxTunnel {
+    tun: Arc<TunDevice>,
+    net: ClientNet,
+    config: TunnelConfig,
+}
+
+fn dns_v4(config: &TunnelConfig) -> Vec<Ipv4Addr> {
+    config
+        .dns
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+impl LinuxPlatform {
+    pub fn new(config: &DaemonConfig) -> Self {
+        Self {
+            tun_name: config.tun_name.clone(),
+            resolv_conf: config.resolv_conf.clone(),
+            state_file: config.state_file.clone(),
+            up: Mutex::new(None),
+        }
+    }
+
+    fn readdress(&self, old: Ipv4Addr, new: Ipv4Addr) -> Result<(), hopwire_sys::SysError> {
+        hopwire_sys::run("ip", &["addr", "add", &format!("{new}/32"), "dev", &self.tun_name])?;
+        hopwire_sys::run("ip", &["addr", "del", &format!("{old}/32"), "dev", &self.tun_name]).map(drop)
+    }
+}
+
+impl Platform for LinuxPlatform {
+    type Io = TunDevice;
+
+    fn establish(&self, config: &TunnelConfig) -> Result<Arc<TunDevice>, PlatformError> {
+        let fail = |e: String| PlatformError::Establish(e);
+        let tun =
+            Arc::new(tun::create(&self.tun_name, config.inner_v4, 32, config.mtu).map_err(|e| fail(e.to_string()))?);
+        let mut net = ClientNet::new(&self.state_file);
+        let first_hop = config.bypass.first().copied();
+        let routed = match first_hop {
+            Some(hop) => net.route_all_through(&self.tun_name, hop),
+            None => Err(hopwire_sys::SysError::NoRoute(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
+        }
+        .and_then(|()| config.bypass.iter().skip(1).try_for_each(|a| net.bypass(*a)))
+        .and_then(|()| net.set_dns(&self.resolv_conf, &dns_v4(config)));
+        if let Err(e) = routed {
+            net.restore();
+            return Err(fail(format!("setting routes and DNS: {e}")));
+        }
+        *lock(&self.up) = Some(LinuxTunnel {
+            tun: tun.clone(),
+            net,
+            config: config.clone(),
+        });
+        Ok(tun)
+    }
+
+    fn reconfigure(&self, config: &TunnelConfig) -> Result<Option<Arc<TunDevice>>, PlatformError> {
+        let mut up = lock(&self.up);
+        let Some(t) = up.as_mut() else {
+            return Err(PlatformError::Reconfigure("the tunnel is not up".into()));
+        };
+        let fail = |e: String| PlatformError::Reconfigure(e);
+        // Only the current first hop and the ledger go around the tunnel.
+        t.net.keep_only_bypass(&config.bypass);
+        if config.inner_v4 != t.config.inner_v4 {
+            self.readdress(t.config.inner_v4, config.inner_v4)
+                .map_err(|e| fail(format!("moving the tunnel to its new address: {e}")))?;
+        }
+        if config.dns != t.config.dns {
+            t.net
+                .set_dns(&self.resolv_conf, &dns_v4(config))
+                .map_err(|e| fail(format!("updating DNS: {e}")))?;
+        }
+        t.tun
+            .set_mtu(config.mtu)
+            .map_err(|e| fail(format!("setting the MTU to {}: {e}", config.mtu)))?;
+        t.config = config.clone();
+        Ok(None)
+    }
+
+    /// Routes the socket's peer around the tunnel while it is up (before
+    /// it is up, the system's routes already do).
+    fn protect(&self, _socket: BorrowedFd<'_>, peer: SocketAddr) -> Result<(), PlatformError> {
+        if let Some(t) = lock(&self.up).as_mut() {
+            t.net.bypass(peer.ip()).map_err(|e| {
+                warn!(
+                    "routing {} around the tunnel: {e}",
+                    hopwire_proto::safelog::Sensitive(peer)
+                );
+                PlatformError::Protect { peer }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn teardown(&self) {
+        if let Some(mut t) = lock(&self.up).take() {
+            t.net.restore();
+        }
+    }
+}
+
+/// Binds the API socket, refusing to take it over from a live daemon.
+async fn bind(config: &DaemonConfig) -> Result<UnixListener, DaemonError> {
+    let path = &config.socket;
+    let err = |source| DaemonError::Socket {
+        path: path.clone(),
+        source,
+    };
+    if UnixStream::connect(path).await.is_ok() {
+        return Err(DaemonError::AlreadyRunning(path.clone()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // A socket file nobody answers on is left by a crashed daemon.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    let mode = match &config.group {
+        Some(group) => {
+            let gid = group_id(group).ok_or_else(|| DaemonError::NoSuchGroup(group.clone()))?;
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Looks a group up in /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// Moves what an older daemon kept beside its socket (a tmpfs that a
+/// reboot empties) into the state directory, once, and says so.
+fn migrate_state(socket: &Path, state_dir: &Path) {
+    let Some(run_dir) = socket.parent() else { return };
+    if run_dir == state_dir || !run_dir.join("wallet.key").exists() || state_dir.join("wallet.key").exists() {
+        return;
+    }
+    if let Err(e) = std::fs::create_dir_all(state_dir) {
+        warn!("cannot create the state directory {}: {e}", state_dir.display());
+        return;
+    }
+    let moves: [(PathBuf, PathBuf); 4] = [
+        (run_dir.join("wallet.key"), state_dir.join("wallet.key")),
+        (run_dir.join("wallet"), state_dir.join("wallet")),
+        (socket.with_extension("guard"), state_dir.join("guard")),
+        (socket.with_extension("dht-peers"), state_dir.join("dht-peers")),
+    ];
+    for (from, to) in moves {
+        if !from.exists() {
+            continue;
+        }
+        match std::fs::rename(&from, &to) {
+            Ok(()) => info!(
+                "moved {} to {} (state now survives a reboot)",
+                from.display(),
+                to.display()
+            ),
+            Err(e) => warn!("moving {} to {}: {e}", from.display(), to.display()),
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then disconnects.
+pub async fn serve(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DaemonError> {
+    let listener = bind(&config).await?;
+    ClientNet::recover(&config.state_file);
+    migrate_state(&config.socket, &config.client.state_dir);
+    let client = Client::start(LinuxPlatform::new(&config), config.client.clone())?;
+    info!(socket = %config.socket.display(), state = %config.client.state_dir.display(), "daemon ready");
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let client = client.clone();
+                    tokio::spawn(async move { answer(client, stream).await });
+                }
+                Err(e) => warn!("accepting on the API socket: {e}"),
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = accept => {}
+    }
+    info!("shutting down");
+    client.shutdown().await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+fn error(client: &Client<LinuxPlatform>, kind: ErrorKind, message: String) -> Response {
+    Response::Error {
+        kind,
+        message,
+        status: client.status(),
+    }
+}
+
+/// Parses one request line, checking the API version first.
+fn parse(line: &str) -> Result<Request, (ErrorKind, String)> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| (ErrorKind::BadInput, format!("bad request: {e}")))?;
+    let v = value.get("v").and_then(serde_json::Value::as_u64).unwrap_or(1);
+    if v != u64::from(API_VERSION) {
+        return Err((
+            ErrorKind::Version,
+            format!(
+                "this daemon speaks API version {API_VERSION}, the request version {v}: use a hopwire CLI or app of the daemon's version"
+            ),
+        ));
+    }
+    serde_json::from_value::<Envelope>(value)
+        .map(|e| e.request)
+        .map_err(|e| (ErrorKind::BadInput, format!("bad request: {e}")))
+}
+
+async fn handle(client: &Client<LinuxPlatform>, request: Request) -> Response {
+    let failed = |e: hopwire_client::runtime::Error| error(client, e.kind(), e.to_string());
+    match request {
+        Request::Status => Response::Ok {
+            status: client.status(),
+        },
+        Request::Nodes { role, country } => match client.nodes(role, country.as_deref()).await {
+            Ok(nodes) => Response::Nodes { nodes },
+            Err(e) => failed(e),
+        },
+        Request::Wallet { close } => match client.wallet(close).await {
+            Ok(wallet) => Response::Wallet { wallet },
+            Err(e) => failed(e),
+        },
+        Request::Disconnect => Response::Ok {
+            status: client.disconnect().await,
+        },
+        Request::Connect {
+            records,
+            hops,
+            country,
+            max_price,
+        } => {
+            let request = ConnectRequest {
+                records,
+                hops,
+                country,
+                max_price,
+            };
+            match client.connect(request).await {
+                Ok(status) => Response::Ok { status },
+                Err(e) => failed(e),
+            }
+        }
+        Request::Subscribe => unreachable!("subscriptions are streamed by `answer`"),
+    }
+}
+
+async fn write_line<T: serde::Serialize>(write: &mut (impl AsyncWriteExt + Unpin), value: &T) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(value).unwrap_or_else(|e| unreachable!("answer encodes: {e}"));
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// Reads one request line from an API client and answers it, or streams
+/// events to it until it hangs up or falls behind.
+async fn answer(client: Client<LinuxPlatform>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_LINE as u64));
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let request = match parse(&line) {
+        Ok(r) => r,
+        Err((kind, message)) => {
+            let _ = write_line(&mut write, &error(&client, kind, message)).await;
+            return;
+        }
+    };
+    if request != Request::Subscribe {
+        let response = handle(&client, request).await;
+        let _ = write_line(&mut write, &response).await;
+        return;
+    }
+    // Subscribe before reading the status, so no transition falls between.
+    let mut events = client.subscribe();
+    let subscribed = Response::Subscribed {
+        status: client.status(),
+    };
+    if write_line(&mut write, &subscribed).await.is_err() {
+        return;
+    }
+    debug!("subscriber joined");
+    let mut rest = [0u8; 64];
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let sent = tokio::time::timeout(SUBSCRIBER_WRITE_TIMEOUT, write_line(&mut write, &event)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        debug!("subscriber stopped reading; dropped");
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    info!(missed, "a subscriber fell behind; dropped");
+                    let note = Event::Lagged { missed };
+                    let _ = tokio::time::timeout(SUBSCRIBER_WRITE_TIMEOUT, write_line(&mut write, &note)).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            // A subscriber says nothing after subscribing: a read that
+            // ends means it hung up.
+            n = reader.read(&mut rest) => {
+                if !matches!(n, Ok(k) if k > 0) {
+                    debug!("subscriber left");
+                    return;
+                }
+            }
+        }
+    }
+}

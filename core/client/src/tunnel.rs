@@ -1,0 +1,854 @@
+//! The client tunnel runtime: one circuit to an exit and the packets over it.
+//!
+//! [`Tunnel::build`] dials the first hop over QUIC (checking its identity
+//! against its record), creates the circuit, extends it hop by hop
+//! (telescoping), and begins a session at the exit, which lends an inner
+//! address. [`Tunnel::pump`] then moves packets between the TUN device and
+//! the exit: IP packets are encrypted by the client's WireGuard session (end
+//! to end with the exit), wrapped in one layer per hop and sent as QUIC
+//! datagrams; the other way round, until the circuit dies.
+//!
+//! What it does not do: routes, DNS, the TUN device and the WireGuard
+//! session belong to the daemon ([`hopwire::daemon`]), which keeps them across
+//! circuits so no packet leaks while a circuit is rebuilt and a session to
+//! the same exit survives a circuit change.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use rand::Rng;
+use tracing::{debug, warn};
+
+use crate::platform::{PacketIo, Platform, PlatformError};
+use crate::wallet::{Wallet, WalletError};
+use hopwire_api::ErrorKind;
+use hopwire_net::framing;
+use hopwire_net::link::{self, LinkError};
+use hopwire_proto::onion::cell::{split_cell, BackwardMessage, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
+use hopwire_proto::onion::circuit::{headroom, ClientCircuit};
+use hopwire_proto::onion::layer::TAG_LEN;
+use hopwire_proto::pay::PayerChannel;
+use hopwire_proto::record::VerifiedRecord;
+use hopwire_proto::session::{ClientHello, ExitHello, SessionParams};
+use hopwire_proto::sync::lock;
+use hopwire_proto::wg::WgSession;
+
+/// How long building a whole circuit and beginning the session may take.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(12);
+const TICK: Duration = Duration::from_millis(250);
+const BUF: usize = 65536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("cannot reach {node} at {addr}: {reason}")]
+    Unreachable {
+        node: String,
+        identity: [u8; 32],
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("hop {hop} ({node}) failed: {reason}")]
+    HopFailed {
+        hop: usize,
+        node: String,
+        /// The node to avoid next time, if it is known.
+        culprit: Option<[u8; 32]>,
+        reason: String,
+    },
+    #[error("exit {exit} refused the session: {reason}")]
+    Refused { exit: String, reason: String },
+    #[error("building the circuit took longer than {} s", BUILD_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("the first hop offers datagrams of {room} bytes, too small for a {hops}-hop tunnel")]
+    DatagramsTooSmall { room: usize, hops: usize },
+    #[error("{node} charges {price} per GiB and this daemon has no ledger to pay on: start it with --ledger ADDR")]
+    NoWallet { node: String, price: u64 },
+    #[error(transparent)]
+    Protect(#[from] PlatformError),
+    #[error("paying {node}: {source}")]
+    Payment {
+        node: String,
+        #[source]
+        source: WalletError,
+    },
+    #[error("paying {node}: {source}")]
+    Prepay {
+        node: String,
+        #[source]
+        source: hopwire_proto::pay::PayError,
+    },
+}
+
+impl ClientError {
+    /// What a program should make of it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClientError::Link(LinkError::Bind { .. }) | ClientError::Protect(_) => ErrorKind::Platform,
+            ClientError::Link(_) => ErrorKind::Internal,
+            ClientError::Unreachable { .. }
+            | ClientError::HopFailed { .. }
+            | ClientError::Timeout
+            | ClientError::DatagramsTooSmall { .. } => ErrorKind::HopUnreachable,
+            ClientError::Refused { .. } => ErrorKind::ExitRefused,
+            ClientError::NoWallet { .. } => ErrorKind::Config,
+            ClientError::Payment { source, .. } => source.kind(),
+            ClientError::Prepay { .. } => ErrorKind::Funds,
+        }
+    }
+
+    /// The node that failed, so a rebuild can avoid it.
+    pub fn culprit(&self) -> Option<[u8; 32]> {
+        match self {
+            ClientError::Unreachable { identity, .. } => Some(*identity),
+            ClientError::HopFailed { culprit, .. } => *culprit,
+            _ => None,
+        }
+    }
+}
+
+/// Why a live circuit ended.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    pub reason: String,
+    /// The node that failed, if the circuit could tell.
+    pub culprit: Option<[u8; 32]>,
+}
+
+/// Bytes through the tunnel, counted as inner (IP) bytes.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+/// Cells through this circuit, both ways, and their payloads (WireGuard
+/// datagrams): from these the client knows exactly what each hop counts.
+#[derive(Debug, Default)]
+pub struct CellCount {
+    cells: AtomicU64,
+    payload: AtomicU64,
+    /// Bytes of payment messages (receipts out; usage reports and
+    /// acknowledgements in) on the client's link, layers included.
+    pub payment_bytes: AtomicU64,
+}
+
+impl CellCount {
+    fn add(&self, payload: usize) {
+        self.cells.fetch_add(1, Ordering::Relaxed);
+        self.payload.fetch_add(payload as u64, Ordering::Relaxed);
+    }
+
+    /// What hop `hop` of `hops` carried ([`hopwire_proto::pay::cell_size`] summed).
+    pub fn at_hop(&self, hop: usize, hops: usize) -> u64 {
+        let cells = self.cells.load(Ordering::Relaxed);
+        hopwire_proto::pay::cell_size(0, hops, hop)
+            .saturating_mul(cells)
+            .saturating_add(self.payload.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's payments to one hop of the circuit.
+#[derive(Debug)]
+pub struct HopPay {
+    pub hop: usize,
+    pub record: VerifiedRecord,
+    pub channel: PayerChannel,
+    /// What the hop confirmed this circuit paid it (beyond earlier
+    /// circuits' sessions on the channel).
+    pub acked: u64,
+    /// Why paying it stopped (deposit spent), if it did.
+    pub error: Option<String>,
+}
+
+pub type Payments = Arc<Mutex<Vec<HopPay>>>;
+
+/// A built circuit to an exit with a session begun.
+#[derive(Debug)]
+pub struct Tunnel {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    circuit: Arc<Mutex<ClientCircuit>>,
+    circuit_id: u32,
+    control: Option<(SendStream, RecvStream)>,
+    pub path: Vec<VerifiedRecord>,
+    pub params: SessionParams,
+    pub mtu: u16,
+    pub build_time: Duration,
+    /// One entry per charging hop.
+    pub payments: Payments,
+    pub cells: Arc<CellCount>,
+    wallet: Option<Arc<Wallet>>,
+}
+
+fn hop_failed(path: &[VerifiedRecord], hop: usize, reason: String) -> ClientError {
+    ClientError::HopFailed {
+        hop: hop + 1,
+        node: path[hop].short_id(),
+        culprit: path.get(hop).map(|r| r.record().identity),
+        reason,
+    }
+}
+
+impl Tunnel {
+    /// Builds a circuit along `path` (first hop first, exit last) and begins
+    /// a session at the exit with `hello`.
+    /// Hops that charge are paid from `wallet`: a channel each, the first
+    /// chunk prepaid before the session begins.
+    pub async fn build<P: Platform>(
+        platform: &P,
+        path: &[VerifiedRecord],
+        hello: &ClientHello,
+        wallet: Option<Arc<Wallet>>,
+    ) -> Result<Self, ClientError> {
+        let started = Instant::now();
+        tokio::time::timeout(BUILD_TIMEOUT, Self::build_inner(platform, path, hello, wallet))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map(|mut t| {
+                t.build_time = started.elapsed();
+                t
+            })
+    }
+
+    async fn build_inner<P: Platform>(
+        platform: &P,
+        path: &[VerifiedRecord],
+        hello: &ClientHello,
+        wallet: Option<Arc<Wallet>>,
+    ) -> Result<Self, ClientError> {
+        let guard = path[0].record();
+        let unreachable = |reason: String| ClientError::Unreachable {
+            node: path[0].short_id(),
+            identity: guard.identity,
+            addr: guard.quic_addr,
+            reason,
+        };
+        let bind: SocketAddr = if guard.quic_addr.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = link::bind_udp(bind)?;
+        platform.protect(std::os::fd::AsFd::as_fd(&socket), guard.quic_addr)?;
+        let mut endpoint = link::endpoint_on(socket, None)?;
+        endpoint.set_default_client_config(link::client_config(guard.identity)?);
+        let conn = endpoint
+            .connect(guard.quic_addr, link::SERVER_NAME)
+            .map_err(|e| unreachable(e.to_string()))?
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
+        let io = |hop: usize| move |e: framing::SetupError| hop_failed(path, hop, e.to_string());
+
+        let mut circuit = ClientCircuit::new();
+        let circuit_id: u32 = rand::thread_rng().gen();
+        let max_extends = (path.len() - 1) as u8;
+        let create = circuit.create(
+            &mut rand::rngs::OsRng,
+            circuit_id,
+            guard.identity,
+            guard.onion_key,
+            max_extends,
+        );
+        framing::write_message(&mut send, &create).await.map_err(io(0))?;
+        match framing::read_message::<LinkMessage>(&mut recv).await.map_err(io(0))? {
+            LinkMessage::Created { onionskin } => circuit
+                .add_hop(&onionskin)
+                .map_err(|e| hop_failed(path, 0, e.to_string()))?,
+            LinkMessage::Destroy { reason } => return Err(hop_failed(path, 0, reason)),
+            other => return Err(hop_failed(path, 0, format!("unexpected answer {other:?}"))),
+        }
+        for (i, next) in path.iter().enumerate().skip(1) {
+            let r = next.record();
+            let extend = circuit
+                .extend(&mut rand::rngs::OsRng, r.quic_addr, r.identity, r.onion_key)
+                .map_err(|e| hop_failed(path, i, e.to_string()))?;
+            framing::write_message(&mut send, &extend).await.map_err(io(i - 1))?;
+            match read_backward(&mut circuit, &mut recv, path).await? {
+                (_, BackwardMessage::Extended { onionskin }) => circuit
+                    .add_hop(&onionskin)
+                    .map_err(|e| hop_failed(path, i, e.to_string()))?,
+                (from, BackwardMessage::Failed { reason }) => {
+                    // The hop before the new one says why it could not extend.
+                    return Err(hop_failed(path, (from + 1).min(path.len() - 1), reason));
+                }
+                (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
+            }
+        }
+        let mut payments = Vec::new();
+        let cells = Arc::new(CellCount::default());
+        let session_id: [u8; 16] = rand::thread_rng().gen();
+        for (i, hop) in path.iter().enumerate() {
+            let price = hop.record().quote.price_per_gib;
+            if price == 0 {
+                continue;
+            }
+            let node = hop.short_id();
+            let Some(wallet) = &wallet else {
+                return Err(ClientError::NoWallet { node, price });
+            };
+            let payment = |source| ClientError::Payment {
+                node: hop.short_id(),
+                source,
+            };
+            let mut channel = wallet.channel_for(hop, session_id).await.map_err(payment)?;
+            let acked = loop {
+                let receipt = channel.prepay().map_err(|source| ClientError::Prepay {
+                    node: hop.short_id(),
+                    source,
+                })?;
+                wallet.remember(&channel, hop);
+                let pay = circuit
+                    .seal_control(
+                        i,
+                        &ForwardMessage::Pay {
+                            payer: wallet.account(),
+                            receipt,
+                        },
+                    )
+                    .map_err(|e| hop_failed(path, i, e.to_string()))?;
+                framing::write_message(&mut send, &pay).await.map_err(io(0))?;
+                cells.payment_bytes.fetch_add(message_len(&pay), Ordering::Relaxed);
+                match read_backward(&mut circuit, &mut recv, path).await? {
+                    (from, BackwardMessage::Paid { amount, .. }) if from == i => {
+                        break amount.saturating_sub(channel.base_amount())
+                    }
+                    // The hop would not go on with a channel used before
+                    // (it was closed, or the hop lost its newest receipt):
+                    // a new channel, once.
+                    (from, BackwardMessage::Failed { reason }) if from == i && channel.base_amount() > 0 => {
+                        tracing::info!(
+                            "hop {} refused to resume channel: {reason}; opening a new one",
+                            hop.short_id()
+                        );
+                        wallet.retire(channel.channel()).await;
+                        channel = wallet.open_channel(hop, session_id).await.map_err(payment)?;
+                    }
+                    (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
+                    (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
+                }
+            };
+            payments.push(HopPay {
+                hop: i,
+                record: hop.clone(),
+                channel,
+                acked,
+                error: None,
+            });
+        }
+        let last = path.len() - 1;
+        let begin = circuit
+            .seal_control(last, &ForwardMessage::Begin { hello: hello.clone() })
+            .map_err(|e| hop_failed(path, last, e.to_string()))?;
+        framing::write_message(&mut send, &begin).await.map_err(io(0))?;
+        let params = match read_backward(&mut circuit, &mut recv, path).await? {
+            (
+                _,
+                BackwardMessage::Began {
+                    hello: ExitHello::Accepted(p),
+                },
+            ) => p,
+            (
+                _,
+                BackwardMessage::Began {
+                    hello: ExitHello::Refused { reason },
+                },
+            ) => {
+                return Err(ClientError::Refused {
+                    exit: path[last].short_id(),
+                    reason,
+                })
+            }
+            (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
+            (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
+        };
+        let room = conn.max_datagram_size().unwrap_or(0);
+        let mtu =
+            link::tunnel_mtu(room, path.len()).ok_or(ClientError::DatagramsTooSmall { room, hops: path.len() })?;
+        Ok(Self {
+            endpoint,
+            conn,
+            circuit: Arc::new(Mutex::new(circuit)),
+            circuit_id,
+            control: Some((send, recv)),
+            path: path.to_vec(),
+            params,
+            mtu,
+            build_time: Duration::ZERO,
+            payments: Arc::new(Mutex::new(payments)),
+            cells,
+            wallet,
+        })
+    }
+
+    /// The QUIC link to the first hop (for its round-trip time).
+    pub fn first_link(&self) -> quinn::Connection {
+        self.conn.clone()
+    }
+
+    /// Moves packets until the circuit dies and says why. `wg` is the
+    /// session with the exit; a new one starts its handshake here.
+    pub async fn pump<Io: PacketIo>(&mut self, tun: Arc<Io>, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) -> Loss {
+        let sender = CellSender {
+            conn: self.conn.clone(),
+            circuit: self.circuit.clone(),
+            circuit_id: self.circuit_id,
+            cells: self.cells.clone(),
+        };
+        {
+            let mut buf = [0u8; 256];
+            let init = {
+                let mut wg = lock(&wg);
+                (!wg.is_established())
+                    .then(|| wg.initiate(&mut buf).map(<[u8]>::to_vec))
+                    .flatten()
+            };
+            if let Some(init) = init {
+                sender.send(&init);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(outbound(tun.clone(), sender.clone(), wg.clone(), traffic.clone()));
+        tasks.spawn(inbound(tun, sender.clone(), wg.clone(), traffic));
+        tasks.spawn(timers(sender, wg));
+        let guard = self.path[0].record().identity;
+        let mut control = self.control.take();
+        let (conn, circuit, path) = (self.conn.clone(), self.circuit.clone(), self.path.clone());
+        let loss = {
+            let watch = async {
+                match control.as_mut() {
+                    Some((send, recv)) => {
+                        let payer = Payer {
+                            payments: &self.payments,
+                            cells: &self.cells,
+                            wallet: self.wallet.as_deref(),
+                        };
+                        watch_control(&circuit, send, recv, &path, payer).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                e = conn.closed() => Loss { reason: describe_close(&e), culprit: Some(guard) },
+                loss = watch => loss,
+                Some(done) = tasks.join_next() => Loss { reason: format!("tunnel task ended: {done:?}"), culprit: None },
+            }
+        };
+        self.control = control;
+        tasks.abort_all();
+        loss
+    }
+
+    /// Tears the circuit down politely: every hop frees it at once.
+    pub async fn close(mut self) {
+        if let Some((mut send, _)) = self.control.take() {
+            let reason = "client closed the circuit".to_owned();
+            let _ = framing::write_message(&mut send, &LinkMessage::Destroy { reason }).await;
+            let _ = send.finish();
+        }
+        self.conn.close(0u32.into(), b"client disconnected");
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Reads the next backward control message and says which hop sent it.
+async fn read_backward(
+    circuit: &mut ClientCircuit,
+    recv: &mut RecvStream,
+    path: &[VerifiedRecord],
+) -> Result<(usize, BackwardMessage), ClientError> {
+    loop {
+        let message = framing::read_message::<LinkMessage>(recv)
+            .await
+            .map_err(|e| hop_failed(path, 0, e.to_string()))?;
+        match message {
+            LinkMessage::Relay { layered } => {
+                return circuit
+                    .open_control(layered)
+                    .map_err(|e| hop_failed(path, 0, e.to_string()));
+            }
+            LinkMessage::Destroy { reason } => return Err(hop_failed(path, 0, reason)),
+            _ => continue,
+        }
+    }
+}
+
+/// A control message's size on the stream (framing aside).
+fn message_len(m: &LinkMessage) -> u64 {
+    match m {
+        LinkMessage::Relay { layered } => layered.len() as u64,
+        _ => 0,
+    }
+}
+
+/// What the control stream needs to pay the hops.
+struct Payer<'a> {
+    payments: &'a Payments,
+    cells: &'a CellCount,
+    wallet: Option<&'a Wallet>,
+}
+
+impl Payer<'_> {
+    /// Answers a hop's usage report with a receipt sealed for that hop.
+    fn on_usage(&self, circuit: &Mutex<ClientCircuit>, hops: usize, from: usize, carried: u64) -> Option<LinkMessage> {
+        let wallet = self.wallet?;
+        let mut payments = lock(self.payments);
+        let receipt = answer_usage(&mut payments, self.cells, hops, from, carried);
+        if let Some(p) = payments.iter().find(|p| p.hop == from) {
+            wallet.remember(&p.channel, &p.record);
+        }
+        drop(payments);
+        let pay = ForwardMessage::Pay {
+            payer: wallet.account(),
+            receipt: receipt?,
+        };
+        lock(circuit).seal_control(from, &pay).ok()
+    }
+
+    fn on_paid(&self, from: usize, amount: u64) {
+        if let Some(p) = lock(self.payments).iter_mut().find(|p| p.hop == from) {
+            p.acked = p.acked.max(amount.saturating_sub(p.channel.base_amount()));
+        }
+    }
+}
+
+/// The receipt answering hop `from`'s report that it carried `carried`
+/// bytes: for what the client counted on that hop itself (plus the
+/// tolerance) and one chunk ahead — never for an inflated report. `None` if
+/// nothing more is owed, or the deposit is spent (then the hop's `error`
+/// says so).
+fn answer_usage(
+    payments: &mut [HopPay],
+    cells: &CellCount,
+    hops: usize,
+    from: usize,
+    carried: u64,
+) -> Option<hopwire_proto::pay::SignedReceipt> {
+    let p = payments.iter_mut().find(|p| p.hop == from)?;
+    let counted = cells.at_hop(from, hops);
+    p.channel.measure(counted.saturating_sub(p.channel.measured()));
+    match p.channel.on_usage(carried) {
+        Ok(receipt) => receipt,
+        Err(e) => {
+            if p.error.is_none() {
+                warn!("hop {} ({}): {e}", from + 1, p.record.short_id());
+            }
+            p.error = Some(format!("paying hop {} ({}): {e}", from + 1, p.record.short_id()));
+            None
+        }
+    }
+}
+
+/// Watches the circuit's control stream: pays hops as they report usage,
+/// and returns when a hop reports a failure or the stream ends.
+async fn watch_control(
+    circuit: &Mutex<ClientCircuit>,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    path: &[VerifiedRecord],
+    payer: Payer<'_>,
+) -> Loss {
+    loop {
+        let message = match framing::read_message::<LinkMessage>(recv).await {
+            Ok(m) => m,
+            Err(e) => {
+                return Loss {
+                    reason: format!("the first hop closed the circuit ({e})"),
+                    culprit: Some(path[0].record().identity),
+                }
+            }
+        };
+        match message {
+            LinkMessage::Relay { layered } => {
+                let len = layered.len() as u64;
+                let opened = lock(circuit).open_control(layered);
+                if let Ok((_, BackwardMessage::Usage { .. } | BackwardMessage::Paid { .. })) = opened {
+                    payer.cells.payment_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                if let Ok((from, BackwardMessage::Usage { carried })) = opened {
+                    if let Some(pay) = payer.on_usage(circuit, path.len(), from, carried) {
+                        payer
+                            .cells
+                            .payment_bytes
+                            .fetch_add(message_len(&pay), Ordering::Relaxed);
+                        if framing::write_message(send, &pay).await.is_err() {
+                            return Loss {
+                                reason: "the first hop closed the circuit's control stream".into(),
+                                culprit: Some(path[0].record().identity),
+                            };
+                        }
+                    }
+                    continue;
+                }
+                if let Ok((from, BackwardMessage::Paid { amount, .. })) = opened {
+                    payer.on_paid(from, amount);
+                    continue;
+                }
+                if let Ok((from, BackwardMessage::Failed { reason })) = opened {
+                    let culprit = path.get(from + 1).map(|r| r.record().identity);
+                    let node = path.get(from + 1).map(VerifiedRecord::short_id).unwrap_or_default();
+                    return Loss {
+                        reason: format!(
+                            "hop {} ({}) reports its next hop {node} lost: {reason}",
+                            from + 1,
+                            path[from].short_id()
+                        ),
+                        culprit,
+                    };
+                }
+            }
+            LinkMessage::Destroy { reason } => {
+                return Loss {
+                    reason: format!("the first hop destroyed the circuit: {reason}"),
+                    culprit: None,
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn describe_close(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::TimedOut => "the first hop stopped answering (link timed out)".into(),
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            format!("the first hop closed the link: {}", String::from_utf8_lossy(&c.reason))
+        }
+        quinn::ConnectionError::Reset => "the first hop reset the link (did it restart?)".into(),
+        other => format!("link lost: {other}"),
+    }
+}
+
+/// Wraps WireGuard datagrams in the circuit's layers and sends them.
+#[derive(Clone)]
+struct CellSender {
+    conn: quinn::Connection,
+    circuit: Arc<Mutex<ClientCircuit>>,
+    circuit_id: u32,
+    cells: Arc<CellCount>,
+}
+
+impl CellSender {
+    /// Seals `buf[headroom .. headroom + len]` (a WireGuard datagram put
+    /// there by the caller) in place.
+    fn seal(&self, buf: &mut [u8], len: usize) -> Option<Bytes> {
+        let range = lock(&self.circuit).seal_data(buf, len, self.circuit_id).ok()?;
+        self.cells.add(len);
+        Some(Bytes::copy_from_slice(&buf[range]))
+    }
+
+    fn room(&self) -> usize {
+        headroom(lock(&self.circuit).len())
+    }
+
+    /// Sends one WireGuard datagram (control-path use: allocates).
+    fn send(&self, datagram: &[u8]) {
+        let room = self.room();
+        let mut buf = vec![0u8; room + datagram.len() + 3 * TAG_LEN];
+        buf[room..room + datagram.len()].copy_from_slice(datagram);
+        if let Some(cell) = self.seal(&mut buf, datagram.len()) {
+            let _ = self.conn.send_datagram(cell);
+        }
+    }
+}
+
+/// TUN → WireGuard → layers → QUIC.
+async fn outbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
+    let mut packet = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF];
+    let room = sender.room();
+    loop {
+        let n = match tun.recv(&mut packet).await {
+            Ok(n) => n,
+            Err(e) => {
+                debug!("reading TUN: {e}");
+                continue;
+            }
+        };
+        // IPv6 is routed to nowhere (blocked); anything else here that is
+        // not IPv4 is not ours to carry.
+        if packet[0] >> 4 != 4 {
+            continue;
+        }
+        let len = {
+            let mut wg = lock(&wg);
+            match wg.encapsulate(&packet[..n], &mut buf[room..BUF - 3 * TAG_LEN]) {
+                Ok(Some(d)) => d.len(),
+                Ok(None) => continue,
+                Err(e) => {
+                    debug!("encapsulating: {e:?}");
+                    continue;
+                }
+            }
+        };
+        let Some(cell) = sender.seal(&mut buf, len) else {
+            continue;
+        };
+        traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+        // Waiting for room pushes back on the TUN device instead of dropping.
+        if sender.conn.send_datagram_wait(cell).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// QUIC → layers → WireGuard → TUN.
+async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
+    let mut cell = vec![0u8; BUF];
+    let mut packet = vec![0u8; BUF];
+    let mut replies: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let Ok(datagram) = sender.conn.read_datagram().await else {
+            return;
+        };
+        let n = datagram.len().min(BUF);
+        cell[..n].copy_from_slice(&datagram[..n]);
+        if split_cell(&cell[..n]).is_none_or(|(id, _)| id != sender.circuit_id) {
+            continue;
+        }
+        let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..n]);
+        let Ok(payload) = opened else { continue };
+        let payload = &cell[CIRCUIT_ID_LEN + payload.start..CIRCUIT_ID_LEN + payload.end];
+        sender.cells.add(payload.len());
+        let result = {
+            let mut wg = lock(&wg);
+            wg.decapsulate(None, payload, &mut packet, |d| replies.push(d.to_vec()))
+        };
+        for r in replies.drain(..) {
+            sender.send(&r);
+        }
+        match result {
+            Ok(Some(len)) => {
+                traffic.received.fetch_add(len as u64, Ordering::Relaxed);
+                if let Err(e) = tun.send(&packet[..len]).await {
+                    debug!("writing TUN: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!("datagram from exit: {e:?}"),
+        }
+    }
+}
+
+async fn timers(sender: CellSender, wg: Arc<Mutex<WgSession>>) {
+    let mut buf = vec![0u8; 512];
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let datagram = {
+            let mut wg = lock(&wg);
+            match wg.tick(&mut buf) {
+                Ok(Some(d)) => Some(d.to_vec()),
+                _ => None,
+            }
+        };
+        if let Some(d) = datagram {
+            sender.send(&d);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use hopwire_proto::pay::Quote;
+    use hopwire_proto::record::{NodeRecord, Role, RECORD_VERSION};
+
+    const QUOTE: Quote = Quote {
+        price_per_gib: 1_000_000,
+        chunk_bytes: 4 << 20,
+        grace_bytes: 4 << 20,
+    };
+    const TOLERANCE: u64 = 1 << 20;
+
+    fn hop(price: Quote) -> VerifiedRecord {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let now = hopwire_proto::time::unix_now();
+        let record = NodeRecord {
+            version: RECORD_VERSION,
+            identity: key.verifying_key().to_bytes(),
+            quic_addr: "198.18.1.2:4433".parse().expect("addr"),
+            roles: vec![Role::Exit],
+            onion_key: [1; 32],
+            onion_key_expires: now + 3600,
+            wg_key: [2; 32],
+            region: "DE".into(),
+            capacity_mbit: 100,
+            quote: price,
+            exit_rules: vec![],
+            exit_default_rejects: true,
+            family: vec![],
+            seq: 1,
+            issued_at: now,
+            expires_at: now + 3600,
+        };
+        VerifiedRecord::from_bytes(&record.to_signed_bytes(&key)).expect("verifies")
+    }
+
+    fn payments(deposit: u64) -> Vec<HopPay> {
+        let payer = SigningKey::from_bytes(&[5; 32]);
+        let mut channel = PayerChannel::new(payer, "test".into(), [7; 32], [0; 16], deposit, QUOTE, TOLERANCE);
+        channel.prepay().expect("prepay");
+        vec![HopPay {
+            hop: 2,
+            record: hop(QUOTE),
+            channel,
+            acked: 0,
+            error: None,
+        }]
+    }
+
+    /// `cells` packets of `payload` bytes through a 3-hop circuit.
+    fn counted(cells: u64, payload: usize) -> CellCount {
+        let count = CellCount::default();
+        for _ in 0..cells {
+            count.add(payload);
+        }
+        count
+    }
+
+    #[test]
+    fn an_exit_reporting_inflated_usage_is_paid_only_what_the_client_counted() {
+        let cells = counted(20_000, 1200);
+        let at_exit = cells.at_hop(2, 3);
+        assert_eq!(
+            at_exit,
+            20_000 * (4 + 25 + 1200),
+            "the exit's cells: id, one layer, payload"
+        );
+        let mut honest = payments(u64::MAX / 2);
+        let paid = answer_usage(&mut honest, &cells, 3, 2, at_exit).expect("a receipt");
+        assert_eq!(
+            paid.receipt.cumulative_amount,
+            QUOTE.price_of(at_exit + QUOTE.chunk_bytes).expect("price"),
+            "an honest report is paid in full, one chunk ahead"
+        );
+        let mut cheated = payments(u64::MAX / 2);
+        let paid = answer_usage(&mut cheated, &cells, 3, 2, at_exit * 10).expect("a receipt");
+        assert_eq!(
+            paid.receipt.cumulative_amount,
+            QUOTE.price_of(at_exit + TOLERANCE + QUOTE.chunk_bytes).expect("price"),
+            "a tenfold report is paid only for what the client counted, plus the tolerance and a chunk"
+        );
+        // A report for another hop than the one paid pays nothing.
+        assert!(answer_usage(&mut cheated, &cells, 3, 1, at_exit).is_none());
+    }
+
+    #[test]
+    fn a_spent_deposit_is_reported_not_signed_past() {
+        let cells = counted(20_000, 1200);
+        let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 2).expect("price");
+        let mut pays = payments(deposit);
+        let receipt = answer_usage(&mut pays, &cells, 3, 2, cells.at_hop(2, 3));
+        assert!(receipt.is_none(), "nothing signed past the deposit");
+        let error = pays[0].error.as_deref().unwrap_or("");
+        assert!(error.contains("deposit"), "the reason is kept for status: {error}");
+    }
+}

@@ -1,0 +1,573 @@
+//! The exit role: where circuits end and packets meet the internet.
+//!
+//! Each client session is one boringtun peer with one inner address in the
+//! exit's subnet. Its WireGuard datagrams arrive as the payload of the
+//! circuit's data cells (or, for stock WireGuard peers listed in
+//! `node.toml`, over plain UDP). Packets from a client are checked before
+//! they reach the TUN device: the source must be the session's own address
+//! and the exit policy must allow the destination; refused packets are
+//! answered with ICMP "administratively prohibited" so the client fails fast.
+//! The exit also owns the NAT table and a DNS forwarder on the gateway.
+//!
+//! A session outlives its circuit for [`LINGER`]: a client that rebuilds its
+//! circuit to the same exit keeps its WireGuard session and its address.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use boringtun::x25519;
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use super::{LinkId, Links};
+use crate::config::LoadedConfig;
+use hopwire_net::keys::NodeKeys;
+use hopwire_net::link::{self, LinkError};
+use hopwire_proto::onion::cell::MAX_HOPS;
+use hopwire_proto::onion::circuit::SharedHop;
+use hopwire_proto::packet;
+use hopwire_proto::policy::ExitPolicy;
+use hopwire_proto::pool::{AddressPool, PoolError};
+use hopwire_proto::record::short_id;
+use hopwire_proto::session::{ClientHello, ExitHello, SessionParams, PROTOCOL_VERSION};
+use hopwire_proto::sync::{lock, read, write};
+use hopwire_proto::wg::{self, WgSession};
+use hopwire_sys::tun::{self, TunDevice, TunError};
+use hopwire_sys::{ExitNat, SysError};
+
+/// How long a session waits for a new circuit after its circuit ended.
+pub const LINGER: Duration = Duration::from_secs(30);
+/// How often WireGuard timers run.
+const TICK: Duration = Duration::from_millis(250);
+/// Most DNS queries in flight at once.
+const DNS_IN_FLIGHT: usize = 256;
+const DNS_TIMEOUT: Duration = Duration::from_secs(4);
+const BUF: usize = 65536;
+
+/// The exit's TUN MTU: what a client's tunnel carries over the longest
+/// circuit, so replies never need fragmenting on the way back.
+pub const EXIT_MTU: u16 = link::tunnel_mtu_at_start(MAX_HOPS);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error("setting up NAT and forwarding: {0}")]
+    Nat(#[from] SysError),
+    #[error("inner subnet: {0}")]
+    Pool(#[from] PoolError),
+    #[error("DNS forwarder on {addr}: {source}")]
+    Dns {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no DNS upstream: set exit.dns_upstream in node.toml (nothing usable in /etc/resolv.conf)")]
+    NoDnsUpstream,
+    #[error("WireGuard UDP listener on {addr}: {source}")]
+    WgListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a session's WireGuard datagrams reach its client.
+enum SessionLink {
+    /// Back along the circuit that began the session.
+    Circuit { key: (LinkId, u32), hop: SharedHop<LinkId> },
+    /// The circuit ended; waiting for the client to come back.
+    Detached,
+    /// A stock WireGuard peer; its endpoint is learned from its packets.
+    Udp {
+        socket: Arc<UdpSocket>,
+        endpoint: Mutex<Option<SocketAddr>>,
+    },
+}
+
+struct Session {
+    inner: Ipv4Addr,
+    client_key: [u8; 32],
+    wg: Mutex<WgSession>,
+    link: RwLock<SessionLink>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Session {
+    fn new(inner: Ipv4Addr, client_key: [u8; 32], wg: WgSession, link: SessionLink) -> Self {
+        Self {
+            inner,
+            client_key,
+            wg: Mutex::new(wg),
+            link: RwLock::new(link),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Sends one WireGuard datagram to the client.
+    fn send(&self, links: &Links, datagram: &[u8]) {
+        match &*read(&self.link) {
+            SessionLink::Circuit { hop, .. } => {
+                let mut cell = [0u8; 2048];
+                let sealed = lock(hop).seal_payload(datagram, &mut cell);
+                if let Ok((link, len)) = sealed {
+                    links.send(link, &cell[..len]);
+                }
+            }
+            SessionLink::Detached => {}
+            SessionLink::Udp { socket, endpoint } => {
+                if let Some(to) = *lock(endpoint) {
+                    let _ = socket.try_send_to(datagram, to);
+                }
+            }
+        }
+    }
+
+    /// Encrypts one packet for the client and sends it.
+    fn send_packet(&self, links: &Links, packet: &[u8], buf: &mut [u8]) {
+        self.bytes_out.fetch_add(packet.len() as u64, Ordering::Relaxed);
+        let mut wg = lock(&self.wg);
+        match wg.encapsulate(packet, buf) {
+            Ok(Some(d)) => self.send(links, d),
+            Ok(None) => {}
+            Err(e) => debug!("encapsulating for {}: {e:?}", self.inner),
+        }
+    }
+
+    fn tick(&self, links: &Links, buf: &mut [u8]) {
+        let mut wg = lock(&self.wg);
+        if let Ok(Some(d)) = wg.tick(buf) {
+            self.send(links, d);
+        }
+    }
+
+    fn on_circuit(&self, key: (LinkId, u32)) -> bool {
+        matches!(&*read(&self.link), SessionLink::Circuit { key: k, .. } if *k == key)
+    }
+}
+
+/// Counts of what the exit refused, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    pub policy_refused: AtomicU64,
+    pub spoofed: AtomicU64,
+    pub sessions_opened: AtomicU64,
+}
+
+pub struct Exit {
+    wg_secret: x25519::StaticSecret,
+    policy: ExitPolicy,
+    gateway: Ipv4Addr,
+    pool: Mutex<AddressPool>,
+    by_addr: RwLock<HashMap<Ipv4Addr, Arc<Session>>>,
+    by_circuit: RwLock<HashMap<(LinkId, u32), Arc<Session>>>,
+    /// Stock WireGuard peers by the receiver index we gave them, and by key.
+    udp_by_index: HashMap<u32, Arc<Session>>,
+    udp_by_key: HashMap<[u8; 32], Arc<Session>>,
+    udp: Option<Arc<UdpSocket>>,
+    dns: Arc<UdpSocket>,
+    dns_upstream: Vec<SocketAddr>,
+    next_index: AtomicU32,
+    tun: TunDevice,
+    links: Arc<Links>,
+    nat: Mutex<Option<ExitNat>>,
+    pub counters: ExitCounters,
+}
+
+impl Exit {
+    /// Sets up NAT (undoing a crashed run's first), the TUN device, the DNS
+    /// forwarder and the stock WireGuard listener.
+    pub fn start(config: &LoadedConfig, keys: &NodeKeys, links: Arc<Links>) -> Result<Arc<Self>, super::NodeError> {
+        let cfg = &config.config;
+        let mut pool = AddressPool::new(cfg.exit.inner_subnet).map_err(ExitError::from)?;
+        for (_, addr) in &config.wg_peers {
+            pool.reserve(*addr).map_err(ExitError::from)?;
+        }
+        let gateway = pool.gateway();
+        let dns_upstream = dns_upstreams(&cfg.exit.dns_upstream)?;
+        let state_file = config.key_dir.join("network-state.json");
+        let mut nat = ExitNat::setup(&cfg.exit.tun_name, pool.net(), cfg.dht.listen.port(), &state_file)
+            .map_err(ExitError::from)?;
+        let built = Self::build(config, keys, links, pool, gateway, dns_upstream);
+        match built {
+            Ok(mut exit) => {
+                exit.nat = Mutex::new(Some(nat));
+                Ok(Arc::new(exit))
+            }
+            Err(e) => {
+                nat.teardown();
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        config: &LoadedConfig,
+        keys: &NodeKeys,
+        links: Arc<Links>,
+        pool: AddressPool,
+        gateway: Ipv4Addr,
+        dns_upstream: Vec<SocketAddr>,
+    ) -> Result<Self, super::NodeError> {
+        let cfg = &config.config;
+        let tun =
+            tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU).map_err(ExitError::from)?;
+        let udp_socket = |addr: SocketAddr, wrap: fn(SocketAddr, std::io::Error) -> ExitError| {
+            link::bind_udp(addr)
+                .and_then(|s| UdpSocket::from_std(s).map_err(|source| LinkError::Bind { addr, source }))
+                .map_err(|e| match e {
+                    LinkError::Bind { addr, source } => super::NodeError::Exit(wrap(addr, source)),
+                    other => super::NodeError::Link(other),
+                })
+        };
+        let dns = Arc::new(udp_socket(SocketAddr::from((gateway, 53)), |addr, source| {
+            ExitError::Dns { addr, source }
+        })?);
+        let mut exit = Self {
+            wg_secret: keys.wg_secret.clone(),
+            policy: config.policy.clone(),
+            gateway,
+            pool: Mutex::new(pool),
+            by_addr: RwLock::default(),
+            by_circuit: RwLock::default(),
+            udp_by_index: HashMap::new(),
+            udp_by_key: HashMap::new(),
+            udp: None,
+            dns,
+            dns_upstream,
+            next_index: AtomicU32::new(1),
+            tun,
+            links,
+            nat: Mutex::new(None),
+            counters: ExitCounters::default(),
+        };
+        if let Some(addr) = cfg.wireguard.listen {
+            let socket = Arc::new(udp_socket(addr, |addr, source| ExitError::WgListen { addr, source })?);
+            for (key, inner) in &config.wg_peers {
+                let index = exit.new_index();
+                let wg = WgSession::new(exit.wg_secret.clone(), *key, index, None);
+                let link = SessionLink::Udp {
+                    socket: socket.clone(),
+                    endpoint: Mutex::new(None),
+                };
+                let session = Arc::new(Session::new(*inner, *key.as_bytes(), wg, link));
+                write(&exit.by_addr).insert(*inner, session.clone());
+                exit.udp_by_index.insert(index, session.clone());
+                exit.udp_by_key.insert(*key.as_bytes(), session);
+            }
+            exit.udp = Some(socket);
+        }
+        info!(
+            subnet = %cfg.exit.inner_subnet,
+            wireguard_peers = config.wg_peers.len(),
+            "exit serving"
+        );
+        Ok(exit)
+    }
+
+    pub fn spawn_tasks(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
+        tasks.spawn(tun_loop(self.clone()));
+        tasks.spawn(timer_loop(self.clone()));
+        tasks.spawn(dns_loop(self.dns.clone(), self.dns_upstream.clone()));
+        if let Some(socket) = &self.udp {
+            tasks.spawn(udp_loop(self.clone(), socket.clone()));
+        }
+    }
+
+    /// Removes NAT and forwarding; the TUN device goes with the process.
+    pub fn teardown(&self) {
+        if let Some(mut nat) = lock(&self.nat).take() {
+            nat.teardown();
+        }
+    }
+
+    fn new_index(&self) -> u32 {
+        self.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff
+    }
+
+    /// Starts (or resumes) the session of the client that sent `hello` on
+    /// the circuit `key`, whose last hop is `hop`.
+    pub fn begin(&self, key: (LinkId, u32), hop: SharedHop<LinkId>, hello: &ClientHello) -> ExitHello {
+        if hello.version != PROTOCOL_VERSION {
+            return ExitHello::Refused {
+                reason: format!(
+                    "protocol version {} is not supported by this exit (it speaks {PROTOCOL_VERSION})",
+                    hello.version
+                ),
+            };
+        }
+        let client = short_id(&hello.wg_key);
+        let mut by_addr = write(&self.by_addr);
+        let existing = by_addr
+            .values()
+            .find(|s| s.client_key == hello.wg_key && !matches!(&*read(&s.link), SessionLink::Udp { .. }))
+            .cloned();
+        let session = match existing {
+            Some(session) => {
+                // Same client, new circuit: the WireGuard session carries on.
+                *write(&session.link) = SessionLink::Circuit { key, hop };
+                info!(client = %client, "session moved to a new circuit");
+                session
+            }
+            None => {
+                let mut pool = lock(&self.pool);
+                let wanted = hello.previous_addr.filter(|a| pool.reserve(*a).is_ok());
+                let inner = match wanted.map_or_else(|| pool.allocate(), Ok) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(client = %client, "refusing session: {e}");
+                        return ExitHello::Refused { reason: e.to_string() };
+                    }
+                };
+                let wg = WgSession::new(
+                    self.wg_secret.clone(),
+                    x25519::PublicKey::from(hello.wg_key),
+                    self.new_index(),
+                    None,
+                );
+                let session = Arc::new(Session::new(inner, hello.wg_key, wg, SessionLink::Circuit { key, hop }));
+                by_addr.insert(inner, session.clone());
+                self.counters.sessions_opened.fetch_add(1, Ordering::Relaxed);
+                info!(client = %client, "session opened");
+                session
+            }
+        };
+        write(&self.by_circuit).insert(key, session.clone());
+        ExitHello::Accepted(SessionParams {
+            inner_addr: session.inner,
+            gateway: self.gateway,
+            dns: vec![self.gateway],
+        })
+    }
+
+    /// A circuit ended: its session lingers a while for the client to come
+    /// back on a new circuit, then is closed.
+    pub fn end_circuit(self: &Arc<Self>, key: (LinkId, u32)) {
+        let Some(session) = write(&self.by_circuit).remove(&key) else {
+            return;
+        };
+        if !session.on_circuit(key) {
+            return;
+        }
+        *write(&session.link) = SessionLink::Detached;
+        let exit = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            if matches!(&*read(&session.link), SessionLink::Detached) {
+                let mut by_addr = write(&exit.by_addr);
+                if by_addr.get(&session.inner).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                    by_addr.remove(&session.inner);
+                    lock(&exit.pool).release(session.inner);
+                    info!(
+                        client = %short_id(&session.client_key),
+                        bytes_in = session.bytes_in.load(Ordering::Relaxed),
+                        bytes_out = session.bytes_out.load(Ordering::Relaxed),
+                        "session closed"
+                    );
+                }
+            }
+        });
+    }
+
+    /// A WireGuard datagram that arrived on circuit `key`; `buf` is scratch
+    /// space for the decrypted packet.
+    pub async fn deliver(&self, key: (LinkId, u32), datagram: &[u8], buf: &mut [u8]) {
+        let session = read(&self.by_circuit).get(&key).cloned();
+        if let Some(session) = session {
+            self.handle_datagram(&session, datagram, buf).await;
+        }
+    }
+
+    /// Handles one WireGuard datagram from a session's client.
+    async fn handle_datagram(&self, session: &Session, datagram: &[u8], buf: &mut [u8]) {
+        let result = {
+            let mut wg = lock(&session.wg);
+            wg.decapsulate(None, datagram, buf, |d| session.send(&self.links, d))
+        };
+        match result {
+            Ok(Some(n)) => self.to_tun(session, &buf[..n]).await,
+            Ok(None) => {}
+            Err(e) => debug!("datagram from session {}: {e:?}", session.inner),
+        }
+    }
+
+    /// Polices one decrypted packet and writes it to the TUN device.
+    async fn to_tun(&self, session: &Session, packet: &[u8]) {
+        let Some(info) = packet::parse(packet) else { return };
+        if info.src != IpAddr::V4(session.inner) {
+            self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // The gateway is the exit itself: the nftables input chain limits
+        // what clients may reach there (DNS and ping).
+        if info.dst != IpAddr::V4(self.gateway) && !self.policy.allows(&info) {
+            self.counters.policy_refused.fetch_add(1, Ordering::Relaxed);
+            let mut reply = [0u8; 128];
+            if let Some(n) = packet::icmp_prohibited(self.gateway, packet, &mut reply) {
+                let mut buf = [0u8; 256];
+                session.send_packet(&self.links, &reply[..n], &mut buf);
+            }
+            return;
+        }
+        session.bytes_in.fetch_add(packet.len() as u64, Ordering::Relaxed);
+        if let Err(e) = self.tun.send(packet).await {
+            debug!("writing to TUN: {e}");
+        }
+    }
+
+    pub fn render_metrics(&self, m: &mut String) {
+        let sessions = read(&self.by_addr).len();
+        let c = &self.counters;
+        for (name, kind, value) in [
+            ("hopwire_exit_sessions", "gauge", sessions as u64),
+            (
+                "hopwire_exit_sessions_opened_total",
+                "counter",
+                c.sessions_opened.load(Ordering::Relaxed),
+            ),
+            (
+                "hopwire_exit_policy_refused_total",
+                "counter",
+                c.policy_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "hopwire_exit_spoofed_total",
+                "counter",
+                c.spoofed.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(m, "# TYPE {name} {kind}\n{name} {value}");
+        }
+    }
+}
+
+/// Resolvers from the config, or else those of this machine's resolv.conf.
+fn dns_upstreams(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, ExitError> {
+    if !configured.is_empty() {
+        return Ok(configured.to_vec());
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let found: Vec<SocketAddr> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .filter(|a| !a.is_loopback())
+        .map(|a| SocketAddr::new(a, 53))
+        .collect();
+    if found.is_empty() {
+        return Err(ExitError::NoDnsUpstream);
+    }
+    Ok(found)
+}
+
+/// Packets from the internet to clients: route by destination inner address.
+async fn tun_loop(exit: Arc<Exit>) {
+    let mut packet = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF];
+    loop {
+        let n = match exit.tun.recv(&mut packet).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("reading TUN: {e}");
+                continue;
+            }
+        };
+        let Some(info) = packet::parse(&packet[..n]) else {
+            continue;
+        };
+        let IpAddr::V4(dst) = info.dst else { continue };
+        let session = read(&exit.by_addr).get(&dst).cloned();
+        if let Some(session) = session {
+            session.send_packet(&exit.links, &packet[..n], &mut out);
+        }
+    }
+}
+
+async fn timer_loop(exit: Arc<Exit>) {
+    let mut buf = vec![0u8; BUF];
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let sessions: Vec<Arc<Session>> = read(&exit.by_addr).values().cloned().collect();
+        for s in sessions {
+            s.tick(&exit.links, &mut buf);
+        }
+    }
+}
+
+/// Plain WireGuard over UDP for the peers listed in `node.toml`.
+async fn udp_loop(exit: Arc<Exit>, socket: Arc<UdpSocket>) {
+    let mut datagram = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let (n, from) = match socket.recv_from(&mut datagram).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("WireGuard UDP socket: {e}");
+                continue;
+            }
+        };
+        let d = &datagram[..n];
+        let session = match wg::receiver_index(d) {
+            Some(index) => exit.udp_by_index.get(&index).cloned(),
+            None => wg::initiator_key(&exit.wg_secret, d).and_then(|key| exit.udp_by_key.get(key.as_bytes()).cloned()),
+        };
+        let Some(session) = session else { continue };
+        if let SessionLink::Udp { endpoint, .. } = &*read(&session.link) {
+            *lock(endpoint) = Some(from);
+        }
+        exit.handle_datagram(&session, d, &mut buf).await;
+    }
+}
+
+/// Forwards clients' DNS queries, sent to the gateway, to the upstreams.
+async fn dns_loop(socket: Arc<UdpSocket>, upstreams: Vec<SocketAddr>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(DNS_IN_FLIGHT));
+    let mut buf = vec![0u8; 4096];
+    let mut next = 0usize;
+    loop {
+        let Ok((n, client)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let query = buf[..n].to_vec();
+        let upstream = upstreams[next % upstreams.len()];
+        next = next.wrapping_add(1);
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(answer) = ask_upstream(upstream, &query).await {
+                let _ = socket.send_to(&answer, client).await;
+            }
+        });
+    }
+}
+
+async fn ask_upstream(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await.ok()?;
+    socket.connect(upstream).await.ok()?;
+    socket.send(query).await.ok()?;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(DNS_TIMEOUT, socket.recv(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    // The answer must be for this query (same transaction id).
+    (n >= 2 && query.len() >= 2 && answer[..2] == query[..2]).then(|| {
+        answer.truncate(n);
+        answer
+    })
+}

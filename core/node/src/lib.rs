@@ -1,0 +1,803 @@
+//! The node runtime: the tokio shell around the sans-IO circuit code.
+//!
+//! One quinn endpoint per node. Every QUIC connection is a *link*; every
+//! bidirectional stream on it is one circuit's control channel; data cells
+//! ride in its DATAGRAM frames. A node with the relay role extends circuits
+//! to the next hop (reusing one connection per neighbour), and a node with
+//! the exit role ends them in a WireGuard session ([`exit`]). A relay learns
+//! only its previous and next hop; it never sees the payload.
+//!
+//! Also here: [`config`] (`node.toml`) and [`ledger_service`] (the
+//! embedded ledger served over TCP, for testnets and single machines).
+//!
+//! What it does not do: parse the command line or choose paths.
+//!
+//! May depend on: `hopwire_proto`, `hopwire_net`, `hopwire_sys`. May not
+//! depend on: `hopwire_client`, `hopwire_api`.
+
+pub mod config;
+pub mod exit;
+pub mod ledger_service;
+mod metrics;
+pub mod payee;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use crate::config::LoadedConfig;
+use hopwire_net::dht::{Dht, DhtConfig, Transport};
+use hopwire_net::framing::{self, SetupError};
+use hopwire_net::keys::{self, KeyError, NodeKeys};
+use hopwire_net::link::{self, LinkError};
+use hopwire_proto::onion::cell::{BackwardMessage, ForwardMessage, LinkMessage};
+use hopwire_proto::onion::circuit::{CircuitTable, ControlAction, HopCircuit, Routed, SharedHop};
+use hopwire_proto::onion::handshake::ServerOnionskin;
+use hopwire_proto::onion::keys::OnionKeys;
+use hopwire_proto::ratelimit::TokenBucket;
+use hopwire_proto::record::{short_id, Role};
+use hopwire_proto::sync::{lock, read, write};
+use hopwire_proto::time::{now_millis, unix_now};
+
+pub use exit::ExitError;
+
+/// Names a link (one QUIC connection) inside this node.
+pub type LinkId = usize;
+
+/// How long a neighbour may take to answer CREATE.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often onion keys are checked for rotation.
+const ROTATION_CHECK: Duration = Duration::from_secs(3600);
+const BUF: usize = 65536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Exit(#[from] ExitError),
+    #[error(transparent)]
+    Dht(#[from] hopwire_net::dht::DhtError),
+    #[error("receipt store in {dir}: {source}")]
+    Receipts {
+        dir: std::path::PathBuf,
+        #[source]
+        source: hopwire_net::store::StoreError,
+    },
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct LinkState {
+    conn: quinn::Connection,
+    /// What the neighbour may send through us.
+    limit: Mutex<TokenBucket>,
+}
+
+/// The node's links, shared with the exit part so it can send cells back.
+#[derive(Default)]
+pub struct Links {
+    links: RwLock<HashMap<LinkId, LinkState>>,
+    next: AtomicUsize,
+}
+
+impl Links {
+    fn add(&self, conn: quinn::Connection, limit: TokenBucket) -> LinkId {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        write(&self.links).insert(
+            id,
+            LinkState {
+                conn,
+                limit: Mutex::new(limit),
+            },
+        );
+        id
+    }
+
+    /// Sends a data cell on a link; a full or gone link drops it, as a
+    /// router would.
+    pub fn send(&self, link: LinkId, cell: &[u8]) {
+        if let Some(l) = read(&self.links).get(&link) {
+            let _ = l.conn.send_datagram(Bytes::copy_from_slice(cell));
+        }
+    }
+
+    fn admit(&self, link: LinkId, now: Instant, bytes: usize) -> bool {
+        read(&self.links)
+            .get(&link)
+            .is_some_and(|l| lock(&l.limit).admit(now, bytes as u64))
+    }
+
+    fn remove(&self, link: LinkId) {
+        write(&self.links).remove(&link);
+    }
+
+    fn len(&self) -> usize {
+        read(&self.links).len()
+    }
+}
+
+/// Counters the node reports.
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    pub circuits_opened: AtomicU64,
+    pub extends_failed: AtomicU64,
+    pub cells_relayed: AtomicU64,
+    pub cells_delivered: AtomicU64,
+    pub peer_rate_limited: AtomicU64,
+}
+
+struct Node {
+    id: [u8; 32],
+    relay: bool,
+    onion: RwLock<OnionKeys>,
+    key_dir: std::path::PathBuf,
+    table: RwLock<CircuitTable<LinkId>>,
+    links: Arc<Links>,
+    /// Connections this node opened, by the neighbour's identity.
+    peers: tokio::sync::Mutex<HashMap<[u8; 32], (LinkId, quinn::Connection)>>,
+    endpoint: quinn::Endpoint,
+    exit: Option<Arc<exit::Exit>>,
+    circuit_rate: u64,
+    peer_rate: u64,
+    counters: NodeCounters,
+    dht_counters: Arc<hopwire_net::dht::DhtCounters>,
+    /// Set when the node charges.
+    payee: Option<payee::Payee>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config {path}: node.public_address: not set, and listen ({listen}) is not an address clients can dial; set it to this server's public IP and port")]
+pub struct NoPublicAddress {
+    pub path: std::path::PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// The node's own record, as clients need it to build circuits (sign it
+/// with the identity key).
+pub fn own_record(
+    config: &LoadedConfig,
+    keys: &NodeKeys,
+    onion: &OnionKeys,
+    now: u64,
+) -> Result<hopwire_proto::record::NodeRecord, NoPublicAddress> {
+    let node = &config.config.node;
+    let quic_addr = match node.public_address {
+        Some(a) => a,
+        None if !node.listen.ip().is_unspecified() => node.listen,
+        None => {
+            return Err(NoPublicAddress {
+                path: config.path.clone(),
+                listen: node.listen,
+            })
+        }
+    };
+    let record = hopwire_proto::record::NodeRecord {
+        version: hopwire_proto::record::RECORD_VERSION,
+        identity: keys.identity.verifying_key().to_bytes(),
+        quic_addr,
+        roles: node.roles.clone(),
+        onion_key: onion.public(),
+        onion_key_expires: onion.expires_at(),
+        wg_key: *keys.wg_public().as_bytes(),
+        region: node.region.clone(),
+        capacity_mbit: node.capacity_mbit,
+        quote: config.config.pay.quote(),
+        exit_rules: config.config.exit.policy.clone(),
+        exit_default_rejects: config.config.exit.default_rejects,
+        family: config.family.clone(),
+        seq: now_millis(),
+        issued_at: now,
+        expires_at: now + hopwire_proto::record::RECORD_TTL,
+    };
+    Ok(record)
+}
+
+/// The node's DHT address others join through: its public IP, the DHT
+/// port, and its peer id.
+pub fn dht_address(config: &LoadedConfig, keys: &NodeKeys) -> Option<libp2p::Multiaddr> {
+    let node = &config.config.node;
+    let ip = node.public_address.map(|a| a.ip()).or_else(|| {
+        let ip = config.config.dht.listen.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    })?;
+    let peer = hopwire_net::dht::peer_id(&keys.identity.verifying_key().to_bytes())?;
+    Some(
+        libp2p::Multiaddr::from(ip)
+            .with(libp2p::multiaddr::Protocol::Tcp(config.config.dht.listen.port()))
+            .with(libp2p::multiaddr::Protocol::P2p(peer)),
+    )
+}
+
+/// How often a node signs and publishes a fresh record: well inside its TTL.
+const REPUBLISH: Duration = Duration::from_secs(hopwire_proto::record::RECORD_TTL / 3);
+
+/// Publishes the node's record and provider announcements, again and again.
+async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: NodeKeys) {
+    let roles = &config.config.node.roles;
+    let provide = hopwire_net::dht::provider_keys(
+        &dht.local_peer,
+        &roles
+            .iter()
+            .copied()
+            .filter(|r| *r != Role::Bootstrap)
+            .collect::<Vec<_>>(),
+        &config.config.node.region,
+    );
+    let mut tick = tokio::time::interval(REPUBLISH);
+    loop {
+        tick.tick().await;
+        let onion = read(&node.onion).clone();
+        match own_record(&config, &keys, &onion, unix_now()) {
+            Ok(record) => {
+                if dht
+                    .publish(record.to_signed_bytes(&keys.identity), provide.clone())
+                    .await
+                    .is_err()
+                {
+                    warn!("the DHT stopped; not publishing");
+                    return std::future::pending().await;
+                }
+                debug!("record published in the DHT");
+            }
+            Err(e) => {
+                warn!("not publishing in the DHT: {e}");
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// A configured node, ready to run.
+pub struct NodeRuntime {
+    config: LoadedConfig,
+    keys: NodeKeys,
+}
+
+impl std::fmt::Debug for NodeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeRuntime")
+            .field("config", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeRuntime {
+    pub fn new(config: LoadedConfig, keys: NodeKeys) -> Self {
+        Self { config, keys }
+    }
+
+    /// Sets everything up, serves until `shutdown` completes, then removes
+    /// everything it set up on the system.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let cfg = &self.config.config;
+        let onion = keys::load_onion_keys(&self.config.key_dir, unix_now())?;
+        let endpoint = link::endpoint(cfg.node.listen, Some(link::server_config(&self.keys.identity)?))?;
+        let links = Arc::new(Links::default());
+        let exit = if cfg.node.roles.contains(&Role::Exit) {
+            Some(exit::Exit::start(&self.config, &self.keys, links.clone())?)
+        } else {
+            None
+        };
+        let mbit = |m: u64| m * 1_000_000 / 8;
+        let payee = match cfg.pay.ledger {
+            Some(ledger) if !cfg.pay.quote().is_free() => {
+                let dir = &self.config.key_dir;
+                let identity = self.keys.identity.verifying_key().to_bytes();
+                Some(
+                    payee::Payee::open(cfg.pay.quote(), ledger, identity, dir).map_err(|source| {
+                        NodeError::Receipts {
+                            dir: dir.clone(),
+                            source,
+                        }
+                    })?,
+                )
+            }
+            _ => None,
+        };
+        let dht = self.start_dht()?;
+        let node = Arc::new(Node {
+            dht_counters: dht.counters.clone(),
+            id: self.keys.identity.verifying_key().to_bytes(),
+            relay: cfg.node.roles.contains(&Role::Relay),
+            onion: RwLock::new(onion),
+            key_dir: self.config.key_dir.clone(),
+            table: RwLock::default(),
+            links,
+            peers: tokio::sync::Mutex::default(),
+            endpoint: endpoint.clone(),
+            exit: exit.clone(),
+            circuit_rate: mbit(cfg.relay.circuit_rate_mbit),
+            peer_rate: mbit(cfg.relay.peer_rate_mbit),
+            counters: NodeCounters::default(),
+            payee,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(addr) = cfg.node.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Metrics { addr, source })?;
+            tasks.spawn(metrics::serve(listener, node.clone()));
+        }
+        if let Some(exit) = &exit {
+            exit.spawn_tasks(&mut tasks);
+        }
+        tasks.spawn(accept_loop(node.clone()));
+        tasks.spawn(rotate_onion_keys(node.clone()));
+        if node.payee.is_some() {
+            let (min, every) = (cfg.pay.settle_min, Duration::from_secs(cfg.pay.settle_every_s));
+            let node = node.clone();
+            tasks.spawn(async move {
+                if let Some(payee) = &node.payee {
+                    payee.settle_periodically(min, every).await;
+                }
+            });
+        }
+        if cfg.node.roles.iter().any(|r| *r != Role::Bootstrap) {
+            tasks.spawn(publish_loop(
+                node.clone(),
+                dht.clone(),
+                self.config.clone(),
+                self.keys.clone(),
+            ));
+        }
+        info!(
+            listen = %cfg.node.listen,
+            dht = %cfg.dht.listen,
+            roles = ?cfg.node.roles,
+            id = %short_id(&node.id),
+            peer = %dht.local_peer,
+            "node serving"
+        );
+        tokio::select! {
+            () = shutdown => info!("shutting down"),
+            Some(done) = tasks.join_next() => warn!("a node task ended early: {done:?}"),
+        }
+        endpoint.close(0u32.into(), b"node shutting down");
+        // Let the close frames leave before the process goes.
+        let _ = tokio::time::timeout(Duration::from_millis(300), endpoint.wait_idle()).await;
+        tasks.abort_all();
+        if let Some(exit) = exit {
+            exit.teardown();
+        }
+        Ok(())
+    }
+}
+
+impl NodeRuntime {
+    fn start_dht(&self) -> Result<Dht, NodeError> {
+        let cfg = &self.config.config;
+        let mut config = DhtConfig::new(Transport::Tcp, true);
+        config.listen =
+            vec![libp2p::Multiaddr::from(cfg.dht.listen.ip())
+                .with(libp2p::multiaddr::Protocol::Tcp(cfg.dht.listen.port()))];
+        config.bootstrap = self.config.bootstrap.clone();
+        config.peer_store = Some(self.config.key_dir.join("dht-peers"));
+        Ok(Dht::spawn(hopwire_net::dht::keypair(&self.keys.identity), config)?)
+    }
+}
+
+async fn rotate_onion_keys(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(ROTATION_CHECK);
+    loop {
+        tick.tick().await;
+        let rotated = {
+            let mut onion = write(&node.onion);
+            let rotated = onion.rotate_if_due(&mut rand::rngs::OsRng, unix_now());
+            rotated.then(|| onion.clone())
+        };
+        if let Some(keys) = rotated {
+            match keys::save_onion_keys(&node.key_dir, &keys) {
+                Ok(()) => info!("onion key rotated; publish the new record (`hopwire-node show-record`)"),
+                Err(e) => warn!("saving the rotated onion key: {e}"),
+            }
+        }
+    }
+}
+
+async fn accept_loop(node: Arc<Node>) {
+    while let Some(incoming) = node.endpoint.accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => node.serve_link(conn).await,
+                Err(e) => debug!("incoming connection failed: {e}"),
+            }
+        });
+    }
+}
+
+impl Node {
+    fn new_link(self: &Arc<Self>, conn: quinn::Connection) -> LinkId {
+        let link = self.links.add(
+            conn.clone(),
+            TokenBucket::new(self.peer_rate, self.peer_rate / 4, Instant::now()),
+        );
+        let node = self.clone();
+        tokio::spawn(async move {
+            let why = node.read_cells(link, &conn).await;
+            debug!(link, "link closed: {why}");
+            node.links.remove(link);
+        });
+        link
+    }
+
+    /// A link someone opened to us: each stream on it is a circuit. A link
+    /// that fills up (a neighbouring relay's) may open more.
+    async fn serve_link(self: &Arc<Self>, conn: quinn::Connection) {
+        let link = self.new_link(conn.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut limit = link::INITIAL_CIRCUITS_PER_LINK;
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let now_open = open.fetch_add(1, Ordering::Relaxed) + 1;
+            if now_open as u32 + limit / 4 >= limit && limit < link::MAX_CIRCUITS_PER_LINK {
+                limit = (limit * 2).min(link::MAX_CIRCUITS_PER_LINK);
+                conn.set_max_concurrent_bi_streams(limit.into());
+            }
+            let (node, open) = (self.clone(), open.clone());
+            tokio::spawn(async move {
+                node.serve_circuit(link, send, recv).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// Moves data cells that arrive on a link until it closes.
+    async fn read_cells(&self, link: LinkId, conn: &quinn::Connection) -> quinn::ConnectionError {
+        let mut cell = vec![0u8; BUF];
+        let mut out = vec![0u8; BUF];
+        loop {
+            let datagram = match conn.read_datagram().await {
+                Ok(d) => d,
+                Err(e) => return e,
+            };
+            let now = Instant::now();
+            if !self.links.admit(link, now, datagram.len()) {
+                self.counters.peer_rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let n = datagram.len().min(BUF);
+            cell[..n].copy_from_slice(&datagram[..n]);
+            let routed = read(&self.table).route(link, &mut cell[..n], &mut out, now);
+            match routed {
+                Routed::InPlace { link, range } => {
+                    self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
+                    self.links.send(link, &cell[range]);
+                }
+                Routed::Out { link, len } => {
+                    self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
+                    self.links.send(link, &out[..len]);
+                }
+                Routed::Deliver { circuit, payload } => {
+                    self.counters.cells_delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(exit) = &self.exit {
+                        exit.deliver(circuit, &cell[payload], &mut out).await;
+                    }
+                }
+                Routed::Dropped => {}
+            }
+        }
+    }
+
+    /// One circuit's control stream from the previous hop: CREATE, then
+    /// control messages until either side ends the circuit.
+    async fn serve_circuit(self: Arc<Self>, link: LinkId, mut send: SendStream, mut recv: RecvStream) {
+        let create = match tokio::time::timeout(CREATE_TIMEOUT, framing::read_message::<LinkMessage>(&mut recv)).await {
+            Ok(Ok(LinkMessage::Create(c))) => c,
+            _ => return,
+        };
+        let made = {
+            let onion = read(&self.onion);
+            HopCircuit::create(&mut rand::rngs::OsRng, &self.id, &onion, unix_now(), link, &create)
+        };
+        let (mut hop, created) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = framing::write_message(&mut send, &LinkMessage::Destroy { reason: e.to_string() }).await;
+                return;
+            }
+        };
+        hop.limit = Some(TokenBucket::new(
+            self.circuit_rate,
+            self.circuit_rate / 4,
+            Instant::now(),
+        ));
+        let hop: SharedHop<LinkId> = Arc::new(Mutex::new(hop));
+        if !write(&self.table).insert(hop.clone()) {
+            let reason = "circuit id already in use on this link".to_owned();
+            let _ = framing::write_message(&mut send, &LinkMessage::Destroy { reason }).await;
+            return;
+        }
+        self.counters.circuits_opened.fetch_add(1, Ordering::Relaxed);
+        let prev = Arc::new(tokio::sync::Mutex::new(send));
+        let ended = self.run_circuit(&hop, &prev, created, &mut recv).await;
+        write(&self.table).remove(&hop);
+        if let Some(exit) = &self.exit {
+            exit.end_circuit((link, create.circuit_id));
+        }
+        let mut prev = prev.lock().await;
+        if let Ended::NextLost(reason) | Ended::Unpaid(reason) = ended {
+            // Tell the client, inside this hop's layer, why the circuit ends.
+            let sealed = lock(&hop).reply(&BackwardMessage::Failed { reason });
+            if let Ok(m) = sealed {
+                let _ = framing::write_message(&mut *prev, &m).await;
+            }
+        }
+        let _ = prev.finish();
+    }
+
+    async fn run_circuit(
+        self: &Arc<Self>,
+        hop: &SharedHop<LinkId>,
+        prev: &Arc<tokio::sync::Mutex<SendStream>>,
+        created: LinkMessage,
+        recv: &mut RecvStream,
+    ) -> Ended {
+        if framing::write_message(&mut *prev.lock().await, &created).await.is_err() {
+            return Ended::PrevLost;
+        }
+        let mut next: Option<SendStream> = None;
+        let mut backward: Option<tokio::task::JoinHandle<String>> = None;
+        let mut pay = self.payee.as_ref().map(|p| p.start(hop));
+        let mut wake = tokio::time::Instant::now() + payee::BUSY_TICK;
+        let ended = loop {
+            let message = tokio::select! {
+                m = framing::read_message::<LinkMessage>(recv) => m,
+                _ = tokio::time::sleep_until(wake), if pay.is_some() => {
+                    let (Some(payee), Some(circuit)) = (&self.payee, pay.as_mut()) else { continue };
+                    let ticked = payee.tick(circuit, hop, Instant::now());
+                    wake = tokio::time::Instant::now() + circuit.next_tick();
+                    match ticked {
+                        Ok(Some(report)) => {
+                            let sealed = lock(hop).reply(&report);
+                            match sealed {
+                                Ok(m) if framing::write_message(&mut *prev.lock().await, &m).await.is_ok() => {}
+                                _ => break Ended::PrevLost,
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(reason) => break Ended::Unpaid(reason),
+                    }
+                    continue;
+                }
+                why = async {
+                    match &mut backward {
+                        Some(task) => task.await.unwrap_or_else(|e| e.to_string()),
+                        None => std::future::pending().await,
+                    }
+                } => break Ended::NextLost(why),
+            };
+            let layered = match message {
+                Ok(LinkMessage::Relay { layered }) => layered,
+                Ok(LinkMessage::Destroy { .. }) | Err(_) => break Ended::PrevLost,
+                Ok(_) => break Ended::PrevLost,
+            };
+            let action = lock(hop).forward_control(layered);
+            let reply = match action {
+                Ok(ControlAction::Relay(inner)) => {
+                    if let Some(next) = &mut next {
+                        if framing::write_message(next, &LinkMessage::Relay { layered: inner })
+                            .await
+                            .is_err()
+                        {
+                            break Ended::NextLost("its control stream closed".into());
+                        }
+                    }
+                    continue;
+                }
+                Ok(ControlAction::Here(ForwardMessage::Extend {
+                    addr,
+                    identity,
+                    onionskin,
+                })) => match self.extend(hop, addr, identity, onionskin).await {
+                    Ok((send, recv, onionskin)) => {
+                        next = Some(send);
+                        backward = Some(tokio::spawn(relay_backward(hop.clone(), recv, prev.clone())));
+                        BackwardMessage::Extended { onionskin }
+                    }
+                    Err(reason) => {
+                        self.counters.extends_failed.fetch_add(1, Ordering::Relaxed);
+                        BackwardMessage::Failed { reason }
+                    }
+                },
+                Ok(ControlAction::Here(ForwardMessage::Pay { payer, receipt })) => match (&self.payee, pay.as_mut()) {
+                    (Some(payee), Some(circuit)) => payee.on_pay(circuit, hop, payer, receipt).await,
+                    _ => BackwardMessage::Failed {
+                        reason: "this node charges nothing".into(),
+                    },
+                },
+                Ok(ControlAction::Here(ForwardMessage::Begin { hello })) => {
+                    let key = lock(hop).prev;
+                    match &self.exit {
+                        Some(exit) if lock(hop).next.is_none() => BackwardMessage::Began {
+                            hello: exit.begin(key, hop.clone(), &hello),
+                        },
+                        _ => BackwardMessage::Failed {
+                            reason: "this node is not an exit".into(),
+                        },
+                    }
+                }
+                Err(e) => {
+                    // A control message that does not open is an attack or a
+                    // bug: the circuit cannot be trusted any more.
+                    read(&self.table).drops.count(&e);
+                    break Ended::PrevLost;
+                }
+            };
+            let sealed = lock(hop).reply(&reply);
+            match sealed {
+                Ok(m) => {
+                    if framing::write_message(&mut *prev.lock().await, &m).await.is_err() {
+                        break Ended::PrevLost;
+                    }
+                }
+                Err(_) => break Ended::PrevLost,
+            }
+        };
+        if let Some(mut next) = next {
+            let reason = "previous hop closed the circuit".to_owned();
+            let _ = framing::write_message(&mut next, &LinkMessage::Destroy { reason }).await;
+            let _ = next.finish();
+        }
+        if let Some(task) = backward {
+            task.abort();
+        }
+        ended
+    }
+
+    /// Adds the next hop: connects to it (or reuses a connection), checks
+    /// its identity, and passes on the client's onionskin.
+    async fn extend(
+        self: &Arc<Self>,
+        hop: &SharedHop<LinkId>,
+        addr: SocketAddr,
+        identity: [u8; 32],
+        onionskin: hopwire_proto::onion::handshake::ClientOnionskin,
+    ) -> Result<(SendStream, RecvStream, ServerOnionskin), String> {
+        if !self.relay {
+            return Err("this node does not relay".into());
+        }
+        if !lock(hop).may_extend() {
+            return Err("the circuit is at its hop limit".into());
+        }
+        if identity == self.id {
+            return Err("a circuit cannot pass a node twice".into());
+        }
+        let next_name = short_id(&identity);
+        let reach = |e: String| format!("cannot reach {next_name} at {addr}: {e}");
+        let (link, conn, reused) = self.connect(addr, identity).await.map_err(reach)?;
+        match self.create(hop, link, &conn, &next_name, onionskin.clone()).await {
+            // A link kept from before may lead to a process that has since
+            // restarted (the old connection only fails once used): once
+            // more over a new one.
+            Err(_) if reused && conn.close_reason().is_some() => {
+                let (link, conn, _) = self.connect(addr, identity).await.map_err(reach)?;
+                self.create(hop, link, &conn, &next_name, onionskin).await
+            }
+            done => done,
+        }
+    }
+
+    /// Sends CREATE to the next hop over `conn` and waits for its answer.
+    async fn create(
+        &self,
+        hop: &SharedHop<LinkId>,
+        link: LinkId,
+        conn: &quinn::Connection,
+        next_name: &str,
+        onionskin: hopwire_proto::onion::handshake::ClientOnionskin,
+    ) -> Result<(SendStream, RecvStream, ServerOnionskin), String> {
+        let (mut send, mut recv) = tokio::time::timeout(CREATE_TIMEOUT, conn.open_bi())
+            .await
+            .map_err(|_| format!("{next_name} takes no more circuits"))?
+            .map_err(|e| format!("{next_name}: {e}"))?;
+        let circuit_id = {
+            let table = read(&self.table);
+            let mut rng = rand::thread_rng();
+            loop {
+                let id: u32 = rng.gen();
+                if !table.contains(link, id) {
+                    break id;
+                }
+            }
+        };
+        let max_extends = lock(hop).max_extends.saturating_sub(1);
+        let create = LinkMessage::Create(hopwire_proto::onion::cell::Create {
+            circuit_id,
+            onionskin,
+            max_extends,
+        });
+        framing::write_message(&mut send, &create)
+            .await
+            .map_err(|e| format!("{next_name}: {e}"))?;
+        let answer = tokio::time::timeout(CREATE_TIMEOUT, framing::read_message::<LinkMessage>(&mut recv))
+            .await
+            .map_err(|_| format!("{next_name} did not answer CREATE"))?
+            .map_err(|e| format!("{next_name}: {e}"))?;
+        match answer {
+            LinkMessage::Created { onionskin } => {
+                write(&self.table).extend(hop, (link, circuit_id));
+                Ok((send, recv, onionskin))
+            }
+            LinkMessage::Destroy { reason } => Err(format!("{next_name} refused: {reason}")),
+            _ => Err(format!("{next_name} answered CREATE with something else")),
+        }
+    }
+
+    /// A live connection to the node `identity`, reused (`true`) when there
+    /// is one.
+    async fn connect(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        identity: [u8; 32],
+    ) -> Result<(LinkId, quinn::Connection, bool), String> {
+        let mut peers = self.peers.lock().await;
+        if let Some((link, conn)) = peers.get(&identity) {
+            if conn.close_reason().is_none() {
+                return Ok((*link, conn.clone(), true));
+            }
+        }
+        let config = link::client_config(identity).map_err(|e| e.to_string())?;
+        let conn = self
+            .endpoint
+            .connect_with(config, addr, link::SERVER_NAME)
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(CREATE_TIMEOUT, conn)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let link = self.new_link(conn.clone());
+        peers.insert(identity, (link, conn.clone()));
+        Ok((link, conn, false))
+    }
+}
+
+/// How a circuit's control loop ended.
+enum Ended {
+    /// The client's side closed or broke the circuit.
+    PrevLost,
+    /// The next hop went away.
+    NextLost(String),
+    /// The client stayed behind on its payments past the cut-off.
+    Unpaid(String),
+}
+
+/// Passes backward control messages from the next hop to the previous one,
+/// each wrapped in this hop's layer; returns why the next hop's side ended.
+async fn relay_backward(
+    hop: SharedHop<LinkId>,
+    mut recv: RecvStream,
+    prev: Arc<tokio::sync::Mutex<SendStream>>,
+) -> String {
+    loop {
+        match framing::read_message::<LinkMessage>(&mut recv).await {
+            Ok(LinkMessage::Relay { layered }) => {
+                let wrapped = lock(&hop).backward_control(&layered);
+                let Ok(m) = wrapped else {
+                    return "a backward message did not seal".into();
+                };
+                if framing::write_message(&mut *prev.lock().await, &m).await.is_err() {
+                    return "previous hop gone".into();
+                }
+            }
+            Ok(LinkMessage::Destroy { reason }) => return reason,
+            Ok(_) => return "unexpected message from the next hop".into(),
+            Err(SetupError::Io(e)) => return e.to_string(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The system's network settings: NAT and forwarding on an exit, routes and
+//! DNS on a client.
+//!
+//! Everything here runs `ip` and `nft` (as wg-quick does) and records what it
+//! changed in a small state file before changing it, so the next start after
+//! a crash can undo it. Only what Hopwire added is removed: routes and DNS
+//! that were there before are left exactly as they were. [`tun`] creates
+//! TUN devices.
+//!
+//! What it does not do: decide when to change anything (the daemon and the
+//! exit do), or move packets.
+//!
+//! May not depend on: any other Hopwire crate. Used by the client daemon
+//! and the node runtime, never by the client runtime.
+
+pub mod tun;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("running `{command}`: {source} (is iproute2/nftables installed?)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no route to {0} on this machine")]
+    NoRoute(IpAddr),
+}
+
+/// Runs a command and returns its stdout.
+pub fn run(program: &str, args: &[&str]) -> Result<String, SysError> {
+    run_with_input(program, args, None)
+}
+
+fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String, SysError> {
+    let command = format!("{program} {}", args.join(" "));
+    let spawn = |source| SysError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if input.is_some() {
+        cmd.stdin(std::process::Stdio::piped());
+    }
+    let mut child = cmd.spawn().map_err(spawn)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).map_err(spawn)?;
+    }
+    let out = child.wait_with_output().map_err(spawn)?;
+    if !out.status.success() {
+        return Err(SysError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), SysError> {
+    std::fs::write(path, text).map_err(|source| SysError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, SysError> {
+    std::fs::read_to_string(path).map_err(|source| SysError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads a state file left by a previous run, if any.
+fn load_state<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("ignoring unreadable state file {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn save_state<T: Serialize>(path: &Path, state: &T) -> Result<(), SysError> {
+    let text = serde_json::to_string_pretty(state).unwrap_or_else(|e| unreachable!("state serializes: {e}"));
+    write_file(path, &text)
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// What an exit changed: forwarding and one nftables table of its own.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExitNat {
+    table: String,
+    ip_forward_before: String,
+    #[serde(skip)]
+    state_file: PathBuf,
+}
+
+impl ExitNat {
+    /// Undoes what a crashed run left behind (recorded in `state_file`),
+    /// then enables forwarding and masquerade for `subnet` behind TUN `tun`.
+    ///
+    /// The table also keeps clients off the exit host itself (only DNS and
+    /// ping to the gateway, and the node's DHT on `dht_port`: the DHT is
+    /// public anyway, and a connected client's DHT traffic comes through its
+    /// tunnel) and lets into the TUN only replies to what the clients
+    /// started, so unsolicited inbound traffic never reaches them.
+    pub fn setup(tun: &str, subnet: Ipv4Net, dht_port: u16, state_file: &Path) -> Result<Self, SysError> {
+        if let Some(mut stale) = load_state::<ExitNat>(state_file) {
+            tracing::info!(
+                "undoing network settings left by a previous run ({})",
+                state_file.display()
+            );
+            stale.state_file = state_file.to_owned();
+            stale.teardown();
+        }
+        let table = format!("hopwire_{}", tun.replace('-', "_"));
+        let nat = ExitNat {
+            table: table.clone(),
+            ip_forward_before: read_file(Path::new(IP_FORWARD))?.trim().to_owned(),
+            state_file: state_file.to_owned(),
+        };
+        save_state(state_file, &nat)?;
+        let script = format!(
+            r#"table ip {table} {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {subnet} oifname != "{tun}" masquerade
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "{tun}" accept
+    oifname "{tun}" ct state established,related accept
+    oifname "{tun}" drop
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{tun}" ct state established,related accept
+    iifname "{tun}" udp dport 53 accept
+    iifname "{tun}" tcp dport 53 accept
+    iifname "{tun}" tcp dport {dht_port} accept
+    iifname "{tun}" icmp type echo-request accept
+    iifname "{tun}" drop
+  }}
+}}
+"#
+        );
+        // Replace any same-named table atomically.
+        let _ = run("nft", &["delete", "table", "ip", &table]);
+        run_with_input("nft", &["-f", "-"], Some(&script))?;
+        write_file(Path::new(IP_FORWARD), "1\n")?;
+        Ok(nat)
+    }
+
+    /// Removes the table and restores forwarding; safe to call twice.
+    pub fn teardown(&mut self) {
+        if let Err(e) = run("nft", &["delete", "table", "ip", &self.table]) {
+            tracing::debug!("nft table {} already gone: {e}", self.table);
+        }
+        if let Err(e) = write_file(Path::new(IP_FORWARD), &format!("{}\n", self.ip_forward_before)) {
+            tracing::warn!("restoring ip_forward: {e}");
+        }
+        let _ = std::fs::remove_file(&self.state_file);
+    }
+}
+
+/// How the kernel reaches an address now: `ip route get`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct RouteHop {
+    pub gateway: Option<IpAddr>,
+    pub dev: String,
+}
+
+pub fn route_get(addr: IpAddr) -> Result<RouteHop, SysError> {
+    let family = if addr.is_ipv4() { "-4" } else { "-6" };
+    let out = run("ip", &[family, "-j", "route", "get", &addr.to_string()])?;
+    let hops: Vec<RouteHop> = serde_json::from_str(&out).map_err(|_| SysError::NoRoute(addr))?;
+    hops.into_iter().next().ok_or(SysError::NoRoute(addr))
+}
+
+/// What a client changed: routes it added and the resolv.conf it replaced.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ClientNet {
+    /// `ip` argument lists that added a route; deleting replays them with `del`.
+    routes: Vec<Vec<String>>,
+    resolv_conf: Option<PathBuf>,
+    resolv_backup: Option<String>,
+    #[serde(skip)]
+    state_file: PathBuf,
+    /// How the machine reached the internet before the tunnel took over.
+    #[serde(skip)]
+    uplink: Option<RouteHop>,
+}
+
+impl ClientNet {
+    /// Undoes what a crashed daemon left behind.
+    pub fn recover(state_file: &Path) {
+        if let Some(mut stale) = load_state::<ClientNet>(state_file) {
+            tracing::info!(
+                "undoing network settings left by a previous run ({})",
+                state_file.display()
+            );
+            stale.state_file = state_file.to_owned();
+            stale.restore();
+        }
+    }
+
+    pub fn new(state_file: &Path) -> Self {
+        Self {
+            state_file: state_file.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    fn add_route(&mut self, args: &[&str]) -> Result<(), SysError> {
+        let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        full.insert(
+            full.iter().position(|a| a == "route").map_or(0, |i| i + 1),
+            "add".into(),
+        );
+        self.routes.push(full.clone());
+        save_state(&self.state_file, self)?;
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        run("ip", &refs).inspect_err(|_| {
+            self.routes.pop();
+        })?;
+        Ok(())
+    }
+
+    /// Sends all IPv4 through `tun` except packets to `first_hop` (the node
+    /// the tunnel's own packets go to), and blocks IPv6 (which the tunnel
+    /// does not carry) instead of leaking it.
+    pub fn route_all_through(&mut self, tun: &str, first_hop: IpAddr) -> Result<(), SysError> {
+        self.uplink = Some(route_get(first_hop)?);
+        self.bypass(first_hop)?;
+        self.add_route(&["-4", "route", "0.0.0.0/1", "dev", tun])?;
+        self.add_route(&["-4", "route", "128.0.0.0/1", "dev", tun])?;
+        if read_file(Path::new("/proc/sys/net/ipv6/conf/all/disable_ipv6")).is_ok_and(|v| v.trim() == "0") {
+            self.add_route(&["-6", "route", "unreachable", "::/1"])?;
+            self.add_route(&["-6", "route", "unreachable", "8000::/1"])?;
+        }
+        Ok(())
+    }
+
+    /// Sends packets to `addr` the way the machine reached the internet
+    /// before the tunnel (for a new first hop after a circuit change).
+    pub fn bypass(&mut self, addr: IpAddr) -> Result<(), SysError> {
+        let hop = match &self.uplink {
+            Some(hop) => hop.clone(),
+            None => route_get(addr)?,
+        };
+        let (family, host) = match addr {
+            IpAddr::V4(a) => ("-4", format!("{a}/32")),
+            IpAddr::V6(a) => ("-6", format!("{a}/128")),
+        };
+        let exists = run("ip", &[family, "route", "show", "exact", &host])
+            .map(|o| !o.trim().is_empty())
+            .unwrap_or(false);
+        if exists {
+            return Ok(());
+        }
+        let via = hop.gateway.map(|g| g.to_string());
+        let mut args = vec![family, "route", &host];
+        if let Some(g) = &via {
+            args.extend(["via", g.as_str()]);
+        }
+        args.extend(["dev", hop.dev.as_str()]);
+        self.add_route(&args)
+    }
+
+    /// Removes the routes around the tunnel for every address but `addr`.
+    pub fn keep_only_bypass(&mut self, addrs: &[IpAddr]) {
+        let keep: Vec<String> = addrs
+            .iter()
+            .map(|addr| match addr {
+                IpAddr::V4(a) => format!("{a}/32"),
+                IpAddr::V6(a) => format!("{a}/128"),
+            })
+            .collect();
+        let mut stale = Vec::new();
+        self.routes.retain(|r| {
+            // A bypass is a host route with a device, unlike the catch-alls.
+            let host = r.iter().position(|a| a == "add").and_then(|i| r.get(i + 1));
+            let is_bypass = host.is_some_and(|h| h.ends_with("/32") || h.ends_with("/128"));
+            if is_bypass && !host.is_some_and(|h| keep.contains(h)) {
+                stale.push(r.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for mut args in stale {
+            if let Some(add) = args.iter().position(|a| a == "add") {
+                args[add] = "del".into();
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(e) = run("ip", &refs) {
+                tracing::debug!("old first-hop route already gone: {e}");
+            }
+        }
+        if let Err(e) = save_state(&self.state_file, self) {
+            tracing::warn!("recording network settings: {e}");
+        }
+    }
+
+    /// Points the system resolver at `servers` (reached through the tunnel).
+    /// The file is rewritten in place, so a bind-mounted resolv.conf (as in
+    /// `ip netns exec`) keeps working.
+    pub fn set_dns(&mut self, resolv_conf: &Path, servers: &[Ipv4Addr]) -> Result<(), SysError> {
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let before = read_file(resolv_conf)?;
+        if self.resolv_backup.is_none() {
+            self.resolv_backup = Some(before);
+            self.resolv_conf = Some(resolv_conf.to_owned());
+            save_state(&self.state_file, self)?;
+        }
+        let mut text = String::from("# written by the hopwire daemon while connected; restored on disconnect\n");
+        for s in servers {
+            text.push_str(&format!("nameserver {s}\n"));
+        }
+        write_file(resolv_conf, &text)
+    }
+
+    /// Removes what was added, newest first, and restores resolv.conf.
+    pub fn restore(&mut self) {
+        if let (Some(path), Some(text)) = (self.resolv_conf.take(), self.resolv_backup.take()) {
+            if let Err(e) = write_file(&path, &text) {
+                tracing::warn!("restoring DNS: {e}");
+            }
+        }
+        while let Some(mut args) = self.routes.pop() {
+            if let Some(add) = args.iter().position(|a| a == "add") {
+                args[add] = "del".into();
+            }
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(e) = run("ip", &refs) {
+                // Routes through the TUN device vanish with it.
+                tracing::debug!("route already gone: {e}");
+            }
+        }
+        let _ = std::fs::remove_file(&self.state_file);
+    }
+}
