@@ -12,9 +12,7 @@ use serde_json::Value;
 /// Sends one raw request line to the daemon and reads its answer.
 fn raw(tn: &Testnet, line: &str) -> Value {
     let mut stream = UnixStream::connect(&tn.socket).expect("connect to the daemon");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     stream.write_all(line.as_bytes()).expect("write");
     stream.write_all(b"\n").expect("write");
     let mut answer = String::new();
@@ -61,12 +59,17 @@ fn subscribers_see_every_transition_and_a_stalled_one_stalls_nothing() {
     stalled
         .write_all(b"{\"v\":2,\"cmd\":\"subscribe\"}\n")
         .expect("subscribe");
-    poll_until("both watchers to print the status", 40, Duration::from_millis(250), || {
-        let (a, b) = (states(&first_log), states(&second_log));
-        (a.first().map(String::as_str) == Some("connected") && b.first().map(String::as_str) == Some("connected"))
-            .then_some(())
-            .ok_or_else(|| format!("{a:?} / {b:?}"))
-    });
+    poll_until(
+        "both watchers to print the status",
+        40,
+        Duration::from_millis(250),
+        || {
+            let (a, b) = (states(&first_log), states(&second_log));
+            (a.first().map(String::as_str) == Some("connected") && b.first().map(String::as_str) == Some("connected"))
+                .then_some(())
+                .ok_or_else(|| format!("{a:?} / {b:?}"))
+        },
+    );
 
     // A download while the stalled subscriber is connected completes.
     let www = tn.www().join("api.bin");
@@ -90,12 +93,18 @@ fn subscribers_see_every_transition_and_a_stalled_one_stalls_nothing() {
     });
     tn.cli(&["disconnect"]).ok();
     let expected_tail = ["reconnecting", "connected", "disconnected"];
-    let a = poll_until("both watchers to see the disconnect", 40, Duration::from_millis(250), || {
-        let (a, b) = (states(&first_log), states(&second_log));
-        (a.last().map(String::as_str) == Some("disconnected") && b.last().map(String::as_str) == Some("disconnected"))
+    let a = poll_until(
+        "both watchers to see the disconnect",
+        40,
+        Duration::from_millis(250),
+        || {
+            let (a, b) = (states(&first_log), states(&second_log));
+            (a.last().map(String::as_str) == Some("disconnected")
+                && b.last().map(String::as_str) == Some("disconnected"))
             .then_some(a.clone())
             .ok_or_else(|| format!("{a:?} / {b:?}"))
-    });
+        },
+    );
     first.assert_running();
     second.assert_running();
     let b = states(&second_log);
@@ -140,7 +149,10 @@ fn another_version_and_every_error_get_a_kind() {
         ("this is not json", "bad_input"),
         (r#"{"v":2,"cmd":"format_disk"}"#, "bad_input"),
         (r#"{"v":2,"cmd":"connect","records":[],"hops":9}"#, "bad_input"),
-        (r#"{"v":2,"cmd":"connect","records":["hopwire1.nonsense"]}"#, "bad_input"),
+        (
+            r#"{"v":2,"cmd":"connect","records":["hopwire1.nonsense"]}"#,
+            "bad_input",
+        ),
         (r#"{"v":2,"cmd":"connect","records":[],"country":"ZZ"}"#, "no_exit"),
         (r#"{"v":2,"cmd":"connect","records":[],"max_price":0}"#, "no_exit"),
     ];
@@ -157,4 +169,55 @@ fn another_version_and_every_error_get_a_kind() {
     let out = tn.cli(&["connect", "--country", "ZZ"]);
     assert!(!out.success());
     assert!(out.stderr.contains("no exit"), "{out}");
+}
+
+/// Client addresses, destinations and keys never reach the logs at info
+/// level: the testnet runs every process at the default level.
+#[test]
+fn logs_at_info_never_name_the_client_the_destination_or_a_key() {
+    let tn = Testnet::start("hwa3", 1);
+    let status = tn.status();
+    let inner = status["inner_addr"].as_str().expect("inner address").to_owned();
+    let wallet = tn.cli(&["wallet", "--json"]).ok();
+    let wallet: Value = serde_json::from_str(wallet.stdout.trim()).expect("wallet JSON");
+    let account = wallet["account"].as_str().expect("account").to_owned();
+    let secrets = [
+        ("the client's address", "198.18.2.2".to_owned()),
+        ("the client's inner address", inner),
+        ("the destination", "198.18.0.10".to_owned()),
+        ("the wallet's account key", account.clone()),
+        ("the wallet's account key (short)", account[..16].to_owned()),
+    ];
+    let mut logs = 0;
+    for entry in std::fs::read_dir(&tn.dir).expect("testnet dir").flatten() {
+        let path = entry.path();
+        // The pretend internet's access log is the destination's own; the
+        // ledger knows accounts by design (it settles them, as a chain would).
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if path.extension().is_none_or(|e| e != "log") || name.contains("access") || name.starts_with("ledger") {
+            continue;
+        }
+        logs += 1;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for (what, needle) in &secrets {
+            assert!(
+                !text.contains(needle.as_str()),
+                "{} names {what} ({needle}):\n{}",
+                path.display(),
+                text.lines()
+                    .filter(|l| l.contains(needle.as_str()))
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    assert!(
+        logs >= 3,
+        "expected the client's and the nodes' logs in {}",
+        tn.dir.display()
+    );
 }

@@ -254,7 +254,7 @@ impl<P: Platform> Client<P> {
                 let protect: hopwire_net::ledger::service::Protect =
                     Arc::new(move |fd, peer| p.protect(fd, peer).map_err(std::io::Error::other));
                 let wallet = Wallet::open(&config.state_dir, ledger, config.deposit_mib, protect)?;
-                info!(account = %record::short_id(&wallet.account()), "wallet ready");
+                info!(account = %Sensitive(record::short_id(&wallet.account())), "wallet ready");
                 Some(Arc::new(wallet))
             }
             None => None,

@@ -33,6 +33,7 @@ use hopwire_proto::packet;
 use hopwire_proto::policy::ExitPolicy;
 use hopwire_proto::pool::{AddressPool, PoolError};
 use hopwire_proto::record::short_id;
+use hopwire_proto::safelog::Sensitive;
 use hopwire_proto::session::{ClientHello, ExitHello, SessionParams, PROTOCOL_VERSION};
 use hopwire_proto::sync::{lock, read, write};
 use hopwire_proto::wg::{self, WgSession};
@@ -312,7 +313,7 @@ impl Exit {
             Some(session) => {
                 // Same client, new circuit: the WireGuard session carries on.
                 *write(&session.link) = SessionLink::Circuit { key, hop };
-                info!(client = %client, "session moved to a new circuit");
+                info!(client = %Sensitive(&client), "session moved to a new circuit");
                 session
             }
             None => {
@@ -321,7 +322,7 @@ impl Exit {
                 let inner = match wanted.map_or_else(|| pool.allocate(), Ok) {
                     Ok(a) => a,
                     Err(e) => {
-                        warn!(client = %client, "refusing session: {e}");
+                        warn!(client = %Sensitive(&client), "refusing session: {e}");
                         return ExitHello::Refused { reason: e.to_string() };
                     }
                 };
@@ -334,7 +335,7 @@ impl Exit {
                 let session = Arc::new(Session::new(inner, hello.wg_key, wg, SessionLink::Circuit { key, hop }));
                 by_addr.insert(inner, session.clone());
                 self.counters.sessions_opened.fetch_add(1, Ordering::Relaxed);
-                info!(client = %client, "session opened");
+                info!(client = %Sensitive(&client), "session opened");
                 session
             }
         };
@@ -365,7 +366,7 @@ impl Exit {
                     by_addr.remove(&session.inner);
                     lock(&exit.pool).release(session.inner);
                     info!(
-                        client = %short_id(&session.client_key),
+                        client = %Sensitive(short_id(&session.client_key)),
                         bytes_in = session.bytes_in.load(Ordering::Relaxed),
                         bytes_out = session.bytes_out.load(Ordering::Relaxed),
                         "session closed"
