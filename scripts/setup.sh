@@ -26,4 +26,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "setup: building the workspace"
-cargo build --workspace --bins --tests --quiet
+cargo build --workspace --bins --tests --examples --quiet

@@ -67,6 +67,11 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// An example program of the workspace (`cargo build --workspace --examples`).
+pub fn example_bin(name: &str) -> PathBuf {
+    bin(&format!("examples/{name}"))
+}
+
 pub fn hopwire_bin() -> PathBuf {
     bin("hopwire")
 }

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -90,8 +90,9 @@ pub trait FdHost: Send + Sync + 'static {
     /// descriptor (IP packets, no packet-information header on Linux and
     /// Android; the runtime takes ownership).
     fn establish(&self, config: &TunnelConfig) -> Result<OwnedFd, String>;
-    /// Lets the socket `fd` bypass the VPN (Android `VpnService.protect`).
-    fn protect(&self, fd: RawFd) -> bool;
+    /// Lets `socket` bypass the VPN (Android `VpnService.protect` with
+    /// its raw descriptor).
+    fn protect(&self, socket: BorrowedFd<'_>) -> bool;
     /// The VPN interface is no longer needed.
     fn teardown(&self);
 }
@@ -146,7 +147,7 @@ impl<H: FdHost> Platform for FdPlatform<H> {
     }
 
     fn protect(&self, socket: BorrowedFd<'_>, peer: SocketAddr) -> Result<(), PlatformError> {
-        if self.host.protect(socket.as_raw_fd()) {
+        if self.host.protect(socket) {
             Ok(())
         } else {
             Err(PlatformError::Protect { peer })

@@ -29,7 +29,7 @@ use hopwire_api::ErrorKind;
 use hopwire_net::framing;
 use hopwire_net::link::{self, LinkError};
 use hopwire_proto::onion::cell::{split_cell, BackwardMessage, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
-use hopwire_proto::onion::circuit::{headroom, ClientCircuit};
+use hopwire_proto::onion::circuit::{cell_size, headroom, ClientCircuit};
 use hopwire_proto::onion::layer::TAG_LEN;
 use hopwire_proto::pay::PayerChannel;
 use hopwire_proto::record::VerifiedRecord;
@@ -144,10 +144,10 @@ impl CellCount {
         self.payload.fetch_add(payload as u64, Ordering::Relaxed);
     }
 
-    /// What hop `hop` of `hops` carried ([`hopwire_proto::pay::cell_size`] summed).
+    /// What hop `hop` of `hops` carried ([`cell_size`] summed).
     pub fn at_hop(&self, hop: usize, hops: usize) -> u64 {
         let cells = self.cells.load(Ordering::Relaxed);
-        hopwire_proto::pay::cell_size(0, hops, hop)
+        cell_size(0, hops, hop)
             .saturating_mul(cells)
             .saturating_add(self.payload.load(Ordering::Relaxed))
     }

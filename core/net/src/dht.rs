@@ -291,9 +291,6 @@ enum Command {
     Addresses {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
-    AddPeer {
-        addr: Multiaddr,
-    },
     Reconnect,
 }
 
@@ -417,14 +414,6 @@ impl Dht {
     pub async fn reconnect(&self) -> Result<(), DhtError> {
         self.commands
             .send(Command::Reconnect)
-            .await
-            .map_err(|_| DhtError::Stopped)
-    }
-
-    /// Adds a peer to join through (an address with `/p2p/`).
-    pub async fn add_peer(&self, addr: Multiaddr) -> Result<(), DhtError> {
-        self.commands
-            .send(Command::AddPeer { addr })
             .await
             .map_err(|_| DhtError::Stopped)
     }
@@ -638,7 +627,6 @@ impl Task {
                     .collect();
                 let _ = reply.send(addrs);
             }
-            Command::AddPeer { addr } => self.add_bootstrap(addr),
             Command::Reconnect => {
                 let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
                 for peer in peers {

@@ -82,18 +82,6 @@ impl Quote {
     }
 }
 
-/// Bytes one layer adds to a cell: counter, kind and tag.
-pub const LAYER_OVERHEAD: u64 = 25;
-
-/// The size of the cell hop `hop` (0 = guard) of an `hops`-hop circuit
-/// counts for a packet of `payload` bytes: what it receives going forward
-/// and sends going backward, `circuit id | layers of hops hop..hops |
-/// payload`. Both ends count with this, so a client can check each hop's
-/// usage reports exactly.
-pub fn cell_size(payload: u64, hops: usize, hop: usize) -> u64 {
-    4 + (hops.saturating_sub(hop) as u64) * LAYER_OVERHEAD + payload
-}
-
 /// What a hop carried for one circuit and how far it may go: counted on
 /// the data path, raised by receipts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

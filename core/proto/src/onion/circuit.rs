@@ -35,6 +35,16 @@ pub const fn cell_overhead(hops: usize) -> usize {
     CIRCUIT_ID_LEN + hops * HOP_OVERHEAD
 }
 
+/// The size of the cell hop `hop` (0 = guard) of an `hops`-hop circuit
+/// counts for a packet of `payload` bytes: what it receives going forward
+/// and sends going backward, `circuit id | layers of hops hop..hops |
+/// payload`. Hops meter exactly this ([`HopCircuit::forward_cell`],
+/// [`HopCircuit::backward_cell`]) and clients count with it, so a client
+/// can check each hop's usage reports.
+pub const fn cell_size(payload: u64, hops: usize, hop: usize) -> u64 {
+    cell_overhead(hops.saturating_sub(hop)) as u64 + payload
+}
+
 /// Room to leave before the payload in a buffer handed to
 /// [`ClientCircuit::seal_data`].
 pub const fn headroom(hops: usize) -> usize {
@@ -513,15 +523,6 @@ impl<L: Copy + Eq + Hash> CircuitTable<L> {
         if let Some(next) = next {
             self.entries.remove(&next);
         }
-    }
-
-    /// Every hop with a side on `link` (to tear down when it dies).
-    pub fn on_link(&self, link: L) -> Vec<SharedHop<L>> {
-        self.entries
-            .iter()
-            .filter(|((l, _), _)| *l == link)
-            .map(|(_, (hop, _))| hop.clone())
-            .collect()
     }
 
     /// Routes one data cell that arrived on `link` at `now`. Forward cells

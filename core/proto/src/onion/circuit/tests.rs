@@ -220,6 +220,31 @@ impl Net {
 }
 
 #[test]
+fn each_hop_meters_exactly_the_cell_size_the_client_pays_for() {
+    for hops in 1..=3 {
+        let mut net = Net::build(40 + hops as u64, hops);
+        let mut expected = vec![0u64; hops];
+        for size in [0usize, 1, 100, 1300] {
+            let payload = vec![9u8; size];
+            let cell = net.sealed(&payload);
+            assert_eq!(net.forward(cell), Ok(payload.clone()));
+            assert_eq!(net.backward(&payload, None), Ok(payload));
+            for (hop, e) in expected.iter_mut().enumerate() {
+                *e += 2 * cell_size(size as u64, hops, hop);
+            }
+        }
+        for (hop, e) in expected.iter().enumerate() {
+            let (h, _) = net.nodes[hop].table.get(hop, net.ids[hop]).expect("known");
+            assert_eq!(
+                lock(&h).meter.carried,
+                *e,
+                "{hops}-hop circuit, hop {hop}: metered bytes and the payment code's cell size drifted apart"
+            );
+        }
+    }
+}
+
+#[test]
 fn cells_cross_one_two_and_three_hops_intact_both_ways() {
     for hops in 1..=3 {
         let mut net = Net::build(hops as u64, hops);
