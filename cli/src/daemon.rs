@@ -411,3 +411,42 @@ async fn answer(client: Client<LinuxPlatform>, stream: UnixStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wallet_beside_the_socket_moves_to_the_state_dir_once() {
+        let root = std::env::temp_dir().join(format!("hopwire-migrate-{}", std::process::id()));
+        let (run, state) = (root.join("run"), root.join("state"));
+        std::fs::create_dir_all(run.join("wallet")).expect("run dir");
+        std::fs::write(run.join("wallet.key"), "key\n").expect("key");
+        std::fs::write(run.join("wallet").join("db"), "channels").expect("store");
+        std::fs::write(run.join("hopwire.guard"), "guard\n").expect("guard");
+        let socket = run.join("hopwire.sock");
+        migrate_state(&socket, &state);
+        assert_eq!(
+            std::fs::read_to_string(state.join("wallet.key")).ok().as_deref(),
+            Some("key\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(state.join("wallet").join("db")).ok().as_deref(),
+            Some("channels")
+        );
+        assert_eq!(
+            std::fs::read_to_string(state.join("guard")).ok().as_deref(),
+            Some("guard\n")
+        );
+        assert!(!run.join("wallet.key").exists(), "moved, not copied");
+        // A second start finds the state in place and a newer key beside
+        // the socket is not taken over it.
+        std::fs::write(run.join("wallet.key"), "other\n").expect("key");
+        migrate_state(&socket, &state);
+        assert_eq!(
+            std::fs::read_to_string(state.join("wallet.key")).ok().as_deref(),
+            Some("key\n")
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

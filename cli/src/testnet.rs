@@ -442,9 +442,12 @@ impl Testnet {
         self.spawn("lan", &python, &[&s, LAN_SERVER, &lw, &ll], &self.dir.join("lan.log"))?;
 
         // The ledger every node is paid on, with the client's account funded.
+        // The client keeps its state apart from its socket, as on a real
+        // machine (/var/lib/hopwire and /run/hopwire).
         let client_dir = self.dir.join("client");
-        std::fs::create_dir_all(&client_dir).context("creating the client dir")?;
-        let account = hopwire_client::wallet::load_or_create_key(&client_dir)?
+        let state_dir = client_dir.join("state");
+        std::fs::create_dir_all(&state_dir).context("creating the client's state dir")?;
+        let account = hopwire_client::wallet::load_or_create_key(&state_dir)?
             .verifying_key()
             .to_bytes();
         let ledger_log = self.dir.join("ledger.log");
@@ -488,7 +491,7 @@ impl Testnet {
         std::fs::write(&nodes_file, records.join("\n") + "\n").context("writing nodes.txt")?;
 
         // The client daemon.
-        let socket = client_dir.join("hopwire.sock");
+        let socket = client_dir.join("run").join("hopwire.sock");
         let socket_s = socket.to_string_lossy().into_owned();
         let client_log = self.dir.join("client.log");
         let hopwire = self.bin_dir.join("hopwire");
@@ -500,7 +503,7 @@ impl Testnet {
                 &socket_s,
                 "daemon",
                 "--state-dir",
-                &client_dir.to_string_lossy(),
+                &state_dir.to_string_lossy(),
                 "--bootstrap",
                 &boot_addr,
                 "--ledger",
@@ -641,7 +644,7 @@ impl Testnet {
                 "identity": first_exit["identity"], "wg_public_key": first_exit["wg_public_key"], "log": first_exit["log"],
             },
             "client": {
-                "socket": socket, "pid": client_pid, "log": client_log, "state_dir": client_dir,
+                "socket": socket, "pid": client_pid, "log": client_log, "state_dir": state_dir,
                 "inner_addr": status.inner_addr, "mtu": status.mtu, "connect_ms": round2(connect_ms),
                 "build_ms": status.build_ms,
             },

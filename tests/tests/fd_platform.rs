@@ -70,8 +70,8 @@ fn a_host_given_tun_fd_carries_a_download_and_every_socket_is_protected() {
     // Every socket the runtime holds was protected: bound to the uplink.
     let protected = std::fs::read_to_string(&protect_log).unwrap_or_default();
     assert!(
-        protected.lines().count() >= 2 && protected.lines().all(|l| l.ends_with(" true")),
-        "protect calls (the first hop's QUIC socket and the ledger's): {protected}"
+        protected.lines().count() >= 1 && protected.lines().all(|l| l.ends_with(" true")),
+        "protect calls (the first hop's QUIC socket, and the ledger's when a channel is opened): {protected}"
     );
     let pid = host.pid();
     let sockets = ns_exec(&tn.ns.client, "ss", &["-tuanpH"]).ok();
