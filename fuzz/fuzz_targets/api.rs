@@ -9,8 +9,8 @@
 #![no_main]
 
 use hopwire_api::{Envelope, ErrorKind, Event, HopInfo, HopPayment, Request, Response, State, Status, TunnelState};
-use hopwire_proto::record::VerifiedRecord;
 use hopwire_fuzz::write_seeds;
+use hopwire_proto::record::VerifiedRecord;
 use libfuzzer_sys::fuzz_target;
 
 fn request(req: Request) {

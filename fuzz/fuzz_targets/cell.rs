@@ -14,8 +14,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use hopwire_proto::onion::cell::CIRCUIT_ID_LEN;
 use hopwire_fuzz::{lock, write_seeds, xor, Net, Stop};
+use hopwire_proto::onion::cell::CIRCUIT_ID_LEN;
 use libfuzzer_sys::fuzz_target;
 
 const PAYLOAD: &[u8] = b"a wireguard datagram, or something like one";

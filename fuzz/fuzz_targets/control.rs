@@ -15,11 +15,11 @@
 
 use std::sync::{Mutex, OnceLock};
 
+use hopwire_fuzz::{client_hello, lock, write_seeds, xor, Net, Stop, NOW_UNIX};
 use hopwire_proto::onion::cell::{BackwardMessage, Create, ForwardMessage, LinkMessage};
 use hopwire_proto::onion::circuit::{ClientCircuit, HopCircuit};
 use hopwire_proto::onion::handshake::{ClientOnionskin, ServerOnionskin};
 use hopwire_proto::session::{ExitHello, SessionParams};
-use hopwire_fuzz::{client_hello, lock, write_seeds, xor, Net, Stop, NOW_UNIX};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -13,9 +13,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
+use hopwire_fuzz::write_seeds;
 use hopwire_proto::packet::{self, PacketInfo, PROTO_ICMP};
 use hopwire_proto::policy::{Action, ExitPolicy, Rule};
-use hopwire_fuzz::write_seeds;
 use libfuzzer_sys::fuzz_target;
 
 const EXIT: Ipv4Addr = Ipv4Addr::new(100, 87, 0, 1);

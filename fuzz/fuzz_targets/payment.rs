@@ -75,7 +75,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(receipt.receipt.seq > 5 && receipt.receipt.cumulative_amount >= 300);
             }
             let allowed = QUOTE.bytes_for(resumed.paid_amount() - 300) + QUOTE.grace_bytes;
-            assert!(resumed.allowance() <= allowed, "a session allowed more than it paid for");
+            assert!(
+                resumed.allowance() <= allowed,
+                "a session allowed more than it paid for"
+            );
         }
     }
 
@@ -110,7 +113,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(r.cumulative_amount <= DEPOSIT, "signed past the deposit");
             let limit = counted.saturating_add(TOLERANCE).saturating_add(QUOTE.chunk_bytes);
             assert!(
-                r.cumulative_amount <= QUOTE.price_of(limit).unwrap_or(u64::MAX).max(QUOTE.price_of(QUOTE.chunk_bytes).unwrap_or(0)),
+                r.cumulative_amount
+                    <= QUOTE
+                        .price_of(limit)
+                        .unwrap_or(u64::MAX)
+                        .max(QUOTE.price_of(QUOTE.chunk_bytes).unwrap_or(0)),
                 "paid for more than counted + tolerance + a chunk"
             );
         }

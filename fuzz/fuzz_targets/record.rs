@@ -15,9 +15,9 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
-use hopwire_proto::policy::ExitPolicy;
-use hopwire_proto::record::{NodeRecord, Role, VerifiedRecord, RECORD_TTL, RECORD_VERSION};
 use hopwire_fuzz::{write_seeds, xor};
+use hopwire_proto::policy::ExitPolicy;
+use hopwire_proto::record::{NodeRecord, Role, VerifiedRecord, RECORD_VERSION};
 use libfuzzer_sys::fuzz_target;
 
 const PREFIX: &str = "hopwire1.";
@@ -34,22 +34,13 @@ fn genuine() -> &'static Genuine {
     G.get_or_init(|| {
         let key = SigningKey::from_bytes(&[7; 32]);
         let record = NodeRecord {
-            version: RECORD_VERSION,
-            identity: key.verifying_key().to_bytes(),
-            quic_addr: "198.18.2.2:4433".parse().expect("addr"),
             roles: vec![Role::Relay, Role::Exit],
             onion_key: [5; 32],
             onion_key_expires: 1_790_700_000,
             wg_key: [6; 32],
-            region: "DE".into(),
-            capacity_mbit: 100,
-            quote: hopwire_proto::pay::Quote::FREE,
             exit_rules: vec!["accept *:443".into(), "reject *:*".into()],
-            exit_default_rejects: true,
             family: vec![[8; 32]],
-            seq: 1,
-            issued_at: 1_790_000_000,
-            expires_at: 1_790_000_000 + RECORD_TTL,
+            ..hopwire_fuzz::record(&key, "198.18.2.2:4433", &[], "DE", 1_790_000_000)
         };
         let s = record.to_signed_string(&key);
         let signed = record.to_signed_bytes(&key);

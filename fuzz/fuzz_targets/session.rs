@@ -9,10 +9,10 @@
 
 use std::sync::OnceLock;
 
-use hopwire_proto::onion::cell::LinkMessage;
-use hopwire_net::framing::{read_message, write_message, MAX_MESSAGE};
-use hopwire_proto::session::{ClientHello, ExitHello, SessionParams};
 use hopwire_fuzz::{client_hello, write_seeds};
+use hopwire_net::framing::{read_message, write_message, MAX_MESSAGE};
+use hopwire_proto::onion::cell::LinkMessage;
+use hopwire_proto::session::{ClientHello, ExitHello, SessionParams};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
 use hopwire_net::dht::{self, Dht, DhtConfig, Search, Transport};
-use hopwire_proto::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
+use hopwire_proto::record::{NodeRecord, Role};
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
@@ -48,27 +48,11 @@ fn key(net: usize, i: usize) -> SigningKey {
 
 fn exit_record(key: &SigningKey) -> Vec<u8> {
     let t = hopwire_proto::time::unix_now();
-    NodeRecord {
-        version: RECORD_VERSION,
-        identity: key.verifying_key().to_bytes(),
-        quic_addr: "198.18.1.2:4433"
-            .parse()
-            .unwrap_or_else(|_| unreachable!("literal address")),
-        roles: vec![Role::Exit],
-        onion_key: [7; 32],
+    let record = NodeRecord {
         onion_key_expires: t + 3600,
-        wg_key: [8; 32],
-        region: "DE".into(),
-        capacity_mbit: 100,
-        quote: hopwire_proto::pay::Quote::FREE,
-        exit_rules: vec![],
-        exit_default_rejects: true,
-        family: vec![],
-        seq: 1,
-        issued_at: t,
-        expires_at: t + RECORD_TTL,
-    }
-    .to_signed_bytes(key)
+        ..hopwire_proto::testkit::record(key, "198.18.1.2:4433", &[Role::Exit], "DE", t)
+    };
+    record.to_signed_bytes(key)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -759,7 +759,8 @@ mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
     use hopwire_proto::pay::Quote;
-    use hopwire_proto::record::{NodeRecord, Role, RECORD_VERSION};
+    use hopwire_proto::record::{NodeRecord, Role};
+    use hopwire_proto::testkit;
 
     const QUOTE: Quote = Quote {
         price_per_gib: 1_000_000,
@@ -772,24 +773,10 @@ mod tests {
         let key = SigningKey::from_bytes(&[4; 32]);
         let now = hopwire_proto::time::unix_now();
         let record = NodeRecord {
-            version: RECORD_VERSION,
-            identity: key.verifying_key().to_bytes(),
-            quic_addr: "198.18.1.2:4433".parse().expect("addr"),
-            roles: vec![Role::Exit],
-            onion_key: [1; 32],
-            onion_key_expires: now + 3600,
-            wg_key: [2; 32],
-            region: "DE".into(),
-            capacity_mbit: 100,
             quote: price,
-            exit_rules: vec![],
-            exit_default_rejects: true,
-            family: vec![],
-            seq: 1,
-            issued_at: now,
-            expires_at: now + 3600,
+            ..testkit::record(&key, "198.18.1.2:4433", &[Role::Exit], "DE", now)
         };
-        VerifiedRecord::from_bytes(&record.to_signed_bytes(&key)).expect("verifies")
+        testkit::verified(&key, &record)
     }
 
     fn payments(deposit: u64) -> Vec<HopPay> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signer, SigningKey};
 use hopwire_net::dht::{self, Dht, DhtConfig, Found, Search, Transport};
-use hopwire_proto::record::{NodeRecord, Role, RECORD_TTL, RECORD_VERSION};
+use hopwire_proto::record::{NodeRecord, Role, RECORD_TTL};
 use libp2p::futures::StreamExt;
 use libp2p::kad::store::{MemoryStore, RecordStore};
 use libp2p::kad::{self, ProviderRecord, Record, RecordKey};
@@ -59,22 +59,11 @@ fn memory_addr(port: u64) -> Multiaddr {
 fn node_record(key: &SigningKey, roles: &[Role], region: &str, seq: u64, ttl: u64) -> NodeRecord {
     let t = now();
     NodeRecord {
-        version: RECORD_VERSION,
-        identity: key.verifying_key().to_bytes(),
-        quic_addr: HONEST_QUIC.parse().expect("addr"),
-        roles: roles.to_vec(),
         onion_key: [seq as u8; 32],
         onion_key_expires: t + 3600,
-        wg_key: [8; 32],
-        region: region.into(),
-        capacity_mbit: 100,
-        quote: hopwire_proto::pay::Quote::FREE,
-        exit_rules: vec![],
-        exit_default_rejects: true,
-        family: vec![],
         seq,
-        issued_at: t,
         expires_at: t + ttl,
+        ..hopwire_proto::testkit::record(key, HONEST_QUIC, roles, region, t)
     }
 }
 

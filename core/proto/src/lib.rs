@@ -10,7 +10,8 @@
 //! sessions over boringtun), [`session`] (the client–exit session
 //! messages), [`ratelimit`] (token buckets), [`sync`] (lock helpers),
 //! [`safelog`] (scrubbed logging of addresses and keys) and [`time`] (the
-//! clock reads the shells make once per turn).
+//! clock reads the shells make once per turn). With the `testkit` feature,
+//! [`testkit`] holds fixtures for tests, fuzzing and benchmarks.
 //!
 //! What it does not do: sockets, files, timers, tasks or the TUN device.
 //!
@@ -29,5 +30,7 @@ pub mod record;
 pub mod safelog;
 pub mod session;
 pub mod sync;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod wg;

@@ -143,7 +143,7 @@ pub fn select<R: Rng>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{NodeRecord, RECORD_VERSION};
+    use crate::record::NodeRecord;
     use ed25519_dalek::SigningKey;
     use rand::SeedableRng;
 
@@ -152,22 +152,9 @@ mod tests {
     fn node(seed: u8, addr: &str, roles: &[Role], region: &str) -> (SigningKey, NodeRecord) {
         let key = SigningKey::from_bytes(&[seed; 32]);
         let record = NodeRecord {
-            version: RECORD_VERSION,
-            identity: key.verifying_key().to_bytes(),
-            quic_addr: addr.parse().expect("addr"),
-            roles: roles.to_vec(),
             onion_key: [seed; 32],
             onion_key_expires: NOW + 1000,
-            wg_key: [seed; 32],
-            region: region.into(),
-            capacity_mbit: 100,
-            quote: crate::pay::Quote::FREE,
-            exit_rules: vec![],
-            exit_default_rejects: true,
-            family: vec![],
-            seq: 1,
-            issued_at: NOW,
-            expires_at: NOW + crate::record::RECORD_TTL,
+            ..crate::testkit::record(&key, addr, roles, region, NOW)
         };
         (key, record)
     }

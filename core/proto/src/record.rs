@@ -278,22 +278,11 @@ mod tests {
 
     fn record(k: &SigningKey) -> NodeRecord {
         NodeRecord {
-            version: RECORD_VERSION,
-            identity: k.verifying_key().to_bytes(),
-            quic_addr: "198.18.2.2:4433".parse().expect("addr"),
             roles: vec![Role::Relay, Role::Exit],
             onion_key: [5; 32],
             onion_key_expires: 1_790_700_000,
             wg_key: [7; 32],
-            region: "DE".into(),
-            capacity_mbit: 100,
-            quote: crate::pay::Quote::FREE,
-            exit_rules: vec![],
-            exit_default_rejects: true,
-            family: vec![],
-            seq: 1,
-            issued_at: 1_790_000_000,
-            expires_at: 1_790_000_000 + RECORD_TTL,
+            ..crate::testkit::record(k, "198.18.2.2:4433", &[], "DE", 1_790_000_000)
         }
     }
 

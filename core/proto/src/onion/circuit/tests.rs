@@ -7,215 +7,43 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::onion::cell::split_cell;
 
-const NOW: u64 = 1_800_000_000;
-
-/// The virtual clock: these tests never wait, so one instant serves.
-fn now() -> std::time::Instant {
-    use std::sync::OnceLock;
-    static T0: OnceLock<std::time::Instant> = OnceLock::new();
-    *T0.get_or_init(std::time::Instant::now)
-}
-
-struct Node {
-    identity: [u8; 32],
-    onion: OnionKeys,
-    table: CircuitTable<usize>,
-}
-
-/// Link `i` joins the client (i = 0) or node `i - 1` to node `i`.
-struct Net {
-    rng: StdRng,
-    nodes: Vec<Node>,
-    client: ClientCircuit,
-    /// The circuit id on each link.
-    ids: Vec<u32>,
-}
+use crate::testkit::{now, Net, Stop};
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([198, 18, 10, i as u8], 4433))
 }
 
-impl Net {
-    fn new(seed: u64, nodes: usize) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let nodes = (0..nodes)
-            .map(|i| Node {
-                identity: [i as u8 + 1; 32],
-                onion: OnionKeys::generate(&mut rng, NOW),
-                table: CircuitTable::default(),
-            })
-            .collect();
-        Self {
-            rng,
-            nodes,
-            client: ClientCircuit::new(),
-            ids: Vec::new(),
-        }
+/// The index of the node that dropped a cell (`hops` for the client).
+fn stopped_at(net: &Net, stop: Stop) -> usize {
+    match stop {
+        Stop::Node(n) => n,
+        Stop::Client => net.hops(),
+    }
+}
+
+trait Shims {
+    /// Sends a cell from the client; what the exit delivered, or the index
+    /// of the node that dropped it.
+    fn forward(&mut self, cell: Vec<u8>) -> Result<Vec<u8>, usize>;
+    /// Sends a payload from the exit, with one bit flipped at byte
+    /// `tamper` if asked; what the client opened, or where it died.
+    fn backward(&mut self, payload: &[u8], tamper: Option<usize>) -> Result<Vec<u8>, usize>;
+}
+
+impl Shims for Net {
+    fn forward(&mut self, cell: Vec<u8>) -> Result<Vec<u8>, usize> {
+        self.forward_from(0, cell).map_err(|s| stopped_at(self, s))
     }
 
-    /// Node `n` answers a CREATE that arrived on link `n`.
-    fn create_at(&mut self, n: usize, create: LinkMessage) -> LinkMessage {
-        let LinkMessage::Create(create) = create else {
-            panic!("expected CREATE, got {create:?}");
-        };
-        let node = &mut self.nodes[n];
-        let (hop, created) = HopCircuit::create(&mut self.rng, &node.identity, &node.onion, NOW, n, &create)
-            .expect("hop answers CREATE");
-        assert!(node.table.insert(Arc::new(Mutex::new(hop))), "fresh circuit id");
-        self.ids.push(create.circuit_id);
-        created
-    }
-
-    /// Passes a forward control message from the client along the circuit
-    /// and carries out what the hop it is for asks; returns the hop's answer
-    /// as it reaches the client.
-    fn control(&mut self, message: LinkMessage) -> LinkMessage {
-        let LinkMessage::Relay { mut layered } = message else {
-            panic!("expected RELAY")
-        };
-        for n in 0..self.nodes.len() {
-            let (hop, _) = self.nodes[n].table.get(n, self.ids[n]).expect("circuit known");
-            let action = lock(&hop).forward_control(layered).expect("control opens");
-            match action {
-                ControlAction::Relay(inner) => layered = inner,
-                ControlAction::Here(ForwardMessage::Extend {
-                    identity, onionskin, ..
-                }) => {
-                    let reply = if lock(&hop).may_extend() && n + 1 < self.nodes.len() {
-                        assert_eq!(identity, self.nodes[n + 1].identity);
-                        let next_id = 1000 + n as u32;
-                        let max_extends = lock(&hop).max_extends - 1;
-                        let created = self.create_at(
-                            n + 1,
-                            LinkMessage::Create(Create {
-                                circuit_id: next_id,
-                                onionskin,
-                                max_extends,
-                            }),
-                        );
-                        self.nodes[n].table.extend(&hop, (n + 1, next_id));
-                        let LinkMessage::Created { onionskin } = created else {
-                            panic!("expected CREATED")
-                        };
-                        BackwardMessage::Extended { onionskin }
-                    } else {
-                        BackwardMessage::Failed {
-                            reason: "no more extends".into(),
-                        }
-                    };
-                    let mut answer = lock(&hop).reply(&reply).expect("reply seals");
-                    for m in (0..n).rev() {
-                        let (prev, _) = self.nodes[m].table.get(m, self.ids[m]).expect("known");
-                        let LinkMessage::Relay { layered } = answer else {
-                            panic!("relay")
-                        };
-                        answer = lock(&prev).backward_control(&layered).expect("wraps");
-                    }
-                    return answer;
-                }
-                ControlAction::Here(other) => panic!("unexpected {other:?}"),
-            }
-        }
-        panic!("control message was for nobody")
-    }
-
-    fn build(seed: u64, hops: usize) -> Self {
-        let mut net = Net::new(seed, hops);
-        let create = net
-            .client
-            .create(&mut net.rng, 7, net.nodes[0].identity, net.nodes[0].onion.public(), 2);
-        let LinkMessage::Created { onionskin } = net.create_at(0, create) else {
-            panic!("CREATED")
-        };
-        net.client.add_hop(&onionskin).expect("first hop");
-        for n in 1..hops {
-            let (id, key) = (net.nodes[n].identity, net.nodes[n].onion.public());
-            let extend = net.client.extend(&mut net.rng, addr(n), id, key).expect("extend");
-            let answer = net.control(extend);
-            let LinkMessage::Relay { layered } = answer else {
-                panic!("relay")
-            };
-            let (from, message) = net.client.open_control(layered).expect("opens");
-            assert_eq!(from, n - 1, "EXTENDED comes from the hop that extended");
-            let BackwardMessage::Extended { onionskin } = message else {
-                panic!("{message:?}")
-            };
-            net.client.add_hop(&onionskin).expect("hop added");
-        }
-        assert_eq!(net.client.len(), hops);
-        net
-    }
-
-    fn sealed(&mut self, payload: &[u8]) -> Vec<u8> {
-        let hops = self.client.len();
-        let mut buf = vec![0u8; headroom(hops) + payload.len() + hops * TAG_LEN];
-        buf[headroom(hops)..headroom(hops) + payload.len()].copy_from_slice(payload);
-        let range = self
-            .client
-            .seal_data(&mut buf, payload.len(), self.ids[0])
-            .expect("seals");
-        buf[range].to_vec()
-    }
-
-    /// Sends a cell from the client; returns what the exit delivered, or
-    /// the index of the node that dropped it.
-    fn forward(&mut self, mut cell: Vec<u8>) -> Result<Vec<u8>, usize> {
-        let mut out = vec![0u8; 2048];
-        for n in 0..self.nodes.len() {
-            match self.nodes[n].table.route(n, &mut cell, &mut out, now()) {
-                Routed::InPlace { link, range } => {
-                    assert_eq!(link, n + 1);
-                    cell = cell[range].to_vec();
-                }
-                Routed::Deliver { circuit, payload } => {
-                    assert_eq!(circuit, (n, self.ids[n]));
-                    assert_eq!(n, self.nodes.len() - 1, "only the last hop delivers");
-                    return Ok(cell[payload].to_vec());
-                }
-                Routed::Dropped => return Err(n),
-                Routed::Out { .. } => panic!("forward cell routed backward"),
-            }
-        }
-        panic!("cell went past the last hop")
-    }
-
-    /// Sends a payload from the exit; returns what the client opened, or the
-    /// index of the node that dropped it (`nodes.len()` for the client).
     fn backward(&mut self, payload: &[u8], tamper: Option<usize>) -> Result<Vec<u8>, usize> {
-        let last = self.nodes.len() - 1;
-        let (hop, _) = self.nodes[last].table.get(last, self.ids[last]).expect("known");
-        let mut out = vec![0u8; 2048];
-        let (mut link, len) = lock(&hop).seal_payload(payload, &mut out).expect("seals");
-        let mut cell = out[..len].to_vec();
+        let mut cell = self.exit_sealed(payload);
         if let Some(i) = tamper {
             let at = i % cell.len();
             cell[at] ^= 0x10;
         }
-        for n in (0..last).rev() {
-            assert_eq!(link, n + 1);
-            match self.nodes[n].table.route(link, &mut cell, &mut out, now()) {
-                Routed::Out { link: l, len } => {
-                    link = l;
-                    cell = out[..len].to_vec();
-                }
-                Routed::Dropped => return Err(n),
-                other => panic!("backward cell routed as {other:?}"),
-            }
-        }
-        assert_eq!(link, 0);
-        let (id, _) = split_cell(&cell).expect("has an id");
-        assert_eq!(id, self.ids[0]);
-        let range = self
-            .client
-            .open_data(&mut cell[CIRCUIT_ID_LEN..])
-            .map_err(|_| self.nodes.len())?;
-        Ok(cell[CIRCUIT_ID_LEN..][range].to_vec())
-    }
-
-    fn drops(&self, n: usize) -> u64 {
-        self.nodes[n].table.drops.total()
+        let link = self.hops() - 1;
+        self.backward_from(link, cell).map_err(|s| stopped_at(self, s))
     }
 }
 
@@ -359,7 +187,10 @@ fn relays_cap_the_extend_budget_a_client_asks_for() {
     let create = net
         .client
         .create(&mut net.rng, 7, net.nodes[0].identity, net.nodes[0].onion.public(), 200);
-    net.create_at(0, create);
+    let LinkMessage::Create(create) = create else {
+        panic!("expected CREATE")
+    };
+    net.create_at(0, &create);
     let (guard, _) = net.nodes[0].table.get(0, net.ids[0]).expect("known");
     assert_eq!(lock(&guard).max_extends, (MAX_HOPS - 1) as u8);
 }
