@@ -77,6 +77,9 @@ struct LinuxTunnel {
     tun: Arc<TunDevice>,
     net: ClientNet,
     config: TunnelConfig,
+    /// The device the machine reached the internet through before the
+    /// tunnel: protected sockets are bound to it.
+    uplink: String,
 }
 
 fn dns_v4(config: &TunnelConfig) -> Vec<Ipv4Addr> {
@@ -113,8 +116,13 @@ impl Platform for LinuxPlatform {
         let fail = |e: String| PlatformError::Establish(e);
         let tun =
             Arc::new(tun::create(&self.tun_name, config.inner_v4, 32, config.mtu).map_err(|e| fail(e.to_string()))?);
-        let mut net = ClientNet::new(&self.state_file);
         let first_hop = config.bypass.first().copied();
+        let uplink = match first_hop.map(hopwire_sys::route_get) {
+            Some(Ok(hop)) => hop.dev,
+            Some(Err(e)) => return Err(fail(format!("finding the uplink: {e}"))),
+            None => return Err(fail("no first hop to route around the tunnel".into())),
+        };
+        let mut net = ClientNet::new(&self.state_file);
         let routed = match first_hop {
             Some(hop) => net.route_all_through(&self.tun_name, hop),
             None => Err(hopwire_sys::SysError::NoRoute(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
@@ -129,6 +137,7 @@ impl Platform for LinuxPlatform {
             tun: tun.clone(),
             net,
             config: config.clone(),
+            uplink,
         });
         Ok(tun)
     }
@@ -157,19 +166,20 @@ impl Platform for LinuxPlatform {
         Ok(None)
     }
 
-    /// Routes the socket's peer around the tunnel while it is up (before
-    /// it is up, the system's routes already do).
-    fn protect(&self, _socket: BorrowedFd<'_>, peer: SocketAddr) -> Result<(), PlatformError> {
-        if let Some(t) = lock(&self.up).as_mut() {
-            t.net.bypass(peer.ip()).map_err(|e| {
-                warn!(
-                    "routing {} around the tunnel: {e}",
-                    hopwire_proto::safelog::Sensitive(peer)
-                );
+    /// Binds the socket to the uplink device while the tunnel is up
+    /// (`SO_BINDTODEVICE`: the kernel then routes it as if the tunnel's
+    /// routes were not there), as Android's `protect()` does; before the
+    /// tunnel is up the system's routes already go around it.
+    fn protect(&self, socket: BorrowedFd<'_>, peer: SocketAddr) -> Result<(), PlatformError> {
+        let Some(uplink) = lock(&self.up).as_ref().map(|t| t.uplink.clone()) else {
+            return Ok(());
+        };
+        socket2::SockRef::from(&socket)
+            .bind_device(Some(uplink.as_bytes()))
+            .map_err(|e| {
+                warn!("binding a socket to {uplink}: {e}");
                 PlatformError::Protect { peer }
-            })?;
-        }
-        Ok(())
+            })
     }
 
     fn teardown(&self) {

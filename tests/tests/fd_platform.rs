@@ -37,6 +37,7 @@ fn a_host_given_tun_fd_carries_a_download_and_every_socket_is_protected() {
             "hwfd0",
             &uplink,
             &protect_log.to_string_lossy(),
+            tn.summary["bootstrap"]["dht_addr"].as_str().expect("dht_addr"),
         ],
         &log,
         &[],
@@ -67,7 +68,8 @@ fn a_host_given_tun_fd_carries_a_download_and_every_socket_is_protected() {
         "the download did not come through the exit"
     );
 
-    // Every socket the runtime holds was protected: bound to the uplink.
+    // Every socket the runtime holds — QUIC to the first hop, DHT
+    // connections, ledger calls — was protected: bound to the uplink.
     let protected = std::fs::read_to_string(&protect_log).unwrap_or_default();
     assert!(
         protected.lines().count() >= 1 && protected.lines().all(|l| l.ends_with(" true")),
@@ -85,6 +87,11 @@ fn a_host_given_tun_fd_carries_a_download_and_every_socket_is_protected() {
         !mine.is_empty(),
         "no socket of the host (pid {pid}) found:\n{}",
         sockets.stdout
+    );
+    assert!(
+        mine.iter().any(|l| l.starts_with("tcp")),
+        "the host's DHT connections are among its sockets:\n{}",
+        mine.join("\n")
     );
     for line in &mine {
         assert!(

@@ -11,10 +11,14 @@
 //! protect log (`fd peer`).
 //!
 //! ```text
-//! fd_host STATE_DIR LEDGER NODES_FILE TUN UPLINK PROTECT_LOG
+//! fd_host STATE_DIR LEDGER NODES_FILE TUN UPLINK PROTECT_LOG [BOOTSTRAP]
 //! ```
 //!
-//! Prints the status as one JSON line once connected, then runs until
+//! With BOOTSTRAP (a DHT peer's `/ip4/…/tcp/…/p2p/…`), the runtime joins
+//! the DHT through it, so its DHT connections are protected too.
+//!
+//! Prints the status as one JSON line once connected (and, with
+//! BOOTSTRAP, once it has looked the nodes up in the DHT), then runs until
 //! SIGTERM or SIGINT and disconnects.
 
 use std::io::Write;
@@ -81,9 +85,9 @@ impl FdHost for LinuxHost {
 }
 
 fn arg(args: &[String], i: usize, what: &str) -> Result<String, String> {
-    args.get(i)
-        .cloned()
-        .ok_or_else(|| format!("usage: fd_host STATE_DIR LEDGER NODES_FILE TUN UPLINK PROTECT_LOG (missing {what})"))
+    args.get(i).cloned().ok_or_else(|| {
+        format!("usage: fd_host STATE_DIR LEDGER NODES_FILE TUN UPLINK PROTECT_LOG [BOOTSTRAP] (missing {what})")
+    })
 }
 
 #[tokio::main]
@@ -109,9 +113,15 @@ async fn main() -> Result<(), String> {
         uplink: arg(&args, 4, "UPLINK")?,
         protect_log: Mutex::new(protect_log),
     };
+    let bootstrap =
+        match args.get(6) {
+            Some(b) => vec![hopwire_net::dht::parse_dht_addr(b)
+                .ok_or_else(|| format!("BOOTSTRAP `{b}` is not /ip4/…/tcp/…/p2p/…"))?],
+            None => Vec::new(),
+        };
     let config = ClientConfig {
         state_dir,
-        bootstrap: Vec::new(),
+        bootstrap,
         ledger: Some(ledger),
         deposit_mib: 64,
     };
@@ -122,8 +132,14 @@ async fn main() -> Result<(), String> {
         country: None,
         max_price: None,
     };
-    let status = client.connect(request).await.map_err(|e| e.to_string())?;
-    println!("{}", serde_json::to_string(&status).map_err(|e| e.to_string())?);
+    client.connect(request).await.map_err(|e| e.to_string())?;
+    // A DHT lookup while connected: its connections are protected too.
+    let nodes = client.nodes(None, None).await.map_err(|e| e.to_string())?;
+    eprintln!("fd_host: the DHT lists {} nodes", nodes.len());
+    println!(
+        "{}",
+        serde_json::to_string(&client.status()).map_err(|e| e.to_string())?
+    );
     hopwire_net::process::shutdown_signal().await;
     let status = client.disconnect().await;
     println!("{}", serde_json::to_string(&status).map_err(|e| e.to_string())?);

@@ -15,6 +15,10 @@
 //! wallet changes are [`Event`]s on a broadcast channel: a slow receiver
 //! falls behind and is told so, it never slows the tunnel.
 //!
+//! Every socket the runtime opens — the QUIC endpoint to the first hop,
+//! each ledger call, each DHT connection — passes through
+//! [`Platform::protect`] before it connects.
+//!
 //! What it does not do: touch the operating system other than through the
 //! platform, or speak the daemon's socket (the daemon maps requests to
 //! these methods).
@@ -33,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use hopwire_api::{ErrorKind, Event, HopInfo, HopPayment, NodeInfo, State, Status, TunnelState, WalletInfo};
 use hopwire_net::dht::{self, Dht, DhtConfig, DhtError, Transport};
+use hopwire_net::protect::Protect;
 use hopwire_proto::onion::cell::MAX_HOPS;
 use hopwire_proto::path::{self, PathError, PathRequest};
 use hopwire_proto::record::{self, Role, VerifiedRecord};
@@ -248,12 +253,11 @@ impl<P: Platform> Client<P> {
     pub fn start(platform: P, config: ClientConfig) -> Result<Self, Error> {
         create_private_dir(&config.state_dir)?;
         let platform = Arc::new(platform);
+        let p = platform.clone();
+        let protect = Protect::new(move |fd, peer| p.protect(fd, peer).map_err(std::io::Error::other));
         let wallet = match config.ledger {
             Some(ledger) => {
-                let p = platform.clone();
-                let protect: hopwire_net::ledger::service::Protect =
-                    Arc::new(move |fd, peer| p.protect(fd, peer).map_err(std::io::Error::other));
-                let wallet = Wallet::open(&config.state_dir, ledger, config.deposit_mib, protect)?;
+                let wallet = Wallet::open(&config.state_dir, ledger, config.deposit_mib, protect.clone())?;
                 info!(account = %Sensitive(record::short_id(&wallet.account())), "wallet ready");
                 Some(Arc::new(wallet))
             }
@@ -262,6 +266,7 @@ impl<P: Platform> Client<P> {
         let mut dht_config = DhtConfig::new(Transport::Tcp, false);
         dht_config.bootstrap = config.bootstrap.clone();
         dht_config.peer_store = Some(config.dht_store());
+        dht_config.protect = Some(protect);
         let dht_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let dht = Dht::spawn(dht::keypair(&dht_key), dht_config)?;
         let mut secret = [0u8; 32];

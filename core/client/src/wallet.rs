@@ -22,8 +22,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use hopwire_api::{ChannelInfo, ErrorKind, SessionInfo};
-use hopwire_net::ledger::service::Protect;
 use hopwire_net::ledger::LedgerError;
+use hopwire_net::protect::Protect;
 
 use hopwire_net::ledger::service::{LazyLedger, Signed};
 use hopwire_net::ledger::Ledger;

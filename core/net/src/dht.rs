@@ -36,6 +36,7 @@ use libp2p::{identify, identity, noise, ping, yamux, Multiaddr, PeerId, StreamPr
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::protect::{Protect, ProtectedTcp};
 use hopwire_proto::record::{Role, VerifiedRecord};
 
 /// The Kademlia protocol of Hopwire's DHT (not the public IPFS one).
@@ -210,6 +211,9 @@ pub struct DhtConfig {
     /// periodic bootstrap); `None` for simulations, where every node's
     /// refresh lands on the same few cores.
     pub refresh: Option<Duration>,
+    /// With TCP: every connection's socket passes through this hook before
+    /// it connects, and the DHT listens nowhere (a client's DHT).
+    pub protect: Option<Protect>,
 }
 
 impl DhtConfig {
@@ -223,6 +227,7 @@ impl DhtConfig {
             peer_store: None,
             record_ttl: Duration::from_secs(hopwire_proto::record::RECORD_TTL),
             refresh: Some(Duration::from_secs(300)),
+            protect: None,
         }
     }
 }
@@ -459,8 +464,24 @@ fn build_swarm(keypair: identity::Keypair, config: &DhtConfig) -> Result<Swarm<B
     let swarm_config = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
     let transport_error = |e: &dyn std::fmt::Display| DhtError::Transport(e.to_string());
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
-    let swarm = match config.transport {
-        Transport::Tcp => builder
+    let swarm = match (config.transport, &config.protect) {
+        (Transport::Tcp, Some(protect)) => builder
+            .with_other_transport(|key| {
+                use libp2p::core::upgrade::Version;
+                use libp2p::Transport as _;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    ProtectedTcp::new(protect.clone())
+                        .upgrade(Version::V1)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| transport_error(&e))?
+            .with_behaviour(|key| behaviour(key))
+            .map_err(|e| transport_error(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+        (Transport::Tcp, None) => builder
             .with_tcp(
                 libp2p::tcp::Config::default().nodelay(true),
                 noise::Config::new,
@@ -471,7 +492,7 @@ fn build_swarm(keypair: identity::Keypair, config: &DhtConfig) -> Result<Swarm<B
             .map_err(|e| transport_error(&e))?
             .with_swarm_config(swarm_config)
             .build(),
-        Transport::Memory => builder
+        (Transport::Memory, _) => builder
             .with_other_transport(|key| {
                 use libp2p::core::upgrade::Version;
                 use libp2p::Transport as _;

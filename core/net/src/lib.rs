@@ -5,8 +5,9 @@
 //! TLS), [`framing`] (control messages on a stream), [`dht`] (discovery
 //! over Kademlia), [`ledger`] (the settlement trait, the embedded sled
 //! ledger and the client of the ledger service), [`store`] (receipts on
-//! disk), [`keys`] (key files) and [`process`] (logging and signals for
-//! the binaries).
+//! disk), [`keys`] (key files), [`protect`] (the hook a client's sockets
+//! pass through to bypass its tunnel) and [`process`] (logging and
+//! signals for the binaries).
 //!
 //! What it does not do: run a client tunnel or a node's roles (those are
 //! `hopwire_client` and `hopwire_node_runtime`), or change the system's
@@ -21,4 +22,5 @@ pub mod keys;
 pub mod ledger;
 pub mod link;
 pub mod process;
+pub mod protect;
 pub mod store;

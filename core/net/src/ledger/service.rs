@@ -16,14 +16,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use super::{ChannelState, Ledger, LedgerError};
+use crate::protect::Protect;
 use hopwire_proto::pay::SignedReceipt;
 
 /// Longest request or answer line.
@@ -90,10 +89,6 @@ pub enum Response {
     Channel { state: ChannelState },
     Error { message: String },
 }
-
-/// Called with every socket before it connects to the ledger, so a client
-/// can make it bypass its tunnel; an error refuses the connection.
-pub type Protect = Arc<dyn Fn(BorrowedFd<'_>, SocketAddr) -> std::io::Result<()> + Send + Sync>;
 
 /// A ledger service reached over TCP.
 #[derive(Clone)]
@@ -175,17 +170,7 @@ impl RemoteLedger {
     }
 
     fn dial(&self) -> std::io::Result<TcpStream> {
-        let Some(protect) = &self.protect else {
-            return TcpStream::connect_timeout(&self.addr, CALL_TIMEOUT);
-        };
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(self.addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        protect(socket.as_fd(), self.addr)?;
-        socket.connect_timeout(&self.addr.into(), CALL_TIMEOUT)?;
-        Ok(socket.into())
+        crate::protect::connect_blocking(self.addr, self.protect.as_ref(), CALL_TIMEOUT)
     }
 
     fn amount(&self, request: &Request) -> Result<u64, LedgerError> {
