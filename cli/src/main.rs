@@ -3,7 +3,8 @@
 //! `hopwire daemon` runs privileged and owns the tunnel; `connect`, `status`
 //! and `disconnect` are unprivileged clients of its local API; `testnet`
 //! builds a whole Hopwire network in namespaces on this machine and shows
-//! it working. The tunnel itself lives in `hopwire-core`.
+//! it working. The tunnel itself is the client runtime of `hopwire-client`;
+//! the daemon ([`daemon`]) runs it on Linux and serves its API.
 
 mod daemon;
 mod testnet;
