@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-use hopwire_client::platform::{FdHost, FdPlatform, TunnelConfig};
+use hopwire_client::platform::{FdHost, FdPlatform, HostError, TunnelConfig};
 use hopwire_client::runtime::{Client, ClientConfig, ConnectRequest};
 
 struct LinuxHost {
@@ -54,7 +54,24 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl FdHost for LinuxHost {
-    fn establish(&self, config: &TunnelConfig) -> Result<OwnedFd, String> {
+    fn establish(&self, config: &TunnelConfig) -> Result<OwnedFd, HostError> {
+        self.make_interface(config).map_err(HostError)
+    }
+
+    fn protect(&self, socket: BorrowedFd<'_>) -> bool {
+        let bound = socket2::SockRef::from(&socket).bind_device(Some(self.uplink.as_bytes()));
+        let mut log = self.protect_log.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(log, "{} {}", socket.as_raw_fd(), bound.is_ok());
+        bound.is_ok()
+    }
+
+    fn teardown(&self) {
+        // The routes go with the device when the runtime closes it.
+    }
+}
+
+impl LinuxHost {
+    fn make_interface(&self, config: &TunnelConfig) -> Result<OwnedFd, String> {
         let device = tun_rs::DeviceBuilder::new()
             .name(&self.tun)
             .ipv4(config.inner_v4, 32, None)
@@ -70,17 +87,6 @@ impl FdHost for LinuxHost {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| format!("duplicating the TUN descriptor: {e}"))
-    }
-
-    fn protect(&self, socket: BorrowedFd<'_>) -> bool {
-        let bound = socket2::SockRef::from(&socket).bind_device(Some(self.uplink.as_bytes()));
-        let mut log = self.protect_log.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(log, "{} {}", socket.as_raw_fd(), bound.is_ok());
-        bound.is_ok()
-    }
-
-    fn teardown(&self) {
-        // The routes go with the device when the runtime closes it.
     }
 }
 

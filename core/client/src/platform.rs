@@ -83,13 +83,18 @@ pub trait Platform: Send + Sync + 'static {
     fn teardown(&self);
 }
 
+/// Why the host could not set its interface up, in the host's words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HostError(pub String);
+
 /// What a mobile host implements: the OS makes the interface and says
 /// which sockets may bypass it.
 pub trait FdHost: Send + Sync + 'static {
     /// Sets the OS's VPN interface up for `config` and returns its file
     /// descriptor (IP packets, no packet-information header on Linux and
     /// Android; the runtime takes ownership).
-    fn establish(&self, config: &TunnelConfig) -> Result<OwnedFd, String>;
+    fn establish(&self, config: &TunnelConfig) -> Result<OwnedFd, HostError>;
     /// Lets `socket` bypass the VPN (Android `VpnService.protect` with
     /// its raw descriptor).
     fn protect(&self, socket: BorrowedFd<'_>) -> bool;
@@ -113,7 +118,10 @@ impl<H: FdHost> FdPlatform<H> {
     }
 
     fn open(&self, config: &TunnelConfig) -> Result<Arc<tun_rs::AsyncDevice>, PlatformError> {
-        let fd = self.host.establish(config).map_err(PlatformError::Establish)?;
+        let fd = self
+            .host
+            .establish(config)
+            .map_err(|e| PlatformError::Establish(e.to_string()))?;
         let raw = fd.into_raw_fd();
         // SAFETY: `raw` comes from an `OwnedFd` whose ownership passes to
         // the device here (it closes it when dropped); the host promised a

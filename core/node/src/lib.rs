@@ -570,7 +570,7 @@ impl Node {
                             }
                         }
                         Ok(None) => {}
-                        Err(reason) => break Ended::Unpaid(reason),
+                        Err(e) => break Ended::Unpaid(e.to_string()),
                     }
                     continue;
                 }
@@ -609,9 +609,9 @@ impl Node {
                         backward = Some(tokio::spawn(relay_backward(hop.clone(), recv, prev.clone())));
                         BackwardMessage::Extended { onionskin }
                     }
-                    Err(reason) => {
+                    Err(e) => {
                         self.counters.extends_failed.fetch_add(1, Ordering::Relaxed);
-                        BackwardMessage::Failed { reason }
+                        BackwardMessage::Failed { reason: e.to_string() }
                     }
                 },
                 Ok(ControlAction::Here(ForwardMessage::Pay { payer, receipt })) => match (&self.payee, pay.as_mut()) {
@@ -667,18 +667,22 @@ impl Node {
         addr: SocketAddr,
         identity: [u8; 32],
         onionskin: hopwire_proto::onion::handshake::ClientOnionskin,
-    ) -> Result<(SendStream, RecvStream, ServerOnionskin), String> {
+    ) -> Result<(SendStream, RecvStream, ServerOnionskin), ExtendError> {
         if !self.relay {
-            return Err("this node does not relay".into());
+            return Err(ExtendError::NotARelay);
         }
         if !lock(hop).may_extend() {
-            return Err("the circuit is at its hop limit".into());
+            return Err(ExtendError::HopLimit);
         }
         if identity == self.id {
-            return Err("a circuit cannot pass a node twice".into());
+            return Err(ExtendError::Twice);
         }
         let next_name = short_id(&identity);
-        let reach = |e: String| format!("cannot reach {next_name} at {addr}: {e}");
+        let reach = |source: ConnectFailed| ExtendError::Unreachable {
+            next: next_name.clone(),
+            addr,
+            source,
+        };
         let (link, conn, reused) = self.connect(addr, identity).await.map_err(reach)?;
         match self.create(hop, link, &conn, &next_name, onionskin.clone()).await {
             // A link kept from before may lead to a process that has since
@@ -700,11 +704,15 @@ impl Node {
         conn: &quinn::Connection,
         next_name: &str,
         onionskin: hopwire_proto::onion::handshake::ClientOnionskin,
-    ) -> Result<(SendStream, RecvStream, ServerOnionskin), String> {
+    ) -> Result<(SendStream, RecvStream, ServerOnionskin), ExtendError> {
+        let failed = |reason: String| ExtendError::Create {
+            next: next_name.to_owned(),
+            reason,
+        };
         let (mut send, mut recv) = tokio::time::timeout(CREATE_TIMEOUT, conn.open_bi())
             .await
-            .map_err(|_| format!("{next_name} takes no more circuits"))?
-            .map_err(|e| format!("{next_name}: {e}"))?;
+            .map_err(|_| failed("takes no more circuits".into()))?
+            .map_err(|e| failed(e.to_string()))?;
         let circuit_id = {
             let table = read(&self.table);
             let mut rng = rand::thread_rng();
@@ -723,18 +731,18 @@ impl Node {
         });
         framing::write_message(&mut send, &create)
             .await
-            .map_err(|e| format!("{next_name}: {e}"))?;
+            .map_err(|e| failed(e.to_string()))?;
         let answer = tokio::time::timeout(CREATE_TIMEOUT, framing::read_message::<LinkMessage>(&mut recv))
             .await
-            .map_err(|_| format!("{next_name} did not answer CREATE"))?
-            .map_err(|e| format!("{next_name}: {e}"))?;
+            .map_err(|_| failed("did not answer CREATE".into()))?
+            .map_err(|e| failed(e.to_string()))?;
         match answer {
             LinkMessage::Created { onionskin } => {
                 write(&self.table).extend(hop, (link, circuit_id));
                 Ok((send, recv, onionskin))
             }
-            LinkMessage::Destroy { reason } => Err(format!("{next_name} refused: {reason}")),
-            _ => Err(format!("{next_name} answered CREATE with something else")),
+            LinkMessage::Destroy { reason } => Err(failed(format!("refused: {reason}"))),
+            _ => Err(failed("answered CREATE with something else".into())),
         }
     }
 
@@ -744,26 +752,60 @@ impl Node {
         self: &Arc<Self>,
         addr: SocketAddr,
         identity: [u8; 32],
-    ) -> Result<(LinkId, quinn::Connection, bool), String> {
+    ) -> Result<(LinkId, quinn::Connection, bool), ConnectFailed> {
         let mut peers = self.peers.lock().await;
         if let Some((link, conn)) = peers.get(&identity) {
             if conn.close_reason().is_none() {
                 return Ok((*link, conn.clone(), true));
             }
         }
-        let config = link::client_config(identity).map_err(|e| e.to_string())?;
+        let config = link::client_config(identity).map_err(ConnectFailed::Config)?;
         let conn = self
             .endpoint
             .connect_with(config, addr, link::SERVER_NAME)
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnectFailed::Connect)?;
         let conn = tokio::time::timeout(CREATE_TIMEOUT, conn)
             .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectFailed::TimedOut)?
+            .map_err(ConnectFailed::Connection)?;
         let link = self.new_link(conn.clone());
         peers.insert(identity, (link, conn.clone()));
         Ok((link, conn, false))
     }
+}
+
+/// Why this hop could not add the next one; sent back to the client as
+/// the reason of a FAILED.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtendError {
+    #[error("this node does not relay")]
+    NotARelay,
+    #[error("the circuit is at its hop limit")]
+    HopLimit,
+    #[error("a circuit cannot pass a node twice")]
+    Twice,
+    #[error("cannot reach {next} at {addr}: {source}")]
+    Unreachable {
+        next: String,
+        addr: SocketAddr,
+        #[source]
+        source: ConnectFailed,
+    },
+    #[error("{next}: {reason}")]
+    Create { next: String, reason: String },
+}
+
+/// Why a QUIC link to the next hop could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailed {
+    #[error("{0}")]
+    Config(#[from] LinkError),
+    #[error("{0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("{0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("timed out")]
+    TimedOut,
 }
 
 /// How a circuit's control loop ended.

@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::VerifyingKey;
 
 use hopwire_net::ledger::service::LazyLedger;
-use hopwire_net::ledger::Ledger;
+use hopwire_net::ledger::{Ledger, LedgerError};
 use hopwire_net::store::{ReceiptStore, StoreError};
 use hopwire_proto::onion::cell::BackwardMessage;
 use hopwire_proto::onion::circuit::SharedHop;
-use hopwire_proto::pay::{PayeeChannel, Quote, SignedReceipt};
+use hopwire_proto::pay::{PayError, PayeeChannel, Quote, SignedReceipt};
 use hopwire_proto::record::short_id;
 use hopwire_proto::sync::lock;
 use tracing::{info, warn};
@@ -125,12 +125,40 @@ impl CircuitPay {
     }
 }
 
+/// Why a receipt was refused or a circuit cut off; the client hears it as
+/// the reason of a FAILED.
+#[derive(Debug, thiserror::Error)]
+pub enum PayeeError {
+    #[error("a circuit pays through one channel")]
+    OtherChannel,
+    #[error("a newer circuit pays through this channel")]
+    TakenOver,
+    #[error("the channel pays another node")]
+    OtherPayee,
+    #[error("the channel belongs to another payer")]
+    OtherPayer,
+    #[error("the channel is closing")]
+    Closing,
+    #[error("the payer is not an ed25519 key")]
+    PayerKey,
+    #[error(transparent)]
+    Receipt(#[from] PayError),
+    #[error("checking the channel on the ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("receipt store: {0}")]
+    Store(#[from] StoreError),
+    #[error("receipt store task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("unpaid: carried {carried} bytes, paid for {paid}")]
+    Unpaid { carried: u64, paid: u64 },
+}
+
 /// What [`settle_due`] did for one channel.
 #[derive(Debug)]
 pub struct Settlement {
     pub channel: [u8; 32],
     /// What the ledger paid, or why it did not.
-    pub paid: Result<u64, String>,
+    pub paid: Result<u64, LedgerError>,
 }
 
 /// Settles on `ledger` every channel in `store` that owes more than the
@@ -159,7 +187,7 @@ pub fn settle_due(
         if !due {
             continue;
         }
-        let paid = ledger.settle(&stored.receipt, now).map_err(|e| e.to_string());
+        let paid = ledger.settle(&stored.receipt, now);
         if let Ok(paid) = paid {
             store.mark_settled(channel, stored.settled + paid)?;
         }
@@ -245,10 +273,10 @@ impl Payee {
         hop: &SharedHop<impl Copy>,
         payer: [u8; 32],
         receipt: SignedReceipt,
-    ) -> Result<BackwardMessage, String> {
+    ) -> Result<BackwardMessage, PayeeError> {
         let id = receipt.receipt.channel;
         let fresh = match &circuit.slot {
-            Some(g) if g.id != id => return Err("a circuit pays through one channel".into()),
+            Some(g) if g.id != id => return Err(PayeeError::OtherChannel),
             Some(_) => None,
             None => {
                 let channel = self.check_channel(&receipt, payer).await?;
@@ -262,18 +290,15 @@ impl Payee {
         // over reads it from the store.
         let mut slot = guard.slot.lock().await;
         if slot.owner != circuit.token {
-            return Err("a newer circuit pays through this channel".into());
+            return Err(PayeeError::TakenOver);
         }
         let Some(channel) = slot.channel.as_mut() else {
             unreachable!("a slot's channel is set when it is taken over")
         };
-        channel.accept(receipt.clone()).map_err(|e| e.to_string())?;
+        channel.accept(receipt.clone())?;
         let store = self.store.clone();
         let seq = receipt.receipt.seq;
-        tokio::task::spawn_blocking(move || store.save(&receipt))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || store.save(&receipt)).await??;
         // On disk: only now does it count.
         let paid = channel.paid_amount();
         let allowance = channel.allowance();
@@ -294,30 +319,29 @@ impl Payee {
     /// Checks on the ledger that the receipt's channel pays this node from
     /// `payer` and is open, and that `payer` signed it (only the payer may
     /// move its channel to a new circuit); the channel as it starts.
-    async fn check_channel(&self, receipt: &SignedReceipt, payer: [u8; 32]) -> Result<PayeeChannel, String> {
+    async fn check_channel(&self, receipt: &SignedReceipt, payer: [u8; 32]) -> Result<PayeeChannel, PayeeError> {
         let id = receipt.receipt.channel;
         let (domain, state) = self
             .ledger
             .call(move |l| Ok((l.domain().to_owned(), l.state(id)?)))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if state.payee != self.identity {
-            return Err("the channel pays another node".into());
+            return Err(PayeeError::OtherPayee);
         }
         if state.payer != payer {
-            return Err("the channel belongs to another payer".into());
+            return Err(PayeeError::OtherPayer);
         }
         if state.finalized || state.close_at.is_some() {
-            return Err("the channel is closing".into());
+            return Err(PayeeError::Closing);
         }
-        let key = VerifyingKey::from_bytes(&payer).map_err(|_| "the payer is not an ed25519 key".to_owned())?;
-        receipt.verify(&key).map_err(|e| e.to_string())?;
+        let key = VerifyingKey::from_bytes(&payer).map_err(|_| PayeeError::PayerKey)?;
+        receipt.verify(&key)?;
         Ok(PayeeChannel::new(key, domain, id, state.deposit, self.quote))
     }
 
     /// Makes circuit `token` the one paying through `channel`, resumed
     /// from the receipt store (everything accepted is there).
-    async fn take_over(&self, mut channel: PayeeChannel, token: u64) -> Result<SlotGuard, String> {
+    async fn take_over(&self, mut channel: PayeeChannel, token: u64) -> Result<SlotGuard, PayeeError> {
         let id = channel.id();
         let slot = lock(&self.channels)
             .entry(id)
@@ -330,10 +354,7 @@ impl Payee {
             .clone();
         let mut held = slot.lock().await;
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.get(id))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let stored = tokio::task::spawn_blocking(move || store.get(id)).await??;
         if let Some(stored) = stored {
             channel = channel.resume(stored.receipt);
         }
@@ -355,18 +376,17 @@ impl Payee {
         circuit: &mut CircuitPay,
         hop: &SharedHop<impl Copy>,
         now: Instant,
-    ) -> Result<Option<BackwardMessage>, String> {
+    ) -> Result<Option<BackwardMessage>, PayeeError> {
         let meter = lock(hop).meter;
         circuit.busy = meter.carried != circuit.last_carried;
         circuit.last_carried = meter.carried;
         if meter.refused > circuit.refused_at_payment {
             let since = *circuit.behind_since.get_or_insert(now);
             if now.duration_since(since) > CUT_OFF_AFTER {
-                return Err(format!(
-                    "unpaid: carried {} bytes, paid for {}",
-                    meter.carried,
-                    meter.allowance.unwrap_or(0).saturating_sub(self.quote.grace_bytes)
-                ));
+                return Err(PayeeError::Unpaid {
+                    carried: meter.carried,
+                    paid: meter.allowance.unwrap_or(0).saturating_sub(self.quote.grace_bytes),
+                });
             }
         }
         if meter.carried >= circuit.last_report.saturating_add(self.quote.chunk_bytes) {
