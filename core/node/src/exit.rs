@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use boringtun::x25519;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{LinkId, Links};
@@ -75,6 +76,75 @@ pub enum ExitError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Where the exit's packets meet the internet.
+enum Uplink {
+    /// A TUN device behind NAT on this machine: what a deployed exit runs.
+    Tun(TunDevice),
+    /// Channels to a pretend internet in the same process: tests and
+    /// simulations, without root, TUN or nftables.
+    Memory {
+        to_internet: mpsc::Sender<Vec<u8>>,
+        from_internet: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    },
+}
+
+impl Uplink {
+    async fn send(&self, packet: &[u8]) -> std::io::Result<()> {
+        match self {
+            Uplink::Tun(tun) => tun.send(packet).await.map(drop),
+            Uplink::Memory { to_internet, .. } => to_internet
+                .send(packet.to_vec())
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the pretend internet is gone")),
+        }
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Uplink::Tun(tun) => tun.recv(buf).await,
+            Uplink::Memory { from_internet, .. } => {
+                let packet = from_internet.lock().await.recv().await.ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the pretend internet is gone")
+                })?;
+                let n = packet.len().min(buf.len());
+                buf[..n].copy_from_slice(&packet[..n]);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// The pretend internet of an exit whose uplink is in memory (see
+/// [`crate::NodeRuntime::with_memory_uplink`]): what the exit sends out,
+/// and a way to answer.
+#[derive(Debug)]
+pub struct MemoryInternet {
+    /// Packets the exit let out (after the session and policy checks).
+    pub from_exit: mpsc::Receiver<Vec<u8>>,
+    /// Packets from the internet to the exit's clients.
+    pub to_exit: mpsc::Sender<Vec<u8>>,
+}
+
+/// The exit's end of a [`MemoryInternet`].
+#[derive(Debug)]
+pub(crate) struct MemoryUplink {
+    to_internet: mpsc::Sender<Vec<u8>>,
+    from_internet: mpsc::Receiver<Vec<u8>>,
+}
+
+/// A connected pair: the exit's end and the test's.
+pub(crate) fn memory_uplink() -> (MemoryUplink, MemoryInternet) {
+    let (to_internet, from_exit) = mpsc::channel(4096);
+    let (to_exit, from_internet) = mpsc::channel(4096);
+    (
+        MemoryUplink {
+            to_internet,
+            from_internet,
+        },
+        MemoryInternet { from_exit, to_exit },
+    )
 }
 
 /// How a session's WireGuard datagrams reach its client.
@@ -175,7 +245,7 @@ pub struct Exit {
     dns: Arc<UdpSocket>,
     dns_upstream: Vec<SocketAddr>,
     next_index: AtomicU32,
-    tun: TunDevice,
+    uplink: Uplink,
     links: Arc<Links>,
     nat: Mutex<Option<ExitNat>>,
     pub counters: ExitCounters,
@@ -183,8 +253,15 @@ pub struct Exit {
 
 impl Exit {
     /// Sets up NAT (undoing a crashed run's first), the TUN device, the DNS
-    /// forwarder and the stock WireGuard listener.
-    pub fn start(config: &LoadedConfig, keys: &NodeKeys, links: Arc<Links>) -> Result<Arc<Self>, super::NodeError> {
+    /// forwarder and the stock WireGuard listener. With `memory`, none of
+    /// the system is touched: packets go to a pretend internet in memory
+    /// and the DNS forwarder listens on loopback.
+    pub(crate) fn start(
+        config: &LoadedConfig,
+        keys: &NodeKeys,
+        links: Arc<Links>,
+        memory: Option<MemoryUplink>,
+    ) -> Result<Arc<Self>, super::NodeError> {
         let cfg = &config.config;
         let mut pool = AddressPool::new(cfg.exit.inner_subnet).map_err(ExitError::from)?;
         for (_, addr) in &config.wg_peers {
@@ -192,10 +269,24 @@ impl Exit {
         }
         let gateway = pool.gateway();
         let dns_upstream = dns_upstreams(&cfg.exit.dns_upstream)?;
+        if let Some(m) = memory {
+            let uplink = Uplink::Memory {
+                to_internet: m.to_internet,
+                from_internet: tokio::sync::Mutex::new(m.from_internet),
+            };
+            let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+            return Self::build(config, keys, links, pool, gateway, dns_upstream, uplink, dns).map(Arc::new);
+        }
         let state_file = config.key_dir.join("network-state.json");
         let mut nat = ExitNat::setup(&cfg.exit.tun_name, pool.net(), cfg.dht.listen.port(), &state_file)
             .map_err(ExitError::from)?;
-        let built = Self::build(config, keys, links, pool, gateway, dns_upstream);
+        let uplink = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU)
+            .map(Uplink::Tun)
+            .map_err(ExitError::from);
+        let dns = SocketAddr::from((gateway, 53));
+        let built = uplink
+            .map_err(super::NodeError::from)
+            .and_then(|uplink| Self::build(config, keys, links, pool, gateway, dns_upstream, uplink, dns));
         match built {
             Ok(mut exit) => {
                 exit.nat = Mutex::new(Some(nat));
@@ -208,6 +299,7 @@ impl Exit {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         config: &LoadedConfig,
         keys: &NodeKeys,
@@ -215,10 +307,10 @@ impl Exit {
         pool: AddressPool,
         gateway: Ipv4Addr,
         dns_upstream: Vec<SocketAddr>,
+        uplink: Uplink,
+        dns: SocketAddr,
     ) -> Result<Self, super::NodeError> {
         let cfg = &config.config;
-        let tun =
-            tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU).map_err(ExitError::from)?;
         let udp_socket = |addr: SocketAddr, wrap: fn(SocketAddr, std::io::Error) -> ExitError| {
             link::bind_udp(addr)
                 .and_then(|s| UdpSocket::from_std(s).map_err(|source| LinkError::Bind { addr, source }))
@@ -227,9 +319,7 @@ impl Exit {
                     other => super::NodeError::Link(other),
                 })
         };
-        let dns = Arc::new(udp_socket(SocketAddr::from((gateway, 53)), |addr, source| {
-            ExitError::Dns { addr, source }
-        })?);
+        let dns = Arc::new(udp_socket(dns, |addr, source| ExitError::Dns { addr, source })?);
         let mut exit = Self {
             wg_secret: keys.wg_secret.clone(),
             policy: config.policy.clone(),
@@ -243,7 +333,7 @@ impl Exit {
             dns,
             dns_upstream,
             next_index: AtomicU32::new(1),
-            tun,
+            uplink,
             links,
             nat: Mutex::new(None),
             counters: ExitCounters::default(),
@@ -417,8 +507,8 @@ impl Exit {
             return;
         }
         session.bytes_in.fetch_add(packet.len() as u64, Ordering::Relaxed);
-        if let Err(e) = self.tun.send(packet).await {
-            debug!("writing to TUN: {e}");
+        if let Err(e) = self.uplink.send(packet).await {
+            debug!("writing to the uplink: {e}");
         }
     }
 
@@ -472,10 +562,11 @@ async fn tun_loop(exit: Arc<Exit>) {
     let mut packet = vec![0u8; BUF];
     let mut out = vec![0u8; BUF];
     loop {
-        let n = match exit.tun.recv(&mut packet).await {
+        let n = match exit.uplink.recv(&mut packet).await {
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return,
             Err(e) => {
-                warn!("reading TUN: {e}");
+                warn!("reading the uplink: {e}");
                 continue;
             }
         };

@@ -266,6 +266,7 @@ async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: Nod
 pub struct NodeRuntime {
     config: LoadedConfig,
     keys: NodeKeys,
+    memory_uplink: Option<exit::MemoryUplink>,
 }
 
 impl std::fmt::Debug for NodeRuntime {
@@ -278,18 +279,36 @@ impl std::fmt::Debug for NodeRuntime {
 
 impl NodeRuntime {
     pub fn new(config: LoadedConfig, keys: NodeKeys) -> Self {
-        Self { config, keys }
+        Self {
+            config,
+            keys,
+            memory_uplink: None,
+        }
+    }
+
+    /// For tests and simulations in one process, without root: the exit
+    /// role sends its clients' packets to the returned pretend internet
+    /// instead of a TUN device, and touches no NAT, forwarding or firewall.
+    pub fn with_memory_uplink(mut self) -> (Self, exit::MemoryInternet) {
+        let (uplink, internet) = exit::memory_uplink();
+        self.memory_uplink = Some(uplink);
+        (self, internet)
     }
 
     /// Sets everything up, serves until `shutdown` completes, then removes
     /// everything it set up on the system.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let cfg = &self.config.config;
         let onion = keys::load_onion_keys(&self.config.key_dir, unix_now())?;
         let endpoint = link::endpoint(cfg.node.listen, Some(link::server_config(&self.keys.identity)?))?;
         let links = Arc::new(Links::default());
         let exit = if cfg.node.roles.contains(&Role::Exit) {
-            Some(exit::Exit::start(&self.config, &self.keys, links.clone())?)
+            Some(exit::Exit::start(
+                &self.config,
+                &self.keys,
+                links.clone(),
+                self.memory_uplink.take(),
+            )?)
         } else {
             None
         };
