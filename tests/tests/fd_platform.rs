@@ -10,7 +10,7 @@ use serde_json::Value;
 const INET_SERVER: &str = "198.18.0.10";
 
 #[test]
-fn a_host_given_tun_fd_carries_a_download_and_every_socket_is_protected() {
+fn a_host_given_tun_fd_carries_a_download_protects_its_link_and_looks_up_through_the_tunnel() {
     let tn = Testnet::start("hwf1", 1);
     // The daemon steps aside: the host below takes its wallet and funds.
     tn.cli(&["disconnect"]).ok();
@@ -68,8 +68,7 @@ fn a_host_given_tun_fd_carries_a_download_and_every_socket_is_protected() {
         "the download did not come through the exit"
     );
 
-    // Every socket the runtime holds — QUIC to the first hop, DHT
-    // connections, ledger calls — was protected: bound to the uplink.
+    // Every protect call succeeded.
     let protected = std::fs::read_to_string(&protect_log).unwrap_or_default();
     assert!(
         protected.lines().count() >= 1 && protected.lines().all(|l| l.ends_with(" true")),
@@ -88,17 +87,28 @@ fn a_host_given_tun_fd_carries_a_download_and_every_socket_is_protected() {
         "no socket of the host (pid {pid}) found:\n{}",
         sockets.stdout
     );
+    // The QUIC link to the guard (and any ledger call) is protected: bound
+    // to the uplink. The DHT lookup made while connected went through the
+    // tunnel: its connections start at the inner address, and none leaves
+    // from the client's own address.
+    let inner = status["inner_addr"].as_str().expect("inner address").to_owned();
+    let bound = format!("%{uplink}");
+    for line in &mine {
+        let through_tunnel = line.starts_with("tcp") && line.contains(&format!(" {inner}:"));
+        assert!(
+            line.contains(&bound) || through_tunnel,
+            "a socket of the runtime neither protected (bound to {uplink}) nor through the tunnel: {line}"
+        );
+        if line.starts_with("udp") {
+            assert!(line.contains(&bound), "the QUIC socket is protected: {line}");
+        }
+    }
     assert!(
-        mine.iter().any(|l| l.starts_with("tcp")),
-        "the host's DHT connections are among its sockets:\n{}",
+        mine.iter()
+            .any(|l| l.starts_with("tcp") && l.contains(&format!(" {inner}:"))),
+        "the lookup while connected went through the tunnel:\n{}",
         mine.join("\n")
     );
-    for line in &mine {
-        assert!(
-            line.contains(&format!("%{uplink}")),
-            "a socket of the runtime bypasses protect (not bound to {uplink}): {line}"
-        );
-    }
     eprintln!("[e2e] fd host sockets:\n{}\nprotect log:\n{protected}", mine.join("\n"));
     host.stop();
 }

@@ -15,9 +15,12 @@
 //! wallet changes are [`Event`]s on a broadcast channel: a slow receiver
 //! falls behind and is told so, it never slows the tunnel.
 //!
-//! Every socket the runtime opens — the QUIC endpoint to the first hop,
-//! each ledger call, each DHT connection — passes through
-//! [`Platform::protect`] before it connects.
+//! Every socket the runtime opens to bypass the tunnel — the QUIC
+//! endpoint to the first hop, each ledger call, each DHT connection made
+//! while the tunnel is down — passes through [`Platform::protect`] before
+//! it connects. DHT connections made while the tunnel is up are not
+//! protected: they go through it, so no node of the circuit but the guard
+//! hears from the client's own address while connected.
 //!
 //! What it does not do: touch the operating system other than through the
 //! platform, or speak the daemon's socket (the daemon maps requests to
@@ -26,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -245,6 +248,8 @@ struct Shared<P> {
     wg_secret: x25519::StaticSecret,
     status: Mutex<Status>,
     events: broadcast::Sender<Event>,
+    /// The platform's interface is up: the DHT's sockets go through it.
+    tunnel_up: Arc<AtomicBool>,
 }
 
 impl<P: Platform> Client<P> {
@@ -266,7 +271,19 @@ impl<P: Platform> Client<P> {
         let mut dht_config = DhtConfig::new(Transport::Tcp, false);
         dht_config.bootstrap = config.bootstrap.clone();
         dht_config.peer_store = Some(config.dht_store());
-        dht_config.protect = Some(protect);
+        // The DHT's sockets bypass the tunnel only while it is down: once
+        // it is up, lookups go through it, so no node of a circuit hears
+        // from the client's own address while connected.
+        let tunnel_up = Arc::new(AtomicBool::new(false));
+        let up = tunnel_up.clone();
+        let p = platform.clone();
+        dht_config.protect = Some(Protect::new(move |fd, peer| {
+            if up.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                p.protect(fd, peer).map_err(std::io::Error::other)
+            }
+        }));
         let dht_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let dht = Dht::spawn(dht::keypair(&dht_key), dht_config)?;
         let mut secret = [0u8; 32];
@@ -281,6 +298,7 @@ impl<P: Platform> Client<P> {
                 wg_secret: x25519::StaticSecret::from(secret),
                 status: Mutex::default(),
                 events,
+                tunnel_up,
             }),
             active: Arc::new(tokio::sync::Mutex::new(None)),
         })
@@ -679,7 +697,10 @@ impl<P: Platform> Shared<P> {
             });
         };
         let io = match self.platform.establish(&self.tunnel_config(&tunnel)) {
-            Ok(io) => io,
+            Ok(io) => {
+                self.tunnel_up.store(true, Ordering::Relaxed);
+                io
+            }
             Err(e) => {
                 self.platform.teardown();
                 tunnel.close().await;
@@ -787,6 +808,7 @@ impl<P: Platform> Shared<P> {
             self.show_circuit(&tunnel);
         }
         self.platform.teardown();
+        self.tunnel_up.store(false, Ordering::Relaxed);
         drop(io);
         let _ = self.dht.reconnect().await;
         if let (Some(wallet), false) = (&self.wallet, spent.is_empty()) {

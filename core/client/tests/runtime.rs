@@ -1,7 +1,8 @@
 //! The client runtime in one process, with no root and no namespaces: an
 //! embedded ledger, three relays and an exit on loopback (each in its own
-//! 127.N/16, so path selection accepts them), the exit's uplink and the
-//! client's interface on in-memory packet channels.
+//! 127.N/16, so path selection accepts them as unrelated), the exit's
+//! uplink and the client's interface on in-memory packet channels. Nothing
+//! leaves loopback.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,14 +18,25 @@ use hopwire_node_runtime::exit::MemoryInternet;
 use hopwire_node_runtime::{own_record, NodeRuntime};
 use hopwire_proto::onion::keys::OnionKeys;
 use hopwire_proto::pay::Quote;
+use hopwire_proto::record::VerifiedRecord;
 use hopwire_proto::time::unix_now;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
+/// The pretend internet host the client talks to.
 const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// The longest any one step may take before the test fails.
 const WAIT: Duration = Duration::from_secs(30);
-/// Every node's price per GiB, and the chunk its clients prepay.
+/// Every node's price per GiB, and the chunk its clients prepay (1 MiB).
 const PRICE: u64 = 1_000_000;
-const CHUNK: u64 = 1 << 20;
+const CHUNK_MIB: u64 = 1;
+const QUOTE: Quote = Quote {
+    price_per_gib: PRICE,
+    chunk_bytes: CHUNK_MIB << 20,
+    grace_bytes: CHUNK_MIB << 20,
+};
+/// The UDP port of the packets sent while the middle relay dies: the
+/// exchanges skip them, as they may arrive at any time after the rebuild.
+const FILLER_PORT: u16 = 9;
 
 struct TempDir(PathBuf);
 
@@ -43,7 +55,8 @@ impl Drop for TempDir {
     }
 }
 
-/// A free UDP port on `ip` (the node binds QUIC there; its DHT takes any TCP port).
+/// A free UDP port on `ip` for a node's QUIC listener (the record carries
+/// it, so it cannot be 0). Each node has its own IP, so no two race for it.
 fn free_port(ip: Ipv4Addr) -> u16 {
     let s = std::net::UdpSocket::bind((ip, 0)).expect("bind a free port");
     s.local_addr().expect("addr").port()
@@ -55,8 +68,18 @@ struct Node {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Configures and starts one node at `ip`; with `exit`, its uplink is the
-/// returned pretend internet.
+impl Node {
+    fn short_id(&self) -> String {
+        self.record
+            .parse::<VerifiedRecord>()
+            .expect("our own record verifies")
+            .short_id()
+    }
+}
+
+/// Configures and starts one node listening on `ip` (QUIC on a free port,
+/// the DHT on port 0), charging [`QUOTE`] on `ledger`; an exit's uplink is
+/// the returned pretend internet.
 async fn start_node(dir: &Path, ip: Ipv4Addr, exit: bool, ledger: SocketAddr) -> (Node, Option<MemoryInternet>) {
     std::fs::create_dir_all(dir).expect("node dir");
     let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
@@ -64,23 +87,12 @@ async fn start_node(dir: &Path, ip: Ipv4Addr, exit: bool, ledger: SocketAddr) ->
     keys::save_onion_keys(dir, &OnionKeys::generate(&mut rand::rngs::OsRng, unix_now())).expect("onion keys");
     let addr = SocketAddr::from((ip, free_port(ip)));
     let role = if exit { "exit" } else { "relay" };
-    let text = hopwire_node_runtime::config::template(Some(addr))
-        .replace("listen = \"0.0.0.0:4433\"\n", &format!("listen = \"{addr}\"\n"))
-        .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{role}\"]"))
-        .replace("region = \"ZZ\"", "region = \"DE\"")
-        .replace("dns_upstream = []", "dns_upstream = [\"127.0.0.1:9\"]")
-        .replace("price_per_gib = 0", &format!("price_per_gib = {PRICE}"))
-        .replace("chunk_mib = 4", "chunk_mib = 1")
-        .replace("grace_mib = 4", "grace_mib = 1")
-        .replace("# ledger = \"203.0.113.9:7300\"", &format!("ledger = \"{ledger}\""));
-    let text = text.replacen(
-        "[dht]\n",
-        &format!("[dht]\nlisten = \"{}\"\n", SocketAddr::from((ip, 0))),
-        1,
+    let text = format!(
+        "[node]\nlisten = \"{addr}\"\nroles = [\"{role}\"]\nregion = \"DE\"\n\
+         [dht]\nlisten = \"{ip}:0\"\n\
+         [pay]\nprice_per_gib = {PRICE}\nchunk_mib = {CHUNK_MIB}\ngrace_mib = {CHUNK_MIB}\nledger = \"{ledger}\"\n"
     );
-    let path = dir.join("node.toml");
-    std::fs::write(&path, strip_second_dht_listen(&text)).expect("node.toml");
-    let loaded = NodeConfig::load(&path).expect("node.toml loads");
+    let loaded = NodeConfig::parse(&dir.join("node.toml"), &text).expect("node.toml is valid");
     let onion = keys::load_onion_keys(&loaded.key_dir, unix_now()).expect("onion keys");
     let record = own_record(&loaded, &keys, &onion, unix_now())
         .expect("record")
@@ -94,12 +106,10 @@ async fn start_node(dir: &Path, ip: Ipv4Addr, exit: bool, ledger: SocketAddr) ->
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        if let Err(e) = runtime
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-        {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = runtime.run(shutdown).await {
             panic!("node at {addr} failed: {e}");
         }
     });
@@ -113,29 +123,8 @@ async fn start_node(dir: &Path, ip: Ipv4Addr, exit: bool, ledger: SocketAddr) ->
     )
 }
 
-/// The template has `listen` under [node] and under [dht]; the DHT's is
-/// replaced by the line inserted right after `[dht]`.
-fn strip_second_dht_listen(text: &str) -> String {
-    let mut out = Vec::new();
-    let mut in_dht = false;
-    let mut dht_listen_seen = false;
-    for line in text.lines() {
-        if line.starts_with('[') {
-            in_dht = line == "[dht]";
-        }
-        if in_dht && line.starts_with("listen = ") {
-            if dht_listen_seen {
-                continue;
-            }
-            dht_listen_seen = true;
-        }
-        out.push(line);
-    }
-    out.join("\n") + "\n"
-}
-
 /// An IPv4 UDP packet (header checksum set, UDP checksum 0 as IPv4 allows).
-fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let total = 20 + 8 + payload.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -153,10 +142,14 @@ fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     }
     p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&53000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&dst_port.to_be_bytes());
     p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     p[28..].copy_from_slice(payload);
     p
+}
+
+fn is_filler(packet: &[u8]) -> bool {
+    packet.len() >= 24 && packet[9] == 17 && packet[22..24] == FILLER_PORT.to_be_bytes()
 }
 
 /// The next state event, skipping the others.
@@ -171,25 +164,47 @@ async fn next_state(events: &mut broadcast::Receiver<Event>) -> TunnelState {
     }
 }
 
+async fn send(to: &mpsc::Sender<Vec<u8>>, packet: Vec<u8>, what: &str) {
+    tokio::time::timeout(WAIT, to.send(packet))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no room within {WAIT:?}"))
+        .unwrap_or_else(|_| panic!("{what}: closed"));
+}
+
+/// The next packet that is not a filler.
+async fn recv(from: &mut mpsc::Receiver<Vec<u8>>, what: &str) -> Vec<u8> {
+    loop {
+        let packet = tokio::time::timeout(WAIT, from.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+            .unwrap_or_else(|| panic!("{what}: closed"));
+        if !is_filler(&packet) {
+            return packet;
+        }
+    }
+}
+
 /// Sends `count` packets each way between the client and the internet and
 /// checks every one arrives byte-exact.
 async fn exchange(peer: &mut MemoryPeer, internet: &mut MemoryInternet, inner: Ipv4Addr, count: usize, tag: u8) {
     for i in 0..count {
         let payload: Vec<u8> = (0..1200).map(|j| (i as u8) ^ (j as u8) ^ tag).collect();
-        let out = udp_packet(inner, INTERNET, &payload);
-        peer.to_tunnel.send(out.clone()).await.expect("into the tunnel");
-        let got = tokio::time::timeout(WAIT, internet.from_exit.recv())
-            .await
-            .expect("the exit let the packet out in time")
-            .expect("the exit's uplink is open");
-        assert_eq!(got, out, "packet {i} reached the internet byte-exact");
-        let back = udp_packet(INTERNET, inner, &payload);
-        internet.to_exit.send(back.clone()).await.expect("to the exit");
-        let got = tokio::time::timeout(WAIT, peer.from_tunnel.recv())
-            .await
-            .expect("the reply came back in time")
-            .expect("the tunnel is open");
-        assert_eq!(got, back, "reply {i} reached the client byte-exact");
+        let out = udp_packet(inner, INTERNET, 53000, &payload);
+        send(&peer.to_tunnel, out.clone(), "into the tunnel").await;
+        let got = recv(
+            &mut internet.from_exit,
+            &format!("packet {i} (tag {tag}) out of the exit"),
+        )
+        .await;
+        assert_eq!(got, out, "packet {i} (tag {tag}) reached the internet byte-exact");
+        let back = udp_packet(INTERNET, inner, 40000, &payload);
+        send(&internet.to_exit, back.clone(), "into the exit").await;
+        let got = recv(
+            &mut peer.from_tunnel,
+            &format!("reply {i} (tag {tag}) out of the tunnel"),
+        )
+        .await;
+        assert_eq!(got, back, "reply {i} (tag {tag}) reached the client byte-exact");
     }
 }
 
@@ -206,19 +221,15 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
         .verifying_key()
         .to_bytes();
     ledger.fund(account, 1_000_000_000).expect("fund");
-    let ledger_addr = hopwire_node_runtime::ledger_service::listen("127.0.0.1:0".parse().expect("addr"), ledger)
+    let ledger_addr = hopwire_node_runtime::ledger_service::listen((Ipv4Addr::LOCALHOST, 0).into(), ledger)
         .await
         .expect("ledger listens");
 
+    // Three relays (one spare for the rebuild) and the exit.
     let mut nodes = Vec::new();
     for n in 1..=3u8 {
-        let (node, _) = start_node(
-            &tmp.0.join(format!("relay{n}")),
-            Ipv4Addr::new(127, n, 0, 1),
-            false,
-            ledger_addr,
-        )
-        .await;
+        let dir = tmp.0.join(format!("relay{n}"));
+        let (node, _) = start_node(&dir, Ipv4Addr::new(127, n, 0, 1), false, ledger_addr).await;
         nodes.push(node);
     }
     let (exit, internet) = start_node(&tmp.0.join("exit"), Ipv4Addr::new(127, 9, 0, 1), true, ledger_addr).await;
@@ -253,7 +264,9 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
     assert_eq!(next_state(&mut events).await, TunnelState::Connected);
     let inner = status.inner_addr.expect("an inner address");
     let first_circuit: Vec<String> = status.circuit.iter().map(|h| h.id.clone()).collect();
-    assert_eq!(first_circuit.len(), 3);
+    assert_eq!(first_circuit.len(), 3, "a 3-hop circuit: {:?}", status.circuit);
+    let exit_id = nodes[3].short_id();
+    assert_eq!(first_circuit[2], exit_id, "the circuit ends at the exit");
     let guard_addr = status.circuit[0].addr;
     assert!(
         client.platform().protected().contains(&guard_addr),
@@ -263,20 +276,36 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
     let mut peer = client.platform().take_peer().expect("the interface is up");
     exchange(&mut peer, &mut internet, inner, 2000, 1).await;
 
-    // The middle relay dies: the runtime rebuilds around it.
+    // The middle relay dies while the client keeps sending: the runtime
+    // rebuilds around it, through the spare relay.
+    let filler = {
+        let to_tunnel = peer.to_tunnel.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let packet = udp_packet(inner, INTERNET, FILLER_PORT, &[0xf1; 200]);
+            let mut sent = 0u64;
+            loop {
+                // The interface's queue may be full while the tunnel is down.
+                if to_tunnel.try_send(packet.clone()).is_ok() {
+                    sent += 1;
+                }
+                tokio::select! {
+                    _ = &mut stopped => return sent,
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+            }
+        });
+        (stop, task)
+    };
     let middle = nodes
         .iter_mut()
-        .find(|n| {
-            n.record
-                .parse::<hopwire_proto::record::VerifiedRecord>()
-                .is_ok_and(|r| r.short_id() == first_circuit[1])
-        })
+        .find(|n| n.short_id() == first_circuit[1])
         .expect("the middle is one of ours");
     let _ = middle.stop.take().map(|s| s.send(()));
     match next_state(&mut events).await {
         TunnelState::Reconnecting { reason, attempt } => {
-            assert!(attempt >= 1);
-            assert!(!reason.is_empty());
+            assert!(attempt >= 1, "attempt {attempt}");
+            assert!(!reason.is_empty(), "a reason is given");
         }
         other => panic!("expected reconnecting, got {other:?}"),
     }
@@ -293,35 +322,49 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
         Some(inner),
         "the same inner address after the rebuild"
     );
+    assert_eq!(status.circuit.len(), 3, "3 hops again: {:?}", status.circuit);
     assert_ne!(status.circuit[1].id, first_circuit[1], "a new middle");
     assert_eq!(status.circuit[0].id, first_circuit[0], "the guard kept");
     assert_eq!(status.circuit[2].id, first_circuit[2], "the exit kept");
+    let (stop, task) = filler;
+    let _ = stop.send(());
+    let sent = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the filler stops")
+        .expect("the filler ran");
+    assert!(sent > 0, "packets were sent while the middle was down");
     exchange(&mut peer, &mut internet, inner, 2000, 2).await;
 
     // Each hop of the current circuit was paid within one chunk of what it
-    // carried (the client's own count, refreshed every second).
+    // carried (the client's own count, published every second).
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let quote = Quote {
-        price_per_gib: PRICE,
-        chunk_bytes: CHUNK,
-        grace_bytes: CHUNK,
-    };
     let status = client.status();
+    let chunk = QUOTE.price_of(QUOTE.chunk_bytes).expect("price");
     assert_eq!(status.payments.len(), 3, "every hop charges: {:?}", status.payments);
     for hop in &status.payments {
-        let owed = quote.price_of(hop.bytes).expect("price");
-        let chunk = quote.price_of(CHUNK).expect("price");
-        assert!(hop.bytes > CHUNK, "hop {} carried more than a chunk: {hop:?}", hop.id);
+        assert_eq!(hop.price_per_gib, PRICE, "hop {}: {hop:?}", hop.id);
         assert!(
-            hop.paid + chunk >= owed && hop.paid <= owed + chunk + quote.price_of(1 << 20).expect("price"),
-            "hop {} paid {} for {} bytes (owed {owed}, chunk {chunk})",
+            hop.bytes > 2 * QUOTE.chunk_bytes,
+            "hop {} carried more than two chunks: {hop:?}",
+            hop.id
+        );
+        let owed = QUOTE.price_of(hop.bytes).expect("price");
+        eprintln!(
+            "hop {}: carried {} bytes, owes {owed}, paid {}",
+            hop.id, hop.bytes, hop.paid
+        );
+        assert!(
+            hop.paid.abs_diff(owed) <= chunk,
+            "hop {} paid {} for {} bytes: owed {owed}, more than one chunk ({chunk}) apart",
             hop.id,
             hop.paid,
             hop.bytes
         );
     }
 
-    let status = client.disconnect().await;
+    let status = tokio::time::timeout(WAIT, client.disconnect())
+        .await
+        .expect("disconnect in time");
     assert_eq!(status.state, State::Disconnected);
     assert_eq!(next_state(&mut events).await, TunnelState::Disconnected);
     assert!(!client.platform().is_up(), "the interface was torn down");

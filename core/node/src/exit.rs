@@ -9,6 +9,12 @@
 //! answered with ICMP "administratively prohibited" so the client fails fast.
 //! The exit also owns the NAT table and a DNS forwarder on the gateway.
 //!
+//! The uplink is a TUN device behind NAT, or, for tests and simulations in
+//! one process, a pair of channels to a pretend internet
+//! ([`MemoryInternet`], see [`crate::NodeRuntime::with_memory_uplink`]):
+//! then the exit needs no root and touches no device, NAT, forwarding or
+//! DNS forwarder, and packets to the gateway go to the pretend internet too.
+//!
 //! A session outlives its circuit for [`LINGER`]: a client that rebuilds its
 //! circuit to the same exit keeps its WireGuard session and its address.
 
@@ -118,12 +124,17 @@ impl Uplink {
 
 /// The pretend internet of an exit whose uplink is in memory (see
 /// [`crate::NodeRuntime::with_memory_uplink`]): what the exit sends out,
-/// and a way to answer.
+/// and a way to answer. For tests and simulations.
 #[derive(Debug)]
 pub struct MemoryInternet {
-    /// Packets the exit let out (after the session and policy checks).
+    /// IP packets the exit let out, as it would have written them to its
+    /// TUN device: after the session-source and exit-policy checks. Packets
+    /// to the gateway (DNS, ping), which a deployed exit answers itself,
+    /// arrive here too. The exit waits when this is full, so keep reading.
     pub from_exit: mpsc::Receiver<Vec<u8>>,
-    /// Packets from the internet to the exit's clients.
+    /// IP packets from the internet to the exit's clients, routed by
+    /// destination (a client's inner address), as if read from the TUN
+    /// device; others are dropped.
     pub to_exit: mpsc::Sender<Vec<u8>>,
 }
 
@@ -242,7 +253,8 @@ pub struct Exit {
     udp_by_index: HashMap<u32, Arc<Session>>,
     udp_by_key: HashMap<[u8; 32], Arc<Session>>,
     udp: Option<Arc<UdpSocket>>,
-    dns: Arc<UdpSocket>,
+    /// The DNS forwarder; none with a memory uplink.
+    dns: Option<Arc<UdpSocket>>,
     dns_upstream: Vec<SocketAddr>,
     next_index: AtomicU32,
     uplink: Uplink,
@@ -254,8 +266,8 @@ pub struct Exit {
 impl Exit {
     /// Sets up NAT (undoing a crashed run's first), the TUN device, the DNS
     /// forwarder and the stock WireGuard listener. With `memory`, none of
-    /// the system is touched: packets go to a pretend internet in memory
-    /// and the DNS forwarder listens on loopback.
+    /// the system is touched: packets go to a pretend internet in memory,
+    /// and there is no NAT, TUN device or DNS forwarder.
     pub(crate) fn start(
         config: &LoadedConfig,
         keys: &NodeKeys,
@@ -268,15 +280,14 @@ impl Exit {
             pool.reserve(*addr).map_err(ExitError::from)?;
         }
         let gateway = pool.gateway();
-        let dns_upstream = dns_upstreams(&cfg.exit.dns_upstream)?;
         if let Some(m) = memory {
             let uplink = Uplink::Memory {
                 to_internet: m.to_internet,
                 from_internet: tokio::sync::Mutex::new(m.from_internet),
             };
-            let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-            return Self::build(config, keys, links, pool, gateway, dns_upstream, uplink, dns).map(Arc::new);
+            return Self::build(config, keys, links, pool, gateway, Vec::new(), uplink, None).map(Arc::new);
         }
+        let dns_upstream = dns_upstreams(&cfg.exit.dns_upstream)?;
         let state_file = config.key_dir.join("network-state.json");
         let mut nat = ExitNat::setup(&cfg.exit.tun_name, pool.net(), cfg.dht.listen.port(), &state_file)
             .map_err(ExitError::from)?;
@@ -286,7 +297,7 @@ impl Exit {
         let dns = SocketAddr::from((gateway, 53));
         let built = uplink
             .map_err(super::NodeError::from)
-            .and_then(|uplink| Self::build(config, keys, links, pool, gateway, dns_upstream, uplink, dns));
+            .and_then(|uplink| Self::build(config, keys, links, pool, gateway, dns_upstream, uplink, Some(dns)));
         match built {
             Ok(mut exit) => {
                 exit.nat = Mutex::new(Some(nat));
@@ -308,7 +319,7 @@ impl Exit {
         gateway: Ipv4Addr,
         dns_upstream: Vec<SocketAddr>,
         uplink: Uplink,
-        dns: SocketAddr,
+        dns: Option<SocketAddr>,
     ) -> Result<Self, super::NodeError> {
         let cfg = &config.config;
         let udp_socket = |addr: SocketAddr, wrap: fn(SocketAddr, std::io::Error) -> ExitError| {
@@ -319,7 +330,9 @@ impl Exit {
                     other => super::NodeError::Link(other),
                 })
         };
-        let dns = Arc::new(udp_socket(dns, |addr, source| ExitError::Dns { addr, source })?);
+        let dns = dns
+            .map(|addr| udp_socket(addr, |addr, source| ExitError::Dns { addr, source }).map(Arc::new))
+            .transpose()?;
         let mut exit = Self {
             wg_secret: keys.wg_secret.clone(),
             policy: config.policy.clone(),
@@ -365,7 +378,9 @@ impl Exit {
     pub fn spawn_tasks(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
         tasks.spawn(tun_loop(self.clone()));
         tasks.spawn(timer_loop(self.clone()));
-        tasks.spawn(dns_loop(self.dns.clone(), self.dns_upstream.clone()));
+        if let Some(dns) = &self.dns {
+            tasks.spawn(dns_loop(dns.clone(), self.dns_upstream.clone()));
+        }
         if let Some(socket) = &self.udp {
             tasks.spawn(udp_loop(self.clone(), socket.clone()));
         }

@@ -288,7 +288,12 @@ impl NodeRuntime {
 
     /// For tests and simulations in one process, without root: the exit
     /// role sends its clients' packets to the returned pretend internet
-    /// instead of a TUN device, and touches no NAT, forwarding or firewall.
+    /// instead of a TUN device, and touches no NAT, forwarding, firewall or
+    /// DNS forwarder. A node without the exit role ignores it.
+    ///
+    /// Several nodes run in one process when each has its own
+    /// `node.listen` (the record carries it, so pick a free port, not 0) and
+    /// `dht.listen` (port 0 is fine without DHT peers), e.g. on 127.0.0.1.
     pub fn with_memory_uplink(mut self) -> (Self, exit::MemoryInternet) {
         let (uplink, internet) = exit::memory_uplink();
         self.memory_uplink = Some(uplink);
