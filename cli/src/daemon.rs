@@ -3,7 +3,9 @@
 //!
 //! [`LinuxPlatform`] is the runtime's [`Platform`] here: a TUN device,
 //! routes that send everything through it but the first hop and the
-//! ledger, and the tunnel's DNS. A crashed daemon's changes are undone at
+//! ledger, the tunnel's DNS, and a firewall that lets nothing but the
+//! tunnel and the daemon's own marked sockets out while the tunnel is
+//! wanted (connecting, connected, reconnecting, error). A crashed daemon's changes are undone at
 //! the next start from the state file. The socket speaks the API of
 //! `hopwire_api`: one request per connection, or a `subscribe` that turns
 //! the connection into a stream of events.
@@ -23,10 +25,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
-use hopwire_api::{Envelope, ErrorKind, Event, Request, Response, API_VERSION, MAX_LINE};
+use hopwire_api::{Envelope, ErrorKind, Event, Request, Response, TunnelState, API_VERSION, MAX_LINE};
 use hopwire_client::platform::{Platform, PlatformError, TunnelConfig};
 use hopwire_client::runtime::{Client, ClientConfig, ConnectRequest};
 use hopwire_proto::sync::lock;
+use hopwire_sys::firewall::{self, Firewall};
 use hopwire_sys::tun::{self, TunDevice};
 use hopwire_sys::ClientNet;
 
@@ -68,6 +71,7 @@ pub enum DaemonError {
 /// The tunnel on Linux: a TUN device, routes and DNS.
 pub struct LinuxPlatform {
     tun_name: String,
+    firewall: Firewall,
     resolv_conf: PathBuf,
     state_file: PathBuf,
     up: Mutex<Option<LinuxTunnel>>,
@@ -97,6 +101,7 @@ impl LinuxPlatform {
     pub fn new(config: &DaemonConfig) -> Self {
         Self {
             tun_name: config.tun_name.clone(),
+            firewall: Firewall::default(),
             resolv_conf: config.resolv_conf.clone(),
             state_file: config.state_file.clone(),
             up: Mutex::new(None),
@@ -170,16 +175,35 @@ impl Platform for LinuxPlatform {
     /// (`SO_BINDTODEVICE`: the kernel then routes it as if the tunnel's
     /// routes were not there), as Android's `protect()` does; before the
     /// tunnel is up the system's routes already go around it.
+    /// The socket also carries the firewall's mark, which lets it out in
+    /// every blocking state.
     fn protect(&self, socket: BorrowedFd<'_>, peer: SocketAddr) -> Result<(), PlatformError> {
+        let socket = socket2::SockRef::from(&socket);
+        socket.set_mark(firewall::MARK).map_err(|e| {
+            warn!("marking a socket for the firewall: {e}");
+            PlatformError::Protect { peer }
+        })?;
         let Some(uplink) = lock(&self.up).as_ref().map(|t| t.uplink.clone()) else {
             return Ok(());
         };
-        socket2::SockRef::from(&socket)
-            .bind_device(Some(uplink.as_bytes()))
-            .map_err(|e| {
-                warn!("binding a socket to {uplink}: {e}");
-                PlatformError::Protect { peer }
-            })
+        socket.bind_device(Some(uplink.as_bytes())).map_err(|e| {
+            warn!("binding a socket to {uplink}: {e}");
+            PlatformError::Protect { peer }
+        })
+    }
+
+    /// Blocks everything but the tunnel in every state but Disconnected.
+    fn on_state(&self, state: &TunnelState) -> Result<(), PlatformError> {
+        match state {
+            TunnelState::Disconnected => {
+                self.firewall.remove();
+                Ok(())
+            }
+            _ => self
+                .firewall
+                .block(&self.tun_name)
+                .map_err(|e| PlatformError::Firewall(e.to_string())),
+        }
     }
 
     fn teardown(&self) {
@@ -267,6 +291,13 @@ fn migrate_state(socket: &Path, state_dir: &Path) {
 pub async fn serve(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DaemonError> {
     let listener = bind(&config).await?;
     ClientNet::recover(&config.state_file);
+    // A daemon killed while connected left its firewall blocking: starting
+    // disconnected, this one lets traffic flow again.
+    let firewall = Firewall::default();
+    if firewall.is_present() {
+        info!("removing the firewall a stopped daemon left blocking");
+        firewall.remove();
+    }
     migrate_state(&config.socket, &config.client.state_dir);
     let client = Client::start(LinuxPlatform::new(&config), config.client.clone())?;
     info!(socket = %config.socket.display(), state = %config.client.state_dir.display(), "daemon ready");

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use hopwire_api::TunnelState;
 use hopwire_proto::sync::lock;
 
 /// What the host sets up for a tunnel.
@@ -44,6 +45,8 @@ pub enum PlatformError {
     Reconfigure(String),
     #[error("the host refused to let a socket to {peer} bypass the tunnel")]
     Protect { peer: SocketAddr },
+    #[error("blocking traffic outside the tunnel: {0}")]
+    Firewall(String),
 }
 
 /// Packets in and out of the tunnel interface.
@@ -81,6 +84,13 @@ pub trait Platform: Send + Sync + 'static {
 
     /// Removes the interface and what establish set up; safe to call twice.
     fn teardown(&self);
+
+    /// The tunnel's state is about to become `state`. A host with a
+    /// firewall blocks everything but the tunnel in every state but
+    /// Disconnected; an error here at Connecting refuses the connect.
+    fn on_state(&self, _state: &TunnelState) -> Result<(), PlatformError> {
+        Ok(())
+    }
 }
 
 /// Why the host could not set its interface up, in the host's words.

@@ -391,6 +391,7 @@ impl<P: Platform> Client<P> {
     /// Disconnects; for the host's shutdown.
     pub async fn shutdown(&self) {
         stop(self.active.lock().await.take()).await;
+        self.shared.transition(TunnelState::Disconnected);
     }
 }
 
@@ -423,9 +424,14 @@ fn hop_info(r: &VerifiedRecord) -> HopInfo {
 }
 
 impl<P: Platform> Shared<P> {
-    /// The one place the tunnel's state changes: updates the status and
-    /// tells subscribers.
+    /// The one place the tunnel's state changes: tells the platform first
+    /// (its firewall follows the state), then updates the status and tells
+    /// subscribers. A platform that cannot follow is logged here; connect
+    /// asks [`Platform::on_state`] itself so that it can refuse.
     fn transition(&self, to: TunnelState) {
+        if let Err(e) = self.platform.on_state(&to) {
+            warn!("{e}");
+        }
         {
             let mut s = lock(&self.status);
             let from = s.state;
@@ -686,6 +692,8 @@ impl<P: Platform> Shared<P> {
     /// Builds the first circuit, then asks the platform for the interface.
     /// Nothing on the system changes unless the circuit came up.
     async fn connect(self: Arc<Self>, plan: Plan) -> Result<Active, Error> {
+        // Block before the first packet of the connect leaves.
+        self.platform.on_state(&TunnelState::Connecting)?;
         self.transition(TunnelState::Connecting);
         let mut avoid = Vec::new();
         let mut session = None;

@@ -5,7 +5,7 @@
 //! changed in a small state file before changing it, so the next start after
 //! a crash can undo it. Only what Hopwire added is removed: routes and DNS
 //! that were there before are left exactly as they were. [`tun`] creates
-//! TUN devices.
+//! TUN devices; [`firewall`] is the client's fail-closed nftables table.
 //!
 //! What it does not do: decide when to change anything (the daemon and the
 //! exit do), or move packets.
@@ -13,6 +13,7 @@
 //! May not depend on: any other Hopwire crate. Used by the client daemon
 //! and the node runtime, never by the client runtime.
 
+pub mod firewall;
 pub mod tun;
 
 use std::io::Write;
@@ -48,7 +49,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, SysError> {
     run_with_input(program, args, None)
 }
 
-fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String, SysError> {
+pub(crate) fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String, SysError> {
     let command = format!("{program} {}", args.join(" "));
     let spawn = |source| SysError::Spawn {
         command: command.clone(),
