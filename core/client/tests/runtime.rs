@@ -26,14 +26,19 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 /// The longest any one step may take before the test fails.
 const WAIT: Duration = Duration::from_secs(30);
-/// Every node's price per GiB, and the chunk its clients prepay (1 MiB).
+/// Every node's price per GiB, and the chunk its clients prepay (the
+/// default 4 MiB: with less, a busy machine can lag a receipt behind the
+/// grace at loopback speeds and the node rightly drops a cell).
 const PRICE: u64 = 1_000_000;
-const CHUNK_MIB: u64 = 1;
+const CHUNK_MIB: u64 = 4;
 const QUOTE: Quote = Quote {
     price_per_gib: PRICE,
     chunk_bytes: CHUNK_MIB << 20,
     grace_bytes: CHUNK_MIB << 20,
 };
+/// Packets each way per exchange: enough for every hop to carry more than
+/// two chunks after the rebuild.
+const PACKETS: usize = 4000;
 /// The UDP port of the packets sent while the middle relay dies: the
 /// exchanges skip them, as they may arrive at any time after the rebuild.
 const FILLER_PORT: u16 = 9;
@@ -274,7 +279,7 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
         client.platform().protected()
     );
     let mut peer = client.platform().take_peer().expect("the interface is up");
-    exchange(&mut peer, &mut internet, inner, 2000, 1).await;
+    exchange(&mut peer, &mut internet, inner, PACKETS, 1).await;
 
     // The middle relay dies while the client keeps sending: the runtime
     // rebuilds around it, through the spare relay.
@@ -333,7 +338,7 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
         .expect("the filler stops")
         .expect("the filler ran");
     assert!(sent > 0, "packets were sent while the middle was down");
-    exchange(&mut peer, &mut internet, inner, 2000, 2).await;
+    exchange(&mut peer, &mut internet, inner, PACKETS, 2).await;
 
     // Each hop of the current circuit was paid within one chunk of what it
     // carried (the client's own count, published every second).

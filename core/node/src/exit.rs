@@ -111,9 +111,10 @@ impl Uplink {
         match self {
             Uplink::Tun(tun) => tun.recv(buf).await,
             Uplink::Memory { from_internet, .. } => {
-                let packet = from_internet.lock().await.recv().await.ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the pretend internet is gone")
-                })?;
+                let Some(packet) = from_internet.lock().await.recv().await else {
+                    // The pretend internet is gone: nothing more comes in.
+                    return std::future::pending().await;
+                };
                 let n = packet.len().min(buf.len());
                 buf[..n].copy_from_slice(&packet[..n]);
                 Ok(n)
@@ -291,13 +292,21 @@ impl Exit {
         let state_file = config.key_dir.join("network-state.json");
         let mut nat = ExitNat::setup(&cfg.exit.tun_name, pool.net(), cfg.dht.listen.port(), &state_file)
             .map_err(ExitError::from)?;
-        let uplink = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU)
-            .map(Uplink::Tun)
-            .map_err(ExitError::from);
         let dns = SocketAddr::from((gateway, 53));
-        let built = uplink
-            .map_err(super::NodeError::from)
-            .and_then(|uplink| Self::build(config, keys, links, pool, gateway, dns_upstream, uplink, Some(dns)));
+        let built = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU)
+            .map_err(|e| super::NodeError::from(ExitError::from(e)))
+            .and_then(|tun| {
+                Self::build(
+                    config,
+                    keys,
+                    links,
+                    pool,
+                    gateway,
+                    dns_upstream,
+                    Uplink::Tun(tun),
+                    Some(dns),
+                )
+            });
         match built {
             Ok(mut exit) => {
                 exit.nat = Mutex::new(Some(nat));
@@ -579,7 +588,6 @@ async fn tun_loop(exit: Arc<Exit>) {
     loop {
         let n = match exit.uplink.recv(&mut packet).await {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return,
             Err(e) => {
                 warn!("reading the uplink: {e}");
                 continue;
