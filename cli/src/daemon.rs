@@ -72,6 +72,8 @@ pub enum DaemonError {
 pub struct LinuxPlatform {
     tun_name: String,
     firewall: Firewall,
+    /// Whether the firewall's table is in place.
+    blocking: Mutex<bool>,
     resolv_conf: PathBuf,
     state_file: PathBuf,
     up: Mutex<Option<LinuxTunnel>>,
@@ -102,6 +104,7 @@ impl LinuxPlatform {
         Self {
             tun_name: config.tun_name.clone(),
             firewall: Firewall::default(),
+            blocking: Mutex::new(false),
             resolv_conf: config.resolv_conf.clone(),
             state_file: config.state_file.clone(),
             up: Mutex::new(None),
@@ -193,17 +196,23 @@ impl Platform for LinuxPlatform {
     }
 
     /// Blocks everything but the tunnel in every state but Disconnected.
+    /// The table changes only between blocking and not: the states in
+    /// between (connected, reconnecting, each rebuild attempt) keep it.
     fn on_state(&self, state: &TunnelState) -> Result<(), PlatformError> {
-        match state {
-            TunnelState::Disconnected => {
-                self.firewall.remove();
-                Ok(())
-            }
-            _ => self
-                .firewall
-                .block(&self.tun_name)
-                .map_err(|e| PlatformError::Firewall(e.to_string())),
+        let block = !matches!(state, TunnelState::Disconnected);
+        let mut blocking = lock(&self.blocking);
+        if *blocking == block {
+            return Ok(());
         }
+        if block {
+            self.firewall
+                .block(&self.tun_name)
+                .map_err(|e| PlatformError::Firewall(e.to_string()))?;
+        } else {
+            self.firewall.remove();
+        }
+        *blocking = block;
+        Ok(())
     }
 
     fn teardown(&self) {
