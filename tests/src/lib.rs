@@ -677,6 +677,36 @@ impl Testnet {
         fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
     }
 
+    /// Starts the client daemon again (after the test stopped it) on the
+    /// same socket, state directory, bootstrap node and ledger, logging to
+    /// `log` in the testnet's dir; waits until it answers.
+    pub fn restart_client(&mut self, log: &str) {
+        let socket = self.socket.to_string_lossy().into_owned();
+        let daemon = Background::start_in_ns(
+            "restarted client daemon",
+            &self.ns.client,
+            hopwire_bin(),
+            &[
+                "--socket",
+                &socket,
+                "daemon",
+                "--state-dir",
+                self.field(&["client", "state_dir"]),
+                "--bootstrap",
+                self.field(&["bootstrap", "dht_addr"]),
+                "--ledger",
+                self.field(&["ledger", "addr"]),
+            ],
+            &self.dir.join(log),
+            &[],
+        );
+        self.extra.push(daemon);
+        poll_until("the restarted daemon to answer", 40, Duration::from_millis(250), || {
+            let out = self.cli(&["status", "--json"]);
+            out.success().then_some(()).ok_or_else(|| out.to_string())
+        });
+    }
+
     /// `hopwire --socket S ARGS` (the CLI itself needs no namespace).
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(hopwire_bin());

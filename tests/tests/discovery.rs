@@ -84,28 +84,7 @@ fn a_restarted_client_finds_nodes_without_the_bootstrap_node() {
     // Restart the client daemon: it knows the dead bootstrap node and the
     // peers it learned before, kept on disk.
     kill_and_wait(pid(&tn.summary["client"]), "TERM");
-    let socket = tn.socket.to_string_lossy().into_owned();
-    let boot_addr = boot["dht_addr"].as_str().expect("dht_addr").to_owned();
-    let log = tn.dir.join("client-restarted.log");
-    let daemon = Background::start_in_ns(
-        "restarted client daemon",
-        &tn.ns.client,
-        hopwire_bin(),
-        &[
-            "--socket",
-            &socket,
-            "daemon",
-            "--state-dir",
-            tn.summary["client"]["state_dir"].as_str().expect("state_dir"),
-            "--bootstrap",
-            &boot_addr,
-            "--ledger",
-            tn.summary["ledger"]["addr"].as_str().expect("ledger addr"),
-        ],
-        &log,
-        &[],
-    );
-    tn.extra.push(daemon);
+    tn.restart_client("client-restarted.log");
     let found = poll_until(
         "the restarted client to find nodes",
         60,

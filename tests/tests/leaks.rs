@@ -78,28 +78,7 @@ fn nothing_leaks_while_connected_nor_after_the_daemon_is_killed_until_it_starts_
     assert_eq!(probe(&tn, "killed"), 0, "leaked after the daemon was killed");
 
     // Started again (no lockdown): it decides, and lets traffic flow.
-    let socket = tn.socket.to_string_lossy().into_owned();
-    let daemon = Background::start_in_ns(
-        "restarted client daemon",
-        &tn.ns.client,
-        hopwire_bin(),
-        &[
-            "--socket",
-            &socket,
-            "daemon",
-            "--state-dir",
-            tn.summary["client"]["state_dir"].as_str().expect("state_dir"),
-            "--ledger",
-            tn.summary["ledger"]["addr"].as_str().expect("ledger addr"),
-        ],
-        &tn.dir.join("client-after-kill.log"),
-        &[],
-    );
-    tn.extra.push(daemon);
-    poll_until("the restarted daemon to answer", 40, Duration::from_millis(250), || {
-        let out = tn.cli(&["status", "--json"]);
-        out.success().then_some(()).ok_or_else(|| out.to_string())
-    });
+    tn.restart_client("client-after-kill.log");
     assert!(
         !nft_table_present(&tn),
         "a daemon starting disconnected removes the firewall"

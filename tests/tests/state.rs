@@ -1,8 +1,6 @@
 //! What survives a reboot: the client daemon's wallet, channels and guard
 //! live in its state directory, not beside its socket in a tmpfs.
 
-use std::time::Duration;
-
 use hopwire_e2e::*;
 use serde_json::Value;
 
@@ -53,31 +51,8 @@ fn a_daemon_restarted_on_an_empty_run_dir_keeps_account_channels_and_guard() {
         "the testnet keeps state ({state_dir}) apart from the socket ({})",
         run_dir.display()
     );
-    let socket = tn.socket.to_string_lossy().into_owned();
+    tn.restart_client("client-rebooted.log");
     let log = tn.dir.join("client-rebooted.log");
-    let daemon = Background::start_in_ns(
-        "rebooted client daemon",
-        &tn.ns.client,
-        hopwire_bin(),
-        &[
-            "--socket",
-            &socket,
-            "daemon",
-            "--state-dir",
-            &state_dir,
-            "--bootstrap",
-            tn.summary["bootstrap"]["dht_addr"].as_str().expect("dht_addr"),
-            "--ledger",
-            tn.summary["ledger"]["addr"].as_str().expect("ledger addr"),
-        ],
-        &log,
-        &[],
-    );
-    tn.extra.push(daemon);
-    poll_until("the restarted daemon to answer", 40, Duration::from_millis(250), || {
-        let out = tn.cli(&["status", "--json"]);
-        out.success().then_some(()).ok_or_else(|| out.to_string())
-    });
     let nodes = tn.dir.join("nodes.txt").to_string_lossy().into_owned();
     tn.cli(&["connect", "--nodes", &nodes, "--hops", "3"]).ok();
     let after = tn.status();
