@@ -3,10 +3,13 @@
 //!
 //! [`LinuxPlatform`] is the runtime's [`Platform`] here: a TUN device,
 //! routes that send everything through it but the first hop and the
-//! ledger, the tunnel's DNS, and a firewall that lets nothing but the
-//! tunnel and the daemon's own marked sockets out while the tunnel is
-//! wanted (connecting, connected, reconnecting, error). A crashed daemon's changes are undone at
-//! the next start from the state file. The socket speaks the API of
+//! ledger (IPv6 too when the exit carries it, else IPv6 is blocked), the
+//! tunnel's DNS (through systemd-resolved where it manages the resolver),
+//! and a firewall that lets nothing but the tunnel and the daemon's own
+//! marked sockets out while the tunnel is wanted (connecting, connected,
+//! reconnecting, error) and, with lockdown, while disconnected too. A
+//! crashed daemon's changes are undone at the next start from the state
+//! file; when that file is unreadable, everything stays blocked. The socket speaks the API of
 //! `hopwire_api`: one request per connection, or a `subscribe` that turns
 //! the connection into a stream of events.
 //!
@@ -25,7 +28,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
-use hopwire_api::{Envelope, ErrorKind, Event, Request, Response, TunnelState, API_VERSION, MAX_LINE};
+use hopwire_api::{Envelope, ErrorKind, Event, Request, Response, Settings, TunnelState, API_VERSION, MAX_LINE};
 use hopwire_client::platform::{Platform, PlatformError, TunnelConfig};
 use hopwire_client::runtime::{Client, ClientConfig, ConnectRequest};
 use hopwire_proto::sync::lock;
@@ -68,15 +71,26 @@ pub enum DaemonError {
     Client(#[from] hopwire_client::runtime::Error),
 }
 
-/// The tunnel on Linux: a TUN device, routes and DNS.
+/// The tunnel on Linux: a TUN device, routes, DNS and the firewall.
 pub struct LinuxPlatform {
     tun_name: String,
     firewall: Firewall,
-    /// Whether the firewall's table is in place.
-    blocking: Mutex<bool>,
+    /// What the firewall's table holds now.
+    table: Mutex<Table>,
+    /// Whether the state blocks, and the settings in force, as last told.
+    wanted: Mutex<(bool, Settings)>,
     resolv_conf: PathBuf,
     state_file: PathBuf,
     up: Mutex<Option<LinuxTunnel>>,
+}
+
+/// The firewall table as this daemon knows it.
+#[derive(Debug, PartialEq, Eq)]
+enum Table {
+    /// At the start: a killed daemon may have left one.
+    Unknown,
+    Absent,
+    Loaded(String),
 }
 
 struct LinuxTunnel {
@@ -88,32 +102,60 @@ struct LinuxTunnel {
     uplink: String,
 }
 
-fn dns_v4(config: &TunnelConfig) -> Vec<Ipv4Addr> {
-    config
-        .dns
-        .iter()
-        .filter_map(|a| match a {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
-}
-
 impl LinuxPlatform {
     pub fn new(config: &DaemonConfig) -> Self {
         Self {
             tun_name: config.tun_name.clone(),
             firewall: Firewall::default(),
-            blocking: Mutex::new(false),
+            table: Mutex::new(Table::Unknown),
+            wanted: Mutex::new((false, Settings::default())),
             resolv_conf: config.resolv_conf.clone(),
             state_file: config.state_file.clone(),
             up: Mutex::new(None),
         }
     }
 
-    fn readdress(&self, old: Ipv4Addr, new: Ipv4Addr) -> Result<(), hopwire_sys::SysError> {
-        hopwire_sys::run("ip", &["addr", "add", &format!("{new}/32"), "dev", &self.tun_name])?;
-        hopwire_sys::run("ip", &["addr", "del", &format!("{old}/32"), "dev", &self.tun_name]).map(drop)
+    /// Brings the firewall's table to what the state, the settings and the
+    /// tunnel's config ask for: written only when that changes, in one
+    /// transaction, or removed when nothing is to be blocked.
+    fn enforce(&self) -> Result<(), PlatformError> {
+        let (blocks, settings) = lock(&self.wanted).clone();
+        let script = (blocks || settings.lockdown).then(|| {
+            let up = lock(&self.up);
+            let (dns, ipv6) = match up.as_ref() {
+                Some(t) => (t.config.dns.clone(), t.config.inner_v6.is_some()),
+                None => (Vec::new(), false),
+            };
+            self.firewall.script(&firewall::Rules {
+                tun: &self.tun_name,
+                dns: &dns,
+                ipv6,
+                allow_lan: settings.allow_lan,
+            })
+        });
+        let mut table = lock(&self.table);
+        match script {
+            Some(script) if *table != Table::Loaded(script.clone()) => {
+                self.firewall
+                    .load(&script)
+                    .map_err(|e| PlatformError::Firewall(e.to_string()))?;
+                info!(
+                    lockdown = settings.lockdown,
+                    allow_lan = settings.allow_lan,
+                    "firewall blocking all but the tunnel"
+                );
+                *table = Table::Loaded(script);
+            }
+            None if *table != Table::Absent => {
+                self.firewall.remove();
+                if *table != Table::Unknown {
+                    info!("firewall removed: traffic flows directly");
+                }
+                *table = Table::Absent;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -132,11 +174,14 @@ impl Platform for LinuxPlatform {
         };
         let mut net = ClientNet::new(&self.state_file);
         let routed = match first_hop {
-            Some(hop) => net.route_all_through(&self.tun_name, hop),
+            Some(hop) => config
+                .inner_v6
+                .map_or(Ok(()), |v6| hopwire_sys::add_address(&self.tun_name, v6.into(), 128))
+                .and_then(|()| net.route_all_through(&self.tun_name, hop, config.inner_v6.is_some())),
             None => Err(hopwire_sys::SysError::NoRoute(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
         }
         .and_then(|()| config.bypass.iter().skip(1).try_for_each(|a| net.bypass(*a)))
-        .and_then(|()| net.set_dns(&self.resolv_conf, &dns_v4(config)));
+        .and_then(|()| net.set_dns(&self.tun_name, &self.resolv_conf, &config.dns));
         if let Err(e) = routed {
             net.restore();
             return Err(fail(format!("setting routes and DNS: {e}")));
@@ -147,30 +192,47 @@ impl Platform for LinuxPlatform {
             config: config.clone(),
             uplink,
         });
+        // The tunnel's resolvers may now be asked.
+        self.enforce()?;
         Ok(tun)
     }
 
     fn reconfigure(&self, config: &TunnelConfig) -> Result<Option<Arc<TunDevice>>, PlatformError> {
-        let mut up = lock(&self.up);
-        let Some(t) = up.as_mut() else {
-            return Err(PlatformError::Reconfigure("the tunnel is not up".into()));
-        };
-        let fail = |e: String| PlatformError::Reconfigure(e);
-        // Only the current first hop and the ledger go around the tunnel.
-        t.net.keep_only_bypass(&config.bypass);
-        if config.inner_v4 != t.config.inner_v4 {
-            self.readdress(t.config.inner_v4, config.inner_v4)
-                .map_err(|e| fail(format!("moving the tunnel to its new address: {e}")))?;
+        {
+            let mut up = lock(&self.up);
+            let Some(t) = up.as_mut() else {
+                return Err(PlatformError::Reconfigure("the tunnel is not up".into()));
+            };
+            let fail = |e: String| PlatformError::Reconfigure(e);
+            let tun = self.tun_name.as_str();
+            // Only the current first hop and the ledger go around the tunnel.
+            t.net.keep_only_bypass(&config.bypass);
+            if config.inner_v4 != t.config.inner_v4 {
+                hopwire_sys::add_address(tun, config.inner_v4.into(), 32)
+                    .and_then(|()| hopwire_sys::del_address(tun, t.config.inner_v4.into(), 32))
+                    .map_err(|e| fail(format!("moving the tunnel to its new address: {e}")))?;
+            }
+            if config.inner_v6 != t.config.inner_v6 {
+                if let Some(old) = t.config.inner_v6 {
+                    let _ = hopwire_sys::del_address(tun, old.into(), 128);
+                }
+                config
+                    .inner_v6
+                    .map_or(Ok(()), |v6| hopwire_sys::add_address(tun, v6.into(), 128))
+                    .and_then(|()| t.net.route_v6(tun, config.inner_v6.is_some()))
+                    .map_err(|e| fail(format!("moving the tunnel's IPv6: {e}")))?;
+            }
+            if config.dns != t.config.dns {
+                t.net
+                    .set_dns(tun, &self.resolv_conf, &config.dns)
+                    .map_err(|e| fail(format!("updating DNS: {e}")))?;
+            }
+            t.tun
+                .set_mtu(config.mtu)
+                .map_err(|e| fail(format!("setting the MTU to {}: {e}", config.mtu)))?;
+            t.config = config.clone();
         }
-        if config.dns != t.config.dns {
-            t.net
-                .set_dns(&self.resolv_conf, &dns_v4(config))
-                .map_err(|e| fail(format!("updating DNS: {e}")))?;
-        }
-        t.tun
-            .set_mtu(config.mtu)
-            .map_err(|e| fail(format!("setting the MTU to {}: {e}", config.mtu)))?;
-        t.config = config.clone();
+        self.enforce()?;
         Ok(None)
     }
 
@@ -195,30 +257,25 @@ impl Platform for LinuxPlatform {
         })
     }
 
-    /// Blocks everything but the tunnel in every state but Disconnected.
-    /// The table changes only between blocking and not: the states in
-    /// between (connected, reconnecting, each rebuild attempt) keep it.
-    fn on_state(&self, state: &TunnelState) -> Result<(), PlatformError> {
-        let block = !matches!(state, TunnelState::Disconnected);
-        let mut blocking = lock(&self.blocking);
-        if *blocking == block {
-            return Ok(());
-        }
-        if block {
-            self.firewall
-                .block(&self.tun_name)
-                .map_err(|e| PlatformError::Firewall(e.to_string()))?;
-        } else {
-            self.firewall.remove();
-        }
-        *blocking = block;
-        Ok(())
+    /// Blocks everything but the tunnel in every state but Disconnected,
+    /// and in that one too with lockdown.
+    fn on_state(&self, state: &TunnelState, settings: &Settings) -> Result<(), PlatformError> {
+        *lock(&self.wanted) = (!matches!(state, TunnelState::Disconnected), settings.clone());
+        self.enforce()
     }
 
     fn teardown(&self) {
-        if let Some(mut t) = lock(&self.up).take() {
+        let taken = lock(&self.up).take();
+        if let Some(mut t) = taken {
             t.net.restore();
         }
+        if let Err(e) = self.enforce() {
+            warn!("{e}");
+        }
+    }
+
+    fn recover(&self) -> Result<(), PlatformError> {
+        ClientNet::recover(&self.state_file).map_err(PlatformError::Recover)
     }
 }
 
@@ -299,15 +356,10 @@ fn migrate_state(socket: &Path, state_dir: &Path) {
 /// Runs the daemon until `shutdown` completes, then disconnects.
 pub async fn serve(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), DaemonError> {
     let listener = bind(&config).await?;
-    ClientNet::recover(&config.state_file);
-    // A daemon killed while connected left its firewall blocking: starting
-    // disconnected, this one lets traffic flow again.
-    let firewall = Firewall::default();
-    if firewall.is_present() {
-        info!("removing the firewall a stopped daemon left blocking");
-        firewall.remove();
-    }
     migrate_state(&config.socket, &config.client.state_dir);
+    // The runtime undoes what a crashed daemon left (or holds everything
+    // blocked if it cannot tell what that was), and a firewall a killed
+    // daemon left stays only if the settings ask for lockdown.
     let client = Client::start(LinuxPlatform::new(&config), config.client.clone())?;
     info!(socket = %config.socket.display(), state = %config.client.state_dir.display(), "daemon ready");
     let accept = async {
@@ -391,6 +443,13 @@ async fn handle(client: &Client<LinuxPlatform>, request: Request) -> Response {
                 Err(e) => failed(e),
             }
         }
+        Request::Settings { change } if change.is_empty() => Response::Settings {
+            settings: client.settings(),
+        },
+        Request::Settings { change } => match client.change_settings(&change) {
+            Ok(settings) => Response::Settings { settings },
+            Err(e) => failed(e),
+        },
         Request::Subscribe => unreachable!("subscriptions are streamed by `answer`"),
     }
 }

@@ -104,6 +104,38 @@ enum Command {
     },
     /// Disconnect and restore routes and DNS.
     Disconnect,
+    /// Show the settings, or change them (persisted by the daemon).
+    Settings {
+        /// Block everything but the tunnel while disconnected too, and across crashes and reboots.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        lockdown: Option<bool>,
+        /// Let traffic to and from the local network go around the tunnel.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        allow_lan: Option<bool>,
+        /// Carry IPv6 through the tunnel when the exit offers it (off: block IPv6).
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        ipv6: Option<bool>,
+        /// Resolvers to use through the tunnel (comma-separated) instead of the exit's.
+        #[arg(long, value_delimiter = ',', conflicts_with = "exit_dns")]
+        dns: Option<Vec<std::net::IpAddr>>,
+        /// Use the exit's resolver again.
+        #[arg(long)]
+        exit_dns: bool,
+        /// Every setting back to its default (e.g. after the settings file was damaged).
+        #[arg(long, conflicts_with_all = ["lockdown", "allow_lan", "ipv6", "dns", "exit_dns"])]
+        reset: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply lockdown's block before networking starts (an early boot unit runs this).
+    BootBlock {
+        /// The daemon's state directory, where its settings are.
+        #[arg(long, env = "HOPWIRE_STATE_DIR", default_value = "/var/lib/hopwire")]
+        state_dir: PathBuf,
+        /// Name of the client's TUN device (as given to the daemon).
+        #[arg(long, default_value = "hopwire0")]
+        tun: String,
+    },
     /// Build a local Hopwire network in namespaces, download through it, and tear it down (as root).
     Testnet(testnet::Args),
 }
@@ -241,8 +273,95 @@ fn run(cli: Cli) -> Result<i32> {
             let response = runtime.block_on(api::call(&cli.socket, &Request::Disconnect, Duration::from_secs(10)))?;
             report(response, false)
         }
+        Command::Settings {
+            lockdown,
+            allow_lan,
+            ipv6,
+            dns,
+            exit_dns,
+            reset,
+            json,
+        } => {
+            let change = if reset {
+                let d = api::Settings::default();
+                api::SettingsChange {
+                    lockdown: Some(d.lockdown),
+                    allow_lan: Some(d.allow_lan),
+                    ipv6: Some(d.ipv6),
+                    dns: Some(d.dns),
+                }
+            } else {
+                api::SettingsChange {
+                    lockdown,
+                    allow_lan,
+                    ipv6,
+                    dns: if exit_dns { Some(Vec::new()) } else { dns },
+                }
+            };
+            let request = Request::Settings { change };
+            match runtime.block_on(api::call(&cli.socket, &request, Duration::from_secs(10)))? {
+                Response::Settings { settings } => {
+                    let text = if json {
+                        serde_json::to_string_pretty(&settings).context("encoding settings")? + "\n"
+                    } else {
+                        settings_text(&settings)
+                    };
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                    Ok(0)
+                }
+                Response::Error { message, .. } => bail!("{message}"),
+                _ => bail!("the daemon answered something else than the settings"),
+            }
+        }
+        Command::BootBlock { state_dir, tun } => boot_block(&state_dir, &tun),
         Command::Testnet(args) => runtime.block_on(testnet::run(args)),
     }
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        other => Err(format!("`{other}`: say on or off")),
+    }
+}
+
+/// With lockdown (or settings that cannot be read), loads the daemon's
+/// firewall before anything else runs, so nothing leaks between boot and
+/// the daemon's start; the daemon takes the table over when it starts.
+fn boot_block(state_dir: &std::path::Path, tun: &str) -> Result<i32> {
+    let settings = hopwire_client::settings::effective_at_boot(state_dir);
+    if !settings.lockdown {
+        println!("lockdown is off: nothing blocked before the daemon starts");
+        return Ok(0);
+    }
+    let firewall = hopwire_sys::firewall::Firewall::default();
+    let rules = hopwire_sys::firewall::Rules {
+        tun,
+        dns: &[],
+        ipv6: false,
+        allow_lan: settings.allow_lan,
+    };
+    firewall
+        .load(&firewall.script(&rules))
+        .context("loading the lockdown firewall")?;
+    println!("lockdown: everything but the tunnel ({tun}) is blocked until the daemon starts");
+    Ok(0)
+}
+
+fn settings_text(s: &api::Settings) -> String {
+    let on = |b: bool| if b { "on" } else { "off" };
+    let dns = if s.dns.is_empty() {
+        "the exit's".to_owned()
+    } else {
+        s.dns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "lockdown:   {}\nallow LAN:  {}\nIPv6:       {}\nDNS:        {dns}\n",
+        on(s.lockdown),
+        on(s.allow_lan),
+        on(s.ipv6)
+    )
 }
 
 /// True when running as root (the owner of `/proc/self` is the effective user).
@@ -293,11 +412,13 @@ fn event_text(event: &api::Event) -> String {
             circuit,
             build_ms,
             inner_addr,
+            inner_v6,
             mtu,
         } => {
             let hops: Vec<String> = circuit.iter().map(|h| format!("{} ({})", h.id, h.region)).collect();
+            let v6 = inner_v6.map(|a| format!(" and {a}")).unwrap_or_default();
             format!(
-                "circuit:  {}, built in {build_ms:.0} ms; address {inner_addr} (mtu {mtu})",
+                "circuit:  {}, built in {build_ms:.0} ms; address {inner_addr}{v6} (mtu {mtu})",
                 hops.join(" → ")
             )
         }
@@ -381,7 +502,31 @@ fn status_text(s: &Status) -> String {
     if let Some(e) = &s.error {
         let _ = writeln!(out, "reason:   {e}");
     }
+    if let Some(why) = &s.fail_closed {
+        let _ = writeln!(out, "BLOCKED:  {why}");
+    }
+    let on = |b: bool| if b { "on" } else { "off" };
+    let _ = writeln!(
+        out,
+        "settings: lockdown {}, allow LAN {}, IPv6 {}, DNS {}",
+        on(s.settings.lockdown),
+        on(s.settings.allow_lan),
+        on(s.settings.ipv6),
+        if s.settings.dns.is_empty() {
+            "the exit's".to_owned()
+        } else {
+            s.settings
+                .dns
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
     if s.state == State::Disconnected {
+        if s.settings.lockdown {
+            let _ = writeln!(out, "blocked:  everything but the tunnel (lockdown)");
+        }
         return out;
     }
     if !s.circuit.is_empty() {
@@ -397,6 +542,15 @@ fn status_text(s: &Status) -> String {
     }
     if let Some(a) = s.inner_addr {
         let _ = writeln!(out, "address:  {a} (mtu {})", s.mtu.unwrap_or(0));
+    }
+    match (&s.inner_v6, &s.ipv6_blocked) {
+        (Some(a), _) => {
+            let _ = writeln!(out, "IPv6:     {a} through the tunnel");
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "IPv6:     {why}");
+        }
+        (None, None) => {}
     }
     let _ = writeln!(
         out,

@@ -5,11 +5,17 @@
 //!
 //! ```text
 //!  client 198.18.2.2 ── inet ── 198.18.1.2 exit ── 10.77.0.2 lan
-//!                        │  ├── 198.19.1.2 exit2
+//!     2001:2:2::2        │  │   2001:2:1::2
+//!                        │  ├── 198.19.1.2 exit2 (no IPv6)
 //!       198.18.0.10 ─────┘  ├── 100.65.0.2 relay1
-//!   (HTTP + DNS: the        └── 100.66.0.2 relay2 …
+//!       2001:2::10          └── 100.66.0.2 relay2 …
+//!   (HTTP + DNS: the
 //!    pretend internet)
 //! ```
+//!
+//! IPv6 lives in 2001:2::/48 (the benchmarking range): the client, the
+//! first exit and the pretend internet have it, so IPv6 goes through a
+//! tunnel to the first exit and must be blocked through any other.
 //!
 //! `inet` routes between everyone and hosts the pretend internet; every node
 //! sits in its own /16, so path selection may put any of them on one
@@ -32,6 +38,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 const INET_SERVER: &str = "198.18.0.10";
+const INET_SERVER_V6: &str = "2001:2::10";
 /// The first exit's address; others are listed in the summary.
 const EXIT_UPLINK: &str = "198.18.1.2";
 const CLIENT_UPLINK: &str = "198.18.2.2";
@@ -335,6 +342,20 @@ impl Testnet {
         // The pretend internet host is the router's own address.
         self.ip(&["-n", &inet, "addr", "add", &format!("{INET_SERVER}/32"), "dev", "lo"])?;
         self.ip(&["-n", &client, "route", "add", "default", "via", "198.18.2.1"])?;
+        // IPv6: the client, the first exit and the internet host.
+        let v6 = [
+            (&inet, "lo", "2001:2::10/128"),
+            (&inet, "to-client", "2001:2:2::1/64"),
+            (&client, "eth0", "2001:2:2::2/64"),
+            (&inet, "to-exit", "2001:2:1::1/64"),
+            (&exit, "up0", "2001:2:1::2/64"),
+        ];
+        for (ns, dev, addr) in v6 {
+            self.ip(&["-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"])?;
+        }
+        self.ip(&["-n", &client, "-6", "route", "add", "default", "via", "2001:2:2::1"])?;
+        self.ip(&["-n", &exit, "-6", "route", "add", "default", "via", "2001:2:1::1"])?;
+        self.exec("inet", "sh", &["-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])?;
         self.ip(&["-n", &lan, "route", "add", "default", "via", "10.77.0.1"])?;
         for n in nodes {
             self.ip(&[
@@ -436,7 +457,12 @@ impl Testnet {
             www.to_string_lossy(),
             access_log.to_string_lossy(),
         );
-        self.spawn("inet", &python, &[&s, INET_SERVER, &w, &a], &self.dir.join("inet.log"))?;
+        self.spawn(
+            "inet",
+            &python,
+            &[&s, INET_SERVER, &w, &a, INET_SERVER_V6],
+            &self.dir.join("inet.log"),
+        )?;
         let lan_log = self.dir.join("lan-access.log");
         let (lw, ll) = (lan_www.to_string_lossy(), lan_log.to_string_lossy());
         self.spawn("lan", &python, &[&s, LAN_SERVER, &lw, &ll], &self.dir.join("lan.log"))?;

@@ -15,7 +15,7 @@
 //! May depend on: `hopwire_proto` (node roles). May not depend on:
 //! `hopwire_client`, `hopwire_net`, `hopwire_sys`, `hopwire_node_runtime`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -116,6 +116,68 @@ pub enum Request {
     /// Turns this connection into a stream of [`Event`]s (JSON lines),
     /// after a first [`Response::Subscribed`] with the status now.
     Subscribe,
+    /// The settings; with `change`, first changes (and persists) the
+    /// fields it names. Answered with [`Response::Settings`].
+    Settings {
+        #[serde(default)]
+        change: SettingsChange,
+    },
+}
+
+/// What the user chose about leaks and DNS; persisted by the daemon in its
+/// state directory (`settings.json`) and applied at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Block everything but the tunnel while disconnected too, and after
+    /// the daemon is killed, restarted or the machine rebooted.
+    pub lockdown: bool,
+    /// Let traffic to and from the local network (private and link-local
+    /// ranges) go around the tunnel.
+    pub allow_lan: bool,
+    /// Carry IPv6 through the tunnel when the exit offers it; off, IPv6
+    /// is blocked whatever the exit offers.
+    pub ipv6: bool,
+    /// Resolvers to use through the tunnel instead of the exit's; empty
+    /// means the exit's.
+    pub dns: Vec<IpAddr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            lockdown: false,
+            allow_lan: false,
+            ipv6: true,
+            dns: Vec::new(),
+        }
+    }
+}
+
+/// The settings to change; fields left out keep their value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SettingsChange {
+    pub lockdown: Option<bool>,
+    pub allow_lan: Option<bool>,
+    pub ipv6: Option<bool>,
+    pub dns: Option<Vec<IpAddr>>,
+}
+
+impl SettingsChange {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// `settings` with this change applied.
+    pub fn apply(&self, settings: &Settings) -> Settings {
+        Settings {
+            lockdown: self.lockdown.unwrap_or(settings.lockdown),
+            allow_lan: self.allow_lan.unwrap_or(settings.allow_lan),
+            ipv6: self.ipv6.unwrap_or(settings.ipv6),
+            dns: self.dns.clone().unwrap_or_else(|| settings.dns.clone()),
+        }
+    }
 }
 
 /// Hops a circuit has unless asked otherwise.
@@ -146,6 +208,9 @@ pub enum Response {
     Subscribed {
         status: Status,
     },
+    Settings {
+        settings: Settings,
+    },
 }
 
 /// What the daemon pushes to subscribers.
@@ -159,6 +224,8 @@ pub enum Event {
         circuit: Vec<HopInfo>,
         build_ms: f64,
         inner_addr: Ipv4Addr,
+        #[serde(default)]
+        inner_v6: Option<Ipv6Addr>,
         mtu: u16,
     },
     /// Each second while connected: traffic, round trip and spending.
@@ -299,6 +366,20 @@ pub struct Status {
     /// Bytes of payment messages on the client's link, current circuit.
     #[serde(default)]
     pub payment_bytes: u64,
+    /// The tunnel's inner IPv6 address, when the exit carries IPv6.
+    #[serde(default)]
+    pub inner_v6: Option<Ipv6Addr>,
+    /// Why IPv6 is blocked while the tunnel is up (the exit has none, or
+    /// the settings turned it off); `None` when it goes through the tunnel.
+    #[serde(default)]
+    pub ipv6_blocked: Option<String>,
+    /// The settings in force.
+    #[serde(default)]
+    pub settings: Settings,
+    /// Why everything but the tunnel is blocked whatever the state (an
+    /// unreadable settings or network state file); fixed by the user.
+    #[serde(default)]
+    pub fail_closed: Option<String>,
 }
 
 /// What the client paid one hop of its circuit.
@@ -538,5 +619,29 @@ mod tests {
         let text = serde_json::to_string(&ok).expect("enc");
         assert!(text.contains(r#""state":"disconnected""#), "{text}");
         assert_eq!(serde_json::from_str::<Response>(&text).expect("dec"), ok);
+    }
+
+    #[test]
+    fn settings_default_to_off_with_ipv6_and_changes_touch_only_what_they_name() {
+        let s: Settings = serde_json::from_str("{}").expect("an empty file is the defaults");
+        assert_eq!(s, Settings::default());
+        assert!(!s.lockdown && !s.allow_lan && s.ipv6 && s.dns.is_empty());
+        assert!(
+            serde_json::from_str::<Settings>(r#"{"lockdwn":true}"#).is_err(),
+            "a misspelt setting is an error, not silently the default"
+        );
+        let r: Request = serde_json::from_str(r#"{"cmd":"settings","change":{"lockdown":true}}"#).expect("parses");
+        let Request::Settings { change } = r else {
+            panic!("a settings request")
+        };
+        let changed = change.apply(&s);
+        assert_eq!(changed, Settings { lockdown: true, ..s });
+        let r: Request = serde_json::from_str(r#"{"cmd":"settings"}"#).expect("parses");
+        assert_eq!(
+            r,
+            Request::Settings {
+                change: SettingsChange::default()
+            }
+        );
     }
 }

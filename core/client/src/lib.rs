@@ -15,7 +15,9 @@
 //! and status types it publishes). May not depend on: `hopwire_sys`,
 //! `hopwire_node_runtime`.
 
+mod lookups;
 pub mod platform;
 pub mod runtime;
+pub mod settings;
 pub mod tunnel;
 pub mod wallet;

@@ -15,13 +15,13 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use hopwire_api::TunnelState;
+use hopwire_api::{Settings, TunnelState};
 use hopwire_proto::sync::lock;
 
 /// What the host sets up for a tunnel.
@@ -29,6 +29,9 @@ use hopwire_proto::sync::lock;
 pub struct TunnelConfig {
     /// The tunnel's inner IPv4 address (a /32).
     pub inner_v4: Ipv4Addr,
+    /// The tunnel's inner IPv6 address (a /128), when IPv6 goes through
+    /// the tunnel; `None`: the host blocks IPv6.
+    pub inner_v6: Option<Ipv6Addr>,
     pub mtu: u16,
     /// Resolvers to use while connected (reached through the tunnel).
     pub dns: Vec<IpAddr>,
@@ -47,6 +50,8 @@ pub enum PlatformError {
     Protect { peer: SocketAddr },
     #[error("blocking traffic outside the tunnel: {0}")]
     Firewall(String),
+    #[error("{0}")]
+    Recover(String),
 }
 
 /// Packets in and out of the tunnel interface.
@@ -85,10 +90,20 @@ pub trait Platform: Send + Sync + 'static {
     /// Removes the interface and what establish set up; safe to call twice.
     fn teardown(&self);
 
-    /// The tunnel's state is about to become `state`. A host with a
-    /// firewall blocks everything but the tunnel in every state but
-    /// Disconnected; an error here at Connecting refuses the connect.
-    fn on_state(&self, _state: &TunnelState) -> Result<(), PlatformError> {
+    /// Undoes what a previous run of this host left (called once, at the
+    /// start). An error means the host cannot tell what was left: the
+    /// runtime then holds the firewall closed, as lockdown does, until a
+    /// tunnel comes up, and says why in the status.
+    fn recover(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+
+    /// The tunnel's state is about to become `state`, under the settings
+    /// in force (also called when they change). A host with a firewall
+    /// blocks everything but the tunnel in every state but Disconnected,
+    /// and in that one too with `settings.lockdown`; an error here at
+    /// Connecting refuses the connect.
+    fn on_state(&self, _state: &TunnelState, _settings: &Settings) -> Result<(), PlatformError> {
         Ok(())
     }
 }
@@ -155,9 +170,9 @@ impl<H: FdHost> Platform for FdPlatform<H> {
         // The OS fixes an interface's addresses, MTU and DNS when it makes
         // it: a change needs a new one. The bypass list is the protect
         // callback's business here.
-        let same = lock(&self.current)
-            .as_ref()
-            .is_some_and(|c| (c.inner_v4, c.mtu, &c.dns) == (config.inner_v4, config.mtu, &config.dns));
+        let same = lock(&self.current).as_ref().is_some_and(|c| {
+            (c.inner_v4, c.inner_v6, c.mtu, &c.dns) == (config.inner_v4, config.inner_v6, config.mtu, &config.dns)
+        });
         if same {
             return Ok(None);
         }

@@ -18,9 +18,14 @@
 //! Every socket the runtime opens to bypass the tunnel — the QUIC
 //! endpoint to the first hop, each ledger call, each DHT connection made
 //! while the tunnel is down — passes through [`Platform::protect`] before
-//! it connects. DHT connections made while the tunnel is up are not
-//! protected: they go through it, so no node of the circuit but the guard
+//! it connects. The DHT runs as a fresh instance on each side of the
+//! tunnel ([`crate::lookups`]): the one that found the nodes is shut down
+//! before the circuit is built, so no node of the circuit but the guard
 //! hears from the client's own address while connected.
+//!
+//! The user's [`Settings`] (lockdown, allow LAN, IPv6, DNS) live in the
+//! state directory ([`crate::settings`]); the platform gets the settings
+//! in force with every state, so its firewall follows both.
 //!
 //! What it does not do: touch the operating system other than through the
 //! platform, or speak the daemon's socket (the daemon maps requests to
@@ -29,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +43,10 @@ use rand::Rng;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
-use hopwire_api::{ErrorKind, Event, HopInfo, HopPayment, NodeInfo, State, Status, TunnelState, WalletInfo};
-use hopwire_net::dht::{self, Dht, DhtConfig, DhtError, Transport};
+use hopwire_api::{
+    ErrorKind, Event, HopInfo, HopPayment, NodeInfo, Settings, SettingsChange, State, Status, TunnelState, WalletInfo,
+};
+use hopwire_net::dht::{self, DhtError};
 use hopwire_net::protect::Protect;
 use hopwire_proto::onion::cell::MAX_HOPS;
 use hopwire_proto::path::{self, PathError, PathRequest};
@@ -50,7 +57,9 @@ use hopwire_proto::sync::lock;
 use hopwire_proto::time::unix_now;
 use hopwire_proto::wg::WgSession;
 
+use crate::lookups::{self, Lookups};
 use crate::platform::{Platform, PlatformError, TunnelConfig};
+use crate::settings::{SettingsError, SettingsState};
 use crate::tunnel::{CellCount, ClientError, Payments, Traffic, Tunnel};
 use crate::wallet::{SessionRecord, Wallet, WalletError};
 
@@ -115,6 +124,8 @@ pub enum Error {
     NoWallet,
     #[error("discovery: {0}")]
     Dht(#[from] DhtError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -133,7 +144,8 @@ impl Error {
             Error::Platform(_) => ErrorKind::Platform,
             Error::Wallet(e) => e.kind(),
             Error::NoWallet => ErrorKind::Config,
-            Error::Dht(_) | Error::StateDir { .. } => ErrorKind::Internal,
+            Error::Settings(SettingsError::BadDns(_)) => ErrorKind::BadInput,
+            Error::Dht(_) | Error::StateDir { .. } | Error::Settings(_) => ErrorKind::Internal,
         }
     }
 }
@@ -243,18 +255,20 @@ impl<P: Platform> std::fmt::Debug for Client<P> {
 struct Shared<P> {
     platform: Arc<P>,
     config: ClientConfig,
-    dht: Dht,
+    lookups: Lookups,
     wallet: Option<Arc<Wallet>>,
     wg_secret: x25519::StaticSecret,
     status: Mutex<Status>,
+    /// The state the platform was last told, for a settings change.
+    state: Mutex<TunnelState>,
+    settings: Mutex<SettingsState>,
     events: broadcast::Sender<Event>,
-    /// The platform's interface is up: the DHT's sockets go through it.
-    tunnel_up: Arc<AtomicBool>,
 }
 
 impl<P: Platform> Client<P> {
-    /// Starts the runtime: opens the state directory and the wallet, joins
-    /// the DHT. Nothing on the system changes until [`Client::connect`].
+    /// Starts the runtime: opens the state directory, the settings and the
+    /// wallet, and tells the platform the settings in force while
+    /// disconnected (with lockdown, its firewall blocks from now on).
     pub fn start(platform: P, config: ClientConfig) -> Result<Self, Error> {
         create_private_dir(&config.state_dir)?;
         let platform = Arc::new(platform);
@@ -268,24 +282,16 @@ impl<P: Platform> Client<P> {
             }
             None => None,
         };
-        let mut dht_config = DhtConfig::new(Transport::Tcp, false);
+        let mut dht_config = lookups::client_config();
         dht_config.bootstrap = config.bootstrap.clone();
         dht_config.peer_store = Some(config.dht_store());
-        // The DHT's sockets bypass the tunnel only while it is down: once
-        // it is up, lookups go through it, so no node of a circuit hears
-        // from the client's own address while connected.
-        let tunnel_up = Arc::new(AtomicBool::new(false));
-        let up = tunnel_up.clone();
-        let p = platform.clone();
-        dht_config.protect = Some(Protect::new(move |fd, peer| {
-            if up.load(Ordering::Relaxed) {
-                Ok(())
-            } else {
-                p.protect(fd, peer).map_err(std::io::Error::other)
-            }
+        let lookups = Lookups::new(dht_config, protect);
+        let mut settings = SettingsState::load(&config.state_dir);
+        settings.hold_for_host(platform.recover().err().map(|e| {
+            tracing::error!("{e}");
+            e.to_string()
         }));
-        let dht_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let dht = Dht::spawn(dht::keypair(&dht_key), dht_config)?;
+        platform.on_state(&TunnelState::Disconnected, &settings.effective())?;
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -293,19 +299,34 @@ impl<P: Platform> Client<P> {
             shared: Arc::new(Shared {
                 platform,
                 config,
-                dht,
+                lookups,
                 wallet,
                 wg_secret: x25519::StaticSecret::from(secret),
                 status: Mutex::default(),
+                state: Mutex::default(),
+                settings: Mutex::new(settings),
                 events,
-                tunnel_up,
             }),
             active: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
     pub fn status(&self) -> Status {
-        lock(&self.shared.status).clone()
+        self.shared.status()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        lock(&self.shared.settings).effective()
+    }
+
+    /// Changes and persists the settings, and applies lockdown and LAN
+    /// access at once; DNS and IPv6 apply from the next circuit on.
+    pub fn change_settings(&self, change: &SettingsChange) -> Result<Settings, Error> {
+        let settings = lock(&self.shared.settings).change(change)?;
+        info!(?settings, "settings changed");
+        self.shared.reapply();
+        Ok(settings)
     }
 
     /// Events from now on; see [`EVENT_BACKLOG`] for how far a receiver
@@ -429,9 +450,11 @@ impl<P: Platform> Shared<P> {
     /// subscribers. A platform that cannot follow is logged here; connect
     /// asks [`Platform::on_state`] itself so that it can refuse.
     fn transition(&self, to: TunnelState) {
-        if let Err(e) = self.platform.on_state(&to) {
+        let settings = lock(&self.settings).effective();
+        if let Err(e) = self.platform.on_state(&to, &settings) {
             warn!("{e}");
         }
+        *lock(&self.state) = to.clone();
         {
             let mut s = lock(&self.status);
             let from = s.state;
@@ -472,6 +495,23 @@ impl<P: Platform> Shared<P> {
         self.publish(Event::State { state: to });
     }
 
+    /// Tells the platform the settings in force now, in the same state.
+    fn reapply(&self) {
+        let settings = lock(&self.settings).effective();
+        let state = lock(&self.state).clone();
+        if let Err(e) = self.platform.on_state(&state, &settings) {
+            warn!("{e}");
+        }
+    }
+
+    fn status(&self) -> Status {
+        let mut status = lock(&self.status).clone();
+        let settings = lock(&self.settings);
+        status.settings = settings.effective();
+        status.fail_closed = settings.fail_closed();
+        status
+    }
+
     fn publish(&self, event: Event) {
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(event);
@@ -483,7 +523,7 @@ impl<P: Platform> Shared<P> {
 
     /// Looks up the nodes that provide `key` in the DHT.
     async fn find(&self, key: libp2p::kad::RecordKey, search: dht::Search) -> Result<Vec<dht::Found>, Error> {
-        let (found, stats) = self.dht.find(key, search).await?;
+        let (found, stats) = self.lookups.find(key, search).await?;
         debug!(
             found = found.len(),
             requests = stats.requests,
@@ -656,24 +696,41 @@ impl<P: Platform> Shared<P> {
     }
 
     /// What the host sets up for `tunnel`.
+    /// What the host sets up for `tunnel` under the settings in force:
+    /// the user's resolvers over the exit's, IPv6 only if both the exit
+    /// and the settings have it.
     fn tunnel_config(&self, tunnel: &Tunnel) -> TunnelConfig {
+        let settings = lock(&self.settings).effective();
         let mut bypass = vec![tunnel.path[0].record().quic_addr.ip()];
         bypass.extend(self.config.ledger.map(|l| l.ip()));
+        let dns = if settings.dns.is_empty() {
+            tunnel.params.dns.iter().copied().map(IpAddr::V4).collect()
+        } else {
+            settings.dns.clone()
+        };
         TunnelConfig {
             inner_v4: tunnel.params.inner_addr,
+            inner_v6: tunnel.params.inner_v6.filter(|_| settings.ipv6),
             mtu: tunnel.mtu,
-            dns: tunnel.params.dns.iter().copied().map(IpAddr::V4).collect(),
+            dns,
             bypass,
         }
     }
 
-    fn show_circuit(&self, tunnel: &Tunnel) {
+    fn show_circuit(&self, tunnel: &Tunnel, config: &TunnelConfig) {
         let circuit: Vec<HopInfo> = tunnel.path.iter().map(hop_info).collect();
         let build_ms = (tunnel.build_time.as_secs_f64() * 100_000.0).round() / 100.0;
+        let ipv6_blocked = match (config.inner_v6, tunnel.params.inner_v6) {
+            (Some(_), _) => None,
+            (None, Some(_)) => Some("IPv6 is off in the settings: blocked".to_owned()),
+            (None, None) => Some("the exit does not carry IPv6: blocked".to_owned()),
+        };
         self.update(|s| {
             s.exit = circuit.last().cloned();
             s.circuit = circuit.clone();
             s.inner_addr = Some(tunnel.params.inner_addr);
+            s.inner_v6 = config.inner_v6;
+            s.ipv6_blocked = ipv6_blocked.clone();
             s.mtu = Some(tunnel.mtu);
             s.build_ms = Some(build_ms);
         });
@@ -682,6 +739,7 @@ impl<P: Platform> Shared<P> {
             circuit,
             build_ms,
             inner_addr: tunnel.params.inner_addr,
+            inner_v6: config.inner_v6,
             mtu: tunnel.mtu,
         });
         if let Some(w) = &self.wallet {
@@ -693,8 +751,12 @@ impl<P: Platform> Shared<P> {
     /// Nothing on the system changes unless the circuit came up.
     async fn connect(self: Arc<Self>, plan: Plan) -> Result<Active, Error> {
         // Block before the first packet of the connect leaves.
-        self.platform.on_state(&TunnelState::Connecting)?;
+        let settings = lock(&self.settings).effective();
+        self.platform.on_state(&TunnelState::Connecting, &settings)?;
         self.transition(TunnelState::Connecting);
+        // The DHT instance that found the nodes goes before any of them
+        // sees the circuit; none runs until the tunnel's side is settled.
+        let hold = self.lookups.hold().await;
         let mut avoid = Vec::new();
         let mut session = None;
         let tunnel = self.build(&plan, &mut avoid, &mut session, None).await?;
@@ -704,9 +766,13 @@ impl<P: Platform> Shared<P> {
                 message: "a circuit was built without an exit session".into(),
             });
         };
-        let io = match self.platform.establish(&self.tunnel_config(&tunnel)) {
+        let config = self.tunnel_config(&tunnel);
+        let io = match self.platform.establish(&config) {
             Ok(io) => {
-                self.tunnel_up.store(true, Ordering::Relaxed);
+                hold.tunnel_up(true);
+                drop(hold);
+                // The host knows its state again.
+                lock(&self.settings).hold_for_host(None);
                 io
             }
             Err(e) => {
@@ -716,9 +782,7 @@ impl<P: Platform> Shared<P> {
             }
         };
         self.save_guard(&tunnel);
-        self.show_circuit(&tunnel);
-        // DHT connections made before now would hang on the old routes.
-        let _ = self.dht.reconnect().await;
+        self.show_circuit(&tunnel, &config);
         info!(
             mtu = tunnel.mtu,
             build_ms = tunnel.build_time.as_millis() as u64,
@@ -778,23 +842,27 @@ impl<P: Platform> Shared<P> {
                 session = None;
             }
             let mut backoff = RECONNECT_FIRST;
-            tunnel = loop {
+            let config;
+            (tunnel, config) = loop {
                 let failure = match self
                     .build(&plan, &mut avoid, &mut session, Some(previous.inner_addr))
                     .await
                 {
-                    Ok(new) => match self.platform.reconfigure(&self.tunnel_config(&new)) {
-                        Ok(new_io) => {
-                            if let Some(new_io) = new_io {
-                                io = new_io;
+                    Ok(new) => {
+                        let config = self.tunnel_config(&new);
+                        match self.platform.reconfigure(&config) {
+                            Ok(new_io) => {
+                                if let Some(new_io) = new_io {
+                                    io = new_io;
+                                }
+                                break (new, config);
                             }
-                            break new;
+                            Err(e) => {
+                                new.close().await;
+                                format!("{e}; retrying")
+                            }
                         }
-                        Err(e) => {
-                            new.close().await;
-                            format!("{e}; retrying")
-                        }
-                    },
+                    }
                     Err(e) => {
                         // Every node may be worth a second try later.
                         avoid.clear();
@@ -813,12 +881,12 @@ impl<P: Platform> Shared<P> {
                 backoff = (backoff * 2).min(RECONNECT_MAX);
             };
             info!(attempt, "new circuit up");
-            self.show_circuit(&tunnel);
+            self.show_circuit(&tunnel, &config);
         }
         self.platform.teardown();
-        self.tunnel_up.store(false, Ordering::Relaxed);
         drop(io);
-        let _ = self.dht.reconnect().await;
+        // Lookups from now on go around the tunnel, from a new instance.
+        self.lookups.hold().await.tunnel_up(false);
         if let (Some(wallet), false) = (&self.wallet, spent.is_empty()) {
             wallet.record_session(SessionRecord {
                 started_at,

@@ -671,9 +671,9 @@ async fn outbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<
                 continue;
             }
         };
-        // IPv6 is routed to nowhere (blocked); anything else here that is
-        // not IPv4 is not ours to carry.
-        if packet[0] >> 4 != 4 {
+        // IPv4 and IPv6 (the host routes IPv6 here only when the exit
+        // carries it, and the exit checks every source); nothing else.
+        if n == 0 || !matches!(packet[0] >> 4, 4 | 6) {
             continue;
         }
         let len = {

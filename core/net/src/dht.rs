@@ -48,6 +48,8 @@ pub const MAX_PER_SUBNET: usize = 2;
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How soon a failed publication is tried again.
 const PUBLISH_RETRY: Duration = Duration::from_secs(20);
+/// How long a shutdown waits for peers to see their connections closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Largest DHT message: provider lists of popular keys are long.
 const MAX_PACKET: usize = 1 << 20;
 
@@ -296,7 +298,9 @@ enum Command {
     Addresses {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
-    Reconnect,
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A handle on the DHT task.
@@ -414,13 +418,15 @@ impl Dht {
         answer.await.map_err(|_| DhtError::Stopped)
     }
 
-    /// Drops every connection, so the next ones follow the machine's new
-    /// routes (call after a VPN changes them: old connections would hang).
-    pub async fn reconnect(&self) -> Result<(), DhtError> {
-        self.commands
-            .send(Command::Reconnect)
-            .await
-            .map_err(|_| DhtError::Stopped)
+    /// Closes every connection and stops the task; returns once the
+    /// swarm, its sockets and its peer store are gone (or after
+    /// [`SHUTDOWN_GRACE`], when peers do not answer the close). Lookups
+    /// through other handles of this DHT fail with [`DhtError::Stopped`].
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 }
 
@@ -558,10 +564,11 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        loop {
+        let done = loop {
             let retry = self.retry_publish;
             tokio::select! {
                 command = commands.recv() => match command {
+                    Some(Command::Shutdown { done }) => break done,
                     Some(c) => self.command(c),
                     None => return,
                 },
@@ -571,6 +578,27 @@ impl Task {
                     if let Some((record, provide)) = self.published.clone() {
                         self.publish(record, provide);
                     }
+                }
+            }
+        };
+        self.close().await;
+        drop(self);
+        let _ = done.send(());
+    }
+
+    /// Closes every connection, driving the swarm until they are gone.
+    async fn close(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.swarm.connected_peers().next().is_some() {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => self.event(event),
+                Err(_) => {
+                    debug!("DHT peers did not answer the close in time; dropping their connections");
+                    break;
                 }
             }
         }
@@ -648,12 +676,7 @@ impl Task {
                     .collect();
                 let _ = reply.send(addrs);
             }
-            Command::Reconnect => {
-                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-                for peer in peers {
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
-            }
+            Command::Shutdown { .. } => unreachable!("the task loop ends on shutdown"),
         }
     }
 

@@ -6,13 +6,13 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use hopwire_net::dht::parse_dht_addr;
 use hopwire_net::keys;
 use hopwire_proto::policy::ExitPolicy;
-use hopwire_proto::pool::AddressPool;
+use hopwire_proto::pool::{AddressPool, V6Twins, DEFAULT_V6_TWINS};
 use hopwire_proto::record::{parse_identity, Role};
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +186,13 @@ pub struct ExitSection {
     pub tun_name: String,
     #[serde(default = "default_inner_subnet")]
     pub inner_subnet: Ipv4Net,
+    /// Carry clients' IPv6 when this machine has an IPv6 default route.
+    #[serde(default = "yes")]
+    pub ipv6: bool,
+    /// The ULA /96 in which each client's inner IPv4 address has its IPv6
+    /// twin (NAT66 out of the uplink).
+    #[serde(default = "default_inner_subnet_v6")]
+    pub inner_subnet_v6: Ipv6Net,
     /// Resolvers the exit forwards its clients' DNS queries to; empty means
     /// the ones in the exit's `/etc/resolv.conf`.
     #[serde(default)]
@@ -242,6 +249,9 @@ fn default_tun_name() -> String {
 fn default_inner_subnet() -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(100, 87, 0, 0), 16).unwrap_or_else(|e| unreachable!("{e}"))
 }
+fn default_inner_subnet_v6() -> Ipv6Net {
+    DEFAULT_V6_TWINS.parse().unwrap_or_else(|e| unreachable!("{e}"))
+}
 fn yes() -> bool {
     true
 }
@@ -251,6 +261,8 @@ impl Default for ExitSection {
         Self {
             tun_name: default_tun_name(),
             inner_subnet: default_inner_subnet(),
+            ipv6: true,
+            inner_subnet_v6: default_inner_subnet_v6(),
             dns_upstream: Vec::new(),
             policy: Vec::new(),
             default_rejects: true,
@@ -266,6 +278,8 @@ pub struct LoadedConfig {
     pub policy: ExitPolicy,
     pub key_dir: PathBuf,
     pub wg_peers: Vec<(boringtun::x25519::PublicKey, Ipv4Addr)>,
+    /// Where clients' IPv6 addresses come from, if the exit may carry IPv6.
+    pub v6_twins: Option<V6Twins>,
     pub family: Vec<[u8; 32]>,
     pub bootstrap: Vec<libp2p::Multiaddr>,
 }
@@ -346,6 +360,15 @@ impl NodeConfig {
         }
         let mut pool =
             AddressPool::new(config.exit.inner_subnet).map_err(|e| invalid("exit.inner_subnet", e.to_string()))?;
+        let v6_twins = match V6Twins::new(config.exit.inner_subnet_v6) {
+            Some(t) => config.exit.ipv6.then_some(t),
+            None => {
+                return Err(invalid(
+                    "exit.inner_subnet_v6",
+                    format!("`{}` must be a /96", config.exit.inner_subnet_v6),
+                ))
+            }
+        };
         let policy = ExitPolicy::new(&config.exit.policy, config.exit.default_rejects)
             .map_err(|e| invalid("exit.policy", e.to_string()))?;
         let mut wg_peers = Vec::new();
@@ -383,6 +406,7 @@ impl NodeConfig {
             policy,
             key_dir,
             wg_peers,
+            v6_twins,
             family,
             bootstrap,
         })
@@ -428,6 +452,10 @@ peer_rate_mbit = 2000
 # TUN device and the inner subnet clients get addresses from.
 tun_name = "hwexit0"
 inner_subnet = "100.87.0.0/16"
+# IPv6 for clients, when this machine has an IPv6 default route: each client
+# gets the twin of its IPv4 address in this /96, NAT66 out of the uplink.
+ipv6 = true
+inner_subnet_v6 = "fd68:7769:7200::/96"
 # Resolvers for clients' DNS queries; empty means this machine's /etc/resolv.conf.
 dns_upstream = []
 # Exit policy, first match wins: "accept|reject ADDR[/LEN][:PORT[-PORT]]".

@@ -7,7 +7,10 @@
 //! they reach the TUN device: the source must be the session's own address
 //! and the exit policy must allow the destination; refused packets are
 //! answered with ICMP "administratively prohibited" so the client fails fast.
-//! The exit also owns the NAT table and a DNS forwarder on the gateway.
+//! The exit also owns the NAT table and a DNS forwarder on the gateway
+//! (UDP and TCP). With an IPv6 uplink, each session also gets the IPv6
+//! twin of its inner address ([`V6Twins`]) and its IPv6 leaves by NAT66,
+//! under the same policy.
 //!
 //! The uplink is a TUN device behind NAT, or, for tests and simulations in
 //! one process, a pair of channels to a pretend internet
@@ -26,7 +29,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use boringtun::x25519;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -38,7 +42,7 @@ use hopwire_proto::onion::cell::MAX_HOPS;
 use hopwire_proto::onion::circuit::SharedHop;
 use hopwire_proto::packet;
 use hopwire_proto::policy::ExitPolicy;
-use hopwire_proto::pool::{AddressPool, PoolError};
+use hopwire_proto::pool::{AddressPool, PoolError, V6Twins};
 use hopwire_proto::record::short_id;
 use hopwire_proto::safelog::Sensitive;
 use hopwire_proto::session::{ClientHello, ExitHello, SessionParams, PROTOCOL_VERSION};
@@ -54,6 +58,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// Most DNS queries in flight at once.
 const DNS_IN_FLIGHT: usize = 256;
 const DNS_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a client's DNS-over-TCP connection may sit idle.
+const DNS_TCP_IDLE: Duration = Duration::from_secs(10);
 const BUF: usize = 65536;
 
 /// The exit's TUN MTU: what a client's tunnel carries over the longest
@@ -70,6 +76,12 @@ pub enum ExitError {
     Pool(#[from] PoolError),
     #[error("DNS forwarder on {addr}: {source}")]
     Dns {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("DNS-over-TCP forwarder on {addr}: {source}")]
+    DnsTcp {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -247,6 +259,8 @@ pub struct Exit {
     wg_secret: x25519::StaticSecret,
     policy: ExitPolicy,
     gateway: Ipv4Addr,
+    /// Sessions' IPv6 twins, when this exit carries IPv6.
+    v6: Option<V6Twins>,
     pool: Mutex<AddressPool>,
     by_addr: RwLock<HashMap<Ipv4Addr, Arc<Session>>>,
     by_circuit: RwLock<HashMap<(LinkId, u32), Arc<Session>>>,
@@ -254,8 +268,8 @@ pub struct Exit {
     udp_by_index: HashMap<u32, Arc<Session>>,
     udp_by_key: HashMap<[u8; 32], Arc<Session>>,
     udp: Option<Arc<UdpSocket>>,
-    /// The DNS forwarder; none with a memory uplink.
-    dns: Option<Arc<UdpSocket>>,
+    /// The DNS forwarder, over UDP and TCP; none with a memory uplink.
+    dns: Option<(Arc<UdpSocket>, Arc<TcpListener>)>,
     dns_upstream: Vec<SocketAddr>,
     next_index: AtomicU32,
     uplink: Uplink,
@@ -290,11 +304,30 @@ impl Exit {
         }
         let dns_upstream = dns_upstreams(&cfg.exit.dns_upstream)?;
         let state_file = config.key_dir.join("network-state.json");
-        let mut nat = ExitNat::setup(&cfg.exit.tun_name, pool.net(), cfg.dht.listen.port(), &state_file)
-            .map_err(ExitError::from)?;
+        let v6 = config.v6_twins.filter(|_| {
+            let up = hopwire_sys::has_ipv6_uplink();
+            if !up {
+                info!("no IPv6 default route: clients' IPv6 is not carried");
+            }
+            up
+        });
+        let mut nat = ExitNat::setup(
+            &cfg.exit.tun_name,
+            pool.net(),
+            v6.map(|t| t.net()),
+            cfg.dht.listen.port(),
+            &state_file,
+        )
+        .map_err(ExitError::from)?;
         let dns = SocketAddr::from((gateway, 53));
         let built = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU)
             .map_err(|e| super::NodeError::from(ExitError::from(e)))
+            .and_then(|tun| match v6 {
+                Some(t) => hopwire_sys::add_address(&cfg.exit.tun_name, t.twin(gateway).into(), 96)
+                    .map(|()| tun)
+                    .map_err(|e| ExitError::Nat(e).into()),
+                None => Ok(tun),
+            })
             .and_then(|tun| {
                 Self::build(
                     config,
@@ -306,6 +339,10 @@ impl Exit {
                     Uplink::Tun(tun),
                     Some(dns),
                 )
+            })
+            .map(|mut exit| {
+                exit.v6 = v6;
+                exit
             });
         match built {
             Ok(mut exit) => {
@@ -340,12 +377,21 @@ impl Exit {
                 })
         };
         let dns = dns
-            .map(|addr| udp_socket(addr, |addr, source| ExitError::Dns { addr, source }).map(Arc::new))
+            .map(|addr| {
+                let udp = udp_socket(addr, |addr, source| ExitError::Dns { addr, source })?;
+                let tcp = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                    .map_err(|source| ExitError::DnsTcp { addr, source })?;
+                Ok::<_, super::NodeError>((Arc::new(udp), Arc::new(tcp)))
+            })
             .transpose()?;
         let mut exit = Self {
             wg_secret: keys.wg_secret.clone(),
             policy: config.policy.clone(),
             gateway,
+            // A memory uplink carries IPv6 whenever the config allows it.
+            v6: config.v6_twins,
             pool: Mutex::new(pool),
             by_addr: RwLock::default(),
             by_circuit: RwLock::default(),
@@ -387,8 +433,9 @@ impl Exit {
     pub fn spawn_tasks(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
         tasks.spawn(tun_loop(self.clone()));
         tasks.spawn(timer_loop(self.clone()));
-        if let Some(dns) = &self.dns {
-            tasks.spawn(dns_loop(dns.clone(), self.dns_upstream.clone()));
+        if let Some((udp, tcp)) = &self.dns {
+            tasks.spawn(dns_loop(udp.clone(), self.dns_upstream.clone()));
+            tasks.spawn(dns_tcp_loop(tcp.clone(), self.dns_upstream.clone()));
         }
         if let Some(socket) = &self.udp {
             tasks.spawn(udp_loop(self.clone(), socket.clone()));
@@ -456,6 +503,7 @@ impl Exit {
         write(&self.by_circuit).insert(key, session.clone());
         ExitHello::Accepted(SessionParams {
             inner_addr: session.inner,
+            inner_v6: self.v6.map(|t| t.twin(session.inner)),
             gateway: self.gateway,
             dns: vec![self.gateway],
         })
@@ -515,13 +563,21 @@ impl Exit {
     /// Polices one decrypted packet and writes it to the TUN device.
     async fn to_tun(&self, session: &Session, packet: &[u8]) {
         let Some(info) = packet::parse(packet) else { return };
-        if info.src != IpAddr::V4(session.inner) {
+        let own = match info.src {
+            IpAddr::V4(a) => a == session.inner,
+            IpAddr::V6(a) => self.v6.is_some_and(|t| a == t.twin(session.inner)),
+        };
+        if !own {
             self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         // The gateway is the exit itself: the nftables input chain limits
         // what clients may reach there (DNS and ping).
-        if info.dst != IpAddr::V4(self.gateway) && !self.policy.allows(&info) {
+        let to_gateway = match info.dst {
+            IpAddr::V4(a) => a == self.gateway,
+            IpAddr::V6(a) => self.v6.is_some_and(|t| a == t.twin(self.gateway)),
+        };
+        if !to_gateway && !self.policy.allows(&info) {
             self.counters.policy_refused.fetch_add(1, Ordering::Relaxed);
             let mut reply = [0u8; 128];
             if let Some(n) = packet::icmp_prohibited(self.gateway, packet, &mut reply) {
@@ -596,7 +652,13 @@ async fn tun_loop(exit: Arc<Exit>) {
         let Some(info) = packet::parse(&packet[..n]) else {
             continue;
         };
-        let IpAddr::V4(dst) = info.dst else { continue };
+        let dst = match info.dst {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(a) => match exit.v6.and_then(|t| t.v4_of(a)) {
+                Some(a) => a,
+                None => continue,
+            },
+        };
         let session = read(&exit.by_addr).get(&dst).cloned();
         if let Some(session) = session {
             session.send_packet(&exit.links, &packet[..n], &mut out);
@@ -664,6 +726,69 @@ async fn dns_loop(socket: Arc<UdpSocket>, upstreams: Vec<SocketAddr>) {
             }
         });
     }
+}
+
+/// Forwards clients' DNS queries over TCP (RFC 7766: each message after
+/// a two-byte length), one upstream TCP connection per query.
+async fn dns_tcp_loop(listener: Arc<TcpListener>, upstreams: Vec<SocketAddr>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(DNS_IN_FLIGHT));
+    let mut next = 0usize;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let first = next;
+        next = next.wrapping_add(1);
+        let upstreams = upstreams.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_dns_tcp(stream, &upstreams, first).await;
+        });
+    }
+}
+
+async fn serve_dns_tcp(mut client: TcpStream, upstreams: &[SocketAddr], mut next: usize) {
+    while let Ok(Some(query)) = tokio::time::timeout(DNS_TCP_IDLE, read_dns_tcp(&mut client))
+        .await
+        .unwrap_or(Ok(None))
+    {
+        let upstream = upstreams[next % upstreams.len()];
+        next = next.wrapping_add(1);
+        let asked = tokio::time::timeout(DNS_TIMEOUT, async {
+            let mut up = TcpStream::connect(upstream).await?;
+            write_dns_tcp(&mut up, &query).await?;
+            read_dns_tcp(&mut up).await
+        })
+        .await;
+        let Ok(Ok(Some(answer))) = asked else { return };
+        if answer.len() < 2 || answer[..2] != query[..2] || write_dns_tcp(&mut client, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One length-prefixed DNS message; `None` at a clean end of stream.
+async fn read_dns_tcp(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut message).await?;
+    Ok((message.len() >= 2).then_some(message))
+}
+
+async fn write_dns_tcp(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(|_| std::io::Error::other("DNS message too long"))?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
 }
 
 async fn ask_upstream(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {

@@ -4,11 +4,46 @@
 //! the first host) and one to each session. Addresses of WireGuard peers
 //! listed in the config are reserved up front; the rest are lent on demand
 //! and returned when a session ends.
+//!
+//! An exit that carries IPv6 gives each session the twin of its IPv4
+//! address in an IPv6 /96 ([`V6Twins`]): the IPv4 address is the low 32
+//! bits. One pool then lends both, and a packet from the internet finds
+//! its session by either address.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+/// An IPv6 /96 whose addresses are twins of the inner IPv4 addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V6Twins {
+    net: Ipv6Net,
+}
+
+/// The default: a ULA /96 (`fd68:7769:7200::/96`, "hwi" in the global id).
+pub const DEFAULT_V6_TWINS: &str = "fd68:7769:7200::/96";
+
+impl V6Twins {
+    /// `None` unless `net` is a /96.
+    pub fn new(net: Ipv6Net) -> Option<Self> {
+        (net.prefix_len() == 96).then(|| Self { net: net.trunc() })
+    }
+
+    pub fn net(&self) -> Ipv6Net {
+        self.net
+    }
+
+    /// The IPv6 twin of `v4`.
+    pub fn twin(&self, v4: Ipv4Addr) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.net.network()) | u128::from(u32::from(v4)))
+    }
+
+    /// The IPv4 address whose twin `v6` is, if it lies in this /96.
+    pub fn v4_of(&self, v6: Ipv6Addr) -> Option<Ipv4Addr> {
+        self.net.contains(&v6).then(|| Ipv4Addr::from(u128::from(v6) as u32))
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -108,6 +143,17 @@ impl AddressPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_twins_embed_the_ipv4_address() {
+        let twins = V6Twins::new(DEFAULT_V6_TWINS.parse().expect("net")).expect("a /96");
+        let v4: std::net::Ipv4Addr = "100.87.0.5".parse().expect("v4");
+        let v6 = twins.twin(v4);
+        assert_eq!(v6.to_string(), "fd68:7769:7200::6457:5");
+        assert_eq!(twins.v4_of(v6), Some(v4));
+        assert_eq!(twins.v4_of("2001:2::10".parse().expect("v6")), None);
+        assert!(V6Twins::new("fd00::/64".parse().expect("net")).is_none());
+    }
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().expect("test net")

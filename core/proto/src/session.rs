@@ -6,11 +6,12 @@
 //! The framing of these messages on a stream is the shells' business
 //! (`hopwire_net::framing`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: the exit's answer carries an inner IPv6 address.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientHello {
@@ -32,6 +33,8 @@ pub enum ExitHello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionParams {
     pub inner_addr: Ipv4Addr,
+    /// The session's inner IPv6 address, if the exit carries IPv6.
+    pub inner_v6: Option<Ipv6Addr>,
     /// The exit's address inside the tunnel; it answers DNS there.
     pub gateway: Ipv4Addr,
     pub dns: Vec<Ipv4Addr>,

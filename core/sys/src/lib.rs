@@ -1,7 +1,8 @@
 //! The system's network settings: NAT and forwarding on an exit, routes and
 //! DNS on a client.
 //!
-//! Everything here runs `ip` and `nft` (as wg-quick does) and records what it
+//! Everything here runs `ip`, `nft` and, where systemd-resolved manages the
+//! resolver, `resolvectl` (as wg-quick does) and records what it
 //! changed in a small state file before changing it, so the next start after
 //! a crash can undo it. Only what Hopwire added is removed: routes and DNS
 //! that were there before are left exactly as they were. [`tun`] creates
@@ -17,11 +18,11 @@ pub mod firewall;
 pub mod tun;
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,26 +109,61 @@ fn save_state<T: Serialize>(path: &Path, state: &T) -> Result<(), SysError> {
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IP6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Whether this machine has an IPv6 default route (an exit then carries
+/// its clients' IPv6).
+pub fn has_ipv6_uplink() -> bool {
+    run("ip", &["-6", "route", "show", "default"]).is_ok_and(|out| !out.trim().is_empty())
+}
+
+/// Adds `addr/prefix` to `dev` (without duplicate address detection: the
+/// address is ours alone).
+pub fn add_address(dev: &str, addr: IpAddr, prefix: u8) -> Result<(), SysError> {
+    let family = if addr.is_ipv4() { "-4" } else { "-6" };
+    let cidr = format!("{addr}/{prefix}");
+    let mut args = vec![family, "addr", "add", cidr.as_str(), "dev", dev];
+    if addr.is_ipv6() {
+        args.push("nodad");
+    }
+    run("ip", &args).map(drop)
+}
+
+/// Removes `addr/prefix` from `dev`.
+pub fn del_address(dev: &str, addr: IpAddr, prefix: u8) -> Result<(), SysError> {
+    let family = if addr.is_ipv4() { "-4" } else { "-6" };
+    run("ip", &[family, "addr", "del", &format!("{addr}/{prefix}"), "dev", dev]).map(drop)
+}
 
 /// What an exit changed: forwarding and one nftables table of its own.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ExitNat {
     table: String,
     ip_forward_before: String,
+    /// IPv6 forwarding before, when the exit carries IPv6.
+    #[serde(default)]
+    ip6_forward_before: Option<String>,
     #[serde(skip)]
     state_file: PathBuf,
 }
 
 impl ExitNat {
     /// Undoes what a crashed run left behind (recorded in `state_file`),
-    /// then enables forwarding and masquerade for `subnet` behind TUN `tun`.
+    /// then enables forwarding and masquerade for `subnet` (and NAT66 for
+    /// `subnet_v6`, if given) behind TUN `tun`.
     ///
     /// The table also keeps clients off the exit host itself (only DNS and
     /// ping to the gateway, and the node's DHT on `dht_port`: the DHT is
     /// public anyway, and a connected client's DHT traffic comes through its
     /// tunnel) and lets into the TUN only replies to what the clients
     /// started, so unsolicited inbound traffic never reaches them.
-    pub fn setup(tun: &str, subnet: Ipv4Net, dht_port: u16, state_file: &Path) -> Result<Self, SysError> {
+    pub fn setup(
+        tun: &str,
+        subnet: Ipv4Net,
+        subnet_v6: Option<Ipv6Net>,
+        dht_port: u16,
+        state_file: &Path,
+    ) -> Result<Self, SysError> {
         if let Some(mut stale) = load_state::<ExitNat>(state_file) {
             tracing::info!(
                 "undoing network settings left by a previous run ({})",
@@ -137,17 +173,25 @@ impl ExitNat {
             stale.teardown();
         }
         let table = format!("hopwire_{}", tun.replace('-', "_"));
+        let ip6_forward_before = match subnet_v6 {
+            Some(_) => Some(read_file(Path::new(IP6_FORWARD))?.trim().to_owned()),
+            None => None,
+        };
         let nat = ExitNat {
             table: table.clone(),
             ip_forward_before: read_file(Path::new(IP_FORWARD))?.trim().to_owned(),
+            ip6_forward_before,
             state_file: state_file.to_owned(),
         };
         save_state(state_file, &nat)?;
+        let nat66 = subnet_v6
+            .map(|net| format!("\n    ip6 saddr {net} oifname != \"{tun}\" masquerade"))
+            .unwrap_or_default();
         let script = format!(
-            r#"table ip {table} {{
+            r#"table inet {table} {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {subnet} oifname != "{tun}" masquerade
+    ip saddr {subnet} oifname != "{tun}" masquerade{nat66}
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
@@ -162,25 +206,37 @@ impl ExitNat {
     iifname "{tun}" tcp dport 53 accept
     iifname "{tun}" tcp dport {dht_port} accept
     iifname "{tun}" icmp type echo-request accept
+    iifname "{tun}" icmpv6 type echo-request accept
     iifname "{tun}" drop
   }}
 }}
 "#
         );
         // Replace any same-named table atomically.
-        let _ = run("nft", &["delete", "table", "ip", &table]);
+        let _ = run("nft", &["delete", "table", "inet", &table]);
         run_with_input("nft", &["-f", "-"], Some(&script))?;
         write_file(Path::new(IP_FORWARD), "1\n")?;
+        if subnet_v6.is_some() {
+            write_file(Path::new(IP6_FORWARD), "1\n")?;
+        }
         Ok(nat)
     }
 
     /// Removes the table and restores forwarding; safe to call twice.
     pub fn teardown(&mut self) {
-        if let Err(e) = run("nft", &["delete", "table", "ip", &self.table]) {
-            tracing::debug!("nft table {} already gone: {e}", self.table);
+        // Older runs made an `ip` table of the same name.
+        for family in ["inet", "ip"] {
+            if let Err(e) = run("nft", &["delete", "table", family, &self.table]) {
+                tracing::debug!("nft table {family} {} already gone: {e}", self.table);
+            }
         }
         if let Err(e) = write_file(Path::new(IP_FORWARD), &format!("{}\n", self.ip_forward_before)) {
             tracing::warn!("restoring ip_forward: {e}");
+        }
+        if let Some(before) = &self.ip6_forward_before {
+            if let Err(e) = write_file(Path::new(IP6_FORWARD), &format!("{before}\n")) {
+                tracing::warn!("restoring IPv6 forwarding: {e}");
+            }
         }
         let _ = std::fs::remove_file(&self.state_file);
     }
@@ -200,13 +256,20 @@ pub fn route_get(addr: IpAddr) -> Result<RouteHop, SysError> {
     hops.into_iter().next().ok_or(SysError::NoRoute(addr))
 }
 
-/// What a client changed: routes it added and the resolv.conf it replaced.
+/// The stub resolver systemd-resolved puts in resolv.conf.
+const RESOLVED_STUB: &str = "127.0.0.53";
+
+/// What a client changed: routes it added, and the DNS of the tunnel link
+/// it set through resolved or the resolv.conf it replaced.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ClientNet {
     /// `ip` argument lists that added a route; deleting replays them with `del`.
     routes: Vec<Vec<String>>,
     resolv_conf: Option<PathBuf>,
     resolv_backup: Option<String>,
+    /// The link whose DNS resolved was given (`resolvectl revert` undoes it).
+    #[serde(default)]
+    resolved_link: Option<String>,
     #[serde(skip)]
     state_file: PathBuf,
     /// How the machine reached the internet before the tunnel took over.
@@ -215,15 +278,34 @@ pub struct ClientNet {
 }
 
 impl ClientNet {
-    /// Undoes what a crashed daemon left behind.
-    pub fn recover(state_file: &Path) {
-        if let Some(mut stale) = load_state::<ClientNet>(state_file) {
-            tracing::info!(
-                "undoing network settings left by a previous run ({})",
-                state_file.display()
-            );
-            stale.state_file = state_file.to_owned();
-            stale.restore();
+    /// Undoes what a crashed daemon left behind. A state file that cannot
+    /// be read is moved aside (`.unreadable`) and reported: what it would
+    /// have undone is unknown, so the caller should fail closed.
+    pub fn recover(state_file: &Path) -> Result<(), String> {
+        let text = match std::fs::read_to_string(state_file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("network state file {}: {e}", state_file.display())),
+        };
+        match serde_json::from_str::<ClientNet>(&text) {
+            Ok(mut stale) => {
+                tracing::info!(
+                    "undoing network settings left by a previous run ({})",
+                    state_file.display()
+                );
+                stale.state_file = state_file.to_owned();
+                stale.restore();
+                Ok(())
+            }
+            Err(e) => {
+                let aside = state_file.with_extension("unreadable");
+                let _ = std::fs::rename(state_file, &aside);
+                Err(format!(
+                    "the network state file {} is unreadable ({e}; kept as {}): routes or DNS a crashed run left cannot be undone; everything but the tunnel stays blocked until a tunnel is up again (connect, then disconnect)",
+                    state_file.display(),
+                    aside.display()
+                ))
+            }
         }
     }
 
@@ -250,18 +332,49 @@ impl ClientNet {
     }
 
     /// Sends all IPv4 through `tun` except packets to `first_hop` (the node
-    /// the tunnel's own packets go to), and blocks IPv6 (which the tunnel
-    /// does not carry) instead of leaking it.
-    pub fn route_all_through(&mut self, tun: &str, first_hop: IpAddr) -> Result<(), SysError> {
+    /// the tunnel's own packets go to), and IPv6 too when `ipv6` (the
+    /// tunnel carries it); otherwise IPv6 is unreachable, not leaked.
+    pub fn route_all_through(&mut self, tun: &str, first_hop: IpAddr, ipv6: bool) -> Result<(), SysError> {
         self.uplink = Some(route_get(first_hop)?);
         self.bypass(first_hop)?;
         self.add_route(&["-4", "route", "0.0.0.0/1", "dev", tun])?;
         self.add_route(&["-4", "route", "128.0.0.0/1", "dev", tun])?;
-        if read_file(Path::new("/proc/sys/net/ipv6/conf/all/disable_ipv6")).is_ok_and(|v| v.trim() == "0") {
-            self.add_route(&["-6", "route", "unreachable", "::/1"])?;
-            self.add_route(&["-6", "route", "unreachable", "8000::/1"])?;
+        self.route_v6(tun, ipv6)
+    }
+
+    /// Routes all IPv6 through `tun` (`through`) or makes it unreachable,
+    /// replacing the IPv6 catch-alls added before.
+    pub fn route_v6(&mut self, tun: &str, through: bool) -> Result<(), SysError> {
+        let is_v6_catch_all =
+            |r: &Vec<String>| r.first().is_some_and(|f| f == "-6") && r.iter().any(|a| a.ends_with("::/1"));
+        let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.routes).into_iter().partition(is_v6_catch_all);
+        self.routes = kept;
+        for args in old {
+            Self::delete_route(args);
         }
-        Ok(())
+        save_state(&self.state_file, self)?;
+        if !read_file(Path::new("/proc/sys/net/ipv6/conf/all/disable_ipv6")).is_ok_and(|v| v.trim() == "0") {
+            return Ok(());
+        }
+        if through {
+            self.add_route(&["-6", "route", "::/1", "dev", tun])?;
+            self.add_route(&["-6", "route", "8000::/1", "dev", tun])
+        } else {
+            self.add_route(&["-6", "route", "unreachable", "::/1"])?;
+            self.add_route(&["-6", "route", "unreachable", "8000::/1"])
+        }
+    }
+
+    /// Replays an `add` argument list with `del`.
+    fn delete_route(mut args: Vec<String>) {
+        if let Some(add) = args.iter().position(|a| a == "add") {
+            args[add] = "del".into();
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Err(e) = run("ip", &refs) {
+            // Routes through the TUN device vanish with it.
+            tracing::debug!("route already gone: {e}");
+        }
     }
 
     /// Sends packets to `addr` the way the machine reached the internet
@@ -311,28 +424,32 @@ impl ClientNet {
                 true
             }
         });
-        for mut args in stale {
-            if let Some(add) = args.iter().position(|a| a == "add") {
-                args[add] = "del".into();
-            }
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            if let Err(e) = run("ip", &refs) {
-                tracing::debug!("old first-hop route already gone: {e}");
-            }
+        for args in stale {
+            Self::delete_route(args);
         }
         if let Err(e) = save_state(&self.state_file, self) {
             tracing::warn!("recording network settings: {e}");
         }
     }
 
-    /// Points the system resolver at `servers` (reached through the tunnel).
-    /// The file is rewritten in place, so a bind-mounted resolv.conf (as in
-    /// `ip netns exec`) keeps working.
-    pub fn set_dns(&mut self, resolv_conf: &Path, servers: &[Ipv4Addr]) -> Result<(), SysError> {
+    /// Points the system resolver at `servers` (reached through `tun`).
+    /// Where systemd-resolved manages the resolver (resolv.conf names its
+    /// stub), the tunnel link gets the servers and the `~.` routing
+    /// domain, so every query goes there; elsewhere resolv.conf is
+    /// rewritten in place, so a bind-mounted one (as in `ip netns exec`)
+    /// keeps working.
+    pub fn set_dns(&mut self, tun: &str, resolv_conf: &Path, servers: &[IpAddr]) -> Result<(), SysError> {
         if servers.is_empty() {
             return Ok(());
         }
         let before = read_file(resolv_conf)?;
+        let stub = before
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .any(|a| a.trim() == RESOLVED_STUB);
+        if stub {
+            return self.set_link_dns(tun, servers);
+        }
         if self.resolv_backup.is_none() {
             self.resolv_backup = Some(before);
             self.resolv_conf = Some(resolv_conf.to_owned());
@@ -345,22 +462,34 @@ impl ClientNet {
         write_file(resolv_conf, &text)
     }
 
-    /// Removes what was added, newest first, and restores resolv.conf.
+    /// Gives the tunnel link its DNS through resolved, as the only link
+    /// for every domain (`~.`) and the default route for queries.
+    fn set_link_dns(&mut self, tun: &str, servers: &[IpAddr]) -> Result<(), SysError> {
+        self.resolved_link = Some(tun.to_owned());
+        save_state(&self.state_file, self)?;
+        let servers: Vec<String> = servers.iter().map(IpAddr::to_string).collect();
+        let mut dns = vec!["dns", tun];
+        dns.extend(servers.iter().map(String::as_str));
+        run("resolvectl", &dns)?;
+        run("resolvectl", &["domain", tun, "~."])?;
+        run("resolvectl", &["default-route", tun, "yes"]).map(drop)
+    }
+
+    /// Removes what was added, newest first, and restores the DNS.
     pub fn restore(&mut self) {
         if let (Some(path), Some(text)) = (self.resolv_conf.take(), self.resolv_backup.take()) {
             if let Err(e) = write_file(&path, &text) {
                 tracing::warn!("restoring DNS: {e}");
             }
         }
-        while let Some(mut args) = self.routes.pop() {
-            if let Some(add) = args.iter().position(|a| a == "add") {
-                args[add] = "del".into();
+        if let Some(link) = self.resolved_link.take() {
+            // Gone with the link anyway; reverting says so to resolved.
+            if let Err(e) = run("resolvectl", &["revert", &link]) {
+                tracing::debug!("resolved already forgot {link}: {e}");
             }
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            if let Err(e) = run("ip", &refs) {
-                // Routes through the TUN device vanish with it.
-                tracing::debug!("route already gone: {e}");
-            }
+        }
+        while let Some(args) = self.routes.pop() {
+            Self::delete_route(args);
         }
         let _ = std::fs::remove_file(&self.state_file);
     }
