@@ -61,6 +61,8 @@ const TOOLS: [(&str, &str); 6] = [
 ];
 
 #[derive(clap::Args)]
+// A flag given twice takes the last value (tests add to a default set).
+#[command(args_override_self = true)]
 pub struct Args {
     /// Leave the network running and print how to enter it.
     #[arg(long)]
