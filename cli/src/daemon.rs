@@ -264,13 +264,11 @@ impl Platform for LinuxPlatform {
         self.enforce()
     }
 
+    /// The firewall follows at the state change that comes next.
     fn teardown(&self) {
         let taken = lock(&self.up).take();
         if let Some(mut t) = taken {
             t.net.restore();
-        }
-        if let Err(e) = self.enforce() {
-            warn!("{e}");
         }
     }
 

@@ -10,12 +10,17 @@
 //! another new instance; disconnecting shuts that one down too. No two
 //! instances share an identity, so nothing links the client outside the
 //! tunnel to the client inside it. Every instance is a DHT client (it
-//! asks, never answers) and listens nowhere: nodes cannot dial it.
+//! asks, never answers) and listens nowhere: nodes cannot dial it. The
+//! instance inside the tunnel never dials an address that goes around it
+//! (the guard's, the ledger's): such a connection would leave from the
+//! client's own address, so it fails at once instead.
 //!
 //! What it does not do: choose nodes (the runtime does), or decide when
 //! the tunnel is up (the runtime says so with [`Lookups::hold`]).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
 
 use libp2p::kad::RecordKey;
 use tokio::sync::{Mutex, MutexGuard};
@@ -23,6 +28,7 @@ use tracing::debug;
 
 use hopwire_net::dht::{self, Dht, DhtConfig, DhtError, Found, LookupStats, Search, Transport};
 use hopwire_net::protect::Protect;
+use hopwire_proto::sync::lock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -38,6 +44,8 @@ pub(crate) struct Lookups {
     /// How sockets made while the tunnel is down bypass it.
     protect: Protect,
     tunnel_up: AtomicBool,
+    /// Addresses routed around the tunnel while it is up.
+    around: Arc<SyncMutex<Vec<IpAddr>>>,
     current: Mutex<Option<(Side, Dht)>>,
 }
 
@@ -62,8 +70,15 @@ impl Lookups {
             config,
             protect,
             tunnel_up: AtomicBool::new(false),
+            around: Arc::default(),
             current: Mutex::new(None),
         }
+    }
+
+    /// The addresses the tunnel's routes send around it now (the first
+    /// hop, the ledger): the instance inside never dials them.
+    pub(crate) fn set_around(&self, addrs: &[IpAddr]) {
+        *lock(&self.around) = addrs.to_vec();
     }
 
     /// The nodes that provide `key`, from the instance of the side the
@@ -109,8 +124,18 @@ impl Lookups {
         let mut config = self.config.clone();
         config.protect = Some(match side {
             Side::Outside => self.protect.clone(),
-            // Through the tunnel: the system's routes take them there.
-            Side::Inside => Protect::new(|_, _| Ok(())),
+            // Through the tunnel: the system's routes take them there,
+            // except to the addresses routed around it.
+            Side::Inside => {
+                let around = self.around.clone();
+                Protect::new(move |_, peer| {
+                    if lock(&around).contains(&peer.ip()) {
+                        Err(std::io::Error::other("this peer is reached around the tunnel, not through it"))
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
         });
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let dht = Dht::spawn(dht::keypair(&key), config)?;

@@ -769,6 +769,7 @@ impl<P: Platform> Shared<P> {
         let config = self.tunnel_config(&tunnel);
         let io = match self.platform.establish(&config) {
             Ok(io) => {
+                self.lookups.set_around(&config.bypass);
                 hold.tunnel_up(true);
                 drop(hold);
                 // The host knows its state again.
@@ -855,6 +856,7 @@ impl<P: Platform> Shared<P> {
                                 if let Some(new_io) = new_io {
                                     io = new_io;
                                 }
+                                self.lookups.set_around(&config.bypass);
                                 break (new, config);
                             }
                             Err(e) => {
