@@ -130,7 +130,9 @@ impl Lookups {
                 let around = self.around.clone();
                 Protect::new(move |_, peer| {
                     if lock(&around).contains(&peer.ip()) {
-                        Err(std::io::Error::other("this peer is reached around the tunnel, not through it"))
+                        Err(std::io::Error::other(
+                            "this peer is reached around the tunnel, not through it",
+                        ))
                     } else {
                         Ok(())
                     }
