@@ -1,6 +1,6 @@
 //! End-to-end tests of multi-hop circuits over real namespaces and
-//! processes: what crosses three hops, what each node's links reveal, and
-//! what happens when a relay dies.
+//! processes: what crosses three hops and what happens when a relay dies
+//! (what each node's links reveal is `privacy.rs`).
 
 use std::time::Duration;
 
