@@ -701,10 +701,15 @@ impl Testnet {
             &[],
         );
         self.extra.push(daemon);
-        poll_until("the restarted daemon to answer", 120, Duration::from_millis(250), || {
-            let out = self.cli(&["status", "--json"]);
-            out.success().then_some(()).ok_or_else(|| out.to_string())
-        });
+        poll_until(
+            "the restarted daemon to answer",
+            120,
+            Duration::from_millis(250),
+            || {
+                let out = self.cli(&["status", "--json"]);
+                out.success().then_some(()).ok_or_else(|| out.to_string())
+            },
+        );
     }
 
     /// `hopwire --socket S ARGS` (the CLI itself needs no namespace).

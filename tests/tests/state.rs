@@ -80,7 +80,9 @@ fn a_daemon_restarted_on_an_empty_run_dir_keeps_account_channels_and_guard() {
         );
     }
     assert!(
-        !std::fs::read_to_string(&log).unwrap_or_default().contains("state now survives a reboot"),
+        !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("state now survives a reboot"),
         "nothing to migrate when the state is already in its place"
     );
 }
