@@ -8,7 +8,10 @@
 //! that).
 #![no_main]
 
-use hopwire_api::{Envelope, ErrorKind, Event, HopInfo, HopPayment, Request, Response, State, Status, TunnelState};
+use hopwire_api::{
+    Envelope, ErrorKind, Event, HopInfo, HopPayment, Request, Response, Settings, SettingsChange, State, Status,
+    TunnelState,
+};
 use hopwire_fuzz::write_seeds;
 use hopwire_proto::record::VerifiedRecord;
 use libfuzzer_sys::fuzz_target;
@@ -40,7 +43,7 @@ fn response(resp: Response) {
                     n.rtt_ms = n.rtt_ms.map(|_| 0.0);
                 }
             }
-            Response::Wallet { .. } => {}
+            Response::Wallet { .. } | Response::Settings { .. } => {}
         }
         r
     };
@@ -91,6 +94,15 @@ fn seeds() -> Vec<Vec<u8>> {
         }],
         spent: 4096,
         payment_bytes: 900,
+        inner_v6: Some("fd68:7769:7200::6457:2".parse().expect("v6")),
+        ipv6_blocked: None,
+        settings: Settings {
+            lockdown: true,
+            allow_lan: true,
+            ipv6: false,
+            dns: vec!["9.9.9.9".parse().expect("dns")],
+        },
+        fail_closed: Some("settings unreadable".into()),
     };
     let mut seeds: Vec<Vec<u8>> = [
         Request::Connect {
@@ -103,6 +115,13 @@ fn seeds() -> Vec<Vec<u8>> {
         Request::Status,
         Request::Wallet { close: true },
         Request::Subscribe,
+        Request::Settings {
+            change: SettingsChange {
+                lockdown: Some(true),
+                dns: Some(vec!["9.9.9.9".parse().expect("dns")]),
+                ..SettingsChange::default()
+            },
+        },
     ]
     .into_iter()
     .map(|request| serde_json::to_vec(&Envelope { v: 2, request }).expect("encodes"))

@@ -82,6 +82,7 @@ fn seeds() -> Vec<Vec<u8>> {
     };
     let params = SessionParams {
         inner_addr: [100, 87, 0, 2].into(),
+        inner_v6: Some("fd68:7769:7200::6457:2".parse().expect("seed address")),
         gateway: [100, 87, 0, 1].into(),
         dns: vec![[100, 87, 0, 1].into()],
     };

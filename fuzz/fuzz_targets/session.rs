@@ -59,6 +59,7 @@ fn frame<T: Serialize>(message: &T) -> Vec<u8> {
 fn seeds() -> Vec<Vec<u8>> {
     let accepted = ExitHello::Accepted(SessionParams {
         inner_addr: [100, 87, 0, 2].into(),
+        inner_v6: Some("fd68:7769:7200::6457:2".parse().expect("seed address")),
         gateway: [100, 87, 0, 1].into(),
         dns: vec![[100, 87, 0, 1].into()],
     });
