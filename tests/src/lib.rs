@@ -299,18 +299,24 @@ impl Drop for TempDir {
 
 // ---------------------------------------------------------------- processes
 
-/// True while process `pid` exists and is not a zombie.
+/// True while any thread of process `pid` exists and is not a zombie. A
+/// killed multi-threaded process shows its main thread as a zombie while
+/// the others are still exiting, and holding its sockets: it is not gone
+/// until they are.
 pub fn pid_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // "pid (comm) S ..." - the state follows the last ')'.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
-        }
-        Err(_) => false,
-    }
+    let live = |stat: &str| {
+        // "pid (comm) S ..." - the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, Some("Z") | Some("X") | None)
+    };
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|t| fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| live(&stat)))
 }
 
 /// Sends `signal` (e.g. "TERM", "KILL") to `pid` and waits until it is gone.
