@@ -29,6 +29,8 @@ check hopwire-net hopwire-sys hopwire-api hopwire-client hopwire-node-runtime
 check hopwire-api hopwire-net hopwire-sys hopwire-client hopwire-node-runtime quinn libp2p sled
 check hopwire-client hopwire-sys hopwire-node-runtime
 check hopwire-node-runtime hopwire-client hopwire-api
+# The desktop app asks the daemon; it never links the tunnel.
+check hopwire-gui hopwire-net hopwire-sys hopwire-client hopwire-node-runtime quinn libp2p sled tun-rs
 
 if [ "$fail" -ne 0 ]; then
     exit 1

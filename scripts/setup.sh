@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   iproute2 nftables iputils-ping curl python3 coreutils procps
   iperf3 wireguard-go wireguard-tools jq util-linux tcpdump
+  # The desktop app (Tauri 2 on WebKitGTK) and its window tests.
+  build-essential pkg-config libwebkit2gtk-4.1-dev libgtk-3-dev
+  libayatana-appindicator3-dev librsvg2-dev xvfb webkit2gtk-driver
+  imagemagick x11-utils
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -24,6 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The desktop app embeds its front end: build it before the workspace.
+echo "setup: building the desktop app's front end (client-gui)"
+(cd client-gui && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
 
 echo "setup: building the workspace"
 cargo build --workspace --bins --tests --examples --quiet

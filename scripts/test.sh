@@ -12,5 +12,7 @@ echo "test: crate layers"
 ./scripts/layers.sh
 echo "test: a short fuzzing pass over every peer-facing parser"
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" ./scripts/fuzz.sh
+echo "test: the desktop app's front end (typecheck, screens with the IPC mocked)"
+(cd client-gui && npm run --silent typecheck && npm test --silent)
 echo "test: unit, pair and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast
