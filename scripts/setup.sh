@@ -29,6 +29,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The window test drives the desktop app through WebDriver.
+if ! command -v tauri-driver >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/tauri-driver" ]; then
+  echo "setup: installing tauri-driver 2.1.0"
+  cargo install tauri-driver --version 2.1.0 --locked --quiet
+fi
+
 # The desktop app embeds its front end: build it before the workspace.
 echo "setup: building the desktop app's front end (client-gui)"
 (cd client-gui && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
