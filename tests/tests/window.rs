@@ -862,7 +862,6 @@ fn the_window_connects_shows_path_traffic_and_payments_rides_out_a_lost_relay_an
     let middle = ids[1].clone();
     kill_and_wait(pid_of(node(&tn, &middle)), "KILL");
     let mut header_seen: Vec<String> = Vec::new();
-    let mut reconnecting_shot = false;
     let new_ids = wait_for(
         "the window to be connected over a circuit without the killed middle",
         Duration::from_secs(60),
@@ -875,10 +874,6 @@ fn the_window_connects_shows_path_traffic_and_payments_rides_out_a_lost_relay_an
             let drawn = strings(&v[1]);
             if header_seen.last() != Some(&word) {
                 header_seen.push(word.clone());
-            }
-            if word == "reconnecting" && !reconnecting_shot {
-                win.screenshot("4-reconnecting");
-                reconnecting_shot = true;
             }
             (word == "connected" && drawn.len() == 3 && !drawn.contains(&middle))
                 .then_some(drawn.clone())
