@@ -414,6 +414,7 @@ fn event_text(event: &api::Event) -> String {
             inner_addr,
             inner_v6,
             mtu,
+            ..
         } => {
             let hops: Vec<String> = circuit.iter().map(|h| format!("{} ({})", h.id, h.region)).collect();
             let v6 = inner_v6.map(|a| format!(" and {a}")).unwrap_or_default();
@@ -435,6 +436,16 @@ fn event_text(event: &api::Event) -> String {
             rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into())
         ),
         Event::Wallet { channels } => format!("wallet:   {} channels", channels.len()),
+        Event::Settings { settings, fail_closed } => {
+            let blocked = fail_closed
+                .as_ref()
+                .map(|w| format!("; BLOCKED: {w}"))
+                .unwrap_or_default();
+            format!(
+                "settings: {}{blocked}",
+                settings_text(settings).trim_end().replace('\n', ", ")
+            )
+        }
         Event::Lagged { missed } => format!("(fell behind by {missed} events; the daemon dropped this watcher)"),
     }
 }

@@ -102,7 +102,15 @@ export interface ChannelInfo {
 
 export type DaemonEvent =
   | { event: "state"; state: TunnelState }
-  | { event: "circuit"; circuit: HopInfo[]; build_ms: number; inner_addr: string; inner_v6: string | null; mtu: number }
+  | {
+      event: "circuit";
+      circuit: HopInfo[];
+      build_ms: number;
+      inner_addr: string;
+      inner_v6: string | null;
+      ipv6_blocked: string | null;
+      mtu: number;
+    }
   | {
       event: "traffic";
       bytes_sent: number;
@@ -114,6 +122,7 @@ export type DaemonEvent =
       spent: number;
     }
   | { event: "wallet"; channels: ChannelInfo[] }
+  | { event: "settings"; settings: Settings; fail_closed: string | null }
   | { event: "lagged"; missed: number };
 
 /** What the Rust side emits as the `daemon` event. */

@@ -190,9 +190,12 @@ export function applyEvent(m: Model, e: DaemonEvent, now: number): void {
       s.build_ms = e.build_ms;
       s.inner_addr = e.inner_addr;
       s.inner_v6 = e.inner_v6;
+      s.ipv6_blocked = e.ipv6_blocked ?? null;
       s.mtu = e.mtu;
-      // The event does not say why IPv6 is blocked; an address means it is not.
-      if (e.inner_v6) s.ipv6_blocked = null;
+      break;
+    case "settings":
+      s.settings = e.settings;
+      s.fail_closed = e.fail_closed;
       break;
     case "traffic":
       s.bytes_sent = e.bytes_sent;

@@ -58,8 +58,8 @@ describe("circuit screen", () => {
   });
 
   test("IPv6 blocked shows why", async () => {
-    const ui = await connectedUi({ inner_v6: null, ipv6_blocked: "the exit carries no IPv6" });
-    expect(ui.text("#inner-v6")).toBe("blocked: the exit carries no IPv6");
+    const ui = await connectedUi({ inner_v6: null, ipv6_blocked: "the exit does not carry IPv6: blocked" });
+    expect(ui.text("#inner-v6")).toBe("the exit does not carry IPv6: blocked");
   });
 
   test("a one-hop circuit's only hop is the exit", async () => {
@@ -118,11 +118,12 @@ describe("circuit screen", () => {
   test("a new circuit event replaces the path", async () => {
     const ui = await connectedUi();
     const other = [{ id: "111111111111", addr: "198.51.100.9:1", region: "FR" }, HOPS[2]];
-    await ui.send({ type: "event", event: { event: "circuit", circuit: other, build_ms: 250, inner_addr: "10.77.0.3", inner_v6: null, mtu: 1300 } });
+    await ui.send({ type: "event", event: { event: "circuit", circuit: other, build_ms: 250, inner_addr: "10.77.0.3", inner_v6: null, ipv6_blocked: "the exit does not carry IPv6: blocked", mtu: 1300 } });
     expect(ui.$$("#circuit-path .hop").map((h) => h.getAttribute("data-id"))).toEqual(["111111111111", HOPS[2].id]);
     expect(ui.text("#build-time")).toBe("250 ms");
     expect(ui.text("#inner-addr")).toBe("10.77.0.3");
     expect(ui.text("#mtu")).toBe("1300");
+    expect(ui.text("#inner-v6")).toBe("the exit does not carry IPv6: blocked");
   });
 
   test("reconnecting: the lost path is marked and the attempt shown", async () => {

@@ -264,7 +264,7 @@ describe("connect screen", () => {
     const ui = await start();
     await ui.send({ type: "event", event: { event: "state", state: { state: "connecting" } } });
     expect(ui.text("#state")).toBe("connecting");
-    await ui.send({ type: "event", event: { event: "circuit", circuit: HOPS, build_ms: 800, inner_addr: "10.77.0.9", inner_v6: null, mtu: 1380 } });
+    await ui.send({ type: "event", event: { event: "circuit", circuit: HOPS, build_ms: 800, inner_addr: "10.77.0.9", inner_v6: null, ipv6_blocked: null, mtu: 1380 } });
     await ui.send({ type: "event", event: { event: "state", state: { state: "connected" } } });
     expect(ui.text("#state")).toBe("connected");
     expect(ui.text("#state-reason")).toContain("built in 800 ms");

@@ -137,6 +137,26 @@ describe("fail closed", () => {
     expect(visible(ui.$("#fail-closed"))).toBe(false);
   });
 
+  test("a settings event from another client shows the banner and the new settings", async () => {
+    const ui = await start();
+    expect(visible(ui.$("#fail-closed"))).toBe(false);
+    await ui.send({
+      type: "event",
+      event: {
+        event: "settings",
+        settings: { lockdown: true, allow_lan: false, ipv6: true, dns: [] },
+        fail_closed: "settings.json is unreadable",
+      },
+    });
+    expect(visible(ui.$("#fail-closed"))).toBe(true);
+    expect(ui.text("#fail-closed-reason")).toBe("settings.json is unreadable");
+    await ui.send({
+      type: "event",
+      event: { event: "settings", settings: { lockdown: false, allow_lan: false, ipv6: true, dns: [] }, fail_closed: null },
+    });
+    expect(visible(ui.$("#fail-closed"))).toBe(false);
+  });
+
   test("no banner normally", async () => {
     const ui = await start();
     expect(visible(ui.$("#fail-closed"))).toBe(false);

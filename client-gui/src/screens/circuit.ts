@@ -112,7 +112,7 @@ export function circuitScreen(): Screen {
     text(buildTime, s?.build_ms != null ? millis(s.build_ms) : "—");
     text(innerAddr, s?.inner_addr ?? "—");
     if (s?.inner_v6) text(innerV6, s.inner_v6);
-    else if (s?.ipv6_blocked) text(innerV6, `blocked: ${s.ipv6_blocked}`);
+    else if (s?.ipv6_blocked) text(innerV6, s.ipv6_blocked);
     else if (s?.inner_addr) text(innerV6, "not carried");
     else text(innerV6, "—");
     text(rtt, s?.rtt_ms != null ? millis(s.rtt_ms) : "—");

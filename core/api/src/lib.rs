@@ -226,7 +226,16 @@ pub enum Event {
         inner_addr: Ipv4Addr,
         #[serde(default)]
         inner_v6: Option<Ipv6Addr>,
+        /// Why IPv6 is blocked on this circuit; `None` when it is carried.
+        #[serde(default)]
+        ipv6_blocked: Option<String>,
         mtu: u16,
+    },
+    /// The settings in force changed (from any client), or what holds the
+    /// firewall closed did.
+    Settings {
+        settings: Settings,
+        fail_closed: Option<String>,
     },
     /// Each second while connected: traffic, round trip and spending.
     Traffic {

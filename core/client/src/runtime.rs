@@ -326,6 +326,11 @@ impl<P: Platform> Client<P> {
         let settings = lock(&self.shared.settings).change(change)?;
         info!(?settings, "settings changed");
         self.shared.reapply();
+        let fail_closed = lock(&self.shared.settings).fail_closed();
+        self.shared.publish(Event::Settings {
+            settings: settings.clone(),
+            fail_closed,
+        });
         Ok(settings)
     }
 
@@ -730,18 +735,20 @@ impl<P: Platform> Shared<P> {
             s.circuit = circuit.clone();
             s.inner_addr = Some(tunnel.params.inner_addr);
             s.inner_v6 = config.inner_v6;
-            s.ipv6_blocked = ipv6_blocked.clone();
+            s.ipv6_blocked.clone_from(&ipv6_blocked);
             s.mtu = Some(tunnel.mtu);
             s.build_ms = Some(build_ms);
         });
-        self.transition(TunnelState::Connected);
+        // The new path first, so no watcher shows the old one as current.
         self.publish(Event::Circuit {
             circuit,
             build_ms,
             inner_addr: tunnel.params.inner_addr,
             inner_v6: config.inner_v6,
+            ipv6_blocked,
             mtu: tunnel.mtu,
         });
+        self.transition(TunnelState::Connected);
         if let Some(w) = &self.wallet {
             self.publish(Event::Wallet { channels: w.channels() });
         }
