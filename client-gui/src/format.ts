@@ -65,6 +65,7 @@ export function rate(bps: number): string {
 
 /** Milliseconds, as a round trip or a build time: "42 ms", "1.3 s". */
 export function millis(ms: number): string {
+  if (ms < 10) return `${(Math.round(ms * 10) / 10).toString()} ms`;
   if (ms < 1000) return `${Math.round(ms)} ms`;
   return `${(ms / 1000).toFixed(1)} s`;
 }

@@ -17,8 +17,12 @@ describe("daemon missing", () => {
     expect(ui.$("#daemon-missing").getAttribute("data-kind")).toBe("daemon_missing");
     expect(ui.text("#daemon-missing-title")).toBe("The Hopwire service is not running");
     expect(ui.text("#daemon-missing-message")).toBe(MISSING.message);
-    expect(ui.text("#daemon-missing-hint")).toContain("sudo systemctl start hopwire");
+    // The message says how to start it; the hint adds what the message does not.
+    expect(ui.text("#daemon-missing-message")).toContain("sudo systemctl start hopwire");
+    expect(ui.text("#daemon-missing-hint")).not.toContain("systemctl start hopwire");
+    expect(ui.text("#daemon-missing-hint")).toContain("enable --now hopwire");
     expect(ui.text("#daemon-missing-hint")).toContain("hopwire group");
+    expect(ui.text("#daemon-missing-note")).toContain("as soon as the service answers");
     await ui.send({ type: "status", status: connected() });
     expect(visible(ui.$("#daemon-missing"))).toBe(false);
     expect(ui.text("#state")).toBe("connected");
@@ -95,6 +99,7 @@ describe("daemon missing", () => {
     expect(ui.text("#daemon-missing-title")).toBe("This app and the Hopwire service do not match");
     expect(ui.text("#daemon-missing-message")).toContain("API version 3");
     expect(ui.text("#daemon-missing-hint")).toContain("update the app or the service");
+    expect(ui.text("#daemon-missing-note")).toContain("same release");
     expect(visible(ui.$("#settings-error"))).toBe(false);
   });
 

@@ -41,6 +41,8 @@ describe("format", () => {
     expect(rate(150_000_000)).toBe("150 Mbit/s");
     expect(millis(42.4)).toBe("42 ms");
     expect(millis(1234)).toBe("1.2 s");
+    expect(millis(0.4)).toBe("0.4 ms");
+    expect(millis(3)).toBe("3 ms");
     expect(elapsed(7.9)).toBe("7 s");
     expect(elapsed(65)).toBe("1 min 05 s");
     expect(elapsed(3 * 3600 + 5 * 60)).toBe("3 h 05 min");

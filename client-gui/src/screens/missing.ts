@@ -23,7 +23,7 @@ export function outageWords(kind: string): { title: string; hint: string } {
     default:
       return {
         title: "The Hopwire service is not running",
-        hint: "Start it with sudo systemctl start hopwire (or enable it for every boot: sudo systemctl enable --now hopwire). If it runs, you may need to join the hopwire group (sudo usermod -aG hopwire $USER, then log in again).",
+        hint: "To start it at every boot: sudo systemctl enable --now hopwire. If it runs and this window still says so, you may need to join the hopwire group (sudo usermod -aG hopwire $USER, then log in again).",
       };
   }
 }
@@ -33,7 +33,7 @@ export function missingScreen(ctx: Ctx): Screen {
   const message = h("p", { id: "daemon-missing-message", class: "message" });
   const hint = h("p", { id: "daemon-missing-hint", class: "hint-box" });
   const retry = h("button", { id: "daemon-retry", type: "button", class: "button" }, "Check again");
-  const note = h("p", { class: "hint" }, "This window carries on by itself as soon as the service answers.");
+  const note = h("p", { id: "daemon-missing-note", class: "hint" });
   const el = h(
     "div",
     { id: "daemon-missing", class: "overlay", role: "alertdialog", "aria-labelledby": "daemon-missing-title", hidden: true },
@@ -58,6 +58,12 @@ export function missingScreen(ctx: Ctx): Screen {
     text(title, words.title);
     text(message, down.message);
     text(hint, words.hint);
+    text(
+      note,
+      down.kind === "version"
+        ? "Once both are the same release, this window carries on by itself."
+        : "This window carries on by itself as soon as the service answers.",
+    );
   }
 
   return { el, render };
