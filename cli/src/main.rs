@@ -234,15 +234,7 @@ fn run(cli: Cli) -> Result<i32> {
                 hopwire_net::dht::LOOKUP_TIMEOUT * 3,
             ))?;
             match response {
-                Response::Nodes { nodes } => {
-                    let text = if json {
-                        serde_json::to_string_pretty(&nodes).context("encoding nodes")? + "\n"
-                    } else {
-                        nodes_text(&nodes)
-                    };
-                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-                    Ok(0)
-                }
+                Response::Nodes { nodes } => print_answer(&nodes, json, |n| nodes_text(n)),
                 Response::Error { message, .. } => bail!("{message}"),
                 _ => bail!("the daemon answered something else than a node list"),
             }
@@ -251,15 +243,7 @@ fn run(cli: Cli) -> Result<i32> {
             let request = Request::Wallet { close };
             let response = runtime.block_on(api::call(&cli.socket, &request, Duration::from_secs(10)))?;
             match response {
-                Response::Wallet { wallet } => {
-                    let text = if json {
-                        serde_json::to_string_pretty(&wallet).context("encoding the wallet")? + "\n"
-                    } else {
-                        wallet_text(&wallet)
-                    };
-                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-                    Ok(0)
-                }
+                Response::Wallet { wallet } => print_answer(&wallet, json, wallet_text),
                 Response::Error { message, .. } => bail!("{message}"),
                 _ => bail!("the daemon answered something else than the wallet"),
             }
@@ -300,15 +284,7 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let request = Request::Settings { change };
             match runtime.block_on(api::call(&cli.socket, &request, Duration::from_secs(10)))? {
-                Response::Settings { settings } => {
-                    let text = if json {
-                        serde_json::to_string_pretty(&settings).context("encoding settings")? + "\n"
-                    } else {
-                        settings_text(&settings)
-                    };
-                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-                    Ok(0)
-                }
+                Response::Settings { settings } => print_answer(&settings, json, settings_text),
                 Response::Error { message, .. } => bail!("{message}"),
                 _ => bail!("the daemon answered something else than the settings"),
             }
@@ -316,6 +292,17 @@ fn run(cli: Cli) -> Result<i32> {
         Command::BootBlock { state_dir, tun } => boot_block(&state_dir, &tun),
         Command::Testnet(args) => runtime.block_on(testnet::run(args)),
     }
+}
+
+/// Prints an answer as pretty JSON with `json`, else as `text` renders it.
+fn print_answer<T: serde::Serialize>(value: &T, json: bool, text: impl FnOnce(&T) -> String) -> Result<i32> {
+    let out = if json {
+        serde_json::to_string_pretty(value).context("encoding the answer")? + "\n"
+    } else {
+        text(value)
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    Ok(0)
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
