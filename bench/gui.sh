@@ -111,17 +111,26 @@ names = sorted({open(f"/proc/{p}/comm").read().strip() for p in pids})
 before, t0 = cpu(pids), time.time()
 time.sleep(seconds)
 used, elapsed = cpu(pids) - before, time.time() - t0
+per_process = {}
+for p in pids:
+    try:
+        name = open(f"/proc/{p}/comm").read().strip()
+    except OSError:
+        continue
+    per_process[name] = round(per_process.get(name, 0) + memory([p], "smaps_rollup", "Pss:"), 1)
 result = {
     "first_paint_s": paint,
     "idle_cpu_percent_of_core": round(100 * used / elapsed, 2),
     "pss_mib": round(memory(pids, "smaps_rollup", "Pss:"), 1),
     "rss_mib": round(memory(pids, "status", "VmRSS:"), 1),
+    "pss_mib_per_process": per_process,
     "processes": names,
     "idle_seconds": seconds,
 }
 print(f"first paint:  {paint:.2f} s (target < 2 s)")
 print(f"idle CPU:     {result['idle_cpu_percent_of_core']:.2f} % of one core over {seconds} s while connected (target < 1 %)")
 print(f"memory:       {result['pss_mib']:.1f} MiB PSS ({result['rss_mib']:.1f} MiB RSS summed) for {', '.join(names)} (target < 200 MiB)")
+print("              PSS per process: " + ", ".join(f"{n} {m:.1f} MiB" for n, m in sorted(per_process.items())))
 if out:
     json.dump(result, open(out, "w"), indent=2)
 PY

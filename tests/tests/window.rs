@@ -309,34 +309,44 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Standard base64 (screenshots arrive as base64 PNG).
-fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' | b'\r' | b'\n' => continue,
-            _ => return Err(format!("not base64: byte {c:#x}")),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Ok(out)
+/// Where screenshots go: the testnet's directory and one kept after it.
+/// They are taken from the X server (ImageMagick's `import` of the window
+/// named Hopwire), as a user would see the window: WebKitWebDriver's own
+/// screenshot never answers while WebKit draws without GPU compositing,
+/// as the app makes it.
+struct Shots {
+    display: String,
+    dirs: Vec<PathBuf>,
 }
 
-/// Where screenshots go: the testnet's directory and one kept after it.
-struct Shots {
-    dirs: Vec<PathBuf>,
+impl Shots {
+    /// Saves the window as `window-<name>.png` in every dir; returns the
+    /// last copy's path.
+    fn take(&self, name: &str) -> Result<PathBuf, String> {
+        let mut kept = PathBuf::new();
+        for dir in &self.dirs {
+            let path = dir.join(format!("window-{name}.png"));
+            if kept.as_os_str().is_empty() {
+                let out = Command::new("import")
+                    .env("DISPLAY", &self.display)
+                    .args(["-window", "Hopwire"])
+                    .arg(&path)
+                    .output()
+                    .map_err(|e| format!("run import: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("import: {}", String::from_utf8_lossy(&out.stderr).trim()));
+                }
+                let png = fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+                if !png.starts_with(b"\x89PNG\r\n\x1a\n") {
+                    return Err(format!("{} is not a PNG", path.display()));
+                }
+            } else {
+                fs::copy(&kept, &path).map_err(|e| format!("copy to {}: {e}", path.display()))?;
+            }
+            kept = path;
+        }
+        Ok(kept)
+    }
 }
 
 /// A WebDriver session on one app window; deleted (which ends the app) in
@@ -436,14 +446,10 @@ impl Session {
 
     /// Saves the window as `window-<name>.png`; returns the kept copy's path.
     fn screenshot(&self, name: &str) -> PathBuf {
-        let v = self.call("GET", "/screenshot", None).expect("a screenshot");
-        let png = base64_decode(v.as_str().expect("the screenshot is a string")).expect("the screenshot is base64");
-        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot is not a PNG");
-        let mut kept = PathBuf::new();
-        for dir in &self.shots.dirs {
-            kept = dir.join(format!("window-{name}.png"));
-            fs::write(&kept, &png).unwrap_or_else(|e| panic!("write {}: {e}", kept.display()));
-        }
+        let kept = self
+            .shots
+            .take(name)
+            .unwrap_or_else(|e| panic!("screenshot {name}: {e}"));
         eprintln!("[window] screenshot {}", kept.display());
         kept
     }
@@ -559,12 +565,8 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if thread::panicking() {
-            if let Ok(v) = self.call("GET", "/screenshot", None) {
-                if let Ok(png) = base64_decode(v.as_str().unwrap_or_default()) {
-                    for dir in &self.shots.dirs {
-                        let _ = fs::write(dir.join("window-failure.png"), &png);
-                    }
-                }
+            if let Err(e) = self.shots.take("failure") {
+                eprintln!("[window] no failure screenshot: {e}");
             }
             let text = self.js("return document.body.innerText").unwrap_or_else(Value::String);
             let text: String = text.as_str().unwrap_or_default().chars().take(3000).collect();
@@ -720,13 +722,14 @@ fn the_window_connects_shows_path_traffic_and_payments_rides_out_a_lost_relay_an
     let artefacts = bin_dir().join("window-test");
     let _ = fs::remove_dir_all(&artefacts);
     fs::create_dir_all(&artefacts).expect("create the artefacts dir");
-    let shots = Arc::new(Shots {
-        dirs: vec![tn.dir.clone(), artefacts.clone()],
-    });
     let home = TempDir::new("window-home");
     let runtime = private_dir(&home.path().join("run"));
     let socket = tn.socket.clone();
     let (_xvfb, display) = start_xvfb(&artefacts);
+    let shots = Arc::new(Shots {
+        display: display.clone(),
+        dirs: vec![tn.dir.clone(), artefacts.clone()],
+    });
     let env = AppEnv {
         display: &display,
         socket: &socket,
