@@ -31,6 +31,8 @@ check hopwire-client hopwire-sys hopwire-node-runtime
 check hopwire-node-runtime hopwire-client hopwire-api
 # The desktop app asks the daemon; it never links the tunnel.
 check hopwire-gui hopwire-net hopwire-sys hopwire-client hopwire-node-runtime quinn libp2p sled tun-rs
+# The mobile bindings: the OS is the host's (no sys), and no node roles.
+check hopwire-ffi hopwire-sys hopwire-node-runtime
 
 if [ "$fail" -ne 0 ]; then
     exit 1

@@ -120,7 +120,7 @@ pub enum Error {
     Platform(#[from] PlatformError),
     #[error(transparent)]
     Wallet(#[from] WalletError),
-    #[error("this client has no wallet: start it with a ledger (--ledger ADDR)")]
+    #[error("this client has no wallet: it was started without a ledger to pay on (the daemon's --ledger, a session's ledger)")]
     NoWallet,
     #[error("discovery: {0}")]
     Dht(#[from] DhtError),
@@ -555,7 +555,7 @@ impl<P: Platform> Shared<P> {
             .collect();
         if candidates.is_empty() {
             return Err(Error::NoExit(format!(
-                "the DHT knows no exit{}: is the daemon's --bootstrap right, and are nodes up?",
+                "the DHT knows no exit{}: are the bootstrap peers right (the daemon's --bootstrap, a session's bootstrap), and are nodes up?",
                 country.as_ref().map(|c| format!(" in {c}")).unwrap_or_default()
             )));
         }

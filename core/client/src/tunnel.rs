@@ -67,7 +67,7 @@ pub enum ClientError {
     Timeout,
     #[error("the first hop offers datagrams of {room} bytes, too small for a {hops}-hop tunnel")]
     DatagramsTooSmall { room: usize, hops: usize },
-    #[error("{node} charges {price} per GiB and this daemon has no ledger to pay on: start it with --ledger ADDR")]
+    #[error("{node} charges {price} per GiB and this client has no ledger to pay on (the daemon's --ledger, a session's ledger)")]
     NoWallet { node: String, price: u64 },
     #[error(transparent)]
     Protect(#[from] PlatformError),
