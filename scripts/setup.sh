@@ -11,6 +11,8 @@ PACKAGES=(
   build-essential pkg-config libwebkit2gtk-4.1-dev libgtk-3-dev
   libayatana-appindicator3-dev librsvg2-dev xvfb webkit2gtk-driver
   imagemagick x11-utils
+  # The mobile bindings' tests: pytest for Python, JNA for Kotlin on the JVM.
+  python3-pytest libjna-java
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -40,4 +42,4 @@ echo "setup: building the desktop app's front end (client-gui)"
 (cd client-gui && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
 
 echo "setup: building the workspace"
-cargo build --workspace --bins --tests --examples --quiet
+cargo build --workspace --lib --bins --tests --examples --quiet

@@ -14,5 +14,9 @@ echo "test: a short fuzzing pass over every peer-facing parser"
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" ./scripts/fuzz.sh
 echo "test: the desktop app's front end (typecheck, screens with the IPC mocked)"
 (cd client-gui && npm run --silent typecheck && npm test --silent)
+echo "test: the mobile bindings (generated sources match the library; Python against the real library)"
+./ffi/generate.sh --check
+# Debian's Python, which has Debian's pytest (a pyenv python3 may shadow it).
+/usr/bin/python3 -m pytest -q -p no:cacheprovider ffi/tests/python
 echo "test: unit, pair and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast

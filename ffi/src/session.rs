@@ -63,6 +63,8 @@ pub struct Session {
     /// The session's own tokio runtime; taken when the session closes.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
+    /// The session's logger, for what runs on the host's thread.
+    logs: Option<tracing::Dispatch>,
     closed: AtomicBool,
     /// Stops the event forwarder (after it delivered what is queued).
     stop_events: Mutex<Option<oneshot::Sender<()>>>,
@@ -103,14 +105,14 @@ impl Session {
             message: format!("starting the session's runtime: {e}"),
         })?;
         let handle = runtime.handle().clone();
-        let client = {
+        let client = logged(logs.as_ref(), || {
             let _entered = runtime.enter();
             let platform = FdPlatform::new(ForeignHost { tunnel, protector });
-            Client::start(platform, client_config)?
-        };
+            Client::start(platform, client_config)
+        })?;
         let (stop_events, forwarder) = match listener {
             Some(listener) => {
-                let (stop, thread) = forward_events(&handle, client.subscribe(), listener, logs)?;
+                let (stop, thread) = forward_events(&handle, client.subscribe(), listener, logs.clone())?;
                 (Some(stop), Some(thread))
             }
             None => (None, None),
@@ -119,6 +121,7 @@ impl Session {
             client,
             runtime: Mutex::new(Some(runtime)),
             handle,
+            logs,
             closed: AtomicBool::new(false),
             stop_events: Mutex::new(stop_events),
             forwarder: Mutex::new(forwarder),
@@ -200,7 +203,8 @@ impl Session {
     /// circuit on.
     pub fn change_settings(&self, change: SettingsChange) -> Result<Settings, HopwireError> {
         let change = change.try_into()?;
-        Ok(self.client()?.change_settings(&change)?.into())
+        let client = self.client()?;
+        Ok(logged(self.logs.as_ref(), || client.change_settings(&change))?.into())
     }
 
     /// Ends the session: disconnects, delivers the last events, stops the
@@ -266,6 +270,14 @@ impl Drop for Session {
         if let Ok(thread) = closer {
             let _ = thread.join();
         }
+    }
+}
+
+/// Runs `f` on the host's thread with the session's logger.
+fn logged<T>(logs: Option<&tracing::Dispatch>, f: impl FnOnce() -> T) -> T {
+    match logs {
+        Some(d) => tracing::dispatcher::with_default(d, f),
+        None => f(),
     }
 }
 
