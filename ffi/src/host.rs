@@ -18,14 +18,16 @@ use crate::types::{Event, TunnelSettings};
 /// Why the host could not do what the session asked, in its words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 pub enum CallbackError {
-    #[error("{message}")]
-    Failed { message: String },
+    /// (`reason`, not `message`: Kotlin exceptions have a `message` of
+    /// their own.)
+    #[error("{reason}")]
+    Failed { reason: String },
 }
 
 /// A host that throws something UniFFI did not expect.
 impl From<uniffi::UnexpectedUniFFICallbackError> for CallbackError {
     fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
-        Self::Failed { message: e.reason }
+        Self::Failed { reason: e.reason }
     }
 }
 

@@ -6,8 +6,8 @@
 //! hands over its descriptor), its [`SocketProtector`] (lets the session's
 //! own sockets bypass the tunnel: Android's `VpnService.protect`) and,
 //! optionally, an [`EventListener`]; then connects, disconnects, reads the
-//! status, wallet, nodes and settings. Errors are [`HopwireError`], by the
-//! same kinds as the daemon's API.
+//! status, wallet, nodes and settings. Errors are [`HopwireError`], one
+//! per [`ErrorKind`]: the same kinds as the daemon's API.
 //!
 //! Each session owns its tokio runtime and its logger: nothing global.
 //!
@@ -23,7 +23,7 @@ mod types;
 pub use host::{CallbackError, EventListener, SocketProtector, TunnelProvider};
 pub use session::{Session, SessionConfig};
 pub use types::{
-    Channel, ConnectOptions, Event, Hop, HopPayment, HopwireError, Node, NodeRole, Route, Settings, SettingsChange,
+    Channel, ConnectOptions, ErrorKind, Event, Hop, HopPayment, HopwireError, Node, NodeRole, Route, Settings, SettingsChange,
     SpendingSession, State, Status, TunnelSettings, TunnelState, Wallet,
 };
 

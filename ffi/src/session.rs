@@ -1,7 +1,7 @@
 //! [`Session`]: one client runtime with its own tokio runtime, its host's
 //! tunnel provider and socket protector, and its listener.
 //!
-//! Slow calls (connect, disconnect, nodes, wallet, close) are `async` in
+//! Slow calls (connect, disconnect, nodes, wallet, shutdown) are `async` in
 //! every binding (Kotlin `suspend`, Swift `async`, Python coroutines): they
 //! run on the session's runtime and the host's thread only awaits them.
 //! `status`, `settings` and `change_settings` answer from memory (the last
@@ -55,8 +55,8 @@ pub struct SessionConfig {
 
 type Runtime = Client<FdPlatform<ForeignHost>>;
 
-/// One client of the Hopwire network, living until [`Session::close`] (or
-/// until the host drops it, which closes it too).
+/// One client of the Hopwire network, living until [`Session::shutdown`]
+/// (or until the host drops it, which shuts it down too).
 #[derive(uniffi::Object)]
 pub struct Session {
     client: Runtime,
@@ -101,9 +101,7 @@ impl Session {
                 .on_thread_start(move || crate::logs::enter(&d))
                 .on_thread_stop(crate::logs::leave);
         }
-        let runtime = builder.build().map_err(|e| HopwireError::Internal {
-            message: format!("starting the session's runtime: {e}"),
-        })?;
+        let runtime = builder.build().map_err(|e| HopwireError::internal(format!("starting the session's runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let client = logged(logs.as_ref(), || {
             let _entered = runtime.enter();
@@ -208,8 +206,10 @@ impl Session {
     }
 
     /// Ends the session: disconnects, delivers the last events, stops the
-    /// runtime. Later calls fail with `Closed`; closing twice is harmless.
-    pub async fn close(&self) {
+    /// runtime. Later calls fail with `Closed`; twice is harmless. (Not
+    /// `close`: Kotlin's generated class is already `AutoCloseable`, whose
+    /// `close()` frees the native object.)
+    pub async fn shutdown(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -237,9 +237,7 @@ impl Session {
     async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T, HopwireError> {
         self.handle.spawn(work).await.map_err(|e| {
             if e.is_panic() {
-                HopwireError::Internal {
-                    message: format!("the session's task failed: {e}"),
-                }
+                HopwireError::internal(format!("the session's task failed: {e}"))
             } else {
                 HopwireError::closed()
             }
@@ -248,7 +246,7 @@ impl Session {
 }
 
 impl Drop for Session {
-    /// A session the host forgot to close is closed here: the tunnel comes
+    /// A session the host forgot to shut down is shut down here: the tunnel comes
     /// down and the provider hears `teardown`. Done on a thread of its own,
     /// so dropping from inside any async runtime is safe.
     fn drop(&mut self) {
@@ -370,7 +368,5 @@ fn forward_events(
             crate::logs::leave();
         })
         .map(|thread| (stop, thread))
-        .map_err(|e| HopwireError::Internal {
-            message: format!("starting the event thread: {e}"),
-        })
+        .map_err(|e| HopwireError::internal(format!("starting the event thread: {e}")))
 }

@@ -11,78 +11,117 @@ use hopwire_client::platform::TunnelConfig;
 use hopwire_proto::record::Role;
 
 /// What went wrong, by kind: the same kinds as the daemon's API
-/// (`hopwire_api::ErrorKind`), plus [`HopwireError::Closed`] for a call on
-/// a session that has ended. Each carries the message a user can read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
-pub enum HopwireError {
+/// (`hopwire_api::ErrorKind`), plus [`ErrorKind::Closed`] for a call on a
+/// session that has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ErrorKind {
     /// No exit matches the filters (country, price cap), or none is known.
-    #[error("{message}")]
-    NoExit { message: String },
+    NoExit,
     /// A hop could not be reached, or failed while the circuit was built.
-    #[error("{message}")]
-    HopUnreachable { message: String },
-    #[error("{message}")]
-    ExitRefused { message: String },
+    HopUnreachable,
+    ExitRefused,
     /// The balance or a channel's deposit does not cover the hops.
-    #[error("{message}")]
-    Funds { message: String },
-    #[error("{message}")]
-    LedgerUnreachable { message: String },
+    Funds,
+    LedgerUnreachable,
     /// The session cannot do this as configured (e.g. no ledger to pay on).
-    #[error("{message}")]
-    Config { message: String },
+    Config,
     /// The host refused or failed to set the tunnel up (a bad descriptor,
     /// a protector that said no).
-    #[error("{message}")]
-    Platform { message: String },
-    #[error("{message}")]
-    NotPermitted { message: String },
+    Platform,
+    NotPermitted,
     /// An argument is malformed or out of range.
-    #[error("{message}")]
-    BadInput { message: String },
-    #[error("{message}")]
-    Version { message: String },
-    #[error("{message}")]
-    Internal { message: String },
+    BadInput,
+    Version,
+    Internal,
     /// The session was closed; make a new one.
-    #[error("{message}")]
-    Closed { message: String },
+    Closed,
+}
+
+impl From<api::ErrorKind> for ErrorKind {
+    fn from(kind: api::ErrorKind) -> Self {
+        use api::ErrorKind as K;
+        match kind {
+            K::NoExit => Self::NoExit,
+            K::HopUnreachable => Self::HopUnreachable,
+            K::ExitRefused => Self::ExitRefused,
+            K::Funds => Self::Funds,
+            K::LedgerUnreachable => Self::LedgerUnreachable,
+            K::Config => Self::Config,
+            K::Platform => Self::Platform,
+            K::NotPermitted => Self::NotPermitted,
+            K::BadInput => Self::BadInput,
+            K::Version => Self::Version,
+            K::Internal => Self::Internal,
+        }
+    }
+}
+
+/// A call that failed: one exception class per [`ErrorKind`], whose
+/// message is what a user can read (Kotlin `HopwireException.NoExit`,
+/// Swift `HopwireError.NoExit`, Python `HopwireError.NoExit`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum HopwireError {
+    #[error("{0}")]
+    NoExit(String),
+    #[error("{0}")]
+    HopUnreachable(String),
+    #[error("{0}")]
+    ExitRefused(String),
+    #[error("{0}")]
+    Funds(String),
+    #[error("{0}")]
+    LedgerUnreachable(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Platform(String),
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Version(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    Closed(String),
 }
 
 impl HopwireError {
-    pub fn new(kind: api::ErrorKind, message: String) -> Self {
-        use api::ErrorKind as K;
+    pub fn new(kind: ErrorKind, message: String) -> Self {
         match kind {
-            K::NoExit => Self::NoExit { message },
-            K::HopUnreachable => Self::HopUnreachable { message },
-            K::ExitRefused => Self::ExitRefused { message },
-            K::Funds => Self::Funds { message },
-            K::LedgerUnreachable => Self::LedgerUnreachable { message },
-            K::Config => Self::Config { message },
-            K::Platform => Self::Platform { message },
-            K::NotPermitted => Self::NotPermitted { message },
-            K::BadInput => Self::BadInput { message },
-            K::Version => Self::Version { message },
-            K::Internal => Self::Internal { message },
+            ErrorKind::NoExit => Self::NoExit(message),
+            ErrorKind::HopUnreachable => Self::HopUnreachable(message),
+            ErrorKind::ExitRefused => Self::ExitRefused(message),
+            ErrorKind::Funds => Self::Funds(message),
+            ErrorKind::LedgerUnreachable => Self::LedgerUnreachable(message),
+            ErrorKind::Config => Self::Config(message),
+            ErrorKind::Platform => Self::Platform(message),
+            ErrorKind::NotPermitted => Self::NotPermitted(message),
+            ErrorKind::BadInput => Self::BadInput(message),
+            ErrorKind::Version => Self::Version(message),
+            ErrorKind::Internal => Self::Internal(message),
+            ErrorKind::Closed => Self::Closed(message),
         }
     }
 
     pub fn bad_input(message: impl Into<String>) -> Self {
-        Self::BadInput {
-            message: message.into(),
-        }
+        Self::BadInput(message.into())
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(message.into())
     }
 
     pub fn closed() -> Self {
-        Self::Closed {
-            message: "this session has been closed; create a new one".to_owned(),
-        }
+        Self::Closed("this session has been closed; create a new one".to_owned())
     }
 }
 
 impl From<hopwire_client::runtime::Error> for HopwireError {
     fn from(e: hopwire_client::runtime::Error) -> Self {
-        Self::new(e.kind(), hopwire_net::process::describe(&e))
+        Self::new(e.kind().into(), hopwire_net::process::describe(&e))
     }
 }
 
@@ -185,9 +224,7 @@ pub enum TunnelState {
         attempt: u32,
     },
     /// Connecting failed; nothing is retried until the user connects again.
-    Error {
-        error: HopwireError,
-    },
+    Error { kind: ErrorKind, message: String },
 }
 
 impl From<api::TunnelState> for TunnelState {
@@ -198,7 +235,8 @@ impl From<api::TunnelState> for TunnelState {
             api::TunnelState::Connected => Self::Connected,
             api::TunnelState::Reconnecting { reason, attempt } => Self::Reconnecting { reason, attempt },
             api::TunnelState::Error { kind, message } => Self::Error {
-                error: HopwireError::new(kind, message),
+                kind: kind.into(),
+                message,
             },
         }
     }

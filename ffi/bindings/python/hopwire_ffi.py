@@ -529,8 +529,6 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_hopwire_ffi_checksum_method_session_change_settings() != 21939:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_hopwire_ffi_checksum_method_session_close() != 15358:
-        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_hopwire_ffi_checksum_method_session_connect() != 12999:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_hopwire_ffi_checksum_method_session_disconnect() != 26534:
@@ -538,6 +536,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_hopwire_ffi_checksum_method_session_nodes() != 3131:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_hopwire_ffi_checksum_method_session_settings() != 56726:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_hopwire_ffi_checksum_method_session_shutdown() != 52848:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_hopwire_ffi_checksum_method_session_status() != 14345:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -586,9 +586,6 @@ _UniffiLib.uniffi_hopwire_ffi_checksum_method_eventlistener_on_event.restype = c
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_change_settings.argtypes = (
 )
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_change_settings.restype = ctypes.c_uint16
-_UniffiLib.uniffi_hopwire_ffi_checksum_method_session_close.argtypes = (
-)
-_UniffiLib.uniffi_hopwire_ffi_checksum_method_session_close.restype = ctypes.c_uint16
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_connect.argtypes = (
 )
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_connect.restype = ctypes.c_uint16
@@ -601,6 +598,9 @@ _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_nodes.restype = ctypes.c_u
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_settings.argtypes = (
 )
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_settings.restype = ctypes.c_uint16
+_UniffiLib.uniffi_hopwire_ffi_checksum_method_session_shutdown.argtypes = (
+)
+_UniffiLib.uniffi_hopwire_ffi_checksum_method_session_shutdown.restype = ctypes.c_uint16
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_status.argtypes = (
 )
 _UniffiLib.uniffi_hopwire_ffi_checksum_method_session_status.restype = ctypes.c_uint16
@@ -631,10 +631,6 @@ _UniffiLib.uniffi_hopwire_ffi_fn_method_session_change_settings.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_hopwire_ffi_fn_method_session_change_settings.restype = _UniffiRustBuffer
-_UniffiLib.uniffi_hopwire_ffi_fn_method_session_close.argtypes = (
-    ctypes.c_uint64,
-)
-_UniffiLib.uniffi_hopwire_ffi_fn_method_session_close.restype = ctypes.c_uint64
 _UniffiLib.uniffi_hopwire_ffi_fn_method_session_connect.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -655,6 +651,10 @@ _UniffiLib.uniffi_hopwire_ffi_fn_method_session_settings.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_hopwire_ffi_fn_method_session_settings.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_hopwire_ffi_fn_method_session_shutdown.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_hopwire_ffi_fn_method_session_shutdown.restype = ctypes.c_uint64
 _UniffiLib.uniffi_hopwire_ffi_fn_method_session_status.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -2566,12 +2566,16 @@ class CallbackError:  # type: ignore
 """
     
     class Failed(_UniffiTempCallbackError):
+        """
+        (`reason`, not `message`: Kotlin exceptions have a `message` of
+        their own.)
+"""
         
-        def __init__(self, message):
+        def __init__(self, reason):
             super().__init__(", ".join([
-                "message={!r}".format(message),
+                "reason={!r}".format(reason),
             ]))
-            self.message = message
+            self.reason = reason
 
         def __repr__(self):
             return "CallbackError.Failed({})".format(str(self))
@@ -2594,330 +2598,161 @@ class _UniffiFfiConverterTypeCallbackError(_UniffiConverterRustBuffer):
     @staticmethod
     def check_lower(value):
         if isinstance(value, CallbackError.Failed):
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.reason)
             return
 
     @staticmethod
     def write(value, buf):
         if isinstance(value, CallbackError.Failed):
             buf.write_i32(1)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.reason, buf)
 
 
 
-# HopwireError
-# We want to define each variant as a nested class that's also a subclass,
-# which is tricky in Python.  To accomplish this we're going to create each
-# class separately, then manually add the child classes to the base class's
-# __dict__.  All of this happens in dummy class to avoid polluting the module
-# namespace.
-class HopwireError(Exception):
+
+
+
+class ErrorKind(enum.Enum):
     """
     What went wrong, by kind: the same kinds as the daemon's API
-    (`hopwire_api::ErrorKind`), plus [`HopwireError::Closed`] for a call on
-    a session that has ended. Each carries the message a user can read.
-"""
-    pass
-
-_UniffiTempHopwireError = HopwireError
-
-class HopwireError:  # type: ignore
-    """
-    What went wrong, by kind: the same kinds as the daemon's API
-    (`hopwire_api::ErrorKind`), plus [`HopwireError::Closed`] for a call on
-    a session that has ended. Each carries the message a user can read.
+    (`hopwire_api::ErrorKind`), plus [`ErrorKind::Closed`] for a call on a
+    session that has ended.
 """
     
-    class NoExit(_UniffiTempHopwireError):
-        """
-        No exit matches the filters (country, price cap), or none is known.
+    NO_EXIT = 0
+    """
+    No exit matches the filters (country, price cap), or none is known.
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.NoExit({})".format(str(self))
-    _UniffiTempHopwireError.NoExit = NoExit # type: ignore
-    class HopUnreachable(_UniffiTempHopwireError):
-        """
-        A hop could not be reached, or failed while the circuit was built.
+    
+    HOP_UNREACHABLE = 1
+    """
+    A hop could not be reached, or failed while the circuit was built.
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.HopUnreachable({})".format(str(self))
-    _UniffiTempHopwireError.HopUnreachable = HopUnreachable # type: ignore
-    class ExitRefused(_UniffiTempHopwireError):
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.ExitRefused({})".format(str(self))
-    _UniffiTempHopwireError.ExitRefused = ExitRefused # type: ignore
-    class Funds(_UniffiTempHopwireError):
-        """
-        The balance or a channel's deposit does not cover the hops.
+    
+    EXIT_REFUSED = 2
+    
+    FUNDS = 3
+    """
+    The balance or a channel's deposit does not cover the hops.
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.Funds({})".format(str(self))
-    _UniffiTempHopwireError.Funds = Funds # type: ignore
-    class LedgerUnreachable(_UniffiTempHopwireError):
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.LedgerUnreachable({})".format(str(self))
-    _UniffiTempHopwireError.LedgerUnreachable = LedgerUnreachable # type: ignore
-    class Config(_UniffiTempHopwireError):
-        """
-        The session cannot do this as configured (e.g. no ledger to pay on).
+    
+    LEDGER_UNREACHABLE = 4
+    
+    CONFIG = 5
+    """
+    The session cannot do this as configured (e.g. no ledger to pay on).
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.Config({})".format(str(self))
-    _UniffiTempHopwireError.Config = Config # type: ignore
-    class Platform(_UniffiTempHopwireError):
-        """
-        The host refused or failed to set the tunnel up (a bad descriptor,
-        a protector that said no).
+    
+    PLATFORM = 6
+    """
+    The host refused or failed to set the tunnel up (a bad descriptor,
+    a protector that said no).
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.Platform({})".format(str(self))
-    _UniffiTempHopwireError.Platform = Platform # type: ignore
-    class NotPermitted(_UniffiTempHopwireError):
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.NotPermitted({})".format(str(self))
-    _UniffiTempHopwireError.NotPermitted = NotPermitted # type: ignore
-    class BadInput(_UniffiTempHopwireError):
-        """
-        An argument is malformed or out of range.
+    
+    NOT_PERMITTED = 7
+    
+    BAD_INPUT = 8
+    """
+    An argument is malformed or out of range.
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.BadInput({})".format(str(self))
-    _UniffiTempHopwireError.BadInput = BadInput # type: ignore
-    class Version(_UniffiTempHopwireError):
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.Version({})".format(str(self))
-    _UniffiTempHopwireError.Version = Version # type: ignore
-    class Internal(_UniffiTempHopwireError):
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.Internal({})".format(str(self))
-    _UniffiTempHopwireError.Internal = Internal # type: ignore
-    class Closed(_UniffiTempHopwireError):
-        """
-        The session was closed; make a new one.
+    
+    VERSION = 9
+    
+    INTERNAL = 10
+    
+    CLOSED = 11
+    """
+    The session was closed; make a new one.
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
-        def __repr__(self):
-            return "HopwireError.Closed({})".format(str(self))
-    _UniffiTempHopwireError.Closed = Closed # type: ignore
-
-HopwireError = _UniffiTempHopwireError # type: ignore
-del _UniffiTempHopwireError
+    
 
 
-class _UniffiFfiConverterTypeHopwireError(_UniffiConverterRustBuffer):
+class _UniffiFfiConverterTypeErrorKind(_UniffiConverterRustBuffer):
     @staticmethod
     def read(buf):
         variant = buf.read_i32()
         if variant == 1:
-            return HopwireError.NoExit(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.NO_EXIT
         if variant == 2:
-            return HopwireError.HopUnreachable(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.HOP_UNREACHABLE
         if variant == 3:
-            return HopwireError.ExitRefused(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.EXIT_REFUSED
         if variant == 4:
-            return HopwireError.Funds(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.FUNDS
         if variant == 5:
-            return HopwireError.LedgerUnreachable(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.LEDGER_UNREACHABLE
         if variant == 6:
-            return HopwireError.Config(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.CONFIG
         if variant == 7:
-            return HopwireError.Platform(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.PLATFORM
         if variant == 8:
-            return HopwireError.NotPermitted(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.NOT_PERMITTED
         if variant == 9:
-            return HopwireError.BadInput(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.BAD_INPUT
         if variant == 10:
-            return HopwireError.Version(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.VERSION
         if variant == 11:
-            return HopwireError.Internal(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.INTERNAL
         if variant == 12:
-            return HopwireError.Closed(
-                _UniffiFfiConverterString.read(buf),
-            )
+            return ErrorKind.CLOSED
         raise InternalError("Raw enum value doesn't match any cases")
 
     @staticmethod
     def check_lower(value):
-        if isinstance(value, HopwireError.NoExit):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.NO_EXIT:
             return
-        if isinstance(value, HopwireError.HopUnreachable):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.HOP_UNREACHABLE:
             return
-        if isinstance(value, HopwireError.ExitRefused):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.EXIT_REFUSED:
             return
-        if isinstance(value, HopwireError.Funds):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.FUNDS:
             return
-        if isinstance(value, HopwireError.LedgerUnreachable):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.LEDGER_UNREACHABLE:
             return
-        if isinstance(value, HopwireError.Config):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.CONFIG:
             return
-        if isinstance(value, HopwireError.Platform):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.PLATFORM:
             return
-        if isinstance(value, HopwireError.NotPermitted):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.NOT_PERMITTED:
             return
-        if isinstance(value, HopwireError.BadInput):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.BAD_INPUT:
             return
-        if isinstance(value, HopwireError.Version):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.VERSION:
             return
-        if isinstance(value, HopwireError.Internal):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.INTERNAL:
             return
-        if isinstance(value, HopwireError.Closed):
-            _UniffiFfiConverterString.check_lower(value.message)
+        if value == ErrorKind.CLOSED:
             return
+        raise ValueError(value)
 
     @staticmethod
     def write(value, buf):
-        if isinstance(value, HopwireError.NoExit):
+        if value == ErrorKind.NO_EXIT:
             buf.write_i32(1)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.HopUnreachable):
+        if value == ErrorKind.HOP_UNREACHABLE:
             buf.write_i32(2)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.ExitRefused):
+        if value == ErrorKind.EXIT_REFUSED:
             buf.write_i32(3)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.Funds):
+        if value == ErrorKind.FUNDS:
             buf.write_i32(4)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.LedgerUnreachable):
+        if value == ErrorKind.LEDGER_UNREACHABLE:
             buf.write_i32(5)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.Config):
+        if value == ErrorKind.CONFIG:
             buf.write_i32(6)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.Platform):
+        if value == ErrorKind.PLATFORM:
             buf.write_i32(7)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.NotPermitted):
+        if value == ErrorKind.NOT_PERMITTED:
             buf.write_i32(8)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.BadInput):
+        if value == ErrorKind.BAD_INPUT:
             buf.write_i32(9)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.Version):
+        if value == ErrorKind.VERSION:
             buf.write_i32(10)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.Internal):
+        if value == ErrorKind.INTERNAL:
             buf.write_i32(11)
-            _UniffiFfiConverterString.write(value.message, buf)
-        if isinstance(value, HopwireError.Closed):
+        if value == ErrorKind.CLOSED:
             buf.write_i32(12)
-            _UniffiFfiConverterString.write(value.message, buf)
+
+
 
 
 
@@ -3027,8 +2862,11 @@ class TunnelState:
         Connecting failed; nothing is retried until the user connects again.
 """
         
-        def __init__(self, error:HopwireError):
-            self.error = error
+        def __init__(self, kind:ErrorKind, message:str):
+            self.kind = kind
+            
+            
+            self.message = message
             
             
             pass
@@ -3038,13 +2876,15 @@ class TunnelState:
             
     
         def __str__(self):
-            return "TunnelState.ERROR(error={})".format(self.error)
+            return "TunnelState.ERROR(kind={}, message={})".format(self.kind, self.message)
         def __eq__(self, other):
             if not isinstance(other, TunnelState):
                 return NotImplemented
             if not other.is_ERROR():
                 return False
-            if self.error != other.error:
+            if self.kind != other.kind:
+                return False
+            if self.message != other.message:
                 return False
             return True
 
@@ -3106,7 +2946,8 @@ class _UniffiFfiConverterTypeTunnelState(_UniffiConverterRustBuffer):
             )
         if variant == 5:
             return TunnelState.ERROR(
-                _UniffiFfiConverterTypeHopwireError.read(buf),
+                _UniffiFfiConverterTypeErrorKind.read(buf),
+                _UniffiFfiConverterString.read(buf),
             )
         raise InternalError("Raw enum value doesn't match any cases")
 
@@ -3123,7 +2964,8 @@ class _UniffiFfiConverterTypeTunnelState(_UniffiConverterRustBuffer):
             _UniffiFfiConverterUInt32.check_lower(value.attempt)
             return
         if value.is_ERROR():
-            _UniffiFfiConverterTypeHopwireError.check_lower(value.error)
+            _UniffiFfiConverterTypeErrorKind.check_lower(value.kind)
+            _UniffiFfiConverterString.check_lower(value.message)
             return
         raise ValueError(value)
 
@@ -3141,7 +2983,8 @@ class _UniffiFfiConverterTypeTunnelState(_UniffiConverterRustBuffer):
             _UniffiFfiConverterUInt32.write(value.attempt, buf)
         if value.is_ERROR():
             buf.write_i32(5)
-            _UniffiFfiConverterTypeHopwireError.write(value.error, buf)
+            _UniffiFfiConverterTypeErrorKind.write(value.kind, buf)
+            _UniffiFfiConverterString.write(value.message, buf)
 
 
 
@@ -3528,6 +3371,192 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
 
 
 
+
+# HopwireError
+# We want to define each variant as a nested class that's also a subclass,
+# which is tricky in Python.  To accomplish this we're going to create each
+# class separately, then manually add the child classes to the base class's
+# __dict__.  All of this happens in dummy class to avoid polluting the module
+# namespace.
+class HopwireError(Exception):
+    """
+    A call that failed: one exception class per [`ErrorKind`], whose
+    message is what a user can read (Kotlin `HopwireException.NoExit`,
+    Swift `HopwireError.NoExit`, Python `HopwireError.NoExit`).
+"""
+    pass
+
+_UniffiTempHopwireError = HopwireError
+
+class HopwireError:  # type: ignore
+    """
+    A call that failed: one exception class per [`ErrorKind`], whose
+    message is what a user can read (Kotlin `HopwireException.NoExit`,
+    Swift `HopwireError.NoExit`, Python `HopwireError.NoExit`).
+"""
+    
+    class NoExit(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.NoExit({})".format(repr(str(self)))
+    _UniffiTempHopwireError.NoExit = NoExit # type: ignore
+    class HopUnreachable(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.HopUnreachable({})".format(repr(str(self)))
+    _UniffiTempHopwireError.HopUnreachable = HopUnreachable # type: ignore
+    class ExitRefused(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.ExitRefused({})".format(repr(str(self)))
+    _UniffiTempHopwireError.ExitRefused = ExitRefused # type: ignore
+    class Funds(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.Funds({})".format(repr(str(self)))
+    _UniffiTempHopwireError.Funds = Funds # type: ignore
+    class LedgerUnreachable(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.LedgerUnreachable({})".format(repr(str(self)))
+    _UniffiTempHopwireError.LedgerUnreachable = LedgerUnreachable # type: ignore
+    class Config(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.Config({})".format(repr(str(self)))
+    _UniffiTempHopwireError.Config = Config # type: ignore
+    class Platform(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.Platform({})".format(repr(str(self)))
+    _UniffiTempHopwireError.Platform = Platform # type: ignore
+    class NotPermitted(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.NotPermitted({})".format(repr(str(self)))
+    _UniffiTempHopwireError.NotPermitted = NotPermitted # type: ignore
+    class BadInput(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.BadInput({})".format(repr(str(self)))
+    _UniffiTempHopwireError.BadInput = BadInput # type: ignore
+    class Version(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.Version({})".format(repr(str(self)))
+    _UniffiTempHopwireError.Version = Version # type: ignore
+    class Internal(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.Internal({})".format(repr(str(self)))
+    _UniffiTempHopwireError.Internal = Internal # type: ignore
+    class Closed(_UniffiTempHopwireError):
+        def __repr__(self):
+            return "HopwireError.Closed({})".format(repr(str(self)))
+    _UniffiTempHopwireError.Closed = Closed # type: ignore
+
+HopwireError = _UniffiTempHopwireError # type: ignore
+del _UniffiTempHopwireError
+
+
+class _UniffiFfiConverterTypeHopwireError(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return HopwireError.NoExit(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 2:
+            return HopwireError.HopUnreachable(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 3:
+            return HopwireError.ExitRefused(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 4:
+            return HopwireError.Funds(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 5:
+            return HopwireError.LedgerUnreachable(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 6:
+            return HopwireError.Config(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 7:
+            return HopwireError.Platform(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 8:
+            return HopwireError.NotPermitted(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 9:
+            return HopwireError.BadInput(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 10:
+            return HopwireError.Version(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 11:
+            return HopwireError.Internal(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 12:
+            return HopwireError.Closed(
+                _UniffiFfiConverterString.read(buf),
+            )
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if isinstance(value, HopwireError.NoExit):
+            return
+        if isinstance(value, HopwireError.HopUnreachable):
+            return
+        if isinstance(value, HopwireError.ExitRefused):
+            return
+        if isinstance(value, HopwireError.Funds):
+            return
+        if isinstance(value, HopwireError.LedgerUnreachable):
+            return
+        if isinstance(value, HopwireError.Config):
+            return
+        if isinstance(value, HopwireError.Platform):
+            return
+        if isinstance(value, HopwireError.NotPermitted):
+            return
+        if isinstance(value, HopwireError.BadInput):
+            return
+        if isinstance(value, HopwireError.Version):
+            return
+        if isinstance(value, HopwireError.Internal):
+            return
+        if isinstance(value, HopwireError.Closed):
+            return
+
+    @staticmethod
+    def write(value, buf):
+        if isinstance(value, HopwireError.NoExit):
+            buf.write_i32(1)
+        if isinstance(value, HopwireError.HopUnreachable):
+            buf.write_i32(2)
+        if isinstance(value, HopwireError.ExitRefused):
+            buf.write_i32(3)
+        if isinstance(value, HopwireError.Funds):
+            buf.write_i32(4)
+        if isinstance(value, HopwireError.LedgerUnreachable):
+            buf.write_i32(5)
+        if isinstance(value, HopwireError.Config):
+            buf.write_i32(6)
+        if isinstance(value, HopwireError.Platform):
+            buf.write_i32(7)
+        if isinstance(value, HopwireError.NotPermitted):
+            buf.write_i32(8)
+        if isinstance(value, HopwireError.BadInput):
+            buf.write_i32(9)
+        if isinstance(value, HopwireError.Version):
+            buf.write_i32(10)
+        if isinstance(value, HopwireError.Internal):
+            buf.write_i32(11)
+        if isinstance(value, HopwireError.Closed):
+            buf.write_i32(12)
+
+
 class EventListener():
     """
     Hears the session's events, in order, on a thread of the session's own
@@ -3718,20 +3747,14 @@ class _UniffiFfiConverterSequenceTypeNode(_UniffiConverterRustBuffer):
 
 class SessionProtocol(typing.Protocol):
     """
-    One client of the Hopwire network, living until [`Session::close`] (or
-    until the host drops it, which closes it too).
+    One client of the Hopwire network, living until [`Session::shutdown`]
+    (or until the host drops it, which shuts it down too).
 """
     
     def change_settings(self, change: SettingsChange) -> Settings:
         """
         Changes and saves the settings; DNS and IPv6 apply from the next
         circuit on.
-"""
-        raise NotImplementedError
-    async def close(self, ) -> None:
-        """
-        Ends the session: disconnects, delivers the last events, stops the
-        runtime. Later calls fail with `Closed`; closing twice is harmless.
 """
         raise NotImplementedError
     async def connect(self, options: ConnectOptions) -> Status:
@@ -3756,6 +3779,14 @@ class SessionProtocol(typing.Protocol):
         The settings in force.
 """
         raise NotImplementedError
+    async def shutdown(self, ) -> None:
+        """
+        Ends the session: disconnects, delivers the last events, stops the
+        runtime. Later calls fail with `Closed`; twice is harmless. (Not
+        `close`: Kotlin's generated class is already `AutoCloseable`, whose
+        `close()` frees the native object.)
+"""
+        raise NotImplementedError
     def status(self, ) -> Status:
         """
         The tunnel's state, circuit, traffic and spending, from memory.
@@ -3770,8 +3801,8 @@ class SessionProtocol(typing.Protocol):
 
 class Session(SessionProtocol):
     """
-    One client of the Hopwire network, living until [`Session::close`] (or
-    until the host drops it, which closes it too).
+    One client of the Hopwire network, living until [`Session::shutdown`]
+    (or until the host drops it, which shuts it down too).
 """
     
     _handle: ctypes.c_uint64
@@ -3840,24 +3871,6 @@ class Session(SessionProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
-    async def close(self, ) -> None:
-        """
-        Ends the session: disconnects, delivers the last events, stops the
-        runtime. Later calls fail with `Closed`; closing twice is harmless.
-"""
-        _uniffi_lowered_args = (
-            self._uniffi_clone_handle(),
-        )
-        _uniffi_lift_return = lambda val: None
-        _uniffi_error_converter = None
-        return await _uniffi_rust_call_async(
-            _UniffiLib.uniffi_hopwire_ffi_fn_method_session_close(*_uniffi_lowered_args),
-            _UniffiLib.ffi_hopwire_ffi_rust_future_poll_void,
-            _UniffiLib.ffi_hopwire_ffi_rust_future_complete_void,
-            _UniffiLib.ffi_hopwire_ffi_rust_future_free_void,
-            _uniffi_lift_return,
-            _uniffi_error_converter,
-        )
     async def connect(self, options: ConnectOptions) -> Status:
         """
         Connects as asked, replacing any tunnel up now; returns once the
@@ -3935,6 +3948,26 @@ class Session(SessionProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    async def shutdown(self, ) -> None:
+        """
+        Ends the session: disconnects, delivers the last events, stops the
+        runtime. Later calls fail with `Closed`; twice is harmless. (Not
+        `close`: Kotlin's generated class is already `AutoCloseable`, whose
+        `close()` frees the native object.)
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_hopwire_ffi_fn_method_session_shutdown(*_uniffi_lowered_args),
+            _UniffiLib.ffi_hopwire_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_hopwire_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_hopwire_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     def status(self, ) -> Status:
         """
         The tunnel's state, circuit, traffic and spending, from memory.
@@ -4377,9 +4410,10 @@ __all__ = [
     "NodeRole",
     "State",
     "CallbackError",
-    "HopwireError",
+    "ErrorKind",
     "TunnelState",
     "Event",
+    "HopwireError",
     "Channel",
     "ConnectOptions",
     "Hop",

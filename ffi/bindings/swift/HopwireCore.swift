@@ -847,8 +847,8 @@ public func FfiConverterTypeEventListener_lower(_ value: EventListener) -> UInt6
 
 
 /**
- * One client of the Hopwire network, living until [`Session::close`] (or
- * until the host drops it, which closes it too).
+ * One client of the Hopwire network, living until [`Session::shutdown`]
+ * (or until the host drops it, which shuts it down too).
  */
 public protocol SessionProtocol: AnyObject, Sendable {
     
@@ -857,12 +857,6 @@ public protocol SessionProtocol: AnyObject, Sendable {
      * circuit on.
      */
     func changeSettings(change: SettingsChange) throws  -> Settings
-    
-    /**
-     * Ends the session: disconnects, delivers the last events, stops the
-     * runtime. Later calls fail with `Closed`; closing twice is harmless.
-     */
-    func close() async 
     
     /**
      * Connects as asked, replacing any tunnel up now; returns once the
@@ -887,6 +881,14 @@ public protocol SessionProtocol: AnyObject, Sendable {
     func settings() throws  -> Settings
     
     /**
+     * Ends the session: disconnects, delivers the last events, stops the
+     * runtime. Later calls fail with `Closed`; twice is harmless. (Not
+     * `close`: Kotlin's generated class is already `AutoCloseable`, whose
+     * `close()` frees the native object.)
+     */
+    func shutdown() async 
+    
+    /**
      * The tunnel's state, circuit, traffic and spending, from memory.
      */
     func status() throws  -> Status
@@ -899,8 +901,8 @@ public protocol SessionProtocol: AnyObject, Sendable {
     
 }
 /**
- * One client of the Hopwire network, living until [`Session::close`] (or
- * until the host drops it, which closes it too).
+ * One client of the Hopwire network, living until [`Session::shutdown`]
+ * (or until the host drops it, which shuts it down too).
  */
 open class Session: SessionProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -987,27 +989,6 @@ open func changeSettings(change: SettingsChange)throws  -> Settings  {
 }
     
     /**
-     * Ends the session: disconnects, delivers the last events, stops the
-     * runtime. Later calls fail with `Closed`; closing twice is harmless.
-     */
-open func close()async   {
-    return
-        try!  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_hopwire_ffi_fn_method_session_close(
-                        self.uniffiCloneHandle()
-                )
-            },
-            pollFunc: ffi_hopwire_ffi_rust_future_poll_void,
-            completeFunc: ffi_hopwire_ffi_rust_future_complete_void,
-            freeFunc: ffi_hopwire_ffi_rust_future_free_void,
-            liftFunc: { $0 },
-            errorHandler: nil
-            
-        )
-}
-    
-    /**
      * Connects as asked, replacing any tunnel up now; returns once the
      * first circuit carries traffic. On failure the state is Error and
      * the error says why.
@@ -1076,6 +1057,29 @@ open func settings()throws  -> Settings  {
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
+}
+    
+    /**
+     * Ends the session: disconnects, delivers the last events, stops the
+     * runtime. Later calls fail with `Closed`; twice is harmless. (Not
+     * `close`: Kotlin's generated class is already `AutoCloseable`, whose
+     * `close()` frees the native object.)
+     */
+open func shutdown()async   {
+    return
+        try!  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_hopwire_ffi_fn_method_session_shutdown(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_hopwire_ffi_rust_future_poll_void,
+            completeFunc: ffi_hopwire_ffi_rust_future_complete_void,
+            freeFunc: ffi_hopwire_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: nil
+            
+        )
 }
     
     /**
@@ -2825,7 +2829,11 @@ enum CallbackError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
 
     
     
-    case Failed(message: String
+    /**
+     * (`reason`, not `message`: Kotlin exceptions have a `message` of
+     * their own.)
+     */
+    case Failed(reason: String
     )
 
     
@@ -2857,7 +2865,7 @@ public struct FfiConverterTypeCallbackError: FfiConverterRustBuffer {
 
         
         case 1: return .Failed(
-            message: try FfiConverterString.read(from: &buf)
+            reason: try FfiConverterString.read(from: &buf)
             )
 
          default: throw UniffiInternalError.unexpectedEnumCase
@@ -2871,9 +2879,9 @@ public struct FfiConverterTypeCallbackError: FfiConverterRustBuffer {
 
         
         
-        case let .Failed(message):
+        case let .Failed(reason):
             writeInt(&buf, Int32(1))
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             
         }
     }
@@ -2893,6 +2901,169 @@ public func FfiConverterTypeCallbackError_lift(_ buf: RustBuffer) throws -> Call
 public func FfiConverterTypeCallbackError_lower(_ value: CallbackError) -> RustBuffer {
     return FfiConverterTypeCallbackError.lower(value)
 }
+
+
+/**
+ * What went wrong, by kind: the same kinds as the daemon's API
+ * (`hopwire_api::ErrorKind`), plus [`ErrorKind::Closed`] for a call on a
+ * session that has ended.
+ */
+
+public enum ErrorKind: Equatable, Hashable {
+    
+    /**
+     * No exit matches the filters (country, price cap), or none is known.
+     */
+    case noExit
+    /**
+     * A hop could not be reached, or failed while the circuit was built.
+     */
+    case hopUnreachable
+    case exitRefused
+    /**
+     * The balance or a channel's deposit does not cover the hops.
+     */
+    case funds
+    case ledgerUnreachable
+    /**
+     * The session cannot do this as configured (e.g. no ledger to pay on).
+     */
+    case config
+    /**
+     * The host refused or failed to set the tunnel up (a bad descriptor,
+     * a protector that said no).
+     */
+    case platform
+    case notPermitted
+    /**
+     * An argument is malformed or out of range.
+     */
+    case badInput
+    case version
+    case `internal`
+    /**
+     * The session was closed; make a new one.
+     */
+    case closed
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension ErrorKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
+    typealias SwiftType = ErrorKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ErrorKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .noExit
+        
+        case 2: return .hopUnreachable
+        
+        case 3: return .exitRefused
+        
+        case 4: return .funds
+        
+        case 5: return .ledgerUnreachable
+        
+        case 6: return .config
+        
+        case 7: return .platform
+        
+        case 8: return .notPermitted
+        
+        case 9: return .badInput
+        
+        case 10: return .version
+        
+        case 11: return .`internal`
+        
+        case 12: return .closed
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ErrorKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .noExit:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .hopUnreachable:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .exitRefused:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .funds:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .ledgerUnreachable:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .config:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .platform:
+            writeInt(&buf, Int32(7))
+        
+        
+        case .notPermitted:
+            writeInt(&buf, Int32(8))
+        
+        
+        case .badInput:
+            writeInt(&buf, Int32(9))
+        
+        
+        case .version:
+            writeInt(&buf, Int32(10))
+        
+        
+        case .`internal`:
+            writeInt(&buf, Int32(11))
+        
+        
+        case .closed:
+            writeInt(&buf, Int32(12))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeErrorKind_lift(_ buf: RustBuffer) throws -> ErrorKind {
+    return try FfiConverterTypeErrorKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeErrorKind_lower(_ value: ErrorKind) -> RustBuffer {
+    return FfiConverterTypeErrorKind.lower(value)
+}
+
 
 
 /**
@@ -3041,61 +3212,39 @@ public func FfiConverterTypeEvent_lower(_ value: Event) -> RustBuffer {
 
 
 /**
- * What went wrong, by kind: the same kinds as the daemon's API
- * (`hopwire_api::ErrorKind`), plus [`HopwireError::Closed`] for a call on
- * a session that has ended. Each carries the message a user can read.
+ * A call that failed: one exception class per [`ErrorKind`], whose
+ * message is what a user can read (Kotlin `HopwireException.NoExit`,
+ * Swift `HopwireError.NoExit`, Python `HopwireError.NoExit`).
  */
 public 
 enum HopwireError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
 
     
     
-    /**
-     * No exit matches the filters (country, price cap), or none is known.
-     */
-    case NoExit(message: String
-    )
-    /**
-     * A hop could not be reached, or failed while the circuit was built.
-     */
-    case HopUnreachable(message: String
-    )
-    case ExitRefused(message: String
-    )
-    /**
-     * The balance or a channel's deposit does not cover the hops.
-     */
-    case Funds(message: String
-    )
-    case LedgerUnreachable(message: String
-    )
-    /**
-     * The session cannot do this as configured (e.g. no ledger to pay on).
-     */
-    case Config(message: String
-    )
-    /**
-     * The host refused or failed to set the tunnel up (a bad descriptor,
-     * a protector that said no).
-     */
-    case Platform(message: String
-    )
-    case NotPermitted(message: String
-    )
-    /**
-     * An argument is malformed or out of range.
-     */
-    case BadInput(message: String
-    )
-    case Version(message: String
-    )
-    case Internal(message: String
-    )
-    /**
-     * The session was closed; make a new one.
-     */
-    case Closed(message: String
-    )
+    case NoExit(message: String)
+    
+    case HopUnreachable(message: String)
+    
+    case ExitRefused(message: String)
+    
+    case Funds(message: String)
+    
+    case LedgerUnreachable(message: String)
+    
+    case Config(message: String)
+    
+    case Platform(message: String)
+    
+    case NotPermitted(message: String)
+    
+    case BadInput(message: String)
+    
+    case Version(message: String)
+    
+    case Internal(message: String)
+    
+    case Closed(message: String)
+    
 
     
 
@@ -3127,42 +3276,54 @@ public struct FfiConverterTypeHopwireError: FfiConverterRustBuffer {
         
         case 1: return .NoExit(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 2: return .HopUnreachable(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 3: return .ExitRefused(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 4: return .Funds(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 5: return .LedgerUnreachable(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 6: return .Config(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 7: return .Platform(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 8: return .NotPermitted(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 9: return .BadInput(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 10: return .Version(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 11: return .Internal(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 12: return .Closed(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
 
-         default: throw UniffiInternalError.unexpectedEnumCase
+        default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
 
@@ -3172,66 +3333,32 @@ public struct FfiConverterTypeHopwireError: FfiConverterRustBuffer {
         
 
         
-        
-        case let .NoExit(message):
+        case .NoExit(_ /* message is ignored*/):
             writeInt(&buf, Int32(1))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .HopUnreachable(message):
+        case .HopUnreachable(_ /* message is ignored*/):
             writeInt(&buf, Int32(2))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .ExitRefused(message):
+        case .ExitRefused(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Funds(message):
+        case .Funds(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .LedgerUnreachable(message):
+        case .LedgerUnreachable(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Config(message):
+        case .Config(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Platform(message):
+        case .Platform(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .NotPermitted(message):
+        case .NotPermitted(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .BadInput(message):
+        case .BadInput(_ /* message is ignored*/):
             writeInt(&buf, Int32(9))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Version(message):
+        case .Version(_ /* message is ignored*/):
             writeInt(&buf, Int32(10))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Internal(message):
+        case .Internal(_ /* message is ignored*/):
             writeInt(&buf, Int32(11))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Closed(message):
+        case .Closed(_ /* message is ignored*/):
             writeInt(&buf, Int32(12))
-            FfiConverterString.write(message, into: &buf)
-            
+
+        
         }
     }
 }
@@ -3429,7 +3556,7 @@ public enum TunnelState: Equatable, Hashable {
     /**
      * Connecting failed; nothing is retried until the user connects again.
      */
-    case error(error: HopwireError
+    case error(kind: ErrorKind, message: String
     )
 
 
@@ -3461,7 +3588,7 @@ public struct FfiConverterTypeTunnelState: FfiConverterRustBuffer {
         case 4: return .reconnecting(reason: try FfiConverterString.read(from: &buf), attempt: try FfiConverterUInt32.read(from: &buf)
         )
         
-        case 5: return .error(error: try FfiConverterTypeHopwireError.read(from: &buf)
+        case 5: return .error(kind: try FfiConverterTypeErrorKind.read(from: &buf), message: try FfiConverterString.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3490,9 +3617,10 @@ public struct FfiConverterTypeTunnelState: FfiConverterRustBuffer {
             FfiConverterUInt32.write(attempt, into: &buf)
             
         
-        case let .error(error):
+        case let .error(kind,message):
             writeInt(&buf, Int32(5))
-            FfiConverterTypeHopwireError.write(error, into: &buf)
+            FfiConverterTypeErrorKind.write(kind, into: &buf)
+            FfiConverterString.write(message, into: &buf)
             
         }
     }
@@ -4034,9 +4162,6 @@ private let initializationResult: InitializationResult = {
     if (uniffi_hopwire_ffi_checksum_method_session_change_settings() != 21939) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_hopwire_ffi_checksum_method_session_close() != 15358) {
-        return InitializationResult.apiChecksumMismatch
-    }
     if (uniffi_hopwire_ffi_checksum_method_session_connect() != 12999) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4047,6 +4172,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_hopwire_ffi_checksum_method_session_settings() != 56726) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_hopwire_ffi_checksum_method_session_shutdown() != 52848) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_hopwire_ffi_checksum_method_session_status() != 14345) {

@@ -384,11 +384,6 @@ uint64_t uniffi_hopwire_ffi_fn_constructor_session_new(RustBuffer config, uint64
 RustBuffer uniffi_hopwire_ffi_fn_method_session_change_settings(uint64_t ptr, RustBuffer change, RustCallStatus *_Nonnull out_status
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_CLOSE
-uint64_t uniffi_hopwire_ffi_fn_method_session_close(uint64_t ptr
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_CONNECT
 #define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_CONNECT
 uint64_t uniffi_hopwire_ffi_fn_method_session_connect(uint64_t ptr, RustBuffer options
@@ -407,6 +402,11 @@ uint64_t uniffi_hopwire_ffi_fn_method_session_nodes(uint64_t ptr, RustBuffer rol
 #ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_SETTINGS
 #define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_SETTINGS
 RustBuffer uniffi_hopwire_ffi_fn_method_session_settings(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_SHUTDOWN
+uint64_t uniffi_hopwire_ffi_fn_method_session_shutdown(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_FN_METHOD_SESSION_STATUS
@@ -709,12 +709,6 @@ uint16_t uniffi_hopwire_ffi_checksum_method_session_change_settings(void
     
 );
 #endif
-#ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_CLOSE
-#define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_CLOSE
-uint16_t uniffi_hopwire_ffi_checksum_method_session_close(void
-    
-);
-#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_CONNECT
 #define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_CONNECT
 uint16_t uniffi_hopwire_ffi_checksum_method_session_connect(void
@@ -736,6 +730,12 @@ uint16_t uniffi_hopwire_ffi_checksum_method_session_nodes(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_SETTINGS
 #define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_SETTINGS
 uint16_t uniffi_hopwire_ffi_checksum_method_session_settings(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_HOPWIRE_FFI_CHECKSUM_METHOD_SESSION_SHUTDOWN
+uint16_t uniffi_hopwire_ffi_checksum_method_session_shutdown(void
     
 );
 #endif

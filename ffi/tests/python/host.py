@@ -238,8 +238,8 @@ async def serve(config):
                 reply = await session.wallet(request.get("close_idle", False))
             elif cmd == "settings":
                 reply = session.settings()
-            elif cmd == "close":
-                reply = await session.close()
+            elif cmd == "shutdown":
+                reply = await session.shutdown()
             elif cmd == "sockets":
                 reply = sockets()
             elif cmd == "provider":
@@ -252,7 +252,7 @@ async def serve(config):
                 raise ValueError(f"unknown command {cmd}")
             say({"reply": plain(reply)})
         except hw.HopwireError as e:
-            say({"error": {"kind": type(e).__name__, "message": e.message}})
+            say({"error": {"kind": type(e).__name__, "message": str(e)}})
     del session
 
 

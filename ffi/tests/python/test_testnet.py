@@ -74,7 +74,7 @@ def test_a_bad_descriptor_or_a_failing_provider_is_a_platform_error_and_the_sess
     assert status["state"] == "connected" and len(status["circuit"]) == 3, status
     assert host.call("disconnect")["state"] == "disconnected"
     assert host.proc.poll() is None, "the host died"
-    host.call("close")
+    host.call("shutdown")
     with pytest.raises(HostError) as e:
         host.call("status")
     assert e.value.kind == "Closed"
@@ -162,5 +162,5 @@ def test_three_hops_through_the_host_download_a_lost_relay_and_disconnect(testne
     host.wait(lambda: host.states()[-1] == "disconnected" or None, 10, "the disconnected event")
     wallet = host.call("wallet")
     assert wallet["balance"] is not None and wallet["channels"], wallet
-    host.call("close")
+    host.call("shutdown")
     assert host.stop() == 0, host.stderr_tail()

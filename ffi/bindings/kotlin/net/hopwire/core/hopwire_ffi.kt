@@ -764,8 +764,6 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_hopwire_ffi_checksum_method_session_change_settings(
     ): Int
-    external fun uniffi_hopwire_ffi_checksum_method_session_close(
-    ): Int
     external fun uniffi_hopwire_ffi_checksum_method_session_connect(
     ): Int
     external fun uniffi_hopwire_ffi_checksum_method_session_disconnect(
@@ -773,6 +771,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_hopwire_ffi_checksum_method_session_nodes(
     ): Int
     external fun uniffi_hopwire_ffi_checksum_method_session_settings(
+    ): Int
+    external fun uniffi_hopwire_ffi_checksum_method_session_shutdown(
     ): Int
     external fun uniffi_hopwire_ffi_checksum_method_session_status(
     ): Int
@@ -837,8 +837,6 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_hopwire_ffi_fn_method_session_change_settings(`ptr`: Long,`change`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_hopwire_ffi_fn_method_session_close(`ptr`: Long,
-    ): Long
     external fun uniffi_hopwire_ffi_fn_method_session_connect(`ptr`: Long,`options`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_hopwire_ffi_fn_method_session_disconnect(`ptr`: Long,
@@ -847,6 +845,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_hopwire_ffi_fn_method_session_settings(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_hopwire_ffi_fn_method_session_shutdown(`ptr`: Long,
+    ): Long
     external fun uniffi_hopwire_ffi_fn_method_session_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_hopwire_ffi_fn_method_session_wallet(`ptr`: Long,`closeIdle`: Byte,
@@ -985,9 +985,6 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_hopwire_ffi_checksum_method_session_change_settings() and 0xFFFF) != 21939) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_hopwire_ffi_checksum_method_session_close() and 0xFFFF) != 15358) {
-        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    }
     if ((lib.uniffi_hopwire_ffi_checksum_method_session_connect() and 0xFFFF) != 12999) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -998,6 +995,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_hopwire_ffi_checksum_method_session_settings() and 0xFFFF) != 56726) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_hopwire_ffi_checksum_method_session_shutdown() and 0xFFFF) != 52848) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_hopwire_ffi_checksum_method_session_status() and 0xFFFF) != 14345) {
@@ -1887,8 +1887,8 @@ public object FfiConverterTypeEventListener: FfiConverter<EventListener, Long> {
 
 
 /**
- * One client of the Hopwire network, living until [`Session::close`] (or
- * until the host drops it, which closes it too).
+ * One client of the Hopwire network, living until [`Session::shutdown`]
+ * (or until the host drops it, which shuts it down too).
  */
 public interface SessionInterface {
     
@@ -1897,12 +1897,6 @@ public interface SessionInterface {
      * circuit on.
      */
     fun `changeSettings`(`change`: SettingsChange): Settings
-    
-    /**
-     * Ends the session: disconnects, delivers the last events, stops the
-     * runtime. Later calls fail with `Closed`; closing twice is harmless.
-     */
-    suspend fun `close`()
     
     /**
      * Connects as asked, replacing any tunnel up now; returns once the
@@ -1927,6 +1921,14 @@ public interface SessionInterface {
     fun `settings`(): Settings
     
     /**
+     * Ends the session: disconnects, delivers the last events, stops the
+     * runtime. Later calls fail with `Closed`; twice is harmless. (Not
+     * `close`: Kotlin's generated class is already `AutoCloseable`, whose
+     * `close()` frees the native object.)
+     */
+    suspend fun `shutdown`()
+    
+    /**
      * The tunnel's state, circuit, traffic and spending, from memory.
      */
     fun `status`(): Status
@@ -1941,8 +1943,8 @@ public interface SessionInterface {
 }
 
 /**
- * One client of the Hopwire network, living until [`Session::close`] (or
- * until the host drops it, which closes it too).
+ * One client of the Hopwire network, living until [`Session::shutdown`]
+ * (or until the host drops it, which shuts it down too).
  */
 open class Session: Disposable, AutoCloseable, SessionInterface
 {
@@ -2083,31 +2085,6 @@ open class Session: Disposable, AutoCloseable, SessionInterface
 
     
     /**
-     * Ends the session: disconnects, delivers the last events, stops the
-     * runtime. Later calls fail with `Closed`; closing twice is harmless.
-     */
-    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
-    override suspend fun `close`() {
-        return uniffiRustCallAsync(
-        callWithHandle { uniffiHandle ->
-            UniffiLib.uniffi_hopwire_ffi_fn_method_session_close(
-                uniffiHandle,
-                
-            )
-        },
-        { future, callback, continuation -> UniffiLib.ffi_hopwire_ffi_rust_future_poll_void(future, callback, continuation) },
-        { future, continuation -> UniffiLib.ffi_hopwire_ffi_rust_future_complete_void(future, continuation) },
-        { future -> UniffiLib.ffi_hopwire_ffi_rust_future_free_void(future) },
-        // lift function
-        { },
-        
-        // Error FFI converter
-        UniffiNullRustCallStatusErrorHandler,
-    )
-    }
-
-    
-    /**
      * Connects as asked, replacing any tunnel up now; returns once the
      * first circuit carries traffic. On failure the state is Error and
      * the error says why.
@@ -2199,6 +2176,33 @@ open class Session: Disposable, AutoCloseable, SessionInterface
     )
     }
     
+
+    
+    /**
+     * Ends the session: disconnects, delivers the last events, stops the
+     * runtime. Later calls fail with `Closed`; twice is harmless. (Not
+     * `close`: Kotlin's generated class is already `AutoCloseable`, whose
+     * `close()` frees the native object.)
+     */
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `shutdown`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_hopwire_ffi_fn_method_session_shutdown(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_hopwire_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_hopwire_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_hopwire_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        UniffiNullRustCallStatusErrorHandler,
+    )
+    }
 
     
     /**
@@ -3905,12 +3909,16 @@ public object FfiConverterTypeWallet: FfiConverterRustBuffer<Wallet> {
  */
 sealed class CallbackException: kotlin.Exception() {
     
+    /**
+     * (`reason`, not `message`: Kotlin exceptions have a `message` of
+     * their own.)
+     */
     class Failed(
         
-        val `message`: kotlin.String
+        val `reason`: kotlin.String
         ) : CallbackException() {
         override val message
-            get() = "message=${ `message` }"
+            get() = "reason=${ `reason` }"
     }
     
 
@@ -3944,7 +3952,7 @@ public object FfiConverterTypeCallbackError : FfiConverterRustBuffer<CallbackExc
             is CallbackException.Failed -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
-                + FfiConverterString.allocationSize(value.`message`)
+                + FfiConverterString.allocationSize(value.`reason`)
             )
         }
     }
@@ -3953,13 +3961,84 @@ public object FfiConverterTypeCallbackError : FfiConverterRustBuffer<CallbackExc
         when(value) {
             is CallbackException.Failed -> {
                 buf.putInt(1)
-                FfiConverterString.write(value.`message`, buf)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 
 }
+
+
+
+/**
+ * What went wrong, by kind: the same kinds as the daemon's API
+ * (`hopwire_api::ErrorKind`), plus [`ErrorKind::Closed`] for a call on a
+ * session that has ended.
+ */
+
+enum class ErrorKind {
+    
+    /**
+     * No exit matches the filters (country, price cap), or none is known.
+     */
+    NO_EXIT,
+    /**
+     * A hop could not be reached, or failed while the circuit was built.
+     */
+    HOP_UNREACHABLE,
+    EXIT_REFUSED,
+    /**
+     * The balance or a channel's deposit does not cover the hops.
+     */
+    FUNDS,
+    LEDGER_UNREACHABLE,
+    /**
+     * The session cannot do this as configured (e.g. no ledger to pay on).
+     */
+    CONFIG,
+    /**
+     * The host refused or failed to set the tunnel up (a bad descriptor,
+     * a protector that said no).
+     */
+    PLATFORM,
+    NOT_PERMITTED,
+    /**
+     * An argument is malformed or out of range.
+     */
+    BAD_INPUT,
+    VERSION,
+    INTERNAL,
+    /**
+     * The session was closed; make a new one.
+     */
+    CLOSED;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeErrorKind: FfiConverterRustBuffer<ErrorKind> {
+    override fun read(buf: ByteBuffer) = try {
+        ErrorKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: ErrorKind) = 4UL
+
+    override fun write(value: ErrorKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
 
 
 
@@ -4211,139 +4290,40 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
 
 
 /**
- * What went wrong, by kind: the same kinds as the daemon's API
- * (`hopwire_api::ErrorKind`), plus [`HopwireError::Closed`] for a call on
- * a session that has ended. Each carries the message a user can read.
+ * A call that failed: one exception class per [`ErrorKind`], whose
+ * message is what a user can read (Kotlin `HopwireException.NoExit`,
+ * Swift `HopwireError.NoExit`, Python `HopwireError.NoExit`).
  */
-sealed class HopwireException: kotlin.Exception() {
-    
-    /**
-     * No exit matches the filters (country, price cap), or none is known.
-     */
-    class NoExit(
+sealed class HopwireException(message: String): kotlin.Exception(message) {
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    /**
-     * A hop could not be reached, or failed while the circuit was built.
-     */
-    class HopUnreachable(
+        class NoExit(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    class ExitRefused(
+        class HopUnreachable(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    /**
-     * The balance or a channel's deposit does not cover the hops.
-     */
-    class Funds(
+        class ExitRefused(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    class LedgerUnreachable(
+        class Funds(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    /**
-     * The session cannot do this as configured (e.g. no ledger to pay on).
-     */
-    class Config(
+        class LedgerUnreachable(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    /**
-     * The host refused or failed to set the tunnel up (a bad descriptor,
-     * a protector that said no).
-     */
-    class Platform(
+        class Config(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    class NotPermitted(
+        class Platform(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    /**
-     * An argument is malformed or out of range.
-     */
-    class BadInput(
+        class NotPermitted(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    class Version(
+        class BadInput(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    class Internal(
+        class Version(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-    /**
-     * The session was closed; make a new one.
-     */
-    class Closed(
+        class Internal(message: String) : HopwireException(message)
         
-        val `message`: kotlin.String
-        ) : HopwireException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-
-    
-
+        class Closed(message: String) : HopwireException(message)
+        
 
     companion object ErrorHandler : UniffiRustCallStatusErrorHandler<HopwireException> {
         override fun lift(error_buf: RustBuffer.ByValue): HopwireException = FfiConverterTypeHopwireError.lift(error_buf)
     }
-
-    
 }
 
 /**
@@ -4352,173 +4332,76 @@ sealed class HopwireException: kotlin.Exception() {
 public object FfiConverterTypeHopwireError : FfiConverterRustBuffer<HopwireException> {
     override fun read(buf: ByteBuffer): HopwireException {
         
-
-        return when(buf.getInt()) {
-            1 -> HopwireException.NoExit(
-                FfiConverterString.read(buf),
-                )
-            2 -> HopwireException.HopUnreachable(
-                FfiConverterString.read(buf),
-                )
-            3 -> HopwireException.ExitRefused(
-                FfiConverterString.read(buf),
-                )
-            4 -> HopwireException.Funds(
-                FfiConverterString.read(buf),
-                )
-            5 -> HopwireException.LedgerUnreachable(
-                FfiConverterString.read(buf),
-                )
-            6 -> HopwireException.Config(
-                FfiConverterString.read(buf),
-                )
-            7 -> HopwireException.Platform(
-                FfiConverterString.read(buf),
-                )
-            8 -> HopwireException.NotPermitted(
-                FfiConverterString.read(buf),
-                )
-            9 -> HopwireException.BadInput(
-                FfiConverterString.read(buf),
-                )
-            10 -> HopwireException.Version(
-                FfiConverterString.read(buf),
-                )
-            11 -> HopwireException.Internal(
-                FfiConverterString.read(buf),
-                )
-            12 -> HopwireException.Closed(
-                FfiConverterString.read(buf),
-                )
+            return when(buf.getInt()) {
+            1 -> HopwireException.NoExit(FfiConverterString.read(buf))
+            2 -> HopwireException.HopUnreachable(FfiConverterString.read(buf))
+            3 -> HopwireException.ExitRefused(FfiConverterString.read(buf))
+            4 -> HopwireException.Funds(FfiConverterString.read(buf))
+            5 -> HopwireException.LedgerUnreachable(FfiConverterString.read(buf))
+            6 -> HopwireException.Config(FfiConverterString.read(buf))
+            7 -> HopwireException.Platform(FfiConverterString.read(buf))
+            8 -> HopwireException.NotPermitted(FfiConverterString.read(buf))
+            9 -> HopwireException.BadInput(FfiConverterString.read(buf))
+            10 -> HopwireException.Version(FfiConverterString.read(buf))
+            11 -> HopwireException.Internal(FfiConverterString.read(buf))
+            12 -> HopwireException.Closed(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
+        
     }
 
     override fun allocationSize(value: HopwireException): ULong {
-        return when(value) {
-            is HopwireException.NoExit -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.HopUnreachable -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.ExitRefused -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.Funds -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.LedgerUnreachable -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.Config -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.Platform -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.NotPermitted -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.BadInput -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.Version -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.Internal -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is HopwireException.Closed -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-        }
+        return 4UL
     }
 
     override fun write(value: HopwireException, buf: ByteBuffer) {
         when(value) {
             is HopwireException.NoExit -> {
                 buf.putInt(1)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.HopUnreachable -> {
                 buf.putInt(2)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.ExitRefused -> {
                 buf.putInt(3)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.Funds -> {
                 buf.putInt(4)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.LedgerUnreachable -> {
                 buf.putInt(5)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.Config -> {
                 buf.putInt(6)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.Platform -> {
                 buf.putInt(7)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.NotPermitted -> {
                 buf.putInt(8)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.BadInput -> {
                 buf.putInt(9)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.Version -> {
                 buf.putInt(10)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.Internal -> {
                 buf.putInt(11)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is HopwireException.Closed -> {
                 buf.putInt(12)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -4631,7 +4514,8 @@ sealed class TunnelState {
      * Connecting failed; nothing is retried until the user connects again.
      */
     data class Error(
-        val `error`: net.hopwire.core.HopwireException) : TunnelState()
+        val `kind`: net.hopwire.core.ErrorKind, 
+        val `message`: kotlin.String) : TunnelState()
         
     {
         
@@ -4663,7 +4547,8 @@ public object FfiConverterTypeTunnelState : FfiConverterRustBuffer<TunnelState>{
                 FfiConverterUInt.read(buf),
                 )
             5 -> TunnelState.Error(
-                FfiConverterTypeHopwireError.read(buf),
+                FfiConverterTypeErrorKind.read(buf),
+                FfiConverterString.read(buf),
                 )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
@@ -4700,7 +4585,8 @@ public object FfiConverterTypeTunnelState : FfiConverterRustBuffer<TunnelState>{
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
                 4UL
-                + FfiConverterTypeHopwireError.allocationSize(value.`error`)
+                + FfiConverterTypeErrorKind.allocationSize(value.`kind`)
+                + FfiConverterString.allocationSize(value.`message`)
             )
         }
     }
@@ -4727,7 +4613,8 @@ public object FfiConverterTypeTunnelState : FfiConverterRustBuffer<TunnelState>{
             }
             is TunnelState.Error -> {
                 buf.putInt(5)
-                FfiConverterTypeHopwireError.write(value.`error`, buf)
+                FfiConverterTypeErrorKind.write(value.`kind`, buf)
+                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
