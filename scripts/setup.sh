@@ -41,5 +41,10 @@ fi
 echo "setup: building the desktop app's front end (client-gui)"
 (cd client-gui && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent)
 
+# kotlinc (with the Kotlin stdlib and kotlinx-coroutines) for the JVM tests
+# of the Kotlin bindings.
+echo "setup: installing kotlinc for the Kotlin bindings' tests (ffi/tests/kotlin)"
+(cd ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "setup: building the workspace"
 cargo build --workspace --lib --bins --tests --examples --quiet
