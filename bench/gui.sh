@@ -29,9 +29,9 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "bench/gui.sh: run as root (the testnet uses namespaces)" >&2; exit 1; }
 (cd client-gui && npm run --silent build)
 if [ "$profile" = release ]; then
-    cargo build --release -p hopwire-gui -p hopwire -p hopwire-node --quiet
+    cargo build --release --workspace --lib --bins --quiet
 else
-    cargo build -p hopwire-gui -p hopwire -p hopwire-node --quiet
+    cargo build --workspace --lib --bins --quiet
 fi
 bin=target/$profile
 prefix=hwgb

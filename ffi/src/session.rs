@@ -41,8 +41,9 @@ pub struct SessionConfig {
     /// The ledger hops are paid on (`host:port`); `None`: only free nodes.
     #[uniffi(default = None)]
     pub ledger: Option<String>,
-    /// Each channel's deposit, in MiB at the hop's price.
-    #[uniffi(default = 64)]
+    /// Each channel's deposit, in MiB at the hop's price (the daemon's
+    /// default too).
+    #[uniffi(default = 1024)]
     pub deposit_mib: u64,
     /// Log filter (`"info"`, `"hopwire_client=debug,info"`); `None`: no
     /// logs.

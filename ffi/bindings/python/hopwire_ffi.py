@@ -1721,7 +1721,7 @@ class SessionConfig:
     """
     Where the session keeps its state and whom it talks to.
 """
-    def __init__(self, *, state_dir:str, bootstrap:typing.List[str] = _DEFAULT, ledger:typing.Optional[str] = _DEFAULT, deposit_mib:int = 64, log_filter:typing.Optional[str] = _DEFAULT, log_file:typing.Optional[str] = _DEFAULT):
+    def __init__(self, *, state_dir:str, bootstrap:typing.List[str] = _DEFAULT, ledger:typing.Optional[str] = _DEFAULT, deposit_mib:int = 1024, log_filter:typing.Optional[str] = _DEFAULT, log_file:typing.Optional[str] = _DEFAULT):
         self.state_dir = state_dir
         if bootstrap is _DEFAULT:
             self.bootstrap = []

@@ -2142,7 +2142,8 @@ public struct SessionConfig: Equatable, Hashable {
      */
     public var ledger: String?
     /**
-     * Each channel's deposit, in MiB at the hop's price.
+     * Each channel's deposit, in MiB at the hop's price (the daemon's
+     * default too).
      */
     public var depositMib: UInt64
     /**
@@ -2169,8 +2170,9 @@ public struct SessionConfig: Equatable, Hashable {
          * The ledger hops are paid on (`host:port`); `None`: only free nodes.
          */ledger: String? = nil, 
         /**
-         * Each channel's deposit, in MiB at the hop's price.
-         */depositMib: UInt64 = UInt64(64), 
+         * Each channel's deposit, in MiB at the hop's price (the daemon's
+         * default too).
+         */depositMib: UInt64 = UInt64(1024), 
         /**
          * Log filter (`"info"`, `"hopwire_client=debug,info"`); `None`: no
          * logs.

@@ -202,7 +202,7 @@ async def serve(config):
             state_dir=config["state_dir"],
             bootstrap=config.get("bootstrap", []),
             ledger=config.get("ledger"),
-            deposit_mib=config.get("deposit_mib", 64),
+            deposit_mib=config.get("deposit_mib", 1024),
             log_filter=config.get("log_filter", "info"),
             log_file=config.get("log_file"),
         ),

@@ -3383,9 +3383,10 @@ data class SessionConfig (
     var `ledger`: kotlin.String? = null 
     , 
     /**
-     * Each channel's deposit, in MiB at the hop's price.
+     * Each channel's deposit, in MiB at the hop's price (the daemon's
+     * default too).
      */
-    var `depositMib`: kotlin.ULong = 64uL 
+    var `depositMib`: kotlin.ULong = 1024uL 
     , 
     /**
      * Log filter (`"info"`, `"hopwire_client=debug,info"`); `None`: no
