@@ -31,7 +31,7 @@ use hopwire_net::link::{self, LinkError};
 use hopwire_proto::onion::cell::{split_cell, BackwardMessage, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
 use hopwire_proto::onion::circuit::{cell_size, headroom, ClientCircuit};
 use hopwire_proto::onion::layer::TAG_LEN;
-use hopwire_proto::pay::PayerChannel;
+use hopwire_proto::pay::{PayError, PayerChannel};
 use hopwire_proto::record::VerifiedRecord;
 use hopwire_proto::session::{ClientHello, ExitHello, SessionParams};
 use hopwire_proto::sync::lock;
@@ -494,21 +494,50 @@ struct Payer<'a> {
     wallet: Option<&'a Wallet>,
 }
 
+/// What answering a hop's usage report came to.
+enum Answer {
+    /// A receipt to send, sealed for the hop.
+    Pay(LinkMessage),
+    /// Nothing more is owed yet (or there is no wallet).
+    Nothing,
+    /// The hop's channel cannot pay for more: the circuit must end so the
+    /// next one opens a fresh channel.
+    Spent(String),
+}
+
 impl Payer<'_> {
     /// Answers a hop's usage report with a receipt sealed for that hop.
-    fn on_usage(&self, circuit: &Mutex<ClientCircuit>, hops: usize, from: usize, carried: u64) -> Option<LinkMessage> {
-        let wallet = self.wallet?;
+    fn on_usage(&self, circuit: &Mutex<ClientCircuit>, hops: usize, from: usize, carried: u64) -> Answer {
+        let Some(wallet) = self.wallet else {
+            return Answer::Nothing;
+        };
         let mut payments = lock(self.payments);
         let receipt = answer_usage(&mut payments, self.cells, hops, from, carried);
-        if let Some(p) = payments.iter().find(|p| p.hop == from) {
-            wallet.remember(&p.channel, &p.record);
-        }
+        let Some(p) = payments.iter().find(|p| p.hop == from) else {
+            return Answer::Nothing;
+        };
+        wallet.remember(&p.channel, &p.record);
+        let receipt = match receipt {
+            Ok(Some(r)) => r,
+            Ok(None) => return Answer::Nothing,
+            Err(PayError::OutOfDeposit { .. }) => {
+                return Answer::Spent(format!(
+                    "the payment channel to hop {} ({}) is spent",
+                    from + 1,
+                    p.record.short_id()
+                ))
+            }
+            Err(_) => return Answer::Nothing,
+        };
         drop(payments);
         let pay = ForwardMessage::Pay {
             payer: wallet.account(),
-            receipt: receipt?,
+            receipt,
         };
-        lock(circuit).seal_control(from, &pay).ok()
+        match lock(circuit).seal_control(from, &pay) {
+            Ok(sealed) => Answer::Pay(sealed),
+            Err(_) => Answer::Nothing,
+        }
     }
 
     fn on_paid(&self, from: usize, amount: u64) {
@@ -521,28 +550,26 @@ impl Payer<'_> {
 /// The receipt answering hop `from`'s report that it carried `carried`
 /// bytes: for what the client counted on that hop itself (plus the
 /// tolerance) and one chunk ahead — never for an inflated report. `None` if
-/// nothing more is owed, or the deposit is spent (then the hop's `error`
-/// says so).
+/// nothing more is owed; an error (also kept in the hop's `error`) if the
+/// channel cannot pay, e.g. its deposit is spent.
 fn answer_usage(
     payments: &mut [HopPay],
     cells: &CellCount,
     hops: usize,
     from: usize,
     carried: u64,
-) -> Option<hopwire_proto::pay::SignedReceipt> {
-    let p = payments.iter_mut().find(|p| p.hop == from)?;
+) -> Result<Option<hopwire_proto::pay::SignedReceipt>, PayError> {
+    let Some(p) = payments.iter_mut().find(|p| p.hop == from) else {
+        return Ok(None);
+    };
     let counted = cells.at_hop(from, hops);
     p.channel.measure(counted.saturating_sub(p.channel.measured()));
-    match p.channel.on_usage(carried) {
-        Ok(receipt) => receipt,
-        Err(e) => {
-            if p.error.is_none() {
-                warn!("hop {} ({}): {e}", from + 1, p.record.short_id());
-            }
-            p.error = Some(format!("paying hop {} ({}): {e}", from + 1, p.record.short_id()));
-            None
+    p.channel.on_usage(carried).inspect_err(|e| {
+        if p.error.is_none() {
+            warn!("hop {} ({}): {e}", from + 1, p.record.short_id());
         }
-    }
+        p.error = Some(format!("paying hop {} ({}): {e}", from + 1, p.record.short_id()));
+    })
 }
 
 /// Watches the circuit's control stream: pays hops as they report usage,
@@ -572,16 +599,27 @@ async fn watch_control(
                     payer.cells.payment_bytes.fetch_add(len, Ordering::Relaxed);
                 }
                 if let Ok((from, BackwardMessage::Usage { carried })) = opened {
-                    if let Some(pay) = payer.on_usage(circuit, path.len(), from, carried) {
-                        payer
-                            .cells
-                            .payment_bytes
-                            .fetch_add(message_len(&pay), Ordering::Relaxed);
-                        if framing::write_message(send, &pay).await.is_err() {
+                    match payer.on_usage(circuit, path.len(), from, carried) {
+                        Answer::Pay(pay) => {
+                            payer
+                                .cells
+                                .payment_bytes
+                                .fetch_add(message_len(&pay), Ordering::Relaxed);
+                            if framing::write_message(send, &pay).await.is_err() {
+                                return Loss {
+                                    reason: "the first hop closed the circuit's control stream".into(),
+                                    culprit: Some(path[0].record().identity),
+                                };
+                            }
+                        }
+                        Answer::Nothing => {}
+                        // The same exit and inner address come back on the
+                        // new circuit, so connections inside carry on.
+                        Answer::Spent(reason) => {
                             return Loss {
-                                reason: "the first hop closed the circuit's control stream".into(),
-                                culprit: Some(path[0].record().identity),
-                            };
+                                reason: format!("{reason}; a new channel is opened with the next circuit"),
+                                culprit: None,
+                            }
                         }
                     }
                     continue;
@@ -811,21 +849,25 @@ mod tests {
             "the exit's cells: id, one layer, payload"
         );
         let mut honest = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut honest, &cells, 3, 2, at_exit).expect("a receipt");
+        let paid = answer_usage(&mut honest, &cells, 3, 2, at_exit)
+            .expect("payable")
+            .expect("a receipt");
         assert_eq!(
             paid.receipt.cumulative_amount,
             QUOTE.price_of(at_exit + QUOTE.chunk_bytes).expect("price"),
             "an honest report is paid in full, one chunk ahead"
         );
         let mut cheated = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut cheated, &cells, 3, 2, at_exit * 10).expect("a receipt");
+        let paid = answer_usage(&mut cheated, &cells, 3, 2, at_exit * 10)
+            .expect("payable")
+            .expect("a receipt");
         assert_eq!(
             paid.receipt.cumulative_amount,
             QUOTE.price_of(at_exit + TOLERANCE + QUOTE.chunk_bytes).expect("price"),
             "a tenfold report is paid only for what the client counted, plus the tolerance and a chunk"
         );
         // A report for another hop than the one paid pays nothing.
-        assert!(answer_usage(&mut cheated, &cells, 3, 1, at_exit).is_none());
+        assert_eq!(answer_usage(&mut cheated, &cells, 3, 1, at_exit), Ok(None));
     }
 
     #[test]
@@ -834,7 +876,11 @@ mod tests {
         let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 2).expect("price");
         let mut pays = payments(deposit);
         let receipt = answer_usage(&mut pays, &cells, 3, 2, cells.at_hop(2, 3));
-        assert!(receipt.is_none(), "nothing signed past the deposit");
+        assert_eq!(
+            receipt,
+            Err(PayError::OutOfDeposit { deposit }),
+            "nothing signed past the deposit"
+        );
         let error = pays[0].error.as_deref().unwrap_or("");
         assert!(error.contains("deposit"), "the reason is kept for status: {error}");
     }

@@ -380,3 +380,129 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
         let _ = tokio::time::timeout(Duration::from_secs(5), n.task).await;
     }
 }
+
+/// Sends `count` packets out through the tunnel one at a time, each until
+/// the internet has it (a packet sent while a circuit is rebuilt may be
+/// lost, as on any network); returns how many had to be sent again.
+async fn deliver_all(peer: &mut MemoryPeer, internet: &mut MemoryInternet, inner: Ipv4Addr, count: usize) -> usize {
+    let mut resent = 0;
+    for i in 0..count {
+        let payload: Vec<u8> = (0..1200).map(|j| (i as u8) ^ (j as u8)).collect();
+        let out = udp_packet(inner, INTERNET, 53001, &payload);
+        let mut tries = 0;
+        loop {
+            send(&peer.to_tunnel, out.clone(), "into the tunnel").await;
+            match tokio::time::timeout(Duration::from_secs(2), internet.from_exit.recv()).await {
+                Ok(Some(got)) if got == out => break,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the exit's uplink closed"),
+                Err(_) => {
+                    tries += 1;
+                    resent += 1;
+                    assert!(tries < 10, "packet {i} never reached the internet");
+                }
+            }
+        }
+    }
+    resent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_channel_is_replaced_and_the_tunnel_carries_on_to_the_same_exit() {
+    let tmp = TempDir::new("spent");
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let ledger = EmbeddedLedger::with_db(&db, "runtime-spent", 60).expect("ledger");
+    let state_dir = tmp.0.join("client");
+    std::fs::create_dir_all(&state_dir).expect("state dir");
+    let account = hopwire_client::wallet::load_or_create_key(&state_dir)
+        .expect("wallet key")
+        .verifying_key()
+        .to_bytes();
+    ledger.fund(account, 1_000_000_000).expect("fund");
+    let ledger_addr = hopwire_node_runtime::ledger_service::listen((Ipv4Addr::LOCALHOST, 0).into(), ledger)
+        .await
+        .expect("ledger listens");
+    let (exit, internet) = start_node(&tmp.0.join("exit"), Ipv4Addr::new(127, 9, 0, 1), true, ledger_addr).await;
+    let mut internet = internet.expect("the exit's pretend internet");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Deposits of two chunks: each channel is spent after a few MiB.
+    let client = Client::start(
+        MemoryPlatform::default(),
+        ClientConfig {
+            state_dir,
+            bootstrap: Vec::new(),
+            ledger: Some(ledger_addr),
+            deposit_mib: 2 * CHUNK_MIB,
+        },
+    )
+    .expect("the runtime starts");
+    let mut events = client.subscribe();
+    let request = ConnectRequest {
+        records: vec![exit.record.clone()],
+        hops: 1,
+        country: None,
+        max_price: None,
+    };
+    let status = tokio::time::timeout(WAIT, client.connect(request))
+        .await
+        .expect("connect in time")
+        .expect("connected");
+    let inner = status.inner_addr.expect("an inner address");
+    assert_eq!(next_state(&mut events).await, TunnelState::Connecting);
+    assert_eq!(next_state(&mut events).await, TunnelState::Connected);
+    let mut peer = client.platform().take_peer().expect("the interface is up");
+
+    // About 14 MiB out: more than two deposits' worth.
+    let watcher = tokio::spawn(async move {
+        let mut reasons = Vec::new();
+        let mut reconnected = 0;
+        while reconnected < 2 {
+            match next_state(&mut events).await {
+                TunnelState::Reconnecting { reason, .. } => reasons.push(reason),
+                TunnelState::Connected => reconnected += 1,
+                other => panic!("unexpected state {other:?}"),
+            }
+        }
+        reasons
+    });
+    let resent = deliver_all(&mut peer, &mut internet, inner, 12_000).await;
+    let reasons = tokio::time::timeout(WAIT, watcher)
+        .await
+        .expect("two rebuilds within the time")
+        .expect("the watcher ran");
+    eprintln!("rebuilds: {reasons:?}; packets sent again: {resent}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("payment channel to hop 1") && r.contains("is spent")),
+        "each rebuild says the channel was spent: {reasons:?}"
+    );
+    let status = client.status();
+    assert_eq!(status.state, State::Connected);
+    assert_eq!(status.inner_addr, Some(inner), "the same inner address");
+    assert_eq!(status.circuit[0].id, exit.short_id(), "the same exit");
+
+    // The spent channels are closing; a fresh one pays the exit now.
+    let wallet = tokio::time::timeout(WAIT, client.wallet(false))
+        .await
+        .expect("the wallet in time")
+        .expect("the wallet");
+    let to_exit: Vec<_> = wallet.channels.iter().filter(|c| c.payee == exit.short_id()).collect();
+    assert!(
+        to_exit.len() >= 3,
+        "a channel per deposit spent, and the current one: {to_exit:?}"
+    );
+    assert!(
+        to_exit.iter().filter(|c| c.close_at.is_none()).count() == 1,
+        "only the current channel stays open: {to_exit:?}"
+    );
+    for c in &to_exit {
+        assert!(c.signed <= c.deposit, "never signed past a deposit: {c:?}");
+    }
+
+    let _ = tokio::time::timeout(WAIT, client.disconnect()).await;
+    let mut exit = exit;
+    let _ = exit.stop.take().map(|s| s.send(()));
+    let _ = tokio::time::timeout(Duration::from_secs(5), exit.task).await;
+}
