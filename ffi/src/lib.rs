@@ -23,8 +23,8 @@ mod types;
 pub use host::{CallbackError, EventListener, SocketProtector, TunnelProvider};
 pub use session::{Session, SessionConfig};
 pub use types::{
-    Channel, ConnectOptions, ErrorKind, Event, Hop, HopPayment, HopwireError, Node, NodeRole, Route, Settings, SettingsChange,
-    SpendingSession, State, Status, TunnelSettings, TunnelState, Wallet,
+    Channel, ConnectOptions, ErrorKind, Event, Hop, HopPayment, HopwireError, Node, NodeRole, Route, Settings,
+    SettingsChange, SpendingSession, State, Status, TunnelSettings, TunnelState, Wallet,
 };
 
 uniffi::setup_scaffolding!();

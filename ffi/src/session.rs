@@ -38,7 +38,8 @@ pub struct SessionConfig {
     /// DHT peers to join through (`/ip4/…/tcp/…/p2p/…`).
     #[uniffi(default = [])]
     pub bootstrap: Vec<String>,
-    /// The ledger hops are paid on (`host:port`); `None`: only free nodes.
+    /// The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+    /// `None`: only free nodes.
     #[uniffi(default = None)]
     pub ledger: Option<String>,
     /// Each channel's deposit, in MiB at the hop's price (the daemon's
@@ -102,7 +103,9 @@ impl Session {
                 .on_thread_start(move || crate::logs::enter(&d))
                 .on_thread_stop(crate::logs::leave);
         }
-        let runtime = builder.build().map_err(|e| HopwireError::internal(format!("starting the session's runtime: {e}")))?;
+        let runtime = builder
+            .build()
+            .map_err(|e| HopwireError::internal(format!("starting the session's runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let client = logged(logs.as_ref(), || {
             let _entered = runtime.enter();
@@ -312,7 +315,7 @@ fn client_config(config: &SessionConfig) -> Result<ClientConfig, HopwireError> {
         .map(|l| {
             l.trim()
                 .parse::<SocketAddr>()
-                .map_err(|_| HopwireError::bad_input(format!("ledger `{l}` is not an address:port")))
+                .map_err(|_| HopwireError::bad_input(format!("ledger `{l}` is not an ip:port")))
         })
         .transpose()?;
     if config.deposit_mib == 0 {

@@ -224,7 +224,10 @@ pub enum TunnelState {
         attempt: u32,
     },
     /// Connecting failed; nothing is retried until the user connects again.
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl From<api::TunnelState> for TunnelState {

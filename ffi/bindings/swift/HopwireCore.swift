@@ -2138,7 +2138,8 @@ public struct SessionConfig: Equatable, Hashable {
      */
     public var bootstrap: [String]
     /**
-     * The ledger hops are paid on (`host:port`); `None`: only free nodes.
+     * The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+     * `None`: only free nodes.
      */
     public var ledger: String?
     /**
@@ -2167,7 +2168,8 @@ public struct SessionConfig: Equatable, Hashable {
          * DHT peers to join through (`/ip4/…/tcp/…/p2p/…`).
          */bootstrap: [String] = [], 
         /**
-         * The ledger hops are paid on (`host:port`); `None`: only free nodes.
+         * The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+         * `None`: only free nodes.
          */ledger: String? = nil, 
         /**
          * Each channel's deposit, in MiB at the hop's price (the daemon's

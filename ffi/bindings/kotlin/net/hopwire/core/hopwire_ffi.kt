@@ -3378,7 +3378,8 @@ data class SessionConfig (
     var `bootstrap`: List<kotlin.String> = listOf() 
     , 
     /**
-     * The ledger hops are paid on (`host:port`); `None`: only free nodes.
+     * The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+     * `None`: only free nodes.
      */
     var `ledger`: kotlin.String? = null 
     , 
