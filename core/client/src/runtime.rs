@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use boringtun::x25519;
 use rand::Rng;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use hopwire_api::{
@@ -232,6 +232,9 @@ pub struct Client<P: Platform> {
     shared: Arc<Shared<P>>,
     /// Serializes connect and disconnect.
     active: Arc<tokio::sync::Mutex<Option<Active>>>,
+    /// Counts connects and disconnects asked for: a connect still finding
+    /// nodes gives way to any asked after it.
+    asked: Arc<watch::Sender<u64>>,
 }
 
 impl<P: Platform> Clone for Client<P> {
@@ -239,6 +242,7 @@ impl<P: Platform> Clone for Client<P> {
         Self {
             shared: self.shared.clone(),
             active: self.active.clone(),
+            asked: self.asked.clone(),
         }
     }
 }
@@ -308,6 +312,7 @@ impl<P: Platform> Client<P> {
                 events,
             }),
             active: Arc::new(tokio::sync::Mutex::new(None)),
+            asked: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -346,14 +351,32 @@ impl<P: Platform> Client<P> {
 
     /// Connects as asked, replacing any tunnel up now. Returns once the
     /// first circuit is up (or connecting failed: the state is then Error).
+    /// A disconnect or another connect asked while this one still finds
+    /// nodes wins: this one then returns at once, with the status that one
+    /// leaves, and builds nothing.
     pub async fn connect(&self, request: ConnectRequest) -> Result<Status, Error> {
-        let plan = if request.records.is_empty() {
-            self.shared.discover_plan(request.hops, request.country).await
-        } else {
-            Plan::from_records(&request.records, request.hops, request.country)
+        let ticket = self.ask();
+        let mut asked = self.asked.subscribe();
+        let superseded = asked.wait_for(|&now| now != ticket);
+        let plan = async {
+            if request.records.is_empty() {
+                self.shared.discover_plan(request.hops, request.country).await
+            } else {
+                Plan::from_records(&request.records, request.hops, request.country)
+            }
+        };
+        let plan = tokio::select! {
+            plan = plan => plan,
+            _ = superseded => {
+                info!("a connect gave way to a later request while it was finding nodes");
+                return Ok(self.status());
+            }
         };
         let plan = plan.and_then(|p| p.within_price(request.max_price))?;
         let mut active = self.active.lock().await;
+        if *self.asked.borrow() != ticket {
+            return Ok(self.status());
+        }
         stop(active.take()).await;
         match self.shared.clone().connect(plan).await {
             Ok(a) => {
@@ -370,12 +393,24 @@ impl<P: Platform> Client<P> {
         }
     }
 
-    /// Takes the tunnel down and undoes what the platform set up.
+    /// Takes the tunnel down and undoes what the platform set up; a connect
+    /// still finding nodes gives up.
     pub async fn disconnect(&self) -> Status {
+        self.ask();
         let mut active = self.active.lock().await;
         stop(active.take()).await;
         self.shared.transition(TunnelState::Disconnected);
         self.status()
+    }
+
+    /// Counts one more connect or disconnect asked; returns its number.
+    fn ask(&self) -> u64 {
+        let mut ticket = 0;
+        self.asked.send_modify(|n| {
+            *n += 1;
+            ticket = *n;
+        });
+        ticket
     }
 
     /// The nodes the DHT knows, of one role or country if asked.
@@ -416,6 +451,7 @@ impl<P: Platform> Client<P> {
 
     /// Disconnects; for the host's shutdown.
     pub async fn shutdown(&self) {
+        self.ask();
         stop(self.active.lock().await.take()).await;
         self.shared.transition(TunnelState::Disconnected);
     }

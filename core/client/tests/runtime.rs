@@ -506,3 +506,65 @@ async fn a_spent_channel_is_replaced_and_the_tunnel_carries_on_to_the_same_exit(
     let _ = exit.stop.take().map(|s| s.send(()));
     let _ = tokio::time::timeout(Duration::from_secs(5), exit.task).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_while_a_connect_finds_nodes_wins_and_nothing_is_built() {
+    let tmp = TempDir::new("giveway");
+    // A DHT peer that accepts connections and never answers: finding nodes
+    // through it takes until the lookup's timeout.
+    let silent = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let peer = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id();
+    let bootstrap = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}")
+        .parse()
+        .expect("a multiaddr");
+    let client = Client::start(
+        MemoryPlatform::default(),
+        ClientConfig {
+            state_dir: tmp.0.join("client"),
+            bootstrap: vec![bootstrap],
+            ledger: None,
+            deposit_mib: 64,
+        },
+    )
+    .expect("the runtime starts");
+    let mut events = client.subscribe();
+    let connecting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .connect(ConnectRequest {
+                    hops: 3,
+                    ..ConnectRequest::default()
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!connecting.is_finished(), "the connect is still finding nodes");
+    let status = tokio::time::timeout(WAIT, client.disconnect())
+        .await
+        .expect("disconnect in time");
+    assert_eq!(status.state, State::Disconnected);
+    let answer = tokio::time::timeout(Duration::from_secs(2), connecting)
+        .await
+        .expect("the connect gave way at once")
+        .expect("the connect task ran")
+        .expect("giving way is not an error");
+    assert_eq!(answer.state, State::Disconnected, "{answer:?}");
+    // Nothing was set up, and the only state event is the disconnect's.
+    assert!(client.platform().configs().is_empty(), "no interface was asked for");
+    assert_eq!(next_state(&mut events).await, TunnelState::Disconnected);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !matches!(events.try_recv(), Ok(Event::State { .. })),
+        "no state after the disconnect"
+    );
+    assert_eq!(client.status().state, State::Disconnected);
+}

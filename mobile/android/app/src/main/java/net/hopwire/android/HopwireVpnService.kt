@@ -62,10 +62,11 @@ class HopwireVpnService : VpnService() {
     )
 
     /**
-     * Connects and disconnects run one at a time, in the order asked. The
-     * session would let a disconnect overtake a connect that is still
-     * looking for nodes, and the tunnel would then come up after the user
-     * turned it off.
+     * Connects and disconnects run one at a time, in the order asked, which
+     * keeps the start ids and always-on retries below in order. (The
+     * session itself lets a later disconnect cancel a connect that is still
+     * finding nodes; this service does not use that yet: a disconnect waits
+     * here for the connect before it.)
      */
     private val commands = Mutex()
 
