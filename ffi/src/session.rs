@@ -68,9 +68,15 @@ pub struct Session {
     /// The session's logger, for what runs on the host's thread.
     logs: Option<tracing::Dispatch>,
     closed: AtomicBool,
-    /// Stops the event forwarder (after it delivered what is queued).
-    stop_events: Mutex<Option<oneshot::Sender<()>>>,
-    forwarder: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Delivers events to the host's listener, if it gave one.
+    forwarder: Mutex<Option<Forwarder>>,
+}
+
+/// The thread that calls the host's listener, and what stops it.
+struct Forwarder {
+    /// Stops it once it delivered what is queued.
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Session {
@@ -112,20 +118,15 @@ impl Session {
             let platform = FdPlatform::new(ForeignHost { tunnel, protector });
             Client::start(platform, client_config)
         })?;
-        let (stop_events, forwarder) = match listener {
-            Some(listener) => {
-                let (stop, thread) = forward_events(&handle, client.subscribe(), listener, logs.clone())?;
-                (Some(stop), Some(thread))
-            }
-            None => (None, None),
-        };
+        let forwarder = listener
+            .map(|listener| forward_events(&handle, client.subscribe(), listener, logs.clone()))
+            .transpose()?;
         Ok(Arc::new(Self {
             client,
             runtime: Mutex::new(Some(runtime)),
             handle,
             logs,
             closed: AtomicBool::new(false),
-            stop_events: Mutex::new(stop_events),
             forwarder: Mutex::new(forwarder),
         }))
     }
@@ -134,19 +135,10 @@ impl Session {
     /// first circuit carries traffic. On failure the state is Error and
     /// the error says why.
     pub async fn connect(&self, options: ConnectOptions) -> Result<Status, HopwireError> {
-        if !(1..=3).contains(&options.hops) {
-            return Err(HopwireError::bad_input(format!(
-                "hops must be 1, 2 or 3, not {}",
-                options.hops
-            )));
-        }
         let request = ConnectRequest {
             records: options.records,
             hops: options.hops,
-            country: options
-                .country
-                .map(|c| c.trim().to_ascii_uppercase())
-                .filter(|c| !c.is_empty()),
+            country: options.country,
             max_price: options.max_price_per_gib,
         };
         let client = self.client()?;
@@ -174,7 +166,6 @@ impl Session {
     /// The nodes the DHT knows, of one role or country if asked.
     pub async fn nodes(&self, role: Option<NodeRole>, country: Option<String>) -> Result<Vec<Node>, HopwireError> {
         let client = self.client()?;
-        let country = country.map(|c| c.trim().to_ascii_uppercase()).filter(|c| !c.is_empty());
         self.run(async move {
             let nodes = client.nodes(role.map(Into::into), country.as_deref()).await?;
             Ok(nodes.into_iter().map(Node::from).collect())
@@ -218,9 +209,8 @@ impl Session {
             return;
         }
         let client = self.client.clone();
-        let stop = lock(&self.stop_events).take();
         let forwarder = lock(&self.forwarder).take();
-        let _ = self.run(shut_down(client, stop, forwarder)).await;
+        let _ = self.run(shut_down(client, forwarder)).await;
         if let Some(runtime) = lock(&self.runtime).take() {
             // What is left (DHT lookups, idle connections) is dropped.
             runtime.shutdown_background();
@@ -258,7 +248,6 @@ impl Drop for Session {
             return;
         }
         let client = self.client.clone();
-        let stop = lock(&self.stop_events).take();
         let forwarder = lock(&self.forwarder).take();
         let Some(runtime) = lock(&self.runtime).take() else {
             return;
@@ -266,7 +255,7 @@ impl Drop for Session {
         let closer = std::thread::Builder::new()
             .name("hopwire-close".to_owned())
             .spawn(move || {
-                runtime.block_on(shut_down(client, stop, forwarder));
+                runtime.block_on(shut_down(client, forwarder));
                 runtime.shutdown_timeout(Duration::from_secs(1));
             });
         if let Ok(thread) = closer {
@@ -285,14 +274,12 @@ fn logged<T>(logs: Option<&tracing::Dispatch>, f: impl FnOnce() -> T) -> T {
 
 /// Takes the tunnel down, then lets the forwarder deliver what is queued
 /// and waits for it (on a blocking thread: the host's never waits).
-async fn shut_down(client: Runtime, stop: Option<oneshot::Sender<()>>, forwarder: Option<std::thread::JoinHandle<()>>) {
+async fn shut_down(client: Runtime, forwarder: Option<Forwarder>) {
     if tokio::time::timeout(CLOSE_TIMEOUT, client.shutdown()).await.is_err() {
         warn!("the tunnel did not come down within {CLOSE_TIMEOUT:?}; closing anyway");
     }
-    if let Some(stop) = stop {
+    if let Some(Forwarder { stop, thread }) = forwarder {
         let _ = stop.send(());
-    }
-    if let Some(thread) = forwarder {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
@@ -337,7 +324,7 @@ fn forward_events(
     mut events: broadcast::Receiver<hopwire_api::Event>,
     listener: Arc<dyn EventListener>,
     logs: Option<tracing::Dispatch>,
-) -> Result<(oneshot::Sender<()>, std::thread::JoinHandle<()>), HopwireError> {
+) -> Result<Forwarder, HopwireError> {
     let (stop, mut stopped) = oneshot::channel::<()>();
     let (tx, rx) = std::sync::mpsc::channel::<Event>();
     handle.spawn(async move {
@@ -371,6 +358,6 @@ fn forward_events(
             }
             crate::logs::leave();
         })
-        .map(|thread| (stop, thread))
+        .map(|thread| Forwarder { stop, thread })
         .map_err(|e| HopwireError::internal(format!("starting the event thread: {e}")))
 }

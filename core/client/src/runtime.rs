@@ -171,7 +171,7 @@ impl Plan {
     fn new(candidates: Vec<VerifiedRecord>, hops: u8, country: Option<String>) -> Result<Self, Error> {
         let hops = usize::from(hops);
         if hops == 0 || hops > MAX_HOPS {
-            return Err(Error::BadInput(format!("--hops must be 1 to {MAX_HOPS}, not {hops}")));
+            return Err(Error::BadInput(format!("hops must be 1 to {MAX_HOPS}, not {hops}")));
         }
         Ok(Self {
             candidates,
@@ -358,11 +358,12 @@ impl<P: Platform> Client<P> {
         let ticket = self.ask();
         let mut asked = self.asked.subscribe();
         let superseded = asked.wait_for(|&now| now != ticket);
+        let country = country_code(request.country.as_deref());
         let plan = async {
             if request.records.is_empty() {
-                self.shared.discover_plan(request.hops, request.country).await
+                self.shared.discover_plan(request.hops, country).await
             } else {
-                Plan::from_records(&request.records, request.hops, request.country)
+                Plan::from_records(&request.records, request.hops, country)
             }
         };
         let plan = tokio::select! {
@@ -415,7 +416,8 @@ impl<P: Platform> Client<P> {
 
     /// The nodes the DHT knows, of one role or country if asked.
     pub async fn nodes(&self, role: Option<Role>, country: Option<&str>) -> Result<Vec<NodeInfo>, Error> {
-        self.shared.discover_nodes(role, country).await
+        let country = country_code(country);
+        self.shared.discover_nodes(role, country.as_deref()).await
     }
 
     /// The wallet; with `close`, first starts closing every channel no
@@ -455,6 +457,12 @@ impl<P: Platform> Client<P> {
         stop(self.active.lock().await.take()).await;
         self.shared.transition(TunnelState::Disconnected);
     }
+}
+
+/// A country as asked (`" de "`) as regions are written (`"DE"`); blank
+/// means any.
+fn country_code(asked: Option<&str>) -> Option<String> {
+    asked.map(|c| c.trim().to_ascii_uppercase()).filter(|c| !c.is_empty())
 }
 
 async fn stop(active: Option<Active>) {

@@ -128,6 +128,24 @@ async fn start_node(dir: &Path, ip: Ipv4Addr, exit: bool, ledger: SocketAddr) ->
     )
 }
 
+/// An embedded ledger served on loopback, and a client state directory
+/// whose account it funded. The database lives as long as the first value.
+async fn funded_ledger(tmp: &TempDir, domain: &str) -> (sled::Db, SocketAddr, PathBuf) {
+    let db = sled::Config::new().temporary(true).open().expect("sled");
+    let ledger = EmbeddedLedger::with_db(&db, domain, 60).expect("ledger");
+    let state_dir = tmp.0.join("client");
+    std::fs::create_dir_all(&state_dir).expect("state dir");
+    let account = hopwire_client::wallet::load_or_create_key(&state_dir)
+        .expect("wallet key")
+        .verifying_key()
+        .to_bytes();
+    ledger.fund(account, 1_000_000_000).expect("fund");
+    let addr = hopwire_node_runtime::ledger_service::listen((Ipv4Addr::LOCALHOST, 0).into(), ledger)
+        .await
+        .expect("ledger listens");
+    (db, addr, state_dir)
+}
+
 /// An IPv4 UDP packet (header checksum set, UDP checksum 0 as IPv4 allows).
 fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let total = 20 + 8 + payload.len();
@@ -216,19 +234,7 @@ async fn exchange(peer: &mut MemoryPeer, internet: &mut MemoryInternet, inner: I
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
     let tmp = TempDir::new("3hop");
-    // The ledger, with the client's account funded.
-    let db = sled::Config::new().temporary(true).open().expect("sled");
-    let ledger = EmbeddedLedger::with_db(&db, "runtime-test", 60).expect("ledger");
-    let state_dir = tmp.0.join("client");
-    std::fs::create_dir_all(&state_dir).expect("state dir");
-    let account = hopwire_client::wallet::load_or_create_key(&state_dir)
-        .expect("wallet key")
-        .verifying_key()
-        .to_bytes();
-    ledger.fund(account, 1_000_000_000).expect("fund");
-    let ledger_addr = hopwire_node_runtime::ledger_service::listen((Ipv4Addr::LOCALHOST, 0).into(), ledger)
-        .await
-        .expect("ledger listens");
+    let (_db, ledger_addr, state_dir) = funded_ledger(&tmp, "runtime-test").await;
 
     // Three relays (one spare for the rebuild) and the exit.
     let mut nodes = Vec::new();
@@ -410,18 +416,7 @@ async fn deliver_all(peer: &mut MemoryPeer, internet: &mut MemoryInternet, inner
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_channel_is_replaced_and_the_tunnel_carries_on_to_the_same_exit() {
     let tmp = TempDir::new("spent");
-    let db = sled::Config::new().temporary(true).open().expect("sled");
-    let ledger = EmbeddedLedger::with_db(&db, "runtime-spent", 60).expect("ledger");
-    let state_dir = tmp.0.join("client");
-    std::fs::create_dir_all(&state_dir).expect("state dir");
-    let account = hopwire_client::wallet::load_or_create_key(&state_dir)
-        .expect("wallet key")
-        .verifying_key()
-        .to_bytes();
-    ledger.fund(account, 1_000_000_000).expect("fund");
-    let ledger_addr = hopwire_node_runtime::ledger_service::listen((Ipv4Addr::LOCALHOST, 0).into(), ledger)
-        .await
-        .expect("ledger listens");
+    let (_db, ledger_addr, state_dir) = funded_ledger(&tmp, "runtime-spent").await;
     let (exit, internet) = start_node(&tmp.0.join("exit"), Ipv4Addr::new(127, 9, 0, 1), true, ledger_addr).await;
     let mut internet = internet.expect("the exit's pretend internet");
     tokio::time::sleep(Duration::from_millis(300)).await;

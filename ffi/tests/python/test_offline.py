@@ -81,7 +81,7 @@ def test_bad_input_is_a_typed_error_not_a_crash(hw, host_parts, tmp_path):
         s.change_settings(hw.SettingsChange(dns=["resolver.example"]))
 
     async def calls():
-        with pytest.raises(hw.HopwireError.BadInput, match="hops must be 1, 2 or 3"):
+        with pytest.raises(hw.HopwireError.BadInput, match="hops must be 1 to 3"):
             await s.connect(hw.ConnectOptions(hops=4))
         with pytest.raises(hw.HopwireError.BadInput):
             await s.connect(hw.ConnectOptions(records=["hopwire1.garbage"]))
