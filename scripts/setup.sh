@@ -46,5 +46,11 @@ echo "setup: building the desktop app's front end (client-gui)"
 echo "setup: installing kotlinc for the Kotlin bindings' tests (ffi/tests/kotlin)"
 (cd ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 
+# The pinned Solidity compiler (for the check that the committed contract
+# build is current) and anvil, the local EVM chain the tests and
+# `hopwire testnet --ledger evm` run.
+echo "setup: installing solc and anvil for the EVM ledger (contracts)"
+(cd contracts && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "setup: building the workspace"
 cargo build --workspace --lib --bins --tests --examples --quiet

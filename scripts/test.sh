@@ -14,6 +14,8 @@ echo "test: a short fuzzing pass over every peer-facing parser"
 FUZZ_SECONDS="${FUZZ_SECONDS:-15}" ./scripts/fuzz.sh
 echo "test: the desktop app's front end (typecheck, screens with the IPC mocked)"
 (cd client-gui && npm run --silent typecheck && npm test --silent)
+echo "test: the payment-channel contract (the committed ABI and bytecode are what the pinned solc makes)"
+(cd contracts && npm run --silent check)
 echo "test: the mobile bindings (generated sources match the library; Python against the real library)"
 ./ffi/generate.sh --check
 # Debian's Python, which has Debian's pytest (a pyenv python3 may shadow it).

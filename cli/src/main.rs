@@ -50,9 +50,10 @@ enum Command {
         /// DHT peers to join through (`/ip4/ADDR/tcp/PORT/p2p/PEER_ID`, repeatable).
         #[arg(long)]
         bootstrap: Vec<String>,
-        /// The ledger service to pay nodes on (`ADDR:PORT`); without it only free nodes can be used.
+        /// The ledger to pay nodes on: an embedded ledger's service (`IP:PORT`) or a chain's
+        /// contract (`eip155:CHAIN_ID:CONTRACT@http://IP:PORT`); without it only free nodes can be used.
         #[arg(long)]
-        ledger: Option<std::net::SocketAddr>,
+        ledger: Option<hopwire_net::ledger::LedgerAddr>,
         /// Each payment channel's deposit: this many MiB at the hop's price.
         #[arg(long, default_value_t = 1024)]
         deposit_mib: u64,

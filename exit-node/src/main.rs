@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hopwire_net::keys::{self, NodeKeys};
-use hopwire_net::ledger::service::RemoteLedger;
-use hopwire_net::ledger::Ledger;
+use hopwire_net::ledger::{Ledger, LedgerAddr};
 use hopwire_net::store::ReceiptStore;
 use hopwire_node_runtime::config::{self, LoadedConfig, NodeConfig};
-use hopwire_node_runtime::{dht_address, own_record, NodeRuntime};
+use hopwire_node_runtime::payee::{self, Due, SettlePolicy};
+use hopwire_node_runtime::{dht_address, own_record, NodeRuntime, PaidOn};
 use hopwire_proto::onion::keys::OnionKeys;
 use hopwire_proto::record::short_id;
 use hopwire_proto::time::unix_now;
@@ -74,8 +74,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Settle every channel whose unsettled amount is at least --min on the
-    /// ledger (fees are shown first). Run it while the node is stopped.
+    /// Settle on the ledger every channel owing at least --min and more
+    /// than the fee of settling it; each channel's fee and net are shown
+    /// first. Run it while the node is stopped.
     Settle {
         #[arg(long)]
         config: PathBuf,
@@ -190,30 +191,70 @@ fn receipts(loaded: &LoadedConfig) -> Result<ReceiptStore> {
     Ok(ReceiptStore::open_dir(&loaded.key_dir.join("receipts"))?)
 }
 
-fn ledger_of(loaded: &LoadedConfig) -> Result<RemoteLedger> {
-    let addr = loaded
+/// The node's ledger, acting as the node (on a chain, with its gas key).
+fn ledger_of(loaded: &LoadedConfig, keys: &NodeKeys) -> Result<(std::sync::Arc<dyn Ledger>, [u8; 32])> {
+    let addr = ledger_addr(loaded)?;
+    let (payout, access) = hopwire_node_runtime::payout(loaded, keys, &addr)?;
+    Ok((addr.connect(&access, None)?, payout))
+}
+
+fn ledger_addr(loaded: &LoadedConfig) -> Result<LedgerAddr> {
+    loaded
         .config
         .pay
         .ledger
-        .with_context(|| format!("{}: pay.ledger is not set", loaded.path.display()))?;
-    Ok(RemoteLedger::connect(addr)?)
+        .with_context(|| format!("{}: pay.ledger is not set", loaded.path.display()))
+}
+
+/// Fee and net of a channel, as shown before settling.
+fn fee_and_net(d: &Due) -> (String, String) {
+    let fee = match d.fee {
+        Some(f) => match f.units {
+            Some(units) if f.gas > 0 => format!("{units} ({} gas)", f.gas),
+            Some(units) => units.to_string(),
+            None => format!("? ({} gas)", f.gas),
+        },
+        None => "?".into(),
+    };
+    let net = d.net().map_or("?".into(), |n| n.to_string());
+    (fee, net)
 }
 
 fn earnings(config: &Path, json: bool) -> Result<()> {
     let (loaded, keys) = load(config)?;
-    let all = receipts(&loaded)?.all()?;
-    let identity = keys.identity.verifying_key().to_bytes();
-    let balance = ledger_of(&loaded).and_then(|l| Ok(l.balance(identity)?));
-    let rows: Vec<serde_json::Value> = all
+    let store = receipts(&loaded)?;
+    let ledger = ledger_of(&loaded, &keys);
+    let balance = ledger
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|(l, payout)| l.balance(*payout).map_err(|e| e.to_string()));
+    // What settling each unsettled channel would cost now, and whether the
+    // running node would settle it.
+    let policy = SettlePolicy {
+        min: loaded.config.pay.settle_min,
+        fee_multiple: loaded.config.pay.settle_fee_multiple,
+        closing: true,
+    };
+    let weighed: Vec<Due> = match &ledger {
+        Ok((l, _)) => payee::weigh(&store, l.as_ref(), &policy)?,
+        Err(_) => Vec::new(),
+    };
+    let rows: Vec<serde_json::Value> = store
+        .all()?
         .iter()
         .map(|s| {
             let r = &s.receipt.receipt;
+            let due = weighed.iter().find(|d| d.channel == r.channel);
             serde_json::json!({
                 "channel": short_id(&r.channel),
                 "bytes": r.cumulative_bytes,
                 "amount": r.cumulative_amount,
                 "settled": s.settled,
                 "unsettled": r.cumulative_amount.saturating_sub(s.settled),
+                "fee": due.and_then(|d| d.fee).and_then(|f| f.units),
+                "fee_gas": due.and_then(|d| d.fee).map(|f| f.gas),
+                "net": due.and_then(Due::net).map(|n| n as f64),
+                "settle": due.map(|d| match &d.verdict { Ok(()) => "due".to_owned(), Err(why) => why.to_string() }),
             })
         })
         .collect();
@@ -223,24 +264,37 @@ fn earnings(config: &Path, json: bool) -> Result<()> {
         let value = serde_json::json!({
             "channels": rows, "earned": earned, "settled": settled, "unsettled": unsettled,
             "ledger_balance": balance.as_ref().ok(),
-            "ledger_error": balance.as_ref().err().map(|e| e.to_string()),
+            "ledger_error": balance.as_ref().err(),
         });
         println!("{value}");
         return Ok(());
     }
     println!(
-        "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}",
-        "channel", "bytes", "earned", "settled", "unsettled"
+        "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}  {:>18}  {:>12}",
+        "channel", "bytes", "earned", "settled", "unsettled", "fee to settle", "net"
     );
-    for r in &rows {
+    for (r, d) in rows.iter().map(|r| {
+        (
+            r,
+            weighed
+                .iter()
+                .find(|d| Some(short_id(&d.channel).as_str()) == r["channel"].as_str()),
+        )
+    }) {
+        let (fee, net) = d.map(fee_and_net).unwrap_or_else(|| ("-".into(), "-".into()));
         println!(
-            "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}",
+            "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}  {:>18}  {:>12}",
             r["channel"].as_str().unwrap_or("?"),
             r["bytes"],
             r["amount"],
             r["settled"],
-            r["unsettled"]
+            r["unsettled"],
+            fee,
+            net
         );
+        if let Some(Err(why)) = d.map(|d| &d.verdict) {
+            println!("  not settled yet: {why}");
+        }
     }
     println!(
         "{} channels: earned {earned}, settled {settled}, unsettled {unsettled}",
@@ -254,39 +308,86 @@ fn earnings(config: &Path, json: bool) -> Result<()> {
 }
 
 fn settle(config: &Path, min: u64) -> Result<()> {
-    let (loaded, _) = load(config)?;
+    let (loaded, keys) = load(config)?;
     let store = receipts(&loaded)?;
-    let ledger = ledger_of(&loaded)?;
-    let fee = ledger.settle_fee();
-    let min = min.max(1);
-    let due = store
-        .all()?
-        .iter()
-        .filter(|s| s.receipt.receipt.cumulative_amount.saturating_sub(s.settled) >= min)
-        .count() as u64;
-    println!(
-        "{due} channels owe at least {min}; the ledger's fee is {fee} per settlement ({} in all; channels owing no more than the fee are left)",
-        fee * due
-    );
-    let mut paid_total = 0;
-    for s in hopwire_node_runtime::payee::settle_due(&store, &ledger, min, false, unix_now())? {
+    let (ledger, _) = ledger_of(&loaded, &keys)?;
+    // By hand: anything owing more than its fee (and at least --min).
+    let policy = SettlePolicy {
+        min: min.max(1),
+        fee_multiple: 1,
+        closing: true,
+    };
+    let mut weighed = payee::weigh(&store, ledger.as_ref(), &policy)?;
+    for d in &mut weighed {
+        if d.owed < policy.min && d.verdict.is_ok() {
+            d.verdict = Err(payee::Waiting::Later(format!("owes less than --min {}", policy.min)));
+        }
+    }
+    println!("{:<16}  {:>12}  {:>18}  {:>12}  what", "channel", "owed", "fee", "net");
+    for d in &weighed {
+        let (fee, net) = fee_and_net(d);
+        let what = match &d.verdict {
+            Ok(()) => "settle".to_owned(),
+            Err(why) => format!("skip: {why}"),
+        };
+        println!(
+            "{:<16}  {:>12}  {:>18}  {:>12}  {what}",
+            short_id(&d.channel),
+            d.owed,
+            fee,
+            net
+        );
+    }
+    let due = weighed.iter().filter(|d| d.verdict.is_ok()).count();
+    println!("settling {due} of {} channels that owe anything", weighed.len());
+    let (mut paid_total, mut fees) = (0u64, 0u64);
+    for s in payee::settle(&store, ledger.as_ref(), weighed, unix_now())? {
         match s.paid {
             Ok(paid) => {
                 paid_total += paid;
-                println!("  {}: paid {paid}", short_id(&s.channel));
+                fees += s.due.fee.and_then(|f| f.units).unwrap_or(0);
+                println!("  {}: paid {paid}", short_id(&s.due.channel));
             }
-            Err(e) => println!("  {}: not settled: {e}", short_id(&s.channel)),
+            Err(e) => println!("  {}: not settled: {e}", short_id(&s.due.channel)),
         }
     }
-    println!("settled {paid_total}");
+    let spent = ledger.fees_paid();
+    if spent.transactions > 0 {
+        println!(
+            "settled {paid_total}; fees about {fees} ({} transactions, {} gas, {} wei)",
+            spent.transactions, spent.gas, spent.fee_wei
+        );
+    } else {
+        println!("settled {paid_total}");
+    }
     Ok(())
+}
+
+/// Where a charging node is paid, for its record: asks an embedded
+/// ledger's service its domain.
+fn paid_on(loaded: &LoadedConfig, keys: &NodeKeys) -> Result<Option<PaidOn>> {
+    if loaded.config.pay.quote().is_free() {
+        return Ok(None);
+    }
+    let addr = ledger_addr(loaded)?;
+    let (payout, access) = hopwire_node_runtime::payout(loaded, keys, &addr)?;
+    let domain = match addr {
+        LedgerAddr::Evm(evm) => evm.domain(),
+        LedgerAddr::Service(_) => addr
+            .connect(&access, None)
+            .with_context(|| format!("asking the ledger at {addr} its domain (the record names it)"))?
+            .domain()
+            .to_owned(),
+    };
+    Ok(Some(PaidOn { domain, payout }))
 }
 
 fn show_record(config: &Path, json: bool) -> Result<()> {
     let (loaded, keys) = load(config)?;
     let now = unix_now();
     let onion = keys::load_onion_keys(&loaded.key_dir, now)?;
-    let record = own_record(&loaded, &keys, &onion, now)?.to_signed_string(&keys.identity);
+    let paid_on = paid_on(&loaded, &keys)?;
+    let record = own_record(&loaded, &keys, &onion, paid_on.as_ref(), now)?.to_signed_string(&keys.identity);
     if json {
         let identity = keys.identity.verifying_key().to_bytes();
         let value = serde_json::json!({
@@ -297,6 +398,8 @@ fn show_record(config: &Path, json: bool) -> Result<()> {
             "region": loaded.config.node.region,
             "wg_public_key": keys::wg_public_to_string(&keys.wg_public()),
             "dht_addr": dht_address(&loaded, &keys).map(|a| a.to_string()),
+            "ledger": paid_on.as_ref().map(|p| p.domain.clone()),
+            "payout": paid_on.as_ref().map(|p| hopwire_proto::record::hex(&p.payout)),
         });
         println!("{value}");
     } else {

@@ -8,7 +8,6 @@
 //! writes one small file) and may be called from a UI thread.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +37,9 @@ pub struct SessionConfig {
     /// DHT peers to join through (`/ip4/…/tcp/…/p2p/…`).
     #[uniffi(default = [])]
     pub bootstrap: Vec<String>,
-    /// The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+    /// The ledger hops are paid on: an embedded ledger's service (`ip:port`,
+    /// e.g. `203.0.113.7:7300`) or a chain's contract
+    /// (`eip155:<chain id>:<contract>@http://<ip>:<port>`);
     /// `None`: only free nodes.
     #[uniffi(default = None)]
     pub ledger: Option<String>,
@@ -300,9 +301,8 @@ fn client_config(config: &SessionConfig) -> Result<ClientConfig, HopwireError> {
         .ledger
         .as_deref()
         .map(|l| {
-            l.trim()
-                .parse::<SocketAddr>()
-                .map_err(|_| HopwireError::bad_input(format!("ledger `{l}` is not an ip:port")))
+            l.parse::<hopwire_net::ledger::LedgerAddr>()
+                .map_err(HopwireError::bad_input)
         })
         .transpose()?;
     if config.deposit_mib == 0 {

@@ -15,7 +15,7 @@
 
 use ed25519_dalek::SigningKey;
 use hopwire_net::ledger::service::Request;
-use hopwire_proto::pay::{PayeeChannel, PayerChannel, Quote, Receipt, SignedReceipt};
+use hopwire_proto::pay::{PayeeChannel, PayerChannel, PayerKey, Quote, Receipt, SignedReceipt};
 use libfuzzer_sys::fuzz_target;
 
 const QUOTE: Quote = Quote {
@@ -26,8 +26,8 @@ const QUOTE: Quote = Quote {
 const DEPOSIT: u64 = 50_000;
 const TOLERANCE: u64 = 1 << 16;
 
-fn payer() -> SigningKey {
-    SigningKey::from_bytes(&[3; 32])
+fn payer() -> PayerKey {
+    SigningKey::from_bytes(&[3; 32]).into()
 }
 
 fn genuine(seq: u64, amount: u64) -> SignedReceipt {
@@ -43,7 +43,7 @@ fn genuine(seq: u64, amount: u64) -> SignedReceipt {
 }
 
 fn payee() -> PayeeChannel {
-    PayeeChannel::new(payer().verifying_key(), "fuzz".into(), [9; 32], DEPOSIT, QUOTE)
+    PayeeChannel::new(payer().account(), "fuzz".into(), [9; 32], DEPOSIT, QUOTE)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(receipt) = postcard::from_bytes::<SignedReceipt>(chunk) {
             let before = channel.paid_amount();
             if channel.accept(receipt.clone()).is_ok() {
-                assert!(receipt.verify(&payer().verifying_key()).is_ok(), "accepted a forgery");
+                assert!(receipt.verify(&payer().account()).is_ok(), "accepted a forgery");
                 assert!(receipt.receipt.cumulative_amount <= DEPOSIT);
                 assert!(channel.paid_amount() >= before);
             } else {

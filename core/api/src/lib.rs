@@ -405,9 +405,11 @@ pub struct HopPayment {
 /// The client's wallet, as `hopwire wallet` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalletInfo {
-    /// The ledger account (hex public key).
+    /// The ledger account (hex: an ed25519 public key on the embedded
+    /// ledger, an address as a 32-byte word on a chain).
     pub account: String,
-    pub ledger: SocketAddr,
+    /// Where the ledger is (`ip:port`, or `eip155:…@http://ip:port`).
+    pub ledger: String,
     /// What the account holds outside channels, if the ledger answered.
     pub balance: Option<u64>,
     pub ledger_error: Option<String>,

@@ -22,7 +22,6 @@
 //! SIGTERM or SIGINT and disconnects.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
@@ -101,7 +100,8 @@ async fn main() -> Result<(), String> {
     hopwire_net::process::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let state_dir = PathBuf::from(arg(&args, 0, "STATE_DIR")?);
-    let ledger: SocketAddr = arg(&args, 1, "LEDGER")?.parse().map_err(|e| format!("LEDGER: {e}"))?;
+    let ledger: hopwire_net::ledger::LedgerAddr =
+        arg(&args, 1, "LEDGER")?.parse().map_err(|e| format!("LEDGER: {e}"))?;
     let nodes = std::fs::read_to_string(arg(&args, 2, "NODES_FILE")?).map_err(|e| format!("NODES_FILE: {e}"))?;
     let records: Vec<String> = nodes
         .lines()

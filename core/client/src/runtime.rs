@@ -32,7 +32,7 @@
 //! these methods).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,7 @@ use hopwire_api::{
     ErrorKind, Event, HopInfo, HopPayment, NodeInfo, Settings, SettingsChange, State, Status, TunnelState, WalletInfo,
 };
 use hopwire_net::dht::{self, DhtError};
+use hopwire_net::ledger::LedgerAddr;
 use hopwire_net::protect::Protect;
 use hopwire_proto::onion::cell::MAX_HOPS;
 use hopwire_proto::path::{self, PathError, PathRequest};
@@ -80,7 +81,7 @@ pub struct ClientConfig {
     /// DHT peers to join through (`/ip4/…/tcp/…/p2p/…`).
     pub bootstrap: Vec<libp2p::Multiaddr>,
     /// The ledger hops are paid on; `None`: only free nodes can be used.
-    pub ledger: Option<SocketAddr>,
+    pub ledger: Option<LedgerAddr>,
     /// Each channel's deposit, in MiB at the hop's price.
     pub deposit_mib: u64,
 }
@@ -210,6 +211,41 @@ impl Plan {
                 cheapest_exit
                     .map(|c| format!(" (the cheapest asks {c})"))
                     .unwrap_or_default()
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Whether any candidate charges.
+    fn charges(&self) -> bool {
+        self.candidates.iter().any(|r| !r.record().quote.is_free())
+    }
+
+    /// Drops the nodes that charge on another ledger than `domain` (the
+    /// client could not pay them) or name no account to pay.
+    fn payable_on(mut self, domain: &str) -> Result<Self, Error> {
+        let payable = |r: &VerifiedRecord| {
+            let rec = r.record();
+            rec.quote.is_free() || (rec.ledger == domain && rec.payout != [0; 32])
+        };
+        let is_exit = |r: &VerifiedRecord| r.record().roles.contains(&Role::Exit);
+        let mut elsewhere: Vec<String> = self
+            .candidates
+            .iter()
+            .filter(|r| is_exit(r) && !payable(r))
+            .map(|r| format!("`{}`", r.record().ledger))
+            .collect();
+        elsewhere.sort();
+        elsewhere.dedup();
+        self.candidates.retain(payable);
+        if !self.candidates.iter().any(is_exit) {
+            return Err(Error::NoExit(format!(
+                "no exit is paid on this client's ledger `{domain}`{}",
+                if elsewhere.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (the exits found are paid on {})", elsewhere.join(", "))
+                }
             )));
         }
         Ok(self)
@@ -374,6 +410,10 @@ impl<P: Platform> Client<P> {
             }
         };
         let plan = plan.and_then(|p| p.within_price(request.max_price))?;
+        let plan = match &self.shared.wallet {
+            Some(wallet) if plan.charges() => plan.payable_on(&wallet.domain().await?)?,
+            _ => plan,
+        };
         let mut active = self.active.lock().await;
         if *self.asked.borrow() != ticket {
             return Ok(self.status());
@@ -443,7 +483,7 @@ impl<P: Platform> Client<P> {
         }
         Ok(WalletInfo {
             account: record::hex(&w.account()),
-            ledger,
+            ledger: ledger.to_string(),
             balance,
             ledger_error,
             channels,
@@ -751,7 +791,7 @@ impl<P: Platform> Shared<P> {
     fn tunnel_config(&self, tunnel: &Tunnel) -> TunnelConfig {
         let settings = lock(&self.settings).effective();
         let mut bypass = vec![tunnel.path[0].record().quic_addr.ip()];
-        bypass.extend(self.config.ledger.map(|l| l.ip()));
+        bypass.extend(self.config.ledger.map(|l| l.socket().ip()));
         let dns = if settings.dns.is_empty() {
             tunnel.params.dns.iter().copied().map(IpAddr::V4).collect()
         } else {

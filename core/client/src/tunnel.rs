@@ -308,7 +308,7 @@ impl Tunnel {
                     .seal_control(
                         i,
                         &ForwardMessage::Pay {
-                            payer: wallet.account(),
+                            payer: channel.payer(),
                             receipt,
                         },
                     )
@@ -529,11 +529,11 @@ impl Payer<'_> {
             }
             Err(_) => return Answer::Nothing,
         };
-        drop(payments);
         let pay = ForwardMessage::Pay {
-            payer: wallet.account(),
+            payer: p.channel.payer(),
             receipt,
         };
+        drop(payments);
         match lock(circuit).seal_control(from, &pay) {
             Ok(sealed) => Answer::Pay(sealed),
             Err(_) => Answer::Nothing,
@@ -819,7 +819,7 @@ mod tests {
 
     fn payments(deposit: u64) -> Vec<HopPay> {
         let payer = SigningKey::from_bytes(&[5; 32]);
-        let mut channel = PayerChannel::new(payer, "test".into(), [7; 32], [0; 16], deposit, QUOTE, TOLERANCE);
+        let mut channel = PayerChannel::new(payer.into(), "test".into(), [7; 32], [0; 16], deposit, QUOTE, TOLERANCE);
         channel.prepay().expect("prepay");
         vec![HopPay {
             hop: 2,

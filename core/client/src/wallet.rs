@@ -1,6 +1,13 @@
-//! The client's money: its ledger account (an ed25519 key kept beside the
-//! daemon's state), the channels it opened to hops, and what it signed to
-//! each, kept in sled so spending survives a restart.
+//! The client's money: its ledger account (a key kept beside the daemon's
+//! state), the channels it opened to hops, and what it signed to each, kept
+//! in sled so spending survives a restart.
+//!
+//! On the embedded ledger the account is an ed25519 key (`wallet.key`) that
+//! also signs every receipt. On a chain it is a secp256k1 key
+//! (`wallet-evm.key`) whose address funds channels and pays their gas;
+//! each channel's receipts are signed by a key of its own, derived from
+//! that one and the channel's id (so nothing need be stored for it, and
+//! receipts of two channels share no key).
 //!
 //! One channel per hop, reused by every circuit through that hop: a
 //! circuit pays through it as a new session, on top of what earlier
@@ -13,7 +20,6 @@
 //! lends them to circuits and remembers them.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -22,12 +28,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use hopwire_api::{ChannelInfo, ErrorKind, SessionInfo};
-use hopwire_net::ledger::LedgerError;
+use hopwire_net::ledger::{LazyLedger, LedgerAccess, LedgerAddr, LedgerError};
 use hopwire_net::protect::Protect;
-
-use hopwire_net::ledger::service::{LazyLedger, Signed};
-use hopwire_net::ledger::Ledger;
-use hopwire_proto::pay::PayerChannel;
+use hopwire_proto::pay::{PayerChannel, PayerKey};
 use hopwire_proto::record::{hex, VerifiedRecord};
 
 /// Bytes a client pays beyond what it counted itself: cells lost between a
@@ -142,8 +145,7 @@ pub struct SessionRecord {
 }
 
 pub struct Wallet {
-    key: SigningKey,
-    ledger_addr: SocketAddr,
+    key: AccountKey,
     ledger: LazyLedger,
     deposit_mib: u64,
     channels: sled::Tree,
@@ -159,12 +161,13 @@ impl std::fmt::Debug for Wallet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wallet")
             .field("account", &hopwire_proto::record::short_id(&self.account()))
-            .field("ledger", &self.ledger_addr)
+            .field("ledger", &self.ledger.addr().to_string())
             .finish_non_exhaustive()
     }
 }
 
-/// The account key in `dir` (`wallet.key`), created on first use.
+/// The embedded ledger's account key in `dir` (`wallet.key`), created on
+/// first use.
 pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, WalletError> {
     let path = dir.join("wallet.key");
     if !path.exists() {
@@ -175,19 +178,79 @@ pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, WalletError> {
     Ok(SigningKey::from_bytes(&hopwire_net::keys::read_key(&path)?))
 }
 
+/// A chain account's key in `dir` (`wallet-evm.key`), created on first use.
+pub fn load_or_create_evm_key(dir: &Path) -> Result<hopwire_net::ledger::evm::Signer, WalletError> {
+    Ok(hopwire_net::keys::load_or_create_evm_key(&dir.join("wallet-evm.key"))?)
+}
+
+/// The key a wallet's account is, by the kind of ledger.
+#[derive(Clone)]
+enum AccountKey {
+    Ed25519(SigningKey),
+    Evm(hopwire_net::ledger::evm::Signer),
+}
+
+impl AccountKey {
+    fn account(&self) -> [u8; 32] {
+        match self {
+            AccountKey::Ed25519(key) => key.verifying_key().to_bytes(),
+            AccountKey::Evm(key) => hopwire_proto::pay::scheme::address_word(key.address()),
+        }
+    }
+
+    /// The key that signs channel `id`'s receipts: the account key on the
+    /// embedded ledger; on a chain, one derived from the account key and
+    /// the channel (HKDF-SHA256), so channels share no receipt key.
+    fn receipt_key(&self, id: [u8; 32]) -> PayerKey {
+        match self {
+            AccountKey::Ed25519(key) => PayerKey::from(key.clone()),
+            AccountKey::Evm(key) => {
+                let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"hopwire evm receipt key v1"), &key.to_bytes()[..]);
+                // A 32-byte string is a valid secp256k1 key unless it is 0
+                // or past the group order (odds about 2^-128): try the next.
+                (0u8..=255)
+                    .find_map(|n| {
+                        let mut secret = [0u8; 32];
+                        hk.expand_multi_info(&[&id[..], &[n]], &mut secret).ok()?;
+                        k256::ecdsa::SigningKey::from_slice(&secret).ok()
+                    })
+                    .map(PayerKey::from)
+                    .unwrap_or_else(|| unreachable!("256 derivations cannot all be invalid keys"))
+            }
+        }
+    }
+}
+
 impl Wallet {
-    /// Opens the wallet kept in `dir` (key and `wallet/` sled store).
-    /// Every connection to the ledger passes through `protect` first.
-    pub fn open(dir: &Path, ledger_addr: SocketAddr, deposit_mib: u64, protect: Protect) -> Result<Self, WalletError> {
-        let key = load_or_create_key(dir)?;
+    /// Opens the wallet kept in `dir` (key and `wallet/` sled store) for
+    /// the ledger at `ledger`. Every connection to the ledger passes
+    /// through `protect` first.
+    pub fn open(dir: &Path, ledger: LedgerAddr, deposit_mib: u64, protect: Protect) -> Result<Self, WalletError> {
+        let (key, access) = match ledger {
+            LedgerAddr::Service(_) => {
+                let key = load_or_create_key(dir)?;
+                let access = LedgerAccess {
+                    ed25519: Some(key.clone()),
+                    ..LedgerAccess::default()
+                };
+                (AccountKey::Ed25519(key), access)
+            }
+            LedgerAddr::Evm(_) => {
+                let key = load_or_create_evm_key(dir)?;
+                let access = LedgerAccess {
+                    evm: Some(key.clone()),
+                    ..LedgerAccess::default()
+                };
+                (AccountKey::Evm(key), access)
+            }
+        };
         let path = dir.join("wallet");
         let (channels, sessions) = sled::open(&path)
             .and_then(|db| Ok((db.open_tree("channels")?, db.open_tree("sessions")?)))
             .map_err(|source| WalletError::Store { path, source })?;
         Ok(Self {
             key,
-            ledger_addr,
-            ledger: LazyLedger::protected(ledger_addr, protect),
+            ledger: LazyLedger::new(ledger, access, Some(protect)),
             deposit_mib: deposit_mib.max(1),
             channels,
             sessions,
@@ -197,7 +260,24 @@ impl Wallet {
 
     /// The ledger account this wallet pays from.
     pub fn account(&self) -> [u8; 32] {
-        self.key.verifying_key().to_bytes()
+        self.key.account()
+    }
+
+    /// Where its ledger is.
+    pub fn ledger(&self) -> LedgerAddr {
+        self.ledger.addr()
+    }
+
+    /// The domain of its ledger (asks the ledger the first time): hops
+    /// must be paid on it.
+    pub async fn domain(&self) -> Result<String, WalletError> {
+        self.ledger
+            .call(|l| Ok(l.domain().to_owned()))
+            .await
+            .map_err(|source| WalletError::Ledger {
+                action: "asking the ledger its domain".into(),
+                source,
+            })
     }
 
     /// What the account holds outside channels.
@@ -227,7 +307,7 @@ impl Wallet {
         if let Some((id, r)) = reusable {
             hopwire_proto::sync::lock(&self.lent).insert(id, r.bytes);
             let channel = PayerChannel::new(
-                self.key.clone(),
+                self.key.receipt_key(id),
                 r.domain,
                 id,
                 session,
@@ -254,18 +334,18 @@ impl Wallet {
             .max(quote.price_of(2 * quote.chunk_bytes).map_err(price)?);
         let mut id = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut id);
-        let payee = hop.record().identity;
-        let key = self.key.clone();
-        let open = Signed::Open { id, payee, deposit };
+        let payee = hop.record().payout;
+        let key = self.key.receipt_key(id);
+        let payer = key.account();
         let domain = self
             .ledger
-            .call(move |l| l.authorized(&key, open).map(|_| l.domain().to_owned()))
+            .call(move |l| l.open(id, payer, payee, deposit).map(|_| l.domain().to_owned()))
             .await
             .map_err(|source| WalletError::Ledger {
                 action: format!("opening a channel to {} on the ledger", hop.short_id()),
                 source,
             })?;
-        let channel = PayerChannel::new(self.key.clone(), domain, id, session, deposit, quote, TOLERANCE_BYTES);
+        let channel = PayerChannel::new(key, domain, id, session, deposit, quote, TOLERANCE_BYTES);
         hopwire_proto::sync::lock(&self.lent).insert(id, 0);
         self.remember(&channel, hop);
         Ok(channel)
@@ -378,12 +458,8 @@ impl Wallet {
     /// ([`Wallet::reclaim`]).
     async fn close(&self, channels: Vec<[u8; 32]>) {
         for id in channels {
-            let key = self.key.clone();
-            match self
-                .ledger
-                .call(move |l| l.authorized(&key, Signed::StartClose { id }))
-                .await
-            {
+            let now = hopwire_proto::time::unix_now();
+            match self.ledger.call(move |l| l.start_close(id, now)).await {
                 Ok(state) => {
                     if let Some(mut r) = self.load(id) {
                         r.close_at = state.close_at;

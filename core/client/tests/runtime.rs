@@ -13,9 +13,10 @@ use hopwire_client::platform::{MemoryPeer, MemoryPlatform};
 use hopwire_client::runtime::{Client, ClientConfig, ConnectRequest};
 use hopwire_net::keys::{self, NodeKeys};
 use hopwire_net::ledger::EmbeddedLedger;
+use hopwire_net::ledger::{LazyLedger, LedgerAccess, LedgerAddr};
 use hopwire_node_runtime::config::NodeConfig;
 use hopwire_node_runtime::exit::MemoryInternet;
-use hopwire_node_runtime::{own_record, NodeRuntime};
+use hopwire_node_runtime::{own_record, NodeRuntime, PaidOn};
 use hopwire_proto::onion::keys::OnionKeys;
 use hopwire_proto::pay::Quote;
 use hopwire_proto::record::VerifiedRecord;
@@ -99,7 +100,15 @@ async fn start_node(dir: &Path, ip: Ipv4Addr, exit: bool, ledger: SocketAddr) ->
     );
     let loaded = NodeConfig::parse(&dir.join("node.toml"), &text).expect("node.toml is valid");
     let onion = keys::load_onion_keys(&loaded.key_dir, unix_now()).expect("onion keys");
-    let record = own_record(&loaded, &keys, &onion, unix_now())
+    let domain = LazyLedger::new(LedgerAddr::Service(ledger), LedgerAccess::default(), None)
+        .call(|l| Ok(l.domain().to_owned()))
+        .await
+        .expect("the ledger's domain");
+    let paid_on = PaidOn {
+        domain,
+        payout: keys.identity.verifying_key().to_bytes(),
+    };
+    let record = own_record(&loaded, &keys, &onion, Some(&paid_on), unix_now())
         .expect("record")
         .to_signed_string(&keys.identity);
     let runtime = NodeRuntime::new(loaded, keys);
@@ -254,7 +263,7 @@ async fn three_hops_in_memory_survive_a_dead_middle_and_pay_every_hop() {
         ClientConfig {
             state_dir,
             bootstrap: Vec::new(),
-            ledger: Some(ledger_addr),
+            ledger: Some(LedgerAddr::Service(ledger_addr)),
             deposit_mib: 64,
         },
     )
@@ -427,7 +436,7 @@ async fn a_spent_channel_is_replaced_and_the_tunnel_carries_on_to_the_same_exit(
         ClientConfig {
             state_dir,
             bootstrap: Vec::new(),
-            ledger: Some(ledger_addr),
+            ledger: Some(LedgerAddr::Service(ledger_addr)),
             deposit_mib: 2 * CHUNK_MIB,
         },
     )

@@ -20,6 +20,8 @@ use hopwire_proto::onion::keys::OnionKeys;
 pub const IDENTITY_FILE: &str = "identity.key";
 pub const WG_FILE: &str = "wireguard.key";
 pub const ONION_FILE: &str = "onion.key";
+/// The secp256k1 key a node or client sends chain transactions with.
+pub const EVM_FILE: &str = "evm.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -132,6 +134,18 @@ pub fn read_key(path: &Path) -> Result<[u8; 32], KeyError> {
         .ok()
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
         .ok_or_else(|| KeyError::Malformed { path: path.to_owned() })
+}
+
+/// The secp256k1 key at `path`, made on first use: what sends (and pays
+/// the gas of) transactions on an EVM ledger.
+pub fn load_or_create_evm_key(path: &Path) -> Result<alloy::signers::local::PrivateKeySigner, KeyError> {
+    if !path.exists() {
+        let key = k256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        write_key(path, &key.to_bytes().into(), false)?;
+    }
+    let secret = read_key(path)?;
+    alloy::signers::local::PrivateKeySigner::from_slice(&secret)
+        .map_err(|_| KeyError::Malformed { path: path.to_owned() })
 }
 
 /// Loads the node's onion keys from `dir`, making them on first use, and

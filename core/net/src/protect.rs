@@ -64,6 +64,24 @@ pub fn connect_blocking(
     Ok(socket.into())
 }
 
+/// A TCP connection to `peer` through `protect`, for async code.
+pub async fn connect(peer: SocketAddr, protect: Option<&Protect>) -> io::Result<tokio::net::TcpStream> {
+    let socket = tcp_socket(peer, protect)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&peer.into()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = tokio::net::TcpStream::from_std(socket.into())?;
+    stream.writable().await?;
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    Ok(stream)
+}
+
 /// The socket address of `/ip4|ip6/…/tcp/…` (a `/p2p/…` suffix allowed).
 fn socket_addr(addr: &Multiaddr) -> Option<SocketAddr> {
     let mut parts = addr.iter();
@@ -114,23 +132,7 @@ impl libp2p::core::Transport for ProtectedTcp {
             return Err(TransportError::MultiaddrNotSupported(addr));
         };
         let protect = self.protect.clone();
-        Ok(async move {
-            let socket = tcp_socket(peer, Some(&protect))?;
-            socket.set_tcp_nodelay(true)?;
-            socket.set_nonblocking(true)?;
-            match socket.connect(&peer.into()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-                Err(e) => return Err(e),
-            }
-            let stream = tokio::net::TcpStream::from_std(socket.into())?;
-            stream.writable().await?;
-            if let Some(e) = stream.take_error()? {
-                return Err(e);
-            }
-            Ok(libp2p::tcp::tokio::TcpStream(stream))
-        }
-        .boxed())
+        Ok(async move { connect(peer, Some(&protect)).await.map(libp2p::tcp::tokio::TcpStream) }.boxed())
     }
 
     fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<TransportEvent<Self::ListenerUpgrade, io::Error>> {

@@ -134,7 +134,7 @@ mod tests {
             cumulative_bytes: amount,
             cumulative_amount: amount,
         }
-        .sign(&SigningKey::from_bytes(&[5; 32]))
+        .sign(&SigningKey::from_bytes(&[5; 32]).into())
     }
 
     #[test]

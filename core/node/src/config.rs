@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use hopwire_net::dht::parse_dht_addr;
 use hopwire_net::keys;
+use hopwire_net::ledger::evm::{Address, U256};
+use hopwire_net::ledger::LedgerAddr;
 use hopwire_proto::policy::ExitPolicy;
 use hopwire_proto::pool::{AddressPool, V6Twins, DEFAULT_V6_TWINS};
 use hopwire_proto::record::{parse_identity, Role};
@@ -62,18 +64,49 @@ pub struct PaySection {
     /// Carried beyond what is paid before the node stops forwarding.
     #[serde(default = "default_chunk_mib")]
     pub grace_mib: u64,
-    /// The ledger service channels are checked and settled on (TCP
-    /// address); required when the node charges.
+    /// The ledger channels are checked and settled on: an embedded
+    /// ledger's service (`ip:port`) or a chain's contract
+    /// (`eip155:<chain id>:<contract>@http://<ip>:<port>`); required when
+    /// the node charges.
     #[serde(default)]
-    pub ledger: Option<SocketAddr>,
+    pub ledger: Option<LedgerAddr>,
+    /// On a chain: the address earnings are paid to (default: the address
+    /// of the node's gas key, `evm.key` in its key directory).
+    #[serde(default, deserialize_with = "address")]
+    pub payout: Option<Address>,
+    /// On a chain paying in an ERC-20: what one unit is worth in wei of the
+    /// chain's coin, to weigh gas against earnings (a native-coin ledger
+    /// knows it). Decimal.
+    #[serde(default, deserialize_with = "wei")]
+    pub unit_value_wei: Option<U256>,
     /// The running node settles, every `settle_every_s` seconds, each
     /// channel its payer has started closing (what is not settled before
-    /// the close takes effect is lost) and, when this is above 0, each
-    /// channel owing at least this much.
+    /// the close takes effect is lost), each channel owing more than
+    /// `settle_fee_multiple` times what settling it costs (on a chain) and,
+    /// when this is above 0, each channel owing at least this much. It
+    /// never settles a channel for less than the fee.
     #[serde(default)]
     pub settle_min: u64,
     #[serde(default = "default_settle_every_s")]
     pub settle_every_s: u64,
+    /// Settle only when what a channel owes is more than this many times
+    /// the fee (100: fees stay under 1 % of earnings).
+    #[serde(default = "default_settle_fee_multiple")]
+    pub settle_fee_multiple: u64,
+}
+
+fn address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an address (0x and 40 hex digits)")))
+}
+
+fn wei<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<U256>, D::Error> {
+    let s = String::deserialize(d)?;
+    U256::from_str_radix(&s, 10)
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a decimal number of wei")))
 }
 
 impl Default for PaySection {
@@ -83,8 +116,11 @@ impl Default for PaySection {
             chunk_mib: default_chunk_mib(),
             grace_mib: default_chunk_mib(),
             ledger: None,
+            payout: None,
+            unit_value_wei: None,
             settle_min: 0,
             settle_every_s: default_settle_every_s(),
+            settle_fee_multiple: default_settle_fee_multiple(),
         }
     }
 }
@@ -105,6 +141,10 @@ fn default_chunk_mib() -> u64 {
 
 fn default_settle_every_s() -> u64 {
     600
+}
+
+fn default_settle_fee_multiple() -> u64 {
+    100
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -320,6 +360,12 @@ impl NodeConfig {
                 return Err(invalid(field, format!("{mib} must be between 1 and 1024 (MiB)")));
             }
         }
+        if config.pay.settle_fee_multiple == 0 {
+            return Err(invalid(
+                "pay.settle_fee_multiple",
+                "must be at least 1 (settling for less than its fee loses money)".into(),
+            ));
+        }
         if config.pay.price_per_gib > 0 && config.pay.ledger.is_none() {
             return Err(invalid(
                 "pay.ledger",
@@ -480,13 +526,25 @@ price_per_gib = 0
 # node stops forwarding for them.
 chunk_mib = 4
 grace_mib = 4
-# The ledger service channels are checked and settled on; needed to charge.
+# The ledger channels are checked and settled on; needed to charge. Either an
+# embedded ledger's service, or a payment-channel contract on an EVM chain
+# (chain id, contract, and a JSON-RPC endpoint of that chain):
 # ledger = "203.0.113.9:7300"
+# ledger = "eip155:8453:0x…contract…@http://203.0.113.9:8545"
+# On a chain, earnings go to payout (default: the address of evm.key in the
+# key directory, which also pays the gas of settling; fund it with a little
+# of the chain's coin). For a contract paying in an ERC-20, unit_value_wei
+# says what one unit is worth in wei, so gas can be weighed against earnings.
+# payout = "0x…"
+# unit_value_wei = "1000000000"
 # Every settle_every_s the running node settles each channel whose client
 # started closing it (unsettled earnings are lost once the close takes
-# effect) and, if settle_min > 0, each channel owing at least settle_min.
+# effect), each channel owing more than settle_fee_multiple times the fee
+# of settling it, and, if settle_min > 0, each channel owing at least
+# settle_min; never one owing less than the fee.
 settle_min = 0
 settle_every_s = 600
+settle_fee_multiple = 100
 
 [wireguard]
 # Plain WireGuard over UDP for stock clients listed below; unset means off.

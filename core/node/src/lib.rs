@@ -37,6 +37,7 @@ use crate::config::LoadedConfig;
 use hopwire_net::dht::{Dht, DhtConfig, Transport};
 use hopwire_net::framing::{self, SetupError};
 use hopwire_net::keys::{self, KeyError, NodeKeys};
+use hopwire_net::ledger::{LazyLedger, LedgerAccess, LedgerAddr};
 use hopwire_net::link::{self, LinkError};
 use hopwire_proto::onion::cell::{BackwardMessage, ForwardMessage, LinkMessage};
 use hopwire_proto::onion::circuit::{CircuitTable, ControlAction, HopCircuit, Routed, SharedHop};
@@ -167,12 +168,46 @@ pub struct NoPublicAddress {
     pub listen: SocketAddr,
 }
 
+/// Where a charging node is paid: the domain of its ledger and its
+/// account there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidOn {
+    pub domain: String,
+    pub payout: [u8; 32],
+}
+
+/// The account a node is paid to on `ledger`, and what it acts with there:
+/// on the embedded ledger its identity (and nothing to sign with: settling
+/// needs no key); on a chain `pay.payout` (default: the address of its gas
+/// key, `evm.key` in its key directory, made on first use), and that key.
+pub fn payout(
+    config: &LoadedConfig,
+    keys: &NodeKeys,
+    ledger: &LedgerAddr,
+) -> Result<([u8; 32], LedgerAccess), KeyError> {
+    match ledger {
+        LedgerAddr::Service(_) => Ok((keys.identity.verifying_key().to_bytes(), LedgerAccess::default())),
+        LedgerAddr::Evm(_) => {
+            let pay = &config.config.pay;
+            let key = keys::load_or_create_evm_key(&config.key_dir.join(keys::EVM_FILE))?;
+            let payout = hopwire_proto::pay::scheme::address_word(pay.payout.unwrap_or(key.address()));
+            let access = LedgerAccess {
+                evm: Some(key),
+                unit_value_wei: pay.unit_value_wei,
+                ..LedgerAccess::default()
+            };
+            Ok((payout, access))
+        }
+    }
+}
+
 /// The node's own record, as clients need it to build circuits (sign it
-/// with the identity key).
+/// with the identity key); `paid_on` names its ledger if it charges.
 pub fn own_record(
     config: &LoadedConfig,
     keys: &NodeKeys,
     onion: &OnionKeys,
+    paid_on: Option<&PaidOn>,
     now: u64,
 ) -> Result<hopwire_proto::record::NodeRecord, NoPublicAddress> {
     let node = &config.config.node;
@@ -197,6 +232,8 @@ pub fn own_record(
         region: node.region.clone(),
         capacity_mbit: node.capacity_mbit,
         quote: config.config.pay.quote(),
+        ledger: paid_on.map(|p| p.domain.clone()).unwrap_or_default(),
+        payout: paid_on.map_or([0; 32], |p| p.payout),
         exit_rules: config.config.exit.policy.clone(),
         exit_default_rejects: config.config.exit.default_rejects,
         family: config.family.clone(),
@@ -238,11 +275,29 @@ async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: Nod
             .collect::<Vec<_>>(),
         &config.config.node.region,
     );
+    // A charging node publishes its ledger's domain: it waits for it.
+    let paid_on = match &node.payee {
+        Some(payee) => loop {
+            match payee.domain().await {
+                Ok(domain) => {
+                    break Some(PaidOn {
+                        domain,
+                        payout: payee.payout(),
+                    })
+                }
+                Err(e) => {
+                    warn!("not publishing until the ledger says its domain: {e}");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        },
+        None => None,
+    };
     let mut tick = tokio::time::interval(REPUBLISH);
     loop {
         tick.tick().await;
         let onion = read(&node.onion).clone();
-        match own_record(&config, &keys, &onion, unix_now()) {
+        match own_record(&config, &keys, &onion, paid_on.as_ref(), unix_now()) {
             Ok(record) => {
                 if dht
                     .publish(record.to_signed_bytes(&keys.identity), provide.clone())
@@ -300,6 +355,23 @@ impl NodeRuntime {
         (self, internet)
     }
 
+    /// The payment side of a charging node paid on `ledger`.
+    fn payee(&self, ledger: LedgerAddr) -> Result<payee::Payee, NodeError> {
+        let pay = &self.config.config.pay;
+        let dir = &self.config.key_dir;
+        let (payout, access) = payout(&self.config, &self.keys, &ledger)?;
+        let policy = payee::SettlePolicy {
+            min: pay.settle_min,
+            fee_multiple: pay.settle_fee_multiple,
+            closing: true,
+        };
+        let ledger = LazyLedger::new(ledger, access, None);
+        payee::Payee::open(pay.quote(), ledger, payout, policy, dir).map_err(|source| NodeError::Receipts {
+            dir: dir.clone(),
+            source,
+        })
+    }
+
     /// Sets everything up, serves until `shutdown` completes, then removes
     /// everything it set up on the system.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
@@ -319,18 +391,7 @@ impl NodeRuntime {
         };
         let mbit = |m: u64| m * 1_000_000 / 8;
         let payee = match cfg.pay.ledger {
-            Some(ledger) if !cfg.pay.quote().is_free() => {
-                let dir = &self.config.key_dir;
-                let identity = self.keys.identity.verifying_key().to_bytes();
-                Some(
-                    payee::Payee::open(cfg.pay.quote(), ledger, identity, dir).map_err(|source| {
-                        NodeError::Receipts {
-                            dir: dir.clone(),
-                            source,
-                        }
-                    })?,
-                )
-            }
+            Some(ledger) if !cfg.pay.quote().is_free() => Some(self.payee(ledger)?),
             _ => None,
         };
         let dht = self.start_dht()?;
@@ -363,11 +424,11 @@ impl NodeRuntime {
         tasks.spawn(accept_loop(node.clone()));
         tasks.spawn(rotate_onion_keys(node.clone()));
         if node.payee.is_some() {
-            let (min, every) = (cfg.pay.settle_min, Duration::from_secs(cfg.pay.settle_every_s));
+            let every = Duration::from_secs(cfg.pay.settle_every_s);
             let node = node.clone();
             tasks.spawn(async move {
                 if let Some(payee) = &node.payee {
-                    payee.settle_periodically(min, every).await;
+                    payee.settle_periodically(every).await;
                 }
             });
         }

@@ -139,6 +139,13 @@ fn render(node: &Node) -> String {
             "# HELP hopwire_earned Sum of the newest receipt of every channel.\n# TYPE hopwire_earned gauge\nhopwire_earned {earned}\n# HELP hopwire_settled What the ledger paid out for them.\n# TYPE hopwire_settled gauge\nhopwire_settled {settled}\n# TYPE hopwire_paid_channels gauge\nhopwire_paid_channels {}",
             receipts.len()
         );
+        // What the node's own settlements cost on a chain (0 off chain).
+        let fees = payee.fees_paid();
+        let _ = writeln!(
+            m,
+            "# HELP hopwire_ledger_transactions_total Transactions the node sent to its ledger (settlements).\n# TYPE hopwire_ledger_transactions_total counter\nhopwire_ledger_transactions_total {}\n# HELP hopwire_ledger_gas_total Gas those transactions used.\n# TYPE hopwire_ledger_gas_total counter\nhopwire_ledger_gas_total {}\n# HELP hopwire_ledger_fees_wei_total What that gas cost, in wei of the chain's coin.\n# TYPE hopwire_ledger_fees_wei_total counter\nhopwire_ledger_fees_wei_total {}",
+            fees.transactions, fees.gas, fees.fee_wei
+        );
     }
     m
 }

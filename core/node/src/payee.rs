@@ -18,16 +18,12 @@
 //! yet noticed), and the older one's receipts are refused from then on.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::VerifyingKey;
-
-use hopwire_net::ledger::service::LazyLedger;
-use hopwire_net::ledger::{Ledger, LedgerError};
+use hopwire_net::ledger::{Fee, FeesPaid, LazyLedger, Ledger, LedgerError};
 use hopwire_net::store::{ReceiptStore, StoreError};
 use hopwire_proto::onion::cell::BackwardMessage;
 use hopwire_proto::onion::circuit::SharedHop;
@@ -47,8 +43,13 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 /// A charging node's payment side, shared by its circuits.
 pub struct Payee {
     pub quote: Quote,
-    identity: [u8; 32],
+    /// The account channels must pay: the node's identity on the embedded
+    /// ledger, its payout address on a chain.
+    payout: [u8; 32],
     ledger: LazyLedger,
+    /// The ledger's domain, once asked.
+    domain: tokio::sync::OnceCell<String>,
+    policy: SettlePolicy,
     pub store: ReceiptStore,
     /// Channels circuits are paying through now.
     channels: Arc<Mutex<HashMap<[u8; 32], SharedSlot>>>,
@@ -139,8 +140,6 @@ pub enum PayeeError {
     OtherPayer,
     #[error("the channel is closing")]
     Closing,
-    #[error("the payer is not an ed25519 key")]
-    PayerKey,
     #[error(transparent)]
     Receipt(#[from] PayError),
     #[error("checking the channel on the ledger: {0}")]
@@ -153,56 +152,182 @@ pub enum PayeeError {
     Unpaid { carried: u64, paid: u64 },
 }
 
-/// What [`settle_due`] did for one channel.
+/// When a node settles a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettlePolicy {
+    /// Settle a channel owing at least this much (0: not by amount).
+    pub min: u64,
+    /// ... or owing more than this many times the fee of settling it,
+    /// when settling costs anything; and never one owing less than that,
+    /// unless it is closing (then never one owing less than the fee).
+    pub fee_multiple: u64,
+    /// Settle channels whose payer started closing them.
+    pub closing: bool,
+}
+
+/// A channel that owes something, weighed for settling.
+#[derive(Debug)]
+pub struct Due {
+    pub channel: [u8; 32],
+    receipt: SignedReceipt,
+    /// What the store says was settled before.
+    settled: u64,
+    /// What the newest receipt adds to what was settled.
+    pub owed: u64,
+    /// What settling costs, if the ledger could say.
+    pub fee: Option<Fee>,
+    /// Its payer started closing it.
+    pub closing: bool,
+    /// `Ok` to settle now; else why not (waiting for more, or the ledger
+    /// failed to say).
+    pub verdict: Result<(), Waiting>,
+}
+
+#[derive(Debug)]
+pub enum Waiting {
+    /// Worth settling later, and why not now.
+    Later(String),
+    /// The ledger refused or could not be reached.
+    Failed(LedgerError),
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Later(why) => f.write_str(why),
+            Waiting::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Due {
+    /// What settling would net, in units: owed minus the fee (`None` if the
+    /// fee cannot be priced in units).
+    pub fn net(&self) -> Option<i128> {
+        let fee = self.fee.map_or(Some(0), |f| f.units)?;
+        Some(i128::from(self.owed) - i128::from(fee))
+    }
+}
+
+/// What [`settle`] did about one channel.
 #[derive(Debug)]
 pub struct Settlement {
-    pub channel: [u8; 32],
+    pub due: Due,
     /// What the ledger paid, or why it did not.
     pub paid: Result<u64, LedgerError>,
 }
 
-/// Settles on `ledger` every channel in `store` that owes more than the
-/// ledger's fee and either owes at least `min` (0: none that way) or, with
-/// `closing`, is being closed by its payer.
-pub fn settle_due(
+/// Whether settling `owed` is due under `policy`, given its fee in units
+/// and whether the channel is closing: `Ok` to settle, `Err` why not.
+fn worth_settling(owed: u64, fee: Option<u64>, closing: bool, policy: &SettlePolicy) -> Result<(), String> {
+    let by_amount = policy.min > 0 && owed >= policy.min;
+    let Some(fee) = fee else {
+        return if closing || by_amount {
+            Ok(())
+        } else {
+            Err("the fee cannot be priced in units (set pay.unit_value_wei): settling when the channel closes or owes settle_min".into())
+        };
+    };
+    if owed <= fee {
+        return Err(format!(
+            "settling would cost {fee}, not less than the {owed} it collects"
+        ));
+    }
+    let threshold = fee.saturating_mul(policy.fee_multiple);
+    if closing || (fee > 0 && owed > threshold) {
+        return Ok(());
+    }
+    if fee > 0 {
+        return Err(format!(
+            "it collects {owed} and settling costs {fee}: it waits until it collects more than {threshold} ({}× the fee) or the channel closes",
+            policy.fee_multiple
+        ));
+    }
+    if by_amount {
+        return Ok(());
+    }
+    Err(format!("below settle_min ({}) and not closing", policy.min))
+}
+
+/// Every channel in `store` that owes something, with its fee and whether
+/// `policy` says to settle it now. Channels the ledger shows settled (by
+/// anyone) or finalized are marked so in the store and left out.
+pub fn weigh(store: &ReceiptStore, ledger: &dyn Ledger, policy: &SettlePolicy) -> Result<Vec<Due>, StoreError> {
+    let mut all = Vec::new();
+    for stored in store.all()? {
+        let receipt = stored.receipt;
+        let channel = receipt.receipt.channel;
+        let owed = receipt.receipt.cumulative_amount.saturating_sub(stored.settled);
+        if owed == 0 {
+            continue;
+        }
+        let mut due = Due {
+            channel,
+            receipt,
+            settled: stored.settled,
+            owed,
+            fee: None,
+            closing: false,
+            verdict: Ok(()),
+        };
+        match ledger.state(channel) {
+            Ok(state) if state.finalized || state.settled >= due.receipt.receipt.cumulative_amount => {
+                store.mark_settled(channel, state.settled.max(stored.settled))?;
+                continue;
+            }
+            Ok(state) => due.closing = state.close_at.is_some(),
+            Err(e) => {
+                due.verdict = Err(Waiting::Failed(e));
+                all.push(due);
+                continue;
+            }
+        }
+        due.verdict = match ledger.settle_fee(&due.receipt) {
+            Ok(fee) => {
+                due.fee = Some(fee);
+                worth_settling(owed, fee.units, policy.closing && due.closing, policy).map_err(Waiting::Later)
+            }
+            Err(e) => Err(Waiting::Failed(e)),
+        };
+        all.push(due);
+    }
+    Ok(all)
+}
+
+/// Settles each of `due` whose verdict is to settle; keeps what was paid.
+pub fn settle(
     store: &ReceiptStore,
     ledger: &dyn Ledger,
-    min: u64,
-    closing: bool,
+    due: Vec<Due>,
     now: u64,
 ) -> Result<Vec<Settlement>, StoreError> {
-    let fee = ledger.settle_fee();
     let mut done = Vec::new();
-    for stored in store.all()? {
-        let owed = stored.receipt.receipt.cumulative_amount.saturating_sub(stored.settled);
-        let channel = stored.receipt.receipt.channel;
-        if owed <= fee {
-            continue;
-        }
-        let due = (min > 0 && owed >= min)
-            || (closing
-                && ledger
-                    .state(channel)
-                    .is_ok_and(|s| s.close_at.is_some() && !s.finalized));
-        if !due {
-            continue;
-        }
-        let paid = ledger.settle(&stored.receipt, now);
+    for due in due.into_iter().filter(|d| d.verdict.is_ok()) {
+        let paid = ledger.settle(&due.receipt, now);
         if let Ok(paid) = paid {
-            store.mark_settled(channel, stored.settled + paid)?;
+            store.mark_settled(due.channel, due.settled + paid)?;
         }
-        done.push(Settlement { channel, paid });
+        done.push(Settlement { due, paid });
     }
     Ok(done)
 }
 
 impl Payee {
-    /// Opens the receipt store in `dir` (`receipts/`, sled).
-    pub fn open(quote: Quote, ledger_addr: SocketAddr, identity: [u8; 32], dir: &Path) -> Result<Self, StoreError> {
+    /// Opens the receipt store in `dir` (`receipts/`, sled); channels
+    /// must pay `payout` on `ledger`.
+    pub fn open(
+        quote: Quote,
+        ledger: LazyLedger,
+        payout: [u8; 32],
+        policy: SettlePolicy,
+        dir: &Path,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             quote,
-            identity,
-            ledger: LazyLedger::new(ledger_addr),
+            payout,
+            ledger,
+            domain: tokio::sync::OnceCell::new(),
+            policy,
             store: ReceiptStore::open_dir(&dir.join("receipts"))?,
             channels: Arc::default(),
             next_circuit: AtomicU64::new(1),
@@ -210,25 +335,63 @@ impl Payee {
         })
     }
 
+    /// The domain of the ledger the node is paid on (what its record
+    /// publishes); asks the ledger the first time.
+    pub async fn domain(&self) -> Result<String, LedgerError> {
+        self.domain
+            .get_or_try_init(|| self.ledger.call(|l| Ok(l.domain().to_owned())))
+            .await
+            .cloned()
+    }
+
+    /// The account channels must pay.
+    pub fn payout(&self) -> [u8; 32] {
+        self.payout
+    }
+
+    /// What the node's own ledger transactions cost so far.
+    pub fn fees_paid(&self) -> FeesPaid {
+        self.ledger.connected().map(|l| l.fees_paid()).unwrap_or_default()
+    }
+
     /// Settles what is due (see [`settle_due`]) every `every`, for ever.
-    pub async fn settle_periodically(&self, min: u64, every: Duration) {
+    /// A channel that waits is said once per reason, not every round.
+    pub async fn settle_periodically(&self, every: Duration) {
         let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut said: HashMap<[u8; 32], String> = HashMap::new();
         loop {
             tick.tick().await;
             let store = self.store.clone();
+            let policy = self.policy;
             let now = hopwire_proto::time::unix_now();
-            match self
+            let round = self
                 .ledger
-                .call(move |l| Ok(settle_due(&store, l, min, true, now)))
-                .await
-            {
-                Ok(Err(e)) => warn!("settling: {e}"),
-                Ok(Ok(done)) => {
+                .call(move |l| {
+                    let weighed = weigh(&store, l, &policy);
+                    Ok(weighed.map(|all| {
+                        let (now_due, waiting): (Vec<Due>, Vec<Due>) = all.into_iter().partition(|d| d.verdict.is_ok());
+                        (settle(&store, l, now_due, now), waiting)
+                    }))
+                })
+                .await;
+            match round {
+                Ok(Err(e)) | Ok(Ok((Err(e), _))) => warn!("settling: {e}"),
+                Ok(Ok((Ok(done), waiting))) => {
                     for s in done {
+                        let channel = short_id(&s.due.channel);
+                        let fee = s.due.fee.and_then(|f| f.units);
+                        said.remove(&s.due.channel);
                         match s.paid {
-                            Ok(paid) => info!(channel = %short_id(&s.channel), paid, "settled on the ledger"),
-                            Err(e) => warn!(channel = %short_id(&s.channel), "settling: {e}"),
+                            Ok(paid) => info!(%channel, paid, fee, net = s.due.net(), "settled on the ledger"),
+                            Err(e) => warn!(%channel, owed = s.due.owed, "settling: {e}"),
+                        }
+                    }
+                    for d in waiting {
+                        let why = d.verdict.as_ref().err().map(ToString::to_string).unwrap_or_default();
+                        if said.get(&d.channel) != Some(&why) {
+                            info!(channel = %short_id(&d.channel), owed = d.owed, "not settling yet: {why}");
+                            said.insert(d.channel, why);
                         }
                     }
                 }
@@ -325,7 +488,7 @@ impl Payee {
             .ledger
             .call(move |l| Ok((l.domain().to_owned(), l.state(id)?)))
             .await?;
-        if state.payee != self.identity {
+        if state.payee != self.payout {
             return Err(PayeeError::OtherPayee);
         }
         if state.payer != payer {
@@ -334,9 +497,8 @@ impl Payee {
         if state.finalized || state.close_at.is_some() {
             return Err(PayeeError::Closing);
         }
-        let key = VerifyingKey::from_bytes(&payer).map_err(|_| PayeeError::PayerKey)?;
-        receipt.verify(&key)?;
-        Ok(PayeeChannel::new(key, domain, id, state.deposit, self.quote))
+        receipt.verify(&payer)?;
+        Ok(PayeeChannel::new(payer, domain, id, state.deposit, self.quote))
     }
 
     /// Makes circuit `token` the one paying through `channel`, resumed

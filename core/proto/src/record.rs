@@ -20,7 +20,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 /// The only record version this build understands.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 /// What every record string starts with.
 pub const PREFIX: &str = "hopwire1.";
 /// Records larger than this are refused before any parsing.
@@ -114,6 +114,12 @@ pub struct NodeRecord {
     pub capacity_mbit: u32,
     /// What the node charges: price per GiB, chunk and grace.
     pub quote: crate::pay::Quote,
+    /// The ledger its charges are paid on: the domain its receipts carry
+    /// (empty if it charges nothing).
+    pub ledger: String,
+    /// The account it is paid to there: on the embedded ledger its
+    /// identity, on a chain its payout address as a 32-byte word.
+    pub payout: [u8; 32],
     /// The exit policy in summary: the operator's rules, then whether the
     /// built-in rejects follow.
     pub exit_rules: Vec<String>,

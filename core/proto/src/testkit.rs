@@ -38,6 +38,8 @@ pub fn record(key: &SigningKey, addr: &str, roles: &[Role], region: &str, now: u
         region: region.into(),
         capacity_mbit: 100,
         quote: Quote::FREE,
+        ledger: String::new(),
+        payout: [0; 32],
         exit_rules: vec![],
         exit_default_rejects: true,
         family: vec![],

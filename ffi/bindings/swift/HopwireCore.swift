@@ -2138,7 +2138,9 @@ public struct SessionConfig: Equatable, Hashable {
      */
     public var bootstrap: [String]
     /**
-     * The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+     * The ledger hops are paid on: an embedded ledger's service (`ip:port`,
+     * e.g. `203.0.113.7:7300`) or a chain's contract
+     * (`eip155:<chain id>:<contract>@http://<ip>:<port>`);
      * `None`: only free nodes.
      */
     public var ledger: String?
@@ -2168,7 +2170,9 @@ public struct SessionConfig: Equatable, Hashable {
          * DHT peers to join through (`/ip4/…/tcp/…/p2p/…`).
          */bootstrap: [String] = [], 
         /**
-         * The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+         * The ledger hops are paid on: an embedded ledger's service (`ip:port`,
+         * e.g. `203.0.113.7:7300`) or a chain's contract
+         * (`eip155:<chain id>:<contract>@http://<ip>:<port>`);
          * `None`: only free nodes.
          */ledger: String? = nil, 
         /**

@@ -1,6 +1,8 @@
 //! Settlement: the [`Ledger`] trait, an embedded ledger on sled for single
-//! machines and testnets, and ([`service`]) that ledger served over TCP to
-//! every node and client of a testnet.
+//! machines and testnets, ([`service`]) that ledger served over TCP to
+//! every node and client of a testnet, and ([`evm`]) a payment-channel
+//! contract on an EVM chain. [`LedgerAddr`] names either kind; a
+//! [`LazyLedger`] connects to it on first use, for async code.
 //!
 //! A ledger knows every account's balance and each channel's payer, payee,
 //! deposit, what was settled, and when a close takes effect. Opening or
@@ -14,7 +16,6 @@
 
 use std::path::Path;
 
-use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 use hopwire_proto::pay::{PayError, SignedReceipt};
@@ -47,6 +48,9 @@ pub enum LedgerError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelState {
     pub id: [u8; 32],
+    /// The account that signs the channel's receipts (on the embedded
+    /// ledger also the one that funded it; on a chain, the key the funder
+    /// named at open).
     pub payer: [u8; 32],
     pub payee: [u8; 32],
     pub deposit: u64,
@@ -56,14 +60,49 @@ pub struct ChannelState {
     pub finalized: bool,
 }
 
+pub mod addr;
+pub mod evm;
 pub mod service;
 
-/// A settlement layer. Implementations: [`EmbeddedLedger`], [`service::RemoteLedger`]; a chain later.
-pub trait Ledger {
+pub use addr::{LazyLedger, LedgerAccess, LedgerAddr};
+
+/// What settling one receipt would cost, before it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fee {
+    /// In the ledger's units; `None` if the ledger cannot say what its
+    /// gas is worth in them.
+    pub units: Option<u64>,
+    /// Gas, and its price in wei of the chain's coin (0 off chain).
+    pub gas: u64,
+    pub price_wei: u128,
+}
+
+impl Fee {
+    /// A ledger that charges nothing to settle.
+    pub const FREE: Fee = Fee {
+        units: Some(0),
+        gas: 0,
+        price_wei: 0,
+    };
+}
+
+/// What a handle's own transactions have cost so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeesPaid {
+    pub transactions: u64,
+    pub gas: u64,
+    pub fee_wei: u128,
+}
+
+/// A settlement layer: [`EmbeddedLedger`], [`service::RemoteLedger`],
+/// [`evm::EvmLedger`]. Calls block; async code goes through [`LazyLedger`].
+/// Operations that move money act as the handle's own account (its key).
+pub trait Ledger: Send + Sync {
     /// The domain receipts for this ledger carry.
     fn domain(&self) -> &str;
-    /// What an account (an ed25519 public key) holds outside channels.
+    /// What an account holds outside channels.
     fn balance(&self, account: [u8; 32]) -> Result<u64, LedgerError>;
+    /// Opens channel `id` to `payee` with `deposit`; `payer` signs its receipts.
     fn open(&self, id: [u8; 32], payer: [u8; 32], payee: [u8; 32], deposit: u64) -> Result<ChannelState, LedgerError>;
     fn top_up(&self, id: [u8; 32], amount: u64) -> Result<ChannelState, LedgerError>;
     fn state(&self, id: [u8; 32]) -> Result<ChannelState, LedgerError>;
@@ -73,10 +112,14 @@ pub trait Ledger {
     fn start_close(&self, id: [u8; 32], now: u64) -> Result<ChannelState, LedgerError>;
     /// Ends the channel after the challenge period; returns what goes back to the payer.
     fn finalize(&self, id: [u8; 32], now: u64) -> Result<u64, LedgerError>;
-    /// What one settlement costs the payee (a chain's transaction fee);
+    /// What settling `receipt` would cost (a chain's transaction fee);
     /// shown to operators before they settle.
-    fn settle_fee(&self) -> u64 {
-        0
+    fn settle_fee(&self, _receipt: &SignedReceipt) -> Result<Fee, LedgerError> {
+        Ok(Fee::FREE)
+    }
+    /// What this handle's own transactions cost so far.
+    fn fees_paid(&self) -> FeesPaid {
+        FeesPaid::default()
     }
 }
 
@@ -233,8 +276,7 @@ impl Ledger for EmbeddedLedger {
             }
             .into());
         }
-        let payer = VerifyingKey::from_bytes(&state.payer).map_err(|_| PayError::Forged)?;
-        receipt.verify(&payer)?;
+        receipt.verify(&state.payer)?;
         let amount = r.cumulative_amount.min(state.deposit);
         let paid = amount.saturating_sub(state.settled);
         state.settled = state.settled.max(amount);
@@ -285,6 +327,7 @@ mod tests {
     }
 
     fn receipt(key: &SigningKey, seq: u64, amount: u64) -> SignedReceipt {
+        let key = hopwire_proto::pay::PayerKey::from(key.clone());
         Receipt {
             domain: "testnet".into(),
             channel: [1; 32],
@@ -293,7 +336,7 @@ mod tests {
             cumulative_bytes: amount * 1000,
             cumulative_amount: amount,
         }
-        .sign(key)
+        .sign(&key)
     }
 
     /// Channel [1; 32] from a payer funded with 1500 to payee [2; 32], with

@@ -1,6 +1,6 @@
-//! The ledger service's wire format and its client side: [`RemoteLedger`]
-//! (blocking) and [`LazyLedger`] (for async code). The server lives in the
-//! node runtime (`hopwire_node_runtime::ledger_service`).
+//! The ledger service's wire format and its client side, [`RemoteLedger`]
+//! (blocking; async code goes through [`super::LazyLedger`]). The server
+//! lives in the node runtime (`hopwire_node_runtime::ledger_service`).
 //!
 //! One JSON object per line each way. Operations that move an account's
 //! money (open, top up, start a close) carry that account's ed25519
@@ -12,7 +12,8 @@
 //! accounts when it starts the ledger ([`EmbeddedLedger::fund`]).
 //!
 //! [`RemoteLedger`] implements [`Ledger`] with blocking calls (a few per
-//! channel, not per packet); async callers run it on a blocking thread.
+//! channel, not per packet); with a key ([`RemoteLedger::with_key`]) it
+//! signs the operations that move that account's money.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -96,6 +97,8 @@ pub struct RemoteLedger {
     addr: SocketAddr,
     domain: String,
     protect: Option<Protect>,
+    /// The account opens, top-ups and closes act as.
+    key: Option<SigningKey>,
 }
 
 impl std::fmt::Debug for RemoteLedger {
@@ -103,14 +106,6 @@ impl std::fmt::Debug for RemoteLedger {
         f.debug_struct("RemoteLedger")
             .field("addr", &self.addr)
             .field("domain", &self.domain)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for LazyLedger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazyLedger")
-            .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
 }
@@ -128,12 +123,24 @@ impl RemoteLedger {
             addr,
             domain: String::new(),
             protect,
+            key: None,
         };
         match ledger.call(&Request::Domain)? {
             Response::Domain { domain } => ledger.domain = domain,
             other => return Err(unexpected(&other)),
         }
         Ok(ledger)
+    }
+
+    /// Acts as `key`'s account in opens, top-ups and closes.
+    pub fn with_key(self, key: SigningKey) -> Self {
+        Self { key: Some(key), ..self }
+    }
+
+    fn key(&self) -> Result<&SigningKey, LedgerError> {
+        self.key
+            .as_ref()
+            .ok_or_else(|| LedgerError::Refused("this ledger handle has no account key".into()))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -198,63 +205,12 @@ impl RemoteLedger {
     }
 }
 
-/// A [`RemoteLedger`] for async code: connected on first use, each call
-/// run on a blocking thread. What nodes and the client daemon hold.
-pub struct LazyLedger {
-    addr: SocketAddr,
-    protect: Option<Protect>,
-    connected: tokio::sync::OnceCell<RemoteLedger>,
-}
-
-impl LazyLedger {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            protect: None,
-            connected: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// A ledger whose every connection passes through `protect` first (so
-    /// it bypasses the client's tunnel).
-    pub fn protected(addr: SocketAddr, protect: Protect) -> Self {
-        Self {
-            protect: Some(protect),
-            ..Self::new(addr)
-        }
-    }
-
-    /// Runs `f` on the ledger (connecting first if need be).
-    pub async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&RemoteLedger) -> Result<T, LedgerError> + Send + 'static,
-    ) -> Result<T, LedgerError> {
-        let addr = self.addr;
-        let protect = self.protect.clone();
-        let ledger = self
-            .connected
-            .get_or_try_init(|| blocking(move || RemoteLedger::connect_protected(addr, protect)))
-            .await?
-            .clone();
-        blocking(move || f(&ledger)).await
-    }
-}
-
-/// Runs a blocking call off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
-) -> Result<T, LedgerError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| LedgerError::Unreachable(format!("the ledger call did not finish: {e}")))?
-}
-
 fn unexpected(r: &Response) -> LedgerError {
     LedgerError::Refused(format!("unexpected answer {r:?}"))
 }
 
-/// The read side and settlement; channel-opening operations need the
-/// payer's key and go through [`RemoteLedger::authorized`].
+/// Opens, top-ups and closes are signed with the handle's key
+/// ([`RemoteLedger::with_key`]); without one they are refused.
 impl Ledger for RemoteLedger {
     fn domain(&self) -> &str {
         &self.domain
@@ -264,16 +220,28 @@ impl Ledger for RemoteLedger {
         self.amount(&Request::Balance { account })
     }
 
-    fn open(&self, _: [u8; 32], _: [u8; 32], _: [u8; 32], _: u64) -> Result<ChannelState, LedgerError> {
-        Err(LedgerError::Refused(
-            "a remote ledger opens channels only when signed: use `authorized`".into(),
-        ))
+    /// On this ledger the account that funds a channel signs its receipts:
+    /// `payer` must be the handle's own.
+    fn open(&self, id: [u8; 32], payer: [u8; 32], payee: [u8; 32], deposit: u64) -> Result<ChannelState, LedgerError> {
+        let key = self.key()?;
+        if payer != key.verifying_key().to_bytes() {
+            return Err(LedgerError::Refused(
+                "on the embedded ledger a channel's receipts are signed by the account that funds it".into(),
+            ));
+        }
+        self.authorized(key, Signed::Open { id, payee, deposit })
     }
 
-    fn top_up(&self, _: [u8; 32], _: u64) -> Result<ChannelState, LedgerError> {
-        Err(LedgerError::Refused(
-            "a remote ledger tops up only when signed: use `authorized`".into(),
-        ))
+    fn top_up(&self, id: [u8; 32], amount: u64) -> Result<ChannelState, LedgerError> {
+        let expected_deposit = self.state(id)?.deposit;
+        self.authorized(
+            self.key()?,
+            Signed::TopUp {
+                id,
+                amount,
+                expected_deposit,
+            },
+        )
     }
 
     fn state(&self, id: [u8; 32]) -> Result<ChannelState, LedgerError> {
@@ -286,10 +254,8 @@ impl Ledger for RemoteLedger {
         })
     }
 
-    fn start_close(&self, _: [u8; 32], _: u64) -> Result<ChannelState, LedgerError> {
-        Err(LedgerError::Refused(
-            "a remote ledger closes only when signed: use `authorized`".into(),
-        ))
+    fn start_close(&self, id: [u8; 32], _: u64) -> Result<ChannelState, LedgerError> {
+        self.authorized(self.key()?, Signed::StartClose { id })
     }
 
     fn finalize(&self, id: [u8; 32], _now: u64) -> Result<u64, LedgerError> {

@@ -3378,7 +3378,9 @@ data class SessionConfig (
     var `bootstrap`: List<kotlin.String> = listOf() 
     , 
     /**
-     * The ledger hops are paid on (`ip:port`, e.g. `203.0.113.7:7300`);
+     * The ledger hops are paid on: an embedded ledger's service (`ip:port`,
+     * e.g. `203.0.113.7:7300`) or a chain's contract
+     * (`eip155:<chain id>:<contract>@http://<ip>:<port>`);
      * `None`: only free nodes.
      */
     var `ledger`: kotlin.String? = null 

@@ -17,8 +17,10 @@
 //! What it does not do: send messages, store receipts, or talk to a ledger.
 //! Amounts are integers in the ledger's smallest unit; overflow is an error.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
+
+pub mod scheme;
+pub use scheme::PayerKey;
 
 pub const GIB: u64 = 1 << 30;
 
@@ -40,6 +42,8 @@ pub enum PayError {
     Overflow,
     #[error("the channel's deposit of {deposit} is spent; top it up to keep going")]
     OutOfDeposit { deposit: u64 },
+    #[error("`{0}` is not a ledger domain (an EVM ledger is `eip155:<chain id>:<contract>`)")]
+    BadDomain(String),
 }
 
 /// What a payee asks for, from its config and record.
@@ -135,28 +139,27 @@ impl Receipt {
         b
     }
 
-    pub fn sign(self, key: &SigningKey) -> SignedReceipt {
-        let signature = key.sign(&self.signed_bytes()).to_bytes().to_vec();
+    /// Signs in the key's scheme (see [`scheme`]).
+    pub fn sign(self, key: &PayerKey) -> SignedReceipt {
         SignedReceipt {
+            signature: key.sign(&self),
             receipt: self,
-            signature,
         }
     }
 }
 
 impl SignedReceipt {
-    pub fn verify(&self, payer: &VerifyingKey) -> Result<(), PayError> {
-        let sig = Signature::from_slice(&self.signature).map_err(|_| PayError::Forged)?;
-        payer
-            .verify(&self.receipt.signed_bytes(), &sig)
-            .map_err(|_| PayError::Forged)
+    /// Checks that the account `payer` signed it, in the scheme its domain
+    /// names.
+    pub fn verify(&self, payer: &[u8; 32]) -> Result<(), PayError> {
+        scheme::verify(self, payer)
     }
 }
 
 /// The payer's side of one channel to one hop.
 #[derive(Debug)]
 pub struct PayerChannel {
-    key: SigningKey,
+    key: PayerKey,
     domain: String,
     channel: [u8; 32],
     session: [u8; 16],
@@ -179,7 +182,7 @@ pub struct PayerChannel {
 
 impl PayerChannel {
     pub fn new(
-        key: SigningKey,
+        key: PayerKey,
         domain: String,
         channel: [u8; 32],
         session: [u8; 16],
@@ -219,6 +222,11 @@ impl PayerChannel {
 
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The account its receipts are signed by.
+    pub fn payer(&self) -> [u8; 32] {
+        self.key.account()
     }
 
     /// Bytes the newest receipt names, over every session.
@@ -308,7 +316,8 @@ impl PayerChannel {
 /// The payee's side of one channel from one payer.
 #[derive(Debug)]
 pub struct PayeeChannel {
-    payer: VerifyingKey,
+    /// The account receipts must be signed by.
+    payer: [u8; 32],
     domain: String,
     channel: [u8; 32],
     deposit: u64,
@@ -321,7 +330,7 @@ pub struct PayeeChannel {
 }
 
 impl PayeeChannel {
-    pub fn new(payer: VerifyingKey, domain: String, channel: [u8; 32], deposit: u64, quote: Quote) -> Self {
+    pub fn new(payer: [u8; 32], domain: String, channel: [u8; 32], deposit: u64, quote: Quote) -> Self {
         Self {
             payer,
             domain,
@@ -412,7 +421,12 @@ impl PayeeChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::SigningKey;
     use rand::{Rng, SeedableRng};
+
+    fn key(seed: u8) -> PayerKey {
+        SigningKey::from_bytes(&[seed; 32]).into()
+    }
 
     const QUOTE: Quote = Quote {
         price_per_gib: 1_000_000,
@@ -421,8 +435,8 @@ mod tests {
     };
 
     fn pair(deposit: u64) -> (PayerChannel, PayeeChannel) {
-        let key = SigningKey::from_bytes(&[3; 32]);
-        let payee = PayeeChannel::new(key.verifying_key(), "testnet".into(), [1; 32], deposit, QUOTE);
+        let key = key(3);
+        let payee = PayeeChannel::new(key.account(), "testnet".into(), [1; 32], deposit, QUOTE);
         let payer = PayerChannel::new(key, "testnet".into(), [1; 32], [2; 16], deposit, QUOTE, 64 << 10);
         (payer, payee)
     }
@@ -460,9 +474,9 @@ mod tests {
         let mut forged = second.clone();
         forged.receipt.cumulative_amount += 1;
         assert_eq!(payee.accept(forged), Err(PayError::Forged));
-        let other = SigningKey::from_bytes(&[9; 32]);
+        let other = key(9);
         assert_eq!(payee.accept(second.receipt.clone().sign(&other)), Err(PayError::Forged));
-        let key = SigningKey::from_bytes(&[3; 32]);
+        let key = key(3);
         let wrong_domain = Receipt {
             domain: "mainnet".into(),
             ..second.receipt.clone()
@@ -506,7 +520,7 @@ mod tests {
 
     /// The payer side of a new session on `payer`'s channel.
     fn next_session(payer: &PayerChannel, session: u8) -> PayerChannel {
-        let key = SigningKey::from_bytes(&[3; 32]);
+        let key = key(3);
         PayerChannel::new(
             key,
             "testnet".into(),
@@ -529,14 +543,8 @@ mod tests {
         assert_eq!(paid_first, QUOTE.price_of((20 << 20) + QUOTE.chunk_bytes).unwrap());
 
         // The node restarts: its newest receipt comes back from the store.
-        let mut payee = PayeeChannel::new(
-            SigningKey::from_bytes(&[3; 32]).verifying_key(),
-            "testnet".into(),
-            [1; 32],
-            1 << 40,
-            QUOTE,
-        )
-        .resume(payee.latest().unwrap().clone());
+        let mut payee = PayeeChannel::new(key(3).account(), "testnet".into(), [1; 32], 1 << 40, QUOTE)
+            .resume(payee.latest().unwrap().clone());
         assert_eq!(
             payee.allowance(),
             QUOTE.grace_bytes,
