@@ -46,6 +46,11 @@ const LAN_SERVER: &str = "10.77.0.2";
 const EXIT_PORT: u16 = 4433;
 /// The ledger service, in the bootstrap node's namespace.
 const LEDGER: &str = "100.90.0.2:7300";
+/// The local EVM chain's JSON-RPC (`--ledger evm`), there too.
+const CHAIN_RPC: &str = "100.90.0.2:8545";
+/// What one unit of the test token (a millionth of a token) is worth in
+/// wei of the chain's coin, for weighing gas (a token at 1/2000 of the coin).
+const UNIT_VALUE_WEI: u64 = 500_000_000;
 /// Regions the testnet's relays declare, in turn.
 const RELAY_REGIONS: [&str; 8] = ["FR", "SE", "CH", "AT", "PL", "CZ", "IT", "ES"];
 const EXIT_REGIONS: [&str; 4] = ["DE", "NL", "US", "JP"];
@@ -91,12 +96,31 @@ pub struct Args {
     /// Every node charges nothing (payments off), e.g. to measure their cost.
     #[arg(long)]
     free: bool,
+    /// What the hops are paid on: the embedded ledger, or a local EVM chain
+    /// (anvil) with the payment-channel contract.
+    #[arg(long, value_enum, default_value_t = LedgerKind::Embedded)]
+    ledger: LedgerKind,
     /// The client's deposit per payment channel, in MiB at the hop's price.
     #[arg(long, default_value_t = 1024)]
     deposit_mib: u64,
     /// Tear down a network left by `--keep` and exit.
     #[arg(long)]
     down: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LedgerKind {
+    Embedded,
+    Evm,
+}
+
+/// The ledger the testnet started.
+struct LedgerUp {
+    /// What nodes and the client are given (`pay.ledger`, `--ledger`).
+    addr: String,
+    log: PathBuf,
+    /// The client's account (hex word).
+    client_account: String,
 }
 
 /// One Hopwire node of the testnet.
@@ -167,6 +191,8 @@ struct Testnet {
     children: Vec<Child>,
     /// Nodes charge nothing.
     free: bool,
+    /// What nodes are paid on (`pay.ledger`), once it runs.
+    ledger: String,
 }
 
 pub async fn run(args: Args) -> Result<i32> {
@@ -206,6 +232,7 @@ pub async fn run(args: Args) -> Result<i32> {
         bin_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
         children: Vec::new(),
         free: args.free,
+        ledger: LEDGER.to_owned(),
     };
     if args.down {
         net.down();
@@ -402,7 +429,14 @@ impl Testnet {
                 "price_per_gib = 0",
                 &format!("price_per_gib = {}", if self.free { 0 } else { n.price_per_gib }),
             )
-            .replace("# ledger = \"203.0.113.9:7300\"", &format!("ledger = \"{LEDGER}\""))
+            .replace(
+                "# ledger = \"203.0.113.9:7300\"",
+                &format!("ledger = \"{}\"", self.ledger),
+            )
+            .replace(
+                "# unit_value_wei = \"1000000000\"",
+                &format!("unit_value_wei = \"{UNIT_VALUE_WEI}\""),
+            )
             // Channels a client closes are settled within seconds.
             .replace("settle_every_s = 600", "settle_every_s = 2");
         // The testnet's relays live in 100.64.0.0/10, which exits refuse by
@@ -432,7 +466,7 @@ impl Testnet {
             "name": n.name, "namespace": self.ns(&n.name), "addr": n.addr, "role": n.role, "region": n.region,
             "price_per_gib": if self.free { 0 } else { n.price_per_gib },
             "identity": shown["identity"], "record": shown["record"], "wg_public_key": shown["wg_public_key"],
-            "dht_addr": shown["dht_addr"], "config": config, "pid": pid, "log": log,
+            "dht_addr": shown["dht_addr"], "payout": shown["payout"], "config": config, "pid": pid, "log": log,
         }))
     }
 
@@ -475,30 +509,11 @@ impl Testnet {
         let client_dir = self.dir.join("client");
         let state_dir = client_dir.join("state");
         std::fs::create_dir_all(&state_dir).context("creating the client's state dir")?;
-        let account = hopwire_client::wallet::load_or_create_key(&state_dir)?
-            .verifying_key()
-            .to_bytes();
-        let ledger_log = self.dir.join("ledger.log");
-        let ledger_db = self.dir.join("ledger");
-        let node_bin = self.bin_dir.join("hopwire-node");
-        let fund = format!("{}={}", hex(&account), args.client_funds);
-        self.spawn(
-            "boot",
-            &node_bin,
-            &[
-                "ledger",
-                "--listen",
-                LEDGER,
-                "--db",
-                &ledger_db.to_string_lossy(),
-                "--challenge-s",
-                "60",
-                "--fund",
-                &fund,
-            ],
-            &ledger_log,
-        )?;
-        self.wait_for_log(&ledger_log, "ledger serving", "the ledger").await?;
+        let ledger = match args.ledger {
+            LedgerKind::Embedded => self.start_embedded_ledger(&state_dir, args.client_funds).await?,
+            LedgerKind::Evm => self.start_chain(&state_dir, &nodes, args.client_funds).await?,
+        };
+        self.ledger = ledger.addr.clone();
 
         // The nodes, and the list of their records the client picks from.
         // The bootstrap node first: everyone else finds the others through it.
@@ -518,6 +533,12 @@ impl Testnet {
         let nodes_file = self.dir.join("nodes.txt");
         std::fs::write(&nodes_file, records.join("\n") + "\n").context("writing nodes.txt")?;
 
+        // On a chain, what the nodes hold before they carry anything.
+        let chain_before = match args.ledger {
+            LedgerKind::Evm if !self.free => Some(self.payouts(&started)?.1),
+            _ => None,
+        };
+
         // The client daemon.
         let socket = client_dir.join("run").join("hopwire.sock");
         let socket_s = socket.to_string_lossy().into_owned();
@@ -535,7 +556,7 @@ impl Testnet {
                 "--bootstrap",
                 &boot_addr,
                 "--ledger",
-                LEDGER,
+                &ledger.addr,
                 "--deposit-mib",
                 &args.deposit_mib.to_string(),
             ],
@@ -648,6 +669,13 @@ impl Testnet {
         let status = self.status(&socket).await.unwrap_or(status);
         let payments = payment_summary(&status, &name_of);
         let first_exit = &started[0];
+        // On a chain, the demo ends with settlement: the client closes its
+        // channels, and each hop settles inside the challenge period; their
+        // balances before and after. A kept network stays connected.
+        let settlement = match chain_before.as_ref().filter(|_| !args.keep) {
+            Some(before) => Some(self.settle_on_chain(&socket, &status, &started, before).await?),
+            None => None,
+        };
 
         Ok(json!({
             "prefix": self.prefix,
@@ -684,11 +712,174 @@ impl Testnet {
             "full_size_packet": { "mtu": mtu, "crossed": true },
             "server_saw": server_saw,
             "rtt_ms": rtt_ms,
-            "ledger": { "addr": LEDGER, "log": ledger_log, "client_account": hex(&account), "funds": args.client_funds },
+            "ledger": {
+                "kind": if args.ledger == LedgerKind::Evm { "evm" } else { "embedded" },
+                "addr": ledger.addr, "log": ledger.log, "client_account": ledger.client_account, "funds": args.client_funds,
+            },
+            "settlement": settlement,
             "payments": payments,
             "spent": status.spent,
             "payment_bytes": status.payment_bytes,
         }))
+    }
+
+    /// The embedded ledger's service in the bootstrap namespace, with the
+    /// client's account funded.
+    async fn start_embedded_ledger(&mut self, state_dir: &Path, funds: u64) -> Result<LedgerUp> {
+        let account = hopwire_client::wallet::load_or_create_key(state_dir)?
+            .verifying_key()
+            .to_bytes();
+        let log = self.dir.join("ledger.log");
+        let db = self.dir.join("ledger");
+        let node_bin = self.bin_dir.join("hopwire-node");
+        let fund = format!("{}={funds}", hex(&account));
+        self.spawn(
+            "boot",
+            &node_bin,
+            &[
+                "ledger",
+                "--listen",
+                LEDGER,
+                "--db",
+                &db.to_string_lossy(),
+                "--challenge-s",
+                "60",
+                "--fund",
+                &fund,
+            ],
+            &log,
+        )?;
+        self.wait_for_log(&log, "ledger serving", "the ledger").await?;
+        Ok(LedgerUp {
+            addr: LEDGER.to_owned(),
+            log,
+            client_account: hex(&account),
+        })
+    }
+
+    /// A local EVM chain in the bootstrap namespace (`hopwire-node
+    /// devchain`): the contract and test token deployed, the client funded
+    /// with tokens and gas, every charging node with gas for settling.
+    async fn start_chain(&mut self, state_dir: &Path, nodes: &[NodePlan], funds: u64) -> Result<LedgerUp> {
+        let client = hopwire_client::wallet::load_or_create_evm_key(state_dir)?.address();
+        let mut fund = vec![format!("{client}={funds}")];
+        for n in nodes {
+            let dir = self.dir.join(&n.name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = hopwire_net::keys::load_or_create_evm_key(&dir.join(hopwire_net::keys::EVM_FILE))?;
+            fund.push(format!("{}=0", key.address()));
+        }
+        let log = self.dir.join("chain.log");
+        let chain_dir = self.dir.join("chain");
+        let mut args: Vec<String> = vec![
+            "devchain".into(),
+            "--listen".into(),
+            CHAIN_RPC.into(),
+            "--dir".into(),
+            chain_dir.to_string_lossy().into_owned(),
+            "--challenge-s".into(),
+            "60".into(),
+        ];
+        for f in &fund {
+            args.extend(["--fund".to_owned(), f.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node_bin = self.bin_dir.join("hopwire-node");
+        self.spawn("boot", &node_bin, &args, &log)?;
+        self.wait_for_log(&log, "devchain ready", "the local chain").await?;
+        let text = std::fs::read_to_string(&log).context("reading the chain's log")?;
+        let addr = text
+            .lines()
+            .find_map(|l| l.split("ledger = ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or_else(|| anyhow!("the chain's log names no ledger"))?
+            .to_owned();
+        Ok(LedgerUp {
+            addr,
+            log,
+            client_account: hopwire_proto::record::hex(&hopwire_proto::pay::scheme::address_word(client)),
+        })
+    }
+
+    /// `hopwire-node chain-stats` for `accounts`, from inside the bootstrap
+    /// namespace (where the chain is).
+    fn chain_stats(&self, accounts: &[String]) -> Result<serde_json::Value> {
+        let node_bin = self.bin_dir.join("hopwire-node");
+        let mut args = vec!["chain-stats", "--ledger", self.ledger.as_str()];
+        for a in accounts {
+            args.extend(["--account", a.as_str()]);
+        }
+        let out = self.exec("boot", &node_bin.to_string_lossy(), &args)?;
+        serde_json::from_str(&out).context("reading chain-stats")
+    }
+
+    /// Each charging node's name and payout address (from its record's
+    /// 32-byte word), and what the chain says they hold.
+    fn payouts(&self, started: &[serde_json::Value]) -> Result<(Vec<(String, String)>, serde_json::Value)> {
+        let hops: Vec<(String, String)> = started
+            .iter()
+            .filter_map(|n| {
+                let word = n["payout"].as_str()?;
+                Some((n["name"].as_str()?.to_owned(), format!("0x{}", word.get(24..)?)))
+            })
+            .collect();
+        let accounts: Vec<String> = hops.iter().map(|(_, a)| a.clone()).collect();
+        Ok((hops, self.chain_stats(&accounts)?))
+    }
+
+    /// Disconnects, closes the client's channels, and waits until every
+    /// paid hop holds on the chain what the client paid it (a hop settles
+    /// when a channel owes enough to be worth its fee, and always inside a
+    /// closing channel's challenge period); each hop's balance before and
+    /// after, and the gas of every kind of transaction.
+    async fn settle_on_chain(
+        &mut self,
+        socket: &Path,
+        status: &Status,
+        started: &[serde_json::Value],
+        before: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let (hops, _) = self.payouts(started)?;
+        let paid: Vec<(String, String, u64)> = status
+            .payments
+            .iter()
+            .filter_map(|p| {
+                let node = started.iter().find(|n| n["identity"].as_str() == Some(p.id.as_str()))?;
+                let name = node["name"].as_str()?;
+                let (_, address) = hops.iter().find(|(n, _)| n == name)?;
+                Some((name.to_owned(), address.clone(), p.paid))
+            })
+            .collect();
+        let accounts: Vec<String> = paid.iter().map(|(_, a, _)| a.clone()).collect();
+        // Disconnected, the circuit's channels are idle and can close.
+        api::call(socket, &Request::Disconnect, Duration::from_secs(30)).await?;
+        match api::call(socket, &Request::Wallet { close: true }, Duration::from_secs(60)).await? {
+            Response::Wallet { .. } => {}
+            Response::Error { message, .. } => bail!("closing the client's channels: {message}"),
+            _ => bail!("the daemon answered a wallet request with something else"),
+        }
+        let balance = |stats: &serde_json::Value, a: &str| stats["balances"][a.to_lowercase()].as_u64().unwrap_or(0);
+        let gained = |after: &serde_json::Value, a: &str| balance(after, a).saturating_sub(balance(before, a));
+        let mut after = before.clone();
+        for _ in 0..60 {
+            after = self.chain_stats(&accounts)?;
+            if paid.iter().all(|(_, a, p)| gained(&after, a) >= *p) {
+                break;
+            }
+            self.check_children()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let rows: Vec<serde_json::Value> = paid
+            .iter()
+            .map(|(name, a, p)| {
+                json!({ "name": name, "payout": a, "paid_by_client": p,
+                        "before": balance(before, a), "after": balance(&after, a), "settled": gained(&after, a) })
+            })
+            .collect();
+        if let Some((name, _, p)) = paid.iter().find(|(_, a, p)| gained(&after, a) < *p) {
+            bail!("hop {name} was paid {p} by the client but not settled on the chain within 30 s of the client closing its channels");
+        }
+        Ok(json!({ "hops": rows, "gas": after["gas"], "gas_price_wei": after["last_gas_price_wei"] }))
     }
 
     async fn status(&self, socket: &Path) -> Result<Status> {
@@ -770,6 +961,7 @@ impl Testnet {
             "relay1.log",
             "relay2.log",
             "inet.log",
+            "chain.log",
         ] {
             let path = self.dir.join(name);
             if let Ok(text) = std::fs::read_to_string(&path) {
@@ -931,6 +1123,41 @@ fn print_summary(s: &serde_json::Value, keep: bool) {
             } else {
                 "OFF BY MORE THAN A CHUNK"
             }
+        );
+    }
+    if let Some(chain) = s["settlement"].as_object() {
+        for h in chain["hops"].as_array().into_iter().flatten() {
+            println!(
+                "  settled:    {} on chain: {} → {} units (+{}, the client paid {}) at {}",
+                h["name"].as_str().unwrap_or("?"),
+                h["before"],
+                h["after"],
+                h["settled"],
+                h["paid_by_client"],
+                h["payout"].as_str().unwrap_or("?")
+            );
+        }
+        let gas = &chain["gas"];
+        let show = |kind: &str| {
+            let all: Vec<String> = gas[kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect();
+            if all.is_empty() {
+                "-".to_owned()
+            } else {
+                all.join(", ")
+            }
+        };
+        println!(
+            "  gas:        approve {}; open {}; settle {}; close {} (at {} wei/gas)",
+            show("approve"),
+            show("open"),
+            show("settle"),
+            show("start_close"),
+            chain["gas_price_wei"]
         );
     }
     if keep {

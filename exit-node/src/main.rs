@@ -66,6 +66,38 @@ enum Command {
         #[arg(long)]
         fund: Vec<String>,
     },
+    /// Run a local EVM development chain (anvil, installed by the setup
+    /// script) with the payment-channel contract and a test token deployed:
+    /// what `hopwire testnet --ledger evm` settles on. Never real money.
+    /// Prints the ledger address nodes and clients are given.
+    Devchain {
+        /// Where its JSON-RPC listens.
+        #[arg(long, default_value = "127.0.0.1:8545")]
+        listen: std::net::SocketAddr,
+        /// A directory for the chain's state (kept across restarts, saved
+        /// every second) and its deployment.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Seconds a payee has to settle after a payer starts closing.
+        #[arg(long, default_value_t = 60)]
+        challenge_s: u64,
+        /// Base fee per gas, in wei (0.01 gwei: what an L2 charges).
+        #[arg(long, default_value_t = 10_000_000)]
+        base_fee_wei: u64,
+        /// When it first deploys: give an address 100 of the chain's coin
+        /// (for gas) and UNITS of the test token, `0xADDRESS=UNITS` (repeatable).
+        #[arg(long)]
+        fund: Vec<String>,
+    },
+    /// What an EVM ledger's chain shows: token balances of --account, and
+    /// the gas of every transaction by kind, as JSON.
+    ChainStats {
+        /// The ledger, `eip155:CHAIN_ID:CONTRACT@http://IP:PORT`.
+        #[arg(long)]
+        ledger: hopwire_net::ledger::evm::EvmAddr,
+        #[arg(long)]
+        account: Vec<hopwire_net::ledger::evm::Address>,
+    },
     /// What this node earned: the newest receipt of every channel, settled or not.
     /// Reads the node's receipt store, so run it while the node is stopped.
     Earnings {
@@ -117,6 +149,19 @@ fn run(cli: Cli) -> Result<()> {
             challenge_s,
             fund,
         } => ledger(listen, &db, &domain, challenge_s, &fund),
+        Command::Devchain {
+            listen,
+            dir,
+            challenge_s,
+            base_fee_wei,
+            fund,
+        } => devchain(listen, &dir, challenge_s, base_fee_wei, &fund),
+        Command::ChainStats { ledger, account } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let stats = runtime.block_on(hopwire_net::ledger::evm::stats::read(ledger, &account))?;
+            println!("{}", serde_json::to_string(&stats)?);
+            Ok(())
+        }
         Command::ShowRecord { config, json } => show_record(&config, json),
         Command::Earnings { config, json } => earnings(&config, json),
         Command::Settle { config, min } => settle(&config, min),
@@ -184,6 +229,60 @@ fn ledger(listen: std::net::SocketAddr, db: &Path, domain: &str, challenge_s: u6
         hopwire_net::process::shutdown_signal().await;
         Ok(())
     })
+}
+
+fn devchain(
+    listen: std::net::SocketAddr,
+    dir: &Path,
+    challenge_s: u64,
+    base_fee_wei: u64,
+    fund: &[String],
+) -> Result<()> {
+    use hopwire_net::ledger::evm::{devnet, Address, U256};
+    hopwire_net::process::init_logging();
+    let funds = fund
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .and_then(|(a, u)| Some((a.parse::<Address>().ok()?, u.parse::<u64>().ok()?)))
+                .with_context(|| format!("--fund {f}: expected 0xADDRESS=UNITS"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let state = dir.join("anvil-state.json");
+    let (state_s, base_fee) = (state.to_string_lossy().into_owned(), base_fee_wei.to_string());
+    let anvil = devnet::Anvil::start(
+        listen,
+        &[],
+        &[
+            "--state",
+            &state_s,
+            "--state-interval",
+            "1",
+            "--block-base-fee-per-gas",
+            &base_fee,
+            // Gas costs the base fee alone, as on an uncongested L2.
+            "--disable-min-priority-fee",
+        ],
+    )?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (deployed, fresh) =
+            devnet::Deployed::load_or_deploy(&dir.join("deployment.json"), anvil.rpc, challenge_s).await?;
+        if fresh {
+            for (address, units) in &funds {
+                deployed
+                    .fund(*address, U256::from(100u128 * 1_000_000_000_000_000_000), *units)
+                    .await?;
+                println!("funded {address} with 100 coin and {units} units");
+            }
+        }
+        println!("devchain ready: ledger = {} (anvil pid {})", deployed.addr, anvil.pid());
+        hopwire_net::process::shutdown_signal().await;
+        anyhow::Ok(())
+    })?;
+    anvil.stop();
+    Ok(())
 }
 
 /// The node's receipt store; a clear error if the running node holds it.

@@ -762,6 +762,12 @@ pub mod devnet {
         }
     }
 
+    #[derive(Debug, Serialize, Deserialize)]
+    struct SavedDeployment {
+        ledger: String,
+        token: Address,
+    }
+
     /// The contracts on a chain, and the key that deployed them (it mints
     /// the test token).
     #[derive(Debug, Clone)]
@@ -803,7 +809,41 @@ pub mod devnet {
                 .raw_request::<_, ()>("anvil_setBalance".into(), (to, coin_wei))
                 .await
                 .map_err(rpc_error)?;
+            if units == 0 {
+                return Ok(());
+            }
             deploy::mint(&provider, self.token, to, U256::from(units) * U256::from(UNIT)).await
+        }
+
+        /// The deployment kept at `path` (JSON), or a fresh one written
+        /// there: a chain restarted from its saved state keeps its contracts.
+        /// `true` if it was deployed now.
+        pub async fn load_or_deploy(
+            path: &Path,
+            rpc: SocketAddr,
+            challenge_s: u64,
+        ) -> Result<(Self, bool), LedgerError> {
+            let storage = |e: &dyn std::fmt::Display| LedgerError::Storage(format!("{}: {e}", path.display()));
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let saved: SavedDeployment = serde_json::from_str(&text).map_err(|e| storage(&e))?;
+                let addr: EvmAddr = saved.ledger.parse().map_err(|e: String| storage(&e))?;
+                return Ok((
+                    Self {
+                        addr: EvmAddr { rpc, ..addr },
+                        token: saved.token,
+                        deployer: deployer(),
+                    },
+                    false,
+                ));
+            }
+            let deployed = Self::deploy(rpc, challenge_s).await?;
+            let saved = SavedDeployment {
+                ledger: deployed.addr.to_string(),
+                token: deployed.token,
+            };
+            let text = serde_json::to_string_pretty(&saved).map_err(|e| storage(&e))?;
+            std::fs::write(path, text).map_err(|e| storage(&e))?;
+            Ok((deployed, true))
         }
 
         /// Moves the chain's clock on by `s` seconds and mines a block.
@@ -819,5 +859,101 @@ pub mod devnet {
                 .map_err(rpc_error)
                 .map(drop)
         }
+    }
+}
+
+/// What a chain shows about a ledger: token balances, and the gas of every
+/// transaction by what it did (read from the events it emitted).
+pub mod stats {
+    use std::collections::BTreeMap;
+
+    use alloy::sol_types::SolEvent;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ChainStats {
+        /// Units of the ledger's token each account holds.
+        pub balances: BTreeMap<Address, u64>,
+        /// Gas of each transaction, by kind (`open`, `settle`, …), oldest first.
+        pub gas: BTreeMap<String, Vec<u64>>,
+        /// Effective gas price of the last transaction, in wei.
+        pub last_gas_price_wei: u128,
+    }
+
+    fn kind(receipt: &TransactionReceipt, contract: Address, token: Address) -> &'static str {
+        use HopwireChannels::{CloseStarted, Finalized, Opened, Settled, ToppedUp};
+        if receipt.contract_address.is_some() {
+            return "deploy";
+        }
+        // The contract's own event says what a transaction did; the token's
+        // (a transfer inside an open or a settle) only when there is none.
+        let topics = |from: Address| {
+            receipt
+                .logs()
+                .iter()
+                .filter(move |l| l.address() == from)
+                .filter_map(|l| l.topic0().copied())
+        };
+        for topic in topics(contract) {
+            match topic {
+                t if t == Opened::SIGNATURE_HASH => return "open",
+                t if t == ToppedUp::SIGNATURE_HASH => return "top_up",
+                t if t == Settled::SIGNATURE_HASH => return "settle",
+                t if t == CloseStarted::SIGNATURE_HASH => return "start_close",
+                t if t == Finalized::SIGNATURE_HASH => return "finalize",
+                _ => {}
+            }
+        }
+        for topic in topics(token) {
+            match topic {
+                t if t == HopwireTestToken::Approval::SIGNATURE_HASH => return "approve",
+                t if t == HopwireTestToken::Transfer::SIGNATURE_HASH => return "mint_or_transfer",
+                _ => {}
+            }
+        }
+        "other"
+    }
+
+    /// Reads every block of the chain at `addr.rpc`.
+    pub async fn read(addr: EvmAddr, accounts: &[Address]) -> Result<ChainStats, LedgerError> {
+        let provider = provider(addr.rpc, None, None);
+        let contract = HopwireChannels::new(addr.contract, &provider);
+        let token = contract.token().call().await.map_err(contract_error)?;
+        let unit = contract.unit().call().await.map_err(contract_error)?;
+        let mut balances = BTreeMap::new();
+        for who in accounts {
+            let held = if token.is_zero() {
+                provider.get_balance(*who).await.map_err(rpc_error)?
+            } else {
+                IERC20::new(token, &provider)
+                    .balanceOf(*who)
+                    .call()
+                    .await
+                    .map_err(contract_error)?
+            };
+            balances.insert(*who, units(held, unit));
+        }
+        let mut gas: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut last_gas_price_wei = 0;
+        let latest = provider.get_block_number().await.map_err(rpc_error)?;
+        for n in 0..=latest {
+            let receipts = provider
+                .get_block_receipts(n.into())
+                .await
+                .map_err(rpc_error)?
+                .unwrap_or_default();
+            for r in receipts {
+                last_gas_price_wei = r.effective_gas_price;
+                gas.entry(kind(&r, addr.contract, token).to_owned())
+                    .or_default()
+                    .push(r.gas_used);
+            }
+        }
+        Ok(ChainStats {
+            balances,
+            gas,
+            last_gas_price_wei,
+        })
     }
 }
