@@ -335,7 +335,7 @@ fn earnings(config: &Path, json: bool) -> Result<()> {
         closing: true,
     };
     let weighed: Vec<Due> = match &ledger {
-        Ok((l, _)) => payee::weigh(&store, l.as_ref(), &policy)?,
+        Ok((l, _)) => payee::weigh(&store, l.as_ref(), &policy, &|_| false)?,
         Err(_) => Vec::new(),
     };
     let rows: Vec<serde_json::Value> = store
@@ -416,7 +416,7 @@ fn settle(config: &Path, min: u64) -> Result<()> {
         fee_multiple: 1,
         closing: true,
     };
-    let mut weighed = payee::weigh(&store, ledger.as_ref(), &policy)?;
+    let mut weighed = payee::weigh(&store, ledger.as_ref(), &policy, &|_| false)?;
     for d in &mut weighed {
         if d.owed < policy.min && d.verdict.is_ok() {
             d.verdict = Err(payee::Waiting::Later(format!("owes less than --min {}", policy.min)));

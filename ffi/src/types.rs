@@ -513,7 +513,8 @@ pub struct SpendingSession {
 /// The wallet: account, balance, channels, recent sessions.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Wallet {
-    /// The ledger account (hex public key).
+    /// The ledger account: an ed25519 public key in hex on the embedded
+    /// ledger, an address (`0x…`) on a chain.
     pub account: String,
     pub ledger: String,
     /// What the account holds outside channels, if the ledger answered.

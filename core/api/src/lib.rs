@@ -405,8 +405,8 @@ pub struct HopPayment {
 /// The client's wallet, as `hopwire wallet` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalletInfo {
-    /// The ledger account (hex: an ed25519 public key on the embedded
-    /// ledger, an address as a 32-byte word on a chain).
+    /// The ledger account: an ed25519 public key in hex on the embedded
+    /// ledger, an address (`0x…`) on a chain.
     pub account: String,
     /// Where the ledger is (`ip:port`, or `eip155:…@http://ip:port`).
     pub ledger: String,

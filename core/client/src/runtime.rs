@@ -482,7 +482,7 @@ impl<P: Platform> Client<P> {
             });
         }
         Ok(WalletInfo {
-            account: record::hex(&w.account()),
+            account: w.account_text(),
             ledger: ledger.to_string(),
             balance,
             ledger_error,

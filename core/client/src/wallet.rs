@@ -263,9 +263,13 @@ impl Wallet {
         self.key.account()
     }
 
-    /// Where its ledger is.
-    pub fn ledger(&self) -> LedgerAddr {
-        self.ledger.addr()
+    /// The account as a user funds it: an address (`0x…`) on a chain, the
+    /// public key in hex on the embedded ledger.
+    pub fn account_text(&self) -> String {
+        match &self.key {
+            AccountKey::Ed25519(key) => hex(&key.verifying_key().to_bytes()),
+            AccountKey::Evm(key) => key.address().to_checksum(None),
+        }
     }
 
     /// The domain of its ledger (asks the ledger the first time): hops

@@ -83,8 +83,10 @@ pub struct PaySection {
     /// channel its payer has started closing (what is not settled before
     /// the close takes effect is lost), each channel owing more than
     /// `settle_fee_multiple` times what settling it costs (on a chain) and,
-    /// when this is above 0, each channel owing at least this much. It
-    /// never settles a channel for less than the fee.
+    /// when this is above 0, each channel owing at least this much; the
+    /// last two only once no circuit pays through the channel (at most one
+    /// settlement per session). It never settles a channel for less than
+    /// the fee.
     #[serde(default)]
     pub settle_min: u64,
     #[serde(default = "default_settle_every_s")]
@@ -541,7 +543,8 @@ grace_mib = 4
 # started closing it (unsettled earnings are lost once the close takes
 # effect), each channel owing more than settle_fee_multiple times the fee
 # of settling it, and, if settle_min > 0, each channel owing at least
-# settle_min; never one owing less than the fee.
+# settle_min (these two once its session ended: at most one settlement per
+# session); never one owing less than the fee.
 settle_min = 0
 settle_every_s = 600
 settle_fee_multiple = 100

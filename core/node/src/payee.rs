@@ -250,9 +250,16 @@ fn worth_settling(owed: u64, fee: Option<u64>, closing: bool, policy: &SettlePol
 }
 
 /// Every channel in `store` that owes something, with its fee and whether
-/// `policy` says to settle it now. Channels the ledger shows settled (by
-/// anyone) or finalized are marked so in the store and left out.
-pub fn weigh(store: &ReceiptStore, ledger: &dyn Ledger, policy: &SettlePolicy) -> Result<Vec<Due>, StoreError> {
+/// `policy` says to settle it now. A channel a circuit pays through now
+/// (`in_use`) waits for its session to end unless it is closing, so a
+/// channel is settled at most once per session. Channels the ledger shows
+/// settled (by anyone) or finalized are marked so in the store and left out.
+pub fn weigh(
+    store: &ReceiptStore,
+    ledger: &dyn Ledger,
+    policy: &SettlePolicy,
+    in_use: &dyn Fn(&[u8; 32]) -> bool,
+) -> Result<Vec<Due>, StoreError> {
     let mut all = Vec::new();
     for stored in store.all()? {
         let receipt = stored.receipt;
@@ -281,6 +288,13 @@ pub fn weigh(store: &ReceiptStore, ledger: &dyn Ledger, policy: &SettlePolicy) -
                 all.push(due);
                 continue;
             }
+        }
+        if in_use(&channel) && !due.closing {
+            due.verdict = Err(Waiting::Later(
+                "a circuit is paying through it: it is settled once the session ends".into(),
+            ));
+            all.push(due);
+            continue;
         }
         due.verdict = match ledger.settle_fee(&due.receipt) {
             Ok(fee) => {
@@ -365,10 +379,11 @@ impl Payee {
             let store = self.store.clone();
             let policy = self.policy;
             let now = hopwire_proto::time::unix_now();
+            let in_use: std::collections::HashSet<[u8; 32]> = lock(&self.channels).keys().copied().collect();
             let round = self
                 .ledger
                 .call(move |l| {
-                    let weighed = weigh(&store, l, &policy);
+                    let weighed = weigh(&store, l, &policy, &|id| in_use.contains(id));
                     Ok(weighed.map(|all| {
                         let (now_due, waiting): (Vec<Due>, Vec<Due>) = all.into_iter().partition(|d| d.verdict.is_ok());
                         (settle(&store, l, now_due, now), waiting)

@@ -2749,7 +2749,8 @@ public func FfiConverterTypeTunnelSettings_lower(_ value: TunnelSettings) -> Rus
  */
 public struct Wallet: Equatable, Hashable {
     /**
-     * The ledger account (hex public key).
+     * The ledger account: an ed25519 public key in hex on the embedded
+     * ledger, an address (`0x…`) on a chain.
      */
     public var account: String
     public var ledger: String
@@ -2765,7 +2766,8 @@ public struct Wallet: Equatable, Hashable {
     // declare one manually.
     public init(
         /**
-         * The ledger account (hex public key).
+         * The ledger account: an ed25519 public key in hex on the embedded
+         * ledger, an address (`0x…`) on a chain.
          */account: String, ledger: String, 
         /**
          * What the account holds outside channels, if the ledger answered.

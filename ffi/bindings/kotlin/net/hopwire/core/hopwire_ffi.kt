@@ -3844,7 +3844,8 @@ public object FfiConverterTypeTunnelSettings: FfiConverterRustBuffer<TunnelSetti
  */
 data class Wallet (
     /**
-     * The ledger account (hex public key).
+     * The ledger account: an ed25519 public key in hex on the embedded
+     * ledger, an address (`0x…`) on a chain.
      */
     var `account`: kotlin.String
     , 
