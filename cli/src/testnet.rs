@@ -457,7 +457,10 @@ impl Testnet {
         let pid = self.spawn(&n.name, &node, &["run", "--config", &config_s], &log)?;
         self.wait_for_log(&log, "node serving", &format!("node {}", n.name))
             .await?;
-        let shown = sys::run(
+        // In the node's namespace: a charging node asks its ledger's service
+        // for the domain its record names.
+        let shown = self.exec(
+            &n.name,
             &node.to_string_lossy(),
             &["show-record", "--config", &config_s, "--json"],
         )?;

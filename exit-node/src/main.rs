@@ -116,7 +116,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         min: u64,
     },
-    /// Print the record clients pass to `hopwire connect`.
+    /// Print the record clients pass to `hopwire connect` (a charging node
+    /// paid on an embedded ledger asks the ledger's service its domain).
     ShowRecord {
         #[arg(long)]
         config: PathBuf,
