@@ -410,10 +410,6 @@ impl<P: Platform> Client<P> {
             }
         };
         let plan = plan.and_then(|p| p.within_price(request.max_price))?;
-        let plan = match &self.shared.wallet {
-            Some(wallet) if plan.charges() => plan.payable_on(&wallet.domain().await?)?,
-            _ => plan,
-        };
         let mut active = self.active.lock().await;
         if *self.asked.borrow() != ticket {
             return Ok(self.status());
@@ -845,6 +841,11 @@ impl<P: Platform> Shared<P> {
         let settings = lock(&self.settings).effective();
         self.platform.on_state(&TunnelState::Connecting, &settings)?;
         self.transition(TunnelState::Connecting);
+        // Only hops paid on the wallet's ledger can be paid.
+        let plan = match &self.wallet {
+            Some(wallet) if plan.charges() => plan.payable_on(&wallet.domain().await?)?,
+            _ => plan,
+        };
         // The DHT instance that found the nodes goes before any of them
         // sees the circuit; none runs until the tunnel's side is settled.
         let hold = self.lookups.hold().await;
@@ -1069,5 +1070,70 @@ impl<P: Platform> Shared<P> {
             });
             last = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use hopwire_proto::pay::Quote;
+    use hopwire_proto::testkit;
+
+    const EVM: &str = "eip155:31337:0x5FbDB2315678afecb367f032d93F642f64180aa3";
+
+    /// A node charging on `ledger` (empty and free: charging nothing).
+    fn node(seed: u8, roles: &[Role], ledger: &str) -> VerifiedRecord {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let addr = format!("198.18.{seed}.2:4433");
+        let charges = !ledger.is_empty();
+        let record = record::NodeRecord {
+            quote: Quote {
+                price_per_gib: if charges { 1000 } else { 0 },
+                ..Quote::FREE
+            },
+            ledger: ledger.into(),
+            payout: if charges { [seed; 32] } else { [0; 32] },
+            ..testkit::record(&key, &addr, roles, "DE", unix_now())
+        };
+        testkit::verified(&key, &record)
+    }
+
+    fn plan(nodes: Vec<VerifiedRecord>) -> Plan {
+        Plan::new(nodes, 2, None).expect("plan")
+    }
+
+    #[test]
+    fn hops_paid_on_another_ledger_are_dropped_and_without_an_exit_the_error_says_where() {
+        let mixed = plan(vec![
+            node(1, &[Role::Exit], EVM),
+            node(2, &[Role::Exit], "testnet"),
+            node(3, &[Role::Relay], "testnet"),
+            node(4, &[Role::Relay], ""),
+        ]);
+        assert!(mixed.charges());
+        let kept = mixed.clone().payable_on(EVM).expect("an exit paid on the chain");
+        let ids: Vec<u8> = kept.candidates.iter().map(|r| r.record().identity[0]).collect();
+        assert_eq!(kept.candidates.len(), 2, "the chain's exit and the free relay: {ids:?}");
+        assert!(kept.candidates.iter().all(|r| {
+            let rec = r.record();
+            rec.quote.is_free() || rec.ledger == EVM
+        }));
+        match mixed.payable_on("other") {
+            Err(Error::NoExit(message)) => {
+                assert!(message.contains("`other`"), "{message}");
+                assert!(message.contains(EVM) && message.contains("`testnet`"), "{message}");
+            }
+            other => panic!("expected no exit, got {other:?}"),
+        }
+        // A charging node that names no account to pay is not payable.
+        let mut nameless = node(5, &[Role::Exit], "testnet");
+        let rec = nameless.record().clone();
+        let key = SigningKey::from_bytes(&[5; 32]);
+        nameless = testkit::verified(&key, &record::NodeRecord { payout: [0; 32], ..rec });
+        assert!(matches!(
+            plan(vec![nameless]).payable_on("testnet"),
+            Err(Error::NoExit(_))
+        ));
     }
 }

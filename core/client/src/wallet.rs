@@ -275,6 +275,10 @@ impl Wallet {
     /// The domain of its ledger (asks the ledger the first time): hops
     /// must be paid on it.
     pub async fn domain(&self) -> Result<String, WalletError> {
+        // A chain's domain is in its address; the embedded ledger says its own.
+        if let LedgerAddr::Evm(evm) = self.ledger.addr() {
+            return Ok(evm.domain());
+        }
         self.ledger
             .call(|l| Ok(l.domain().to_owned()))
             .await
