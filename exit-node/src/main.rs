@@ -254,7 +254,6 @@ fn devchain(
     let (state_s, base_fee) = (state.to_string_lossy().into_owned(), base_fee_wei.to_string());
     let anvil = devnet::Anvil::start(
         listen,
-        &[],
         &[
             "--state",
             &state_s,

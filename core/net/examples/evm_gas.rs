@@ -16,7 +16,7 @@ use hopwire_proto::pay::{PayerKey, Receipt};
 const CHALLENGE_S: u64 = 60;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let anvil = Anvil::start("127.0.0.1:0".parse()?, &[], &["--disable-min-priority-fee"])?;
+    let anvil = Anvil::start("127.0.0.1:0".parse()?, &["--disable-min-priority-fee"])?;
     let runtime = tokio::runtime::Runtime::new()?;
     let deployed = runtime.block_on(Deployed::deploy(anvil.rpc, CHALLENGE_S))?;
     let account = |units| -> Result<EvmLedger, LedgerError> {

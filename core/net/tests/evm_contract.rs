@@ -34,7 +34,7 @@ struct Chain {
 
 impl Chain {
     fn start() -> Self {
-        let anvil = Anvil::start("127.0.0.1:0".parse().expect("addr"), &[], &[]).expect("anvil (run scripts/setup.sh)");
+        let anvil = Anvil::start("127.0.0.1:0".parse().expect("addr"), &[]).expect("anvil (run scripts/setup.sh)");
         let deployed = block_on(Deployed::deploy(anvil.rpc, CHALLENGE_S)).expect("deploy");
         Self {
             _anvil: anvil,

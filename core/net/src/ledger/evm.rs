@@ -134,14 +134,13 @@ pub struct GasUse {
     pub fee_wei: u128,
 }
 
-/// What an [`EvmLedger`] is, read from its contract.
+/// What an [`EvmLedger`] pays in, read from its contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContractInfo {
+struct ContractInfo {
     /// The ERC-20 paid in; zero: the chain's native coin.
-    pub token: Address,
+    token: Address,
     /// Base units of the token per Hopwire unit.
-    pub unit: U256,
-    pub challenge_s: u64,
+    unit: U256,
 }
 
 pub struct EvmLedger {
@@ -303,7 +302,6 @@ impl EvmLedger {
             Ok(ContractInfo {
                 token: c.token().call().await.map_err(contract_error)?,
                 unit: c.unit().call().await.map_err(contract_error)?,
-                challenge_s: c.challengePeriod().call().await.map_err(contract_error)?,
             })
         })?;
         Ok(Self {
@@ -327,14 +325,6 @@ impl EvmLedger {
             self.unit_value_wei = wei;
         }
         self
-    }
-
-    pub fn addr(&self) -> EvmAddr {
-        self.addr
-    }
-
-    pub fn info(&self) -> ContractInfo {
-        self.info
     }
 
     /// The address transactions are sent from.
@@ -691,20 +681,10 @@ pub mod devnet {
 
     impl Anvil {
         /// Starts anvil on `host` (port 0: any) with `extra` arguments
-        /// (e.g. `--state`), run through `wrap` (e.g. `ip netns exec NS`);
-        /// returns once it listens.
-        pub fn start(host: SocketAddr, wrap: &[&str], extra: &[&str]) -> std::io::Result<Self> {
+        /// (e.g. `--state`); returns once it listens.
+        pub fn start(host: SocketAddr, extra: &[&str]) -> std::io::Result<Self> {
             let anvil = anvil_path();
-            let (program, args) = match wrap.split_first() {
-                Some((first, rest)) => (PathBuf::from(first), rest.to_vec()),
-                None => (anvil.clone(), Vec::new()),
-            };
-            let mut cmd = Command::new(program);
-            cmd.args(args);
-            if !wrap.is_empty() {
-                cmd.arg(&anvil);
-            }
-            let mut child = cmd
+            let mut child = Command::new(&anvil)
                 .args(["--host", &host.ip().to_string(), "--port", &host.port().to_string()])
                 .args(["--chain-id", &CHAIN_ID.to_string()])
                 .args(extra)
