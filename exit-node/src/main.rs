@@ -381,13 +381,14 @@ fn earnings(config: &Path, json: bool) -> Result<()> {
         )
     }) {
         let (fee, net) = d.map(fee_and_net).unwrap_or_else(|| ("-".into(), "-".into()));
+        let n = |field: &str| r[field].as_u64().unwrap_or(0);
         println!(
             "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}  {:>18}  {:>12}",
             r["channel"].as_str().unwrap_or("?"),
-            r["bytes"],
-            r["amount"],
-            r["settled"],
-            r["unsettled"],
+            n("bytes"),
+            n("amount"),
+            n("settled"),
+            n("unsettled"),
             fee,
             net
         );
