@@ -332,7 +332,6 @@ fn earnings(config: &Path, json: bool) -> Result<()> {
     let policy = SettlePolicy {
         min: loaded.config.pay.settle_min,
         fee_multiple: loaded.config.pay.settle_fee_multiple,
-        closing: true,
     };
     let weighed: Vec<Due> = match &ledger {
         Ok((l, _)) => payee::weigh(&store, l.as_ref(), &policy, &|_| false)?,
@@ -415,7 +414,6 @@ fn settle(config: &Path, min: u64) -> Result<()> {
     let policy = SettlePolicy {
         min: min.max(1),
         fee_multiple: 1,
-        closing: true,
     };
     let mut weighed = payee::weigh(&store, ledger.as_ref(), &policy, &|_| false)?;
     for d in &mut weighed {
@@ -471,9 +469,9 @@ fn paid_on(loaded: &LoadedConfig, keys: &NodeKeys) -> Result<Option<PaidOn>> {
     }
     let addr = ledger_addr(loaded)?;
     let (payout, access) = hopwire_node_runtime::payout(loaded, keys, &addr)?;
-    let domain = match addr {
-        LedgerAddr::Evm(evm) => evm.domain(),
-        LedgerAddr::Service(_) => addr
+    let domain = match addr.stated_domain() {
+        Some(domain) => domain,
+        None => addr
             .connect(&access, None)
             .with_context(|| format!("asking the ledger at {addr} its domain (the record names it)"))?
             .domain()

@@ -191,6 +191,28 @@ enum AccountKey {
 }
 
 impl AccountKey {
+    /// The account key in `dir` for the kind of ledger at `ledger`.
+    fn load(dir: &Path, ledger: &LedgerAddr) -> Result<Self, WalletError> {
+        Ok(match ledger {
+            LedgerAddr::Service(_) => AccountKey::Ed25519(load_or_create_key(dir)?),
+            LedgerAddr::Evm(_) => AccountKey::Evm(load_or_create_evm_key(dir)?),
+        })
+    }
+
+    /// What a ledger handle acts with for this account.
+    fn access(&self) -> LedgerAccess {
+        match self {
+            AccountKey::Ed25519(key) => LedgerAccess {
+                ed25519: Some(key.clone()),
+                ..LedgerAccess::default()
+            },
+            AccountKey::Evm(key) => LedgerAccess {
+                evm: Some(key.clone()),
+                ..LedgerAccess::default()
+            },
+        }
+    }
+
     fn account(&self) -> [u8; 32] {
         match self {
             AccountKey::Ed25519(key) => key.verifying_key().to_bytes(),
@@ -226,31 +248,15 @@ impl Wallet {
     /// the ledger at `ledger`. Every connection to the ledger passes
     /// through `protect` first.
     pub fn open(dir: &Path, ledger: LedgerAddr, deposit_mib: u64, protect: Protect) -> Result<Self, WalletError> {
-        let (key, access) = match ledger {
-            LedgerAddr::Service(_) => {
-                let key = load_or_create_key(dir)?;
-                let access = LedgerAccess {
-                    ed25519: Some(key.clone()),
-                    ..LedgerAccess::default()
-                };
-                (AccountKey::Ed25519(key), access)
-            }
-            LedgerAddr::Evm(_) => {
-                let key = load_or_create_evm_key(dir)?;
-                let access = LedgerAccess {
-                    evm: Some(key.clone()),
-                    ..LedgerAccess::default()
-                };
-                (AccountKey::Evm(key), access)
-            }
-        };
+        let key = AccountKey::load(dir, &ledger)?;
+        let ledger = LazyLedger::new(ledger, key.access(), Some(protect));
         let path = dir.join("wallet");
         let (channels, sessions) = sled::open(&path)
             .and_then(|db| Ok((db.open_tree("channels")?, db.open_tree("sessions")?)))
             .map_err(|source| WalletError::Store { path, source })?;
         Ok(Self {
             key,
-            ledger: LazyLedger::new(ledger, access, Some(protect)),
+            ledger,
             deposit_mib: deposit_mib.max(1),
             channels,
             sessions,
@@ -267,7 +273,7 @@ impl Wallet {
     /// public key in hex on the embedded ledger.
     pub fn account_text(&self) -> String {
         match &self.key {
-            AccountKey::Ed25519(key) => hex(&key.verifying_key().to_bytes()),
+            AccountKey::Ed25519(_) => hex(&self.account()),
             AccountKey::Evm(key) => key.address().to_checksum(None),
         }
     }
@@ -275,17 +281,10 @@ impl Wallet {
     /// The domain of its ledger (asks the ledger the first time): hops
     /// must be paid on it.
     pub async fn domain(&self) -> Result<String, WalletError> {
-        // A chain's domain is in its address; the embedded ledger says its own.
-        if let LedgerAddr::Evm(evm) = self.ledger.addr() {
-            return Ok(evm.domain());
-        }
-        self.ledger
-            .call(|l| Ok(l.domain().to_owned()))
-            .await
-            .map_err(|source| WalletError::Ledger {
-                action: "asking the ledger its domain".into(),
-                source,
-            })
+        self.ledger.domain().await.map_err(|source| WalletError::Ledger {
+            action: "asking the ledger its domain".into(),
+            source,
+        })
     }
 
     /// What the account holds outside channels.

@@ -363,7 +363,6 @@ impl NodeRuntime {
         let policy = payee::SettlePolicy {
             min: pay.settle_min,
             fee_multiple: pay.settle_fee_multiple,
-            closing: true,
         };
         let ledger = LazyLedger::new(ledger, access, None);
         payee::Payee::open(pay.quote(), ledger, payout, policy, dir).map_err(|source| NodeError::Receipts {

@@ -47,8 +47,6 @@ pub struct Payee {
     /// ledger, its payout address on a chain.
     payout: [u8; 32],
     ledger: LazyLedger,
-    /// The ledger's domain, once asked.
-    domain: tokio::sync::OnceCell<String>,
     policy: SettlePolicy,
     pub store: ReceiptStore,
     /// Channels circuits are paying through now.
@@ -159,10 +157,9 @@ pub struct SettlePolicy {
     pub min: u64,
     /// ... or owing more than this many times the fee of settling it,
     /// when settling costs anything; and never one owing less than that,
-    /// unless it is closing (then never one owing less than the fee).
+    /// unless it is closing (then never one owing less than the fee: a
+    /// closing channel not settled in time is lost).
     pub fee_multiple: u64,
-    /// Settle channels whose payer started closing them.
-    pub closing: bool,
 }
 
 /// A channel that owes something, weighed for settling.
@@ -299,7 +296,7 @@ pub fn weigh(
         due.verdict = match ledger.settle_fee(&due.receipt) {
             Ok(fee) => {
                 due.fee = Some(fee);
-                worth_settling(owed, fee.units, policy.closing && due.closing, policy).map_err(Waiting::Later)
+                worth_settling(owed, fee.units, due.closing, policy).map_err(Waiting::Later)
             }
             Err(e) => Err(Waiting::Failed(e)),
         };
@@ -340,7 +337,6 @@ impl Payee {
             quote,
             payout,
             ledger,
-            domain: tokio::sync::OnceCell::new(),
             policy,
             store: ReceiptStore::open_dir(&dir.join("receipts"))?,
             channels: Arc::default(),
@@ -350,12 +346,9 @@ impl Payee {
     }
 
     /// The domain of the ledger the node is paid on (what its record
-    /// publishes); asks the ledger the first time.
+    /// publishes).
     pub async fn domain(&self) -> Result<String, LedgerError> {
-        self.domain
-            .get_or_try_init(|| self.ledger.call(|l| Ok(l.domain().to_owned())))
-            .await
-            .cloned()
+        self.ledger.domain().await
     }
 
     /// The account channels must pay.

@@ -30,6 +30,15 @@ impl LedgerAddr {
         }
     }
 
+    /// The domain its receipts carry, when the address says it: a chain's
+    /// does; an embedded ledger's service must be asked.
+    pub fn stated_domain(&self) -> Option<String> {
+        match self {
+            LedgerAddr::Service(_) => None,
+            LedgerAddr::Evm(evm) => Some(evm.domain()),
+        }
+    }
+
     /// Connects, acting with `access`; every connection passes through
     /// `protect` first.
     pub fn connect(&self, access: &LedgerAccess, protect: Option<Protect>) -> Result<Arc<dyn Ledger>, LedgerError> {
@@ -148,6 +157,15 @@ impl LazyLedger {
     /// The connected ledger, if a call connected it.
     pub fn connected(&self) -> Option<Arc<dyn Ledger>> {
         self.connected.get().cloned()
+    }
+
+    /// The domain its receipts carry: from the address if it says it, else
+    /// from the ledger (connecting first if need be; then it is kept).
+    pub async fn domain(&self) -> Result<String, LedgerError> {
+        match self.addr.stated_domain() {
+            Some(domain) => Ok(domain),
+            None => self.call(|l| Ok(l.domain().to_owned())).await,
+        }
     }
 
     /// Runs `f` on the ledger (connecting first if need be).
