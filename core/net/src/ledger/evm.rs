@@ -33,7 +33,7 @@ use alloy::transports::http::{Http, HyperClient};
 use alloy::transports::{RpcError, TransportErrorKind};
 use serde::{Deserialize, Serialize};
 
-use super::{ChannelState, Ledger, LedgerError};
+use super::{ChannelState, Fee, FeesPaid, Ledger, LedgerError};
 use crate::protect::Protect;
 use hopwire_proto::pay::scheme::{address_word, word_address, Scheme};
 use hopwire_proto::pay::{PayError, SignedReceipt};
@@ -244,6 +244,19 @@ fn rpc_error(e: RpcError<TransportErrorKind>) -> LedgerError {
     }
 }
 
+/// What `who` holds of `token` (zero: the chain's coin), in base units.
+async fn holding(provider: &DynProvider, token: Address, who: Address) -> Result<U256, LedgerError> {
+    if token.is_zero() {
+        provider.get_balance(who).await.map_err(rpc_error)
+    } else {
+        IERC20::new(token, provider)
+            .balanceOf(who)
+            .call()
+            .await
+            .map_err(contract_error)
+    }
+}
+
 /// Units in a token amount, rounded down and capped at `u64::MAX`.
 fn units(amount: U256, unit: U256) -> u64 {
     u64::try_from(amount / unit).unwrap_or(u64::MAX)
@@ -389,9 +402,6 @@ impl EvmLedger {
     /// Makes sure the contract may take `value` of the sender's tokens:
     /// approves it for every later deposit at once (one transaction ever).
     async fn approve(&self, value: U256) -> Result<(), LedgerError> {
-        if self.info.token.is_zero() {
-            return Ok(());
-        }
         let sender = self.need_sender()?;
         let token = IERC20::new(self.info.token, &self.provider);
         let allowance = token
@@ -406,31 +416,24 @@ impl EvmLedger {
         Ok(())
     }
 
-    /// The token value of `amount` units, after checking the sender holds it.
+    /// Makes `amount` units of the sender's ready to deposit (checks it
+    /// holds them; approves an ERC-20); returns the coin to send with the
+    /// transaction (the deposit on a native-coin ledger, else nothing).
     async fn fund(&self, amount: u64) -> Result<U256, LedgerError> {
         let sender = self.need_sender()?;
         let value = U256::from(amount) * self.info.unit;
-        let held = self.holding(sender).await?;
+        let held = holding(&self.provider, self.info.token, sender).await?;
         if held < value {
             return Err(LedgerError::InsufficientFunds {
                 balance: units(held, self.info.unit),
                 needed: amount,
             });
         }
-        self.approve(value).await?;
-        Ok(value)
-    }
-
-    async fn holding(&self, who: Address) -> Result<U256, LedgerError> {
         if self.info.token.is_zero() {
-            self.provider.get_balance(who).await.map_err(rpc_error)
-        } else {
-            IERC20::new(self.info.token, &self.provider)
-                .balanceOf(who)
-                .call()
-                .await
-                .map_err(contract_error)
+            return Ok(value);
         }
+        self.approve(value).await?;
+        Ok(U256::ZERO)
     }
 
     async fn channel_state(&self, id: [u8; 32]) -> Result<ChannelState, LedgerError> {
@@ -496,7 +499,7 @@ impl Ledger for EvmLedger {
 
     fn balance(&self, account: [u8; 32]) -> Result<u64, LedgerError> {
         let who = address_of(&account, "account")?;
-        let held = self.block_on(self.holding(who))?;
+        let held = self.block_on(holding(&self.provider, self.info.token, who))?;
         Ok(units(held, self.info.unit))
     }
 
@@ -507,8 +510,7 @@ impl Ledger for EvmLedger {
         let payee = address_of(&payee, "payee")?;
         self.block_on(async {
             let _one = self.sending.lock().await;
-            let value = self.fund(deposit).await?;
-            let native = if self.info.token.is_zero() { value } else { U256::ZERO };
+            let native = self.fund(deposit).await?;
             self.send(
                 Op::Open,
                 self.contract().open(b32(id), payee, signer, deposit).value(native),
@@ -521,8 +523,7 @@ impl Ledger for EvmLedger {
     fn top_up(&self, id: [u8; 32], amount: u64) -> Result<ChannelState, LedgerError> {
         self.block_on(async {
             let _one = self.sending.lock().await;
-            let value = self.fund(amount).await?;
-            let native = if self.info.token.is_zero() { value } else { U256::ZERO };
+            let native = self.fund(amount).await?;
             self.send(Op::TopUp, self.contract().topUp(b32(id), amount).value(native))
                 .await?;
             self.channel_state(id).await
@@ -595,8 +596,6 @@ impl Ledger for EvmLedger {
         }
     }
 }
-
-use super::{Fee, FeesPaid};
 
 /// Deploying the contracts: what a testnet and the tests do.
 pub mod deploy {
@@ -903,15 +902,7 @@ pub mod stats {
         let unit = contract.unit().call().await.map_err(contract_error)?;
         let mut balances = BTreeMap::new();
         for who in accounts {
-            let held = if token.is_zero() {
-                provider.get_balance(*who).await.map_err(rpc_error)?
-            } else {
-                IERC20::new(token, &provider)
-                    .balanceOf(*who)
-                    .call()
-                    .await
-                    .map_err(contract_error)?
-            };
+            let held = holding(&provider, token, *who).await?;
             balances.insert(*who, units(held, unit));
         }
         let mut gas: BTreeMap<String, Vec<u64>> = BTreeMap::new();
