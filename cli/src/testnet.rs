@@ -538,7 +538,10 @@ impl Testnet {
 
         // On a chain, what the nodes hold before they carry anything.
         let chain_before = match args.ledger {
-            LedgerKind::Evm if !self.free => Some(self.payouts(&started)?.1),
+            LedgerKind::Evm if !self.free => {
+                let accounts: Vec<String> = started.iter().filter_map(payout_address).collect();
+                Some(self.chain_stats(&accounts)?)
+            }
             _ => None,
         };
 
@@ -816,20 +819,6 @@ impl Testnet {
         serde_json::from_str(&out).context("reading chain-stats")
     }
 
-    /// Each charging node's name and payout address (from its record's
-    /// 32-byte word), and what the chain says they hold.
-    fn payouts(&self, started: &[serde_json::Value]) -> Result<(Vec<(String, String)>, serde_json::Value)> {
-        let hops: Vec<(String, String)> = started
-            .iter()
-            .filter_map(|n| {
-                let word = n["payout"].as_str()?;
-                Some((n["name"].as_str()?.to_owned(), format!("0x{}", word.get(24..)?)))
-            })
-            .collect();
-        let accounts: Vec<String> = hops.iter().map(|(_, a)| a.clone()).collect();
-        Ok((hops, self.chain_stats(&accounts)?))
-    }
-
     /// Disconnects, closes the client's channels, and waits until every
     /// paid hop holds on the chain what the client paid it (a hop settles
     /// when a channel owes enough to be worth its fee, and always inside a
@@ -842,15 +831,12 @@ impl Testnet {
         started: &[serde_json::Value],
         before: &serde_json::Value,
     ) -> Result<serde_json::Value> {
-        let (hops, _) = self.payouts(started)?;
         let paid: Vec<(String, String, u64)> = status
             .payments
             .iter()
             .filter_map(|p| {
                 let node = started.iter().find(|n| n["identity"].as_str() == Some(p.id.as_str()))?;
-                let name = node["name"].as_str()?;
-                let (_, address) = hops.iter().find(|(n, _)| n == name)?;
-                Some((name.to_owned(), address.clone(), p.paid))
+                Some((node["name"].as_str()?.to_owned(), payout_address(node)?, p.paid))
             })
             .collect();
         let accounts: Vec<String> = paid.iter().map(|(_, a, _)| a.clone()).collect();
@@ -1023,6 +1009,11 @@ impl Testnet {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A charging node's payout address (`0x…`), from its record's 32-byte word.
+fn payout_address(node: &serde_json::Value) -> Option<String> {
+    Some(format!("0x{}", node["payout"].as_str()?.get(24..)?))
 }
 
 /// What each charging hop was paid against what it carried at its price:
