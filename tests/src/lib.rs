@@ -651,6 +651,19 @@ impl Testnet {
         self.field(&["exit", "record"]).to_owned()
     }
 
+    /// The testnet node (from the summary) whose identity is `id`.
+    pub fn node(&self, id: &str) -> &Value {
+        self.summary["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["identity"].as_str() == Some(id)))
+            .unwrap_or_else(|| panic!("node {id} is not among the testnet's nodes: {:#}", self.summary))
+    }
+
+    /// `hopwire-node ARGS` where the exit runs (it reaches the ledger from there).
+    pub fn node_cli(&self, args: &[&str]) -> Output {
+        ns_exec(&self.ns.exit, node_bin(), args)
+    }
+
     pub fn exit_config(&self) -> PathBuf {
         PathBuf::from(self.field(&["exit", "config"]))
     }
@@ -891,6 +904,11 @@ impl Drop for Testnet {
 pub fn in_subnet(addr: Ipv4Addr, net: Ipv4Addr, len: u32) -> bool {
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     u32::from(addr) & mask == u32::from(net) & mask
+}
+
+/// A command's standard output as JSON.
+pub fn json(out: &Output) -> Value {
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 /// The `nameserver` addresses of a resolv.conf text.

@@ -9,14 +9,6 @@ use serde_json::Value;
 
 const INET_SERVER: &str = "198.18.0.10";
 
-/// The testnet node (from the summary) whose identity is `id`.
-fn node<'a>(tn: &'a Testnet, id: &str) -> &'a Value {
-    tn.summary["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["identity"].as_str() == Some(id)))
-        .unwrap_or_else(|| panic!("node {id} is not among the testnet's nodes: {:#}", tn.summary))
-}
-
 fn pid_of(node: &Value) -> u32 {
     node["pid"]
         .as_u64()
@@ -100,7 +92,7 @@ fn killed_middle_mid_download_moves_to_a_new_circuit_and_the_download_completes(
         &[],
     );
     std::thread::sleep(Duration::from_secs(2));
-    kill_and_wait(pid_of(node(&tn, &middle)), "KILL");
+    kill_and_wait(pid_of(tn.node(&middle)), "KILL");
 
     let st = tn.wait_status("a circuit without the killed middle", 60, |st| {
         st["state"] == "connected" && circuit_ids(st).len() == 3 && !circuit_ids(st).contains(&middle)
@@ -134,7 +126,7 @@ fn with_no_spare_relay_the_client_says_why() {
     let tn = Testnet::start_with("hwc4", 1, &["--relays", "2"]);
     let ids = circuit_ids(&tn.status());
     assert_eq!(ids.len(), 3);
-    kill_and_wait(pid_of(node(&tn, &ids[1])), "KILL");
+    kill_and_wait(pid_of(tn.node(&ids[1])), "KILL");
     let st = tn.wait_status("an error naming the missing relay", 60, |st| {
         st["state"] == "reconnecting"
             && st["error"]

@@ -3,23 +3,14 @@
 //! node's namespace): every hop of a 3-hop download is paid on chain what
 //! the client paid it; a killed exit keeps every acknowledged receipt and
 //! the chain pays exactly that, after waiting (and saying why) while a
-//! settle would cost more than it collects; a client out of deposit is told
-//! and cut off; and the chain going away stops only what needs it.
+//! settle would cost more than it collects; and the chain going away stops
+//! only what needs it. (A client out of deposit on the chain: payments.rs.)
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use hopwire_e2e::*;
 use serde_json::Value;
-
-fn json(out: &Output) -> Value {
-    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// `hopwire-node ARGS` where the exit runs (it reaches the chain from there).
-fn node_cli(tn: &Testnet, args: &[&str]) -> Output {
-    ns_exec(&tn.ns.exit, node_bin(), args)
-}
 
 /// The namespace the chain runs in.
 fn chain_ns(tn: &Testnet) -> String {
@@ -41,16 +32,20 @@ fn balances(tn: &Testnet, accounts: &[String]) -> Value {
 }
 
 /// A node's payout address, from the summary (its record's 32-byte word).
+/// Sets the exit's `[pay] unit_value_wei` (read when it starts, or by
+/// `hopwire-node settle`).
+fn set_unit_value_wei(tn: &Testnet, wei: &str) {
+    tn.edit_exit_config(|t| {
+        t["pay"]
+            .as_table_mut()
+            .expect("[pay]")
+            .insert("unit_value_wei".into(), wei.into());
+    });
+}
+
 fn payout(node: &Value) -> String {
     let word = node["payout"].as_str().unwrap_or_else(|| panic!("no payout: {node}"));
     format!("0x{}", &word[24..])
-}
-
-fn node_by_id<'a>(tn: &'a Testnet, id: &str) -> &'a Value {
-    tn.summary["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["identity"].as_str() == Some(id)))
-        .unwrap_or_else(|| panic!("no node {id} in {:#}", tn.summary))
 }
 
 #[test]
@@ -120,11 +115,11 @@ fn a_killed_exit_keeps_its_receipts_the_chain_pays_exactly_them_and_a_costly_set
         .and_then(|p| p.iter().find(|p| p["id"].as_str() == Some(exit_id.as_str())))
         .and_then(|p| p["paid"].as_u64())
         .unwrap_or_else(|| panic!("no payment to the exit in {st}"));
-    let exit = node_by_id(&tn, &exit_id).clone();
+    let exit = tn.node(&exit_id).clone();
     let config = exit["config"].as_str().expect("config").to_owned();
 
     tn.stop_exit("KILL");
-    let earned = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    let earned = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     let total = earned["earned"].as_u64().expect("earned");
     assert!(
         total >= acked,
@@ -132,18 +127,13 @@ fn a_killed_exit_keeps_its_receipts_the_chain_pays_exactly_them_and_a_costly_set
     );
 
     // Gas priced at 1 wei per unit: any settle costs more than it collects.
-    tn.edit_exit_config(|t| {
-        t["pay"]
-            .as_table_mut()
-            .expect("[pay]")
-            .insert("unit_value_wei".into(), "1".into());
-    });
-    let refused = node_cli(&tn, &["settle", "--config", &config]).ok();
+    set_unit_value_wei(&tn, "1");
+    let refused = tn.node_cli(&["settle", "--config", &config]).ok();
     assert!(
         refused.stdout.contains("skip: settling would cost") && refused.stdout.contains("settled 0"),
         "a settle costing more than it collects waits, and says so with its fee and net: {refused}"
     );
-    let waiting = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    let waiting = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     assert_eq!(waiting["ledger_balance"], earned["ledger_balance"], "{waiting}");
     let row = &waiting["channels"][0];
     assert!(
@@ -152,18 +142,13 @@ fn a_killed_exit_keeps_its_receipts_the_chain_pays_exactly_them_and_a_costly_set
     );
 
     // Worth it again: the chain pays exactly what the receipts say.
-    tn.edit_exit_config(|t| {
-        t["pay"]
-            .as_table_mut()
-            .expect("[pay]")
-            .insert("unit_value_wei".into(), "500000000".into());
-    });
-    let settle = node_cli(&tn, &["settle", "--config", &config]).ok();
+    set_unit_value_wei(&tn, "500000000");
+    let settle = tn.node_cli(&["settle", "--config", &config]).ok();
     assert!(
         settle.stdout.contains("fee") && settle.stdout.contains("net"),
         "{settle}"
     );
-    let after = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    let after = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     assert_eq!(after["unsettled"].as_u64(), Some(0), "{after}");
     assert_eq!(
         after["ledger_balance"].as_u64(),
@@ -178,12 +163,7 @@ fn a_killed_exit_keeps_its_receipts_the_chain_pays_exactly_them_and_a_costly_set
     );
 
     // The running node, too, waits and says why when settling is not worth it.
-    tn.edit_exit_config(|t| {
-        t["pay"]
-            .as_table_mut()
-            .expect("[pay]")
-            .insert("unit_value_wei".into(), "1".into());
-    });
+    set_unit_value_wei(&tn, "1");
     tn.restart_exit();
     tn.disconnect();
     tn.reconnect();
@@ -204,42 +184,13 @@ fn a_killed_exit_keeps_its_receipts_the_chain_pays_exactly_them_and_a_costly_set
         },
     );
     tn.stop_exit("TERM");
-    let unpaid = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    let unpaid = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     assert!(unpaid["unsettled"].as_u64() > Some(0), "{unpaid}");
     assert_eq!(
         unpaid["ledger_balance"].as_u64(),
         Some(total),
         "nothing paid at a loss: {unpaid}"
     );
-}
-
-/// The client holds tokens for one circuit's deposits of 8 MiB: a bigger
-/// download spends them, the client says why, and the hops stop carrying.
-#[test]
-fn a_client_out_of_deposit_on_chain_is_told_and_cut_off() {
-    let tn = Testnet::start_with(
-        "hwc3",
-        1,
-        &["--ledger", "evm", "--client-funds", "40000", "--deposit-mib", "8"],
-    );
-    let big = tn.www().join("big.bin");
-    std::fs::write(&big, vec![7u8; 48 << 20]).expect("write big file");
-    let out = tn.curl_client("http://files.hopwire.test/big.bin", None, 40);
-    assert!(
-        !out.success(),
-        "a 48 MiB download on 8 MiB of deposit must not complete: {out}"
-    );
-    let st = tn.wait_status("the client to say it ran out of money", 30, |s| {
-        s["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("deposit") || e.contains("balance"))
-    });
-    eprintln!("[e2e] client out of deposit on chain: {st}");
-    let wallet = json(&tn.cli(&["wallet", "--json"]).ok());
-    for c in wallet["channels"].as_array().expect("channels") {
-        assert!(c["signed"].as_u64() <= c["deposit"].as_u64(), "{c}");
-    }
-    assert!(wallet["balance"].as_u64() < Some(40000), "{wallet:#}");
 }
 
 #[test]
@@ -336,7 +287,7 @@ fn the_chain_going_away_stops_new_channels_only_and_loses_nothing() {
     let mut owed: std::collections::BTreeMap<String, u64> = Default::default();
     for c in wallet["channels"].as_array().expect("channels") {
         let payee = c["payee"].as_str().expect("payee");
-        *owed.entry(payout(node_by_id(&tn, payee)).to_lowercase()).or_default() += c["signed"].as_u64().unwrap_or(0);
+        *owed.entry(payout(tn.node(payee)).to_lowercase()).or_default() += c["signed"].as_u64().unwrap_or(0);
     }
     let accounts: Vec<String> = owed.keys().cloned().collect();
     let on_chain = poll_until(

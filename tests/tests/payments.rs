@@ -4,29 +4,13 @@
 //! `settle` pays it on the ledger, restarted it resumes the channel, and it
 //! settles the channel by itself when the client closes it; a
 //! client out of money hears why, and the hops stop carrying for it past the
-//! grace; hops that report inflated usage are paid only what they carried.
+//! grace (on the embedded ledger and on a chain); hops that report inflated
+//! usage are paid only what they carried.
 
 use std::path::PathBuf;
 
 use hopwire_e2e::*;
 use serde_json::Value;
-
-fn json(out: &Output) -> Value {
-    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// `hopwire-node ARGS` where the exit runs (it reaches the ledger from there).
-fn node_cli(tn: &Testnet, args: &[&str]) -> Output {
-    ns_exec(&tn.ns.exit, node_bin(), args)
-}
-
-/// The testnet's node with this short id (from the summary).
-fn node<'a>(tn: &'a Testnet, id: &str) -> &'a Value {
-    tn.summary["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["identity"].as_str() == Some(id)))
-        .unwrap_or_else(|| panic!("no node {id} in {:#}", tn.summary))
-}
 
 #[test]
 fn every_hop_is_paid_its_price_for_what_it_carried() {
@@ -120,17 +104,17 @@ fn a_killed_exit_keeps_its_receipts_and_settle_pays_them() {
         .and_then(|p| p["paid"].as_u64())
         .unwrap_or_else(|| panic!("no payment to the exit in {st}"));
     assert!(acked > 0, "{st}");
-    let config = PathBuf::from(node(&tn, &exit_id)["config"].as_str().expect("config"));
+    let config = PathBuf::from(tn.node(&exit_id)["config"].as_str().expect("config"));
     let config = config.to_string_lossy().into_owned();
 
     // While the node runs, its receipt store is its own.
-    let busy = node_cli(&tn, &["earnings", "--config", &config]);
+    let busy = tn.node_cli(&["earnings", "--config", &config]);
     assert!(
         !busy.success() && busy.stderr.contains("in use"),
         "earnings while the node runs: {busy}"
     );
     tn.stop_exit("KILL");
-    let earned = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    let earned = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     assert!(
         earned["earned"].as_u64() >= Some(acked),
         "every receipt the exit acknowledged ({acked}) survived kill -9: {earned}"
@@ -138,17 +122,17 @@ fn a_killed_exit_keeps_its_receipts_and_settle_pays_them() {
     assert_eq!(earned["settled"].as_u64(), Some(0), "{earned}");
     assert_eq!(earned["ledger_balance"].as_u64(), Some(0), "{earned}");
 
-    let settle = node_cli(&tn, &["settle", "--config", &config]).ok();
+    let settle = tn.node_cli(&["settle", "--config", &config]).ok();
     assert!(settle.stdout.contains("fee"), "fees shown before settling: {settle}");
-    let after = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    let after = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     assert_eq!(after["unsettled"].as_u64(), Some(0), "{after}");
     assert_eq!(
         after["ledger_balance"], earned["earned"],
         "the ledger paid the exit exactly what its receipts say: {after}"
     );
     // Settling again pays nothing more.
-    node_cli(&tn, &["settle", "--config", &config]).ok();
-    let again = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    tn.node_cli(&["settle", "--config", &config]).ok();
+    let again = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     assert_eq!(again["ledger_balance"], after["ledger_balance"], "{again}");
 
     // Restarted, the exit takes the client's next circuit on the same
@@ -185,7 +169,7 @@ fn a_killed_exit_keeps_its_receipts_and_settle_pays_them() {
     tn.cli(&["wallet", "--close"]).ok();
     std::thread::sleep(std::time::Duration::from_secs(6));
     tn.stop_exit("TERM");
-    let resumed = json(&node_cli(&tn, &["earnings", "--config", &config, "--json"]).ok());
+    let resumed = json(&tn.node_cli(&["earnings", "--config", &config, "--json"]).ok());
     assert_eq!(resumed["channels"].as_array().map(Vec::len), Some(1), "{resumed}");
     assert!(
         resumed["earned"].as_u64() > earned["earned"].as_u64(),
@@ -231,7 +215,21 @@ fn hops_reporting_inflated_usage_are_paid_only_what_they_carried() {
 /// stop carrying past their grace (the download fails, nothing leaks).
 #[test]
 fn a_client_out_of_money_is_told_and_cut_off() {
-    let tn = Testnet::start_with("hwp3", 1, &["--client-funds", "40000", "--deposit-mib", "8"]);
+    out_of_money("hwp3", "embedded");
+}
+
+/// The same on a chain: the client's tokens run out.
+#[test]
+fn a_client_out_of_deposit_on_chain_is_told_and_cut_off() {
+    out_of_money("hwc3", "evm");
+}
+
+fn out_of_money(prefix: &str, ledger: &str) {
+    let tn = Testnet::start_with(
+        prefix,
+        1,
+        &["--ledger", ledger, "--client-funds", "40000", "--deposit-mib", "8"],
+    );
     let big = tn.www().join("big.bin");
     std::fs::write(&big, vec![7u8; 48 << 20]).expect("write big file");
     let out = tn.curl_client("http://files.hopwire.test/big.bin", None, 40);
@@ -244,10 +242,11 @@ fn a_client_out_of_money_is_told_and_cut_off() {
             .as_str()
             .is_some_and(|e| e.contains("deposit") || e.contains("balance"))
     });
-    eprintln!("[e2e] client out of money: {st}");
+    eprintln!("[e2e] client out of money ({ledger} ledger): {st}");
     // What the hops were paid never exceeds the deposits.
     let wallet = json(&tn.cli(&["wallet", "--json"]).ok());
     for c in wallet["channels"].as_array().expect("channels") {
         assert!(c["signed"].as_u64() <= c["deposit"].as_u64(), "{c}");
     }
+    assert!(wallet["balance"].as_u64() < Some(40000), "{wallet:#}");
 }
