@@ -13,6 +13,9 @@ PACKAGES=(
   imagemagick x11-utils
   # The mobile bindings' tests: pytest for Python, JNA for Kotlin on the JVM.
   python3-pytest libjna-java
+  # The Debian packages (lintian) and the node's container image (podman
+  # on runc, a Debian root file system from mmdebstrap).
+  lintian podman runc mmdebstrap
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -35,6 +38,12 @@ fi
 if ! command -v tauri-driver >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/tauri-driver" ]; then
   echo "setup: installing tauri-driver 2.1.0"
   cargo install tauri-driver --version 2.1.0 --locked --quiet
+fi
+
+# The Debian packages are built with cargo-deb.
+if ! command -v cargo-deb >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/cargo-deb" ]; then
+  echo "setup: installing cargo-deb 3.8.0"
+  cargo install cargo-deb --version 3.8.0 --locked --quiet
 fi
 
 # The desktop app embeds its front end: build it before the workspace.

@@ -20,5 +20,7 @@ echo "test: the mobile bindings (generated sources match the library; Python aga
 ./ffi/generate.sh --check
 # Debian's Python, which has Debian's pytest (a pyenv python3 may shadow it).
 /usr/bin/python3 -m pytest -q -p no:cacheprovider ffi/tests/python
+echo "test: the Debian packages (built, lintian, unit hardening; installed by the packaging tests)"
+./scripts/package.sh
 echo "test: unit, pair and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast

@@ -12,11 +12,11 @@ use clap::{Parser, Subcommand};
 use hopwire_net::keys::{self, NodeKeys};
 use hopwire_net::ledger::{Ledger, LedgerAddr};
 use hopwire_net::store::ReceiptStore;
-use hopwire_node_runtime::config::{self, LoadedConfig, NodeConfig};
+use hopwire_node_runtime::config::{self, LoadedConfig, NodeConfig, DEFAULT_CONFIG};
 use hopwire_node_runtime::payee::{self, Due, SettlePolicy};
 use hopwire_node_runtime::{dht_address, own_record, NodeRuntime, PaidOn};
 use hopwire_proto::onion::keys::OnionKeys;
-use hopwire_proto::record::short_id;
+use hopwire_proto::record::{short_id, Role};
 use hopwire_proto::time::unix_now;
 
 #[derive(Parser)]
@@ -32,20 +32,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the node's keys and a commented node.toml in DIR.
+    /// Create the node's keys and a commented node.toml: in DIR, or where
+    /// the installed unit reads them (/etc/hopwire/node.toml, keys in
+    /// /var/lib/hopwire-node; an exit also gets the unit's exit drop-in).
+    /// Existing keys and config are kept unless --force.
     Init {
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// The address clients dial (this server's public IP and port).
         #[arg(long)]
         public_address: Option<std::net::SocketAddr>,
-        /// Replace existing keys (the node gets a new identity).
+        /// What the node does: relay, exit, bootstrap (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "relay,exit", value_parser = role)]
+        roles: Vec<Role>,
+        /// Replace existing keys and config (the node gets a new identity).
         #[arg(long)]
         force: bool,
     },
-    /// Serve until SIGINT or SIGTERM (the exit role needs root: TUN, NAT).
+    /// Serve until SIGINT or SIGTERM; SIGHUP re-reads the exit policy and
+    /// the prices. The exit role needs CAP_NET_ADMIN and
+    /// CAP_NET_BIND_SERVICE (root, or the unit's exit drop-in).
     Run {
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Serve an embedded ledger (channels, balances, settlement) over TCP:
@@ -101,7 +109,7 @@ enum Command {
     /// What this node earned: the newest receipt of every channel, settled or not.
     /// Reads the node's receipt store, so run it while the node is stopped.
     Earnings {
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[arg(long)]
         json: bool,
@@ -110,7 +118,7 @@ enum Command {
     /// than the fee of settling it; each channel's fee and net are shown
     /// first. Run it while the node is stopped.
     Settle {
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Skip channels owing less than this.
         #[arg(long, default_value_t = 1)]
@@ -119,7 +127,7 @@ enum Command {
     /// Print the record clients pass to `hopwire connect` (a charging node
     /// paid on an embedded ledger asks the ledger's service its domain).
     ShowRecord {
-        #[arg(long)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Print the record with its parts as JSON.
         #[arg(long)]
@@ -140,8 +148,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init {
             dir,
             public_address,
+            roles,
             force,
-        } => init(&dir, public_address, force),
+        } => init(dir.as_deref(), public_address, &roles, force),
         Command::Run { config } => serve(&config),
         Command::Ledger {
             listen,
@@ -163,35 +172,171 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&stats)?);
             Ok(())
         }
-        Command::ShowRecord { config, json } => show_record(&config, json),
-        Command::Earnings { config, json } => earnings(&config, json),
-        Command::Settle { config, min } => settle(&config, min),
+        Command::ShowRecord { config, json } => {
+            as_node_user(&config)?;
+            show_record(&config, json)
+        }
+        Command::Earnings { config, json } => {
+            as_node_user(&config)?;
+            earnings(&config, json)
+        }
+        Command::Settle { config, min } => {
+            as_node_user(&config)?;
+            settle(&config, min)
+        }
     }
 }
 
-fn init(dir: &Path, public_address: Option<std::net::SocketAddr>, force: bool) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
-    keys.save(dir, force)?;
-    keys::save_onion_keys(dir, &OnionKeys::generate(&mut rand::rngs::OsRng, unix_now()))?;
-    let config_path = dir.join("node.toml");
-    if force || !config_path.exists() {
-        std::fs::write(&config_path, config::template(public_address))
-            .with_context(|| format!("writing {}", config_path.display()))?;
+fn role(s: &str) -> Result<Role, String> {
+    match s {
+        "relay" => Ok(Role::Relay),
+        "exit" => Ok(Role::Exit),
+        "bootstrap" => Ok(Role::Bootstrap),
+        _ => Err(format!("`{s}` is not a role: relay, exit or bootstrap")),
     }
+}
+
+/// The installed unit's exit drop-in (CAP_NET_ADMIN, /dev/net/tun,
+/// forwarding), as the package ships it, and where `init` links it.
+const EXIT_DROP_IN: &str = "/usr/share/hopwire-node/exit.conf";
+const EXIT_DROP_IN_LINK: &str = "/etc/systemd/system/hopwire-node.service.d/exit.conf";
+
+fn init(dir: Option<&Path>, public_address: Option<std::net::SocketAddr>, roles: &[Role], force: bool) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    // In DIR: config and keys together. Installed: where the unit reads them.
+    let (config_path, key_dir, key_dir_in_config) = match dir {
+        Some(dir) => (dir.join("node.toml"), dir.to_owned(), PathBuf::from(".")),
+        None => (
+            PathBuf::from(config::DEFAULT_CONFIG),
+            PathBuf::from(config::DEFAULT_STATE_DIR),
+            PathBuf::from(config::DEFAULT_STATE_DIR),
+        ),
+    };
+    for (d, mode) in [
+        (&key_dir, 0o700),
+        (&config_path.parent().unwrap_or(Path::new(".")).to_owned(), 0o755),
+    ] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(d)
+            .with_context(|| format!("creating {}", d.display()))?;
+    }
+    let keys = match NodeKeys::load(&key_dir) {
+        Ok(keys) if !force => {
+            println!(
+                "keeping the existing keys in {} (--force replaces them)",
+                key_dir.display()
+            );
+            keys
+        }
+        _ => {
+            let keys = NodeKeys::generate(&mut rand::rngs::OsRng);
+            keys.save(&key_dir, force)?;
+            keys::save_onion_keys(&key_dir, &OnionKeys::generate(&mut rand::rngs::OsRng, unix_now()))?;
+            keys
+        }
+    };
+    if force || !config_path.exists() {
+        std::fs::write(
+            &config_path,
+            config::template(public_address, roles, &key_dir_in_config),
+        )
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    } else {
+        println!("keeping the existing {} (--force replaces it)", config_path.display());
+    }
+    let loaded = NodeConfig::load(&config_path)?;
     println!(
-        "node {} initialised in {}\nconfig: {}\nnext: edit it, then run `hopwire-node run --config {}`",
+        "node {} initialised\nconfig: {}\nkeys:   {}",
         short_id(&keys.identity.verifying_key().to_bytes()),
-        dir.display(),
         config_path.display(),
-        config_path.display()
+        key_dir.display()
     );
+    if dir.is_some() {
+        println!(
+            "next: edit the config, then run `hopwire-node run --config {}`",
+            config_path.display()
+        );
+        return Ok(());
+    }
+    // Files written by root in a state directory the service's user owns
+    // already (a re-run after the first start) stay readable to it.
+    give_to_owner_of(&key_dir)?;
+    link_exit_drop_in(loaded.config.node.roles.contains(&Role::Exit))?;
+    println!("next: edit the config, then `systemctl enable --now hopwire-node` (after an edit: `systemctl reload hopwire-node` for the exit policy and prices, `systemctl restart hopwire-node` for the rest)");
     Ok(())
+}
+
+/// The exit role needs the installed unit's exit drop-in; a node without
+/// it must not keep one.
+fn link_exit_drop_in(exit: bool) -> Result<()> {
+    let (shipped, link) = (Path::new(EXIT_DROP_IN), Path::new(EXIT_DROP_IN_LINK));
+    let linked = std::fs::read_link(link).is_ok_and(|target| target == shipped);
+    if exit && !linked {
+        if !shipped.exists() {
+            println!("exit role: {EXIT_DROP_IN} is missing (not installed from the package): run the node as root");
+            return Ok(());
+        }
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::os::unix::fs::symlink(shipped, link)
+            .with_context(|| format!("linking {} to {}", link.display(), shipped.display()))?;
+        println!("exit role: linked {EXIT_DROP_IN_LINK} (CAP_NET_ADMIN, /dev/net/tun, IP forwarding); run `systemctl daemon-reload`");
+    } else if !exit && linked {
+        std::fs::remove_file(link).with_context(|| format!("removing {}", link.display()))?;
+        println!("no exit role: removed {EXIT_DROP_IN_LINK}; run `systemctl daemon-reload`");
+    }
+    Ok(())
+}
+
+/// Makes every file in `dir` belong to `dir`'s owner.
+fn give_to_owner_of(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        std::os::unix::fs::lchown(&path, Some(owner.uid()), Some(owner.gid()))
+            .with_context(|| format!("giving {} to the node's user", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Run as root on a node whose state belongs to its own user (the
+/// installed unit's dynamic user), a command that writes there runs again
+/// as that user, so nothing it creates is root's.
+fn as_node_user(config: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    const AGAIN: &str = "HOPWIRE_NODE_AS_OWNER";
+    if std::env::var_os(AGAIN).is_some() {
+        return Ok(());
+    }
+    let key_dir = NodeConfig::load(config)?.key_dir;
+    let (Ok(me), Ok(state)) = (std::fs::metadata("/proc/self"), std::fs::metadata(&key_dir)) else {
+        return Ok(());
+    };
+    if me.uid() != 0 || state.uid() == 0 {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding this program")?;
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .uid(state.uid())
+        .gid(state.gid())
+        .env(AGAIN, "1")
+        .exec();
+    Err(error).with_context(|| {
+        format!(
+            "running again as uid {}, the owner of {}",
+            state.uid(),
+            key_dir.display()
+        )
+    })
 }
 
 fn load(config: &Path) -> Result<(LoadedConfig, NodeKeys)> {
@@ -205,8 +350,18 @@ fn serve(config: &Path) -> Result<()> {
     let (loaded, keys) = load(config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let node = NodeRuntime::new(loaded, keys);
-        node.run(hopwire_net::process::shutdown_signal()).await
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+        let (reload, reloads) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                // One pending reload reads the file as it is by then.
+                let _ = reload.try_send(());
+            }
+        });
+        let node = NodeRuntime::new(loaded, keys).reload_on(reloads);
+        node.run(hopwire_net::process::shutdown_signal()).await?;
+        anyhow::Ok(())
     })?;
     Ok(())
 }

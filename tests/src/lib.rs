@@ -700,22 +700,37 @@ impl Testnet {
     /// same socket, state directory, bootstrap node and ledger, logging to
     /// `log` in the testnet's dir; waits until it answers.
     pub fn restart_client(&mut self, log: &str) {
+        self.restart_client_with(log, &[], &hopwire_bin(), &[]);
+    }
+
+    /// Like [`Testnet::restart_client`], with the daemon binary `daemon`
+    /// started through `launcher` (e.g. `setpriv` and its options) and given
+    /// `extra` daemon options.
+    pub fn restart_client_with(&mut self, log: &str, launcher: &[&str], daemon: &Path, extra: &[&str]) {
         let socket = self.socket.to_string_lossy().into_owned();
+        let daemon = daemon.to_string_lossy().into_owned();
+        let mut args: Vec<&str> = launcher.iter().skip(1).copied().collect();
+        if !launcher.is_empty() {
+            args.push(&daemon);
+        }
+        args.extend([
+            "--socket",
+            &socket,
+            "daemon",
+            "--state-dir",
+            self.field(&["client", "state_dir"]),
+            "--bootstrap",
+            self.field(&["bootstrap", "dht_addr"]),
+            "--ledger",
+            self.field(&["ledger", "addr"]),
+        ]);
+        args.extend(extra);
+        let program = launcher.first().copied().unwrap_or(&daemon).to_owned();
         let daemon = Background::start_in_ns(
             "restarted client daemon",
             &self.ns.client,
-            hopwire_bin(),
-            &[
-                "--socket",
-                &socket,
-                "daemon",
-                "--state-dir",
-                self.field(&["client", "state_dir"]),
-                "--bootstrap",
-                self.field(&["bootstrap", "dht_addr"]),
-                "--ledger",
-                self.field(&["ledger", "addr"]),
-            ],
+            program,
+            &args,
             &self.dir.join(log),
             &[],
         );

@@ -35,7 +35,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub node: NodeSection,
@@ -52,7 +52,7 @@ pub struct NodeConfig {
 }
 
 /// What the node charges, published in its record.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaySection {
     /// Price per GiB carried, in the ledger's smallest unit; 0 is free.
@@ -149,7 +149,7 @@ fn default_settle_fee_multiple() -> u64 {
     100
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DhtSection {
     /// Where the node's DHT (libp2p over TCP) listens.
@@ -174,7 +174,7 @@ fn default_dht_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4433))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// Where this node listens for Hopwire (QUIC) connections.
@@ -201,7 +201,7 @@ pub struct NodeSection {
     pub capacity_mbit: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
     /// Most one circuit may carry through this node, Mbit/s; 0 is unlimited.
@@ -221,7 +221,7 @@ impl Default for RelaySection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExitSection {
     #[serde(default = "default_tun_name")]
@@ -247,7 +247,7 @@ pub struct ExitSection {
     pub default_rejects: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireguardSection {
     /// UDP address for stock WireGuard clients; unset means off.
@@ -256,7 +256,7 @@ pub struct WireguardSection {
     pub peers: Vec<WireguardPeer>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireguardPeer {
     pub public_key: String,
@@ -461,12 +461,58 @@ impl NodeConfig {
     }
 }
 
-/// The commented `node.toml` that `hopwire-node init` writes.
-pub fn template(public_address: Option<SocketAddr>) -> String {
+/// Where an installed node reads its configuration (the package's unit
+/// runs `hopwire-node run` with it; every command defaults to it).
+pub const DEFAULT_CONFIG: &str = "/etc/hopwire/node.toml";
+/// Where an installed node keeps its keys, receipts and DHT peers (the
+/// unit's `StateDirectory`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hopwire-node";
+
+impl NodeConfig {
+    /// The parts of the configuration that differ between `self` and `new`
+    /// beyond what a running node reloads (the exit policy and the prices):
+    /// those take effect at the next restart.
+    pub fn needs_restart(&self, new: &NodeConfig) -> Vec<&'static str> {
+        let exit = |e: &ExitSection| ExitSection {
+            policy: Vec::new(),
+            default_rejects: true,
+            ..e.clone()
+        };
+        let pay = |p: &PaySection| PaySection {
+            price_per_gib: u64::from(p.price_per_gib > 0),
+            chunk_mib: 0,
+            grace_mib: 0,
+            ..p.clone()
+        };
+        [
+            ("[node]", self.node != new.node),
+            ("[relay]", self.relay != new.relay),
+            (
+                "[exit] beyond policy and default_rejects",
+                exit(&self.exit) != exit(&new.exit),
+            ),
+            ("[wireguard]", self.wireguard != new.wireguard),
+            ("[dht]", self.dht != new.dht),
+            (
+                "[pay] beyond price_per_gib, chunk_mib and grace_mib (or between free and charging)",
+                pay(&self.pay) != pay(&new.pay),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(what, changed)| changed.then_some(what))
+        .collect()
+    }
+}
+
+/// The commented `node.toml` that `hopwire-node init` writes: keys in
+/// `key_dir` (relative to the file, or absolute), doing `roles`.
+pub fn template(public_address: Option<SocketAddr>, roles: &[Role], key_dir: &Path) -> String {
     let public = match public_address {
         Some(a) => format!("public_address = \"{a}\""),
         None => "# public_address = \"203.0.113.7:4433\"   # set this to your server's public IP".into(),
     };
+    let roles = roles.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
+    let key_dir = key_dir.display();
     format!(
         r#"# Hopwire node configuration. Every setting below shows its default.
 
@@ -475,12 +521,15 @@ pub fn template(public_address: Option<SocketAddr>) -> String {
 listen = "0.0.0.0:4433"
 # The address clients dial; `hopwire-node show-record` puts it in the record.
 {public}
-# Directory holding identity.key, wireguard.key and onion.key (relative to this file).
-key_dir = "."
+# Directory holding identity.key, wireguard.key and onion.key (relative to
+# this file), the receipts this node earned and its DHT peers.
+key_dir = "{key_dir}"
 # What this node does for others: "relay" (carries circuits onward), "exit"
 # (ends them and sends traffic to the internet; needs root for TUN and NAT),
-# "bootstrap" (a DHT server new peers join through).
-roles = ["relay", "exit"]
+# "bootstrap" (a DHT server new peers join through). Installed from the
+# package, the exit role also needs the unit's exit drop-in (`hopwire-node
+# init` links it).
+roles = [{roles}]
 # Country code clients see when they pick a path, e.g. "DE"; "ZZ" is unknown.
 region = "ZZ"
 # Identities (64 hex digits, from `hopwire-node show-record --json`) of your
@@ -507,6 +556,8 @@ inner_subnet_v6 = "fd68:7769:7200::/96"
 # Resolvers for clients' DNS queries; empty means this machine's /etc/resolv.conf.
 dns_upstream = []
 # Exit policy, first match wins: "accept|reject ADDR[/LEN][:PORT[-PORT]]".
+# The policy and the [pay] prices are re-read on SIGHUP (`systemctl reload
+# hopwire-node`) without dropping circuits; other changes need a restart.
 # Example: allow one LAN host, then the built-in rejects still apply.
 #   policy = ["accept 192.168.1.10:443"]
 policy = []
@@ -569,7 +620,13 @@ mod tests {
 
     #[test]
     fn template_parses_with_defaults() {
-        let c = parse(&template(Some("198.18.2.2:4433".parse().expect("addr")))).expect("template is valid");
+        let both = [Role::Relay, Role::Exit];
+        let c = parse(&template(
+            Some("198.18.2.2:4433".parse().expect("addr")),
+            &both,
+            Path::new("."),
+        ))
+        .expect("template is valid");
         assert_eq!(c.config.node.listen.port(), 4433);
         assert_eq!(c.config.exit.inner_subnet.to_string(), "100.87.0.0/16");
         assert!(c.config.wireguard.listen.is_none());
@@ -580,7 +637,36 @@ mod tests {
             protocol: 6,
             dst_port: Some(80),
         }));
-        parse(&template(None)).expect("template without address is valid");
+        parse(&template(None, &both, Path::new("."))).expect("template without address is valid");
+        // What `hopwire-node init` writes for the package's unit.
+        let installed = parse(&template(None, &[Role::Relay], Path::new(DEFAULT_STATE_DIR))).expect("valid");
+        assert_eq!(installed.key_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(installed.config.node.roles, vec![Role::Relay]);
+    }
+
+    #[test]
+    fn a_reload_names_what_only_a_restart_applies() {
+        let text = template(None, &[Role::Relay, Role::Exit], Path::new("."));
+        let old = parse(&text).expect("valid").config;
+        let edited = |from: &str, to: &str| {
+            assert!(text.contains(from), "{from}");
+            parse(&text.replacen(from, to, 1)).expect("valid").config
+        };
+        // Reloaded in place: the policy and the prices.
+        let new = edited("policy = []", "policy = [\"reject 198.18.0.0/15\"]");
+        assert!(old.needs_restart(&new).is_empty());
+        let new = edited("chunk_mib = 4", "chunk_mib = 8");
+        assert!(old.needs_restart(&new).is_empty());
+        // Not: anything else, or starting to charge (that needs a ledger).
+        let new = edited("capacity_mbit = 100", "capacity_mbit = 200");
+        assert_eq!(old.needs_restart(&new), vec!["[node]"]);
+        let new = edited("tun_name = \"hwexit0\"", "tun_name = \"hwexit1\"");
+        assert_eq!(
+            old.needs_restart(&new),
+            vec!["[exit] beyond policy and default_rejects"]
+        );
+        let new = edited("price_per_gib = 0", "price_per_gib = 10\nledger = \"198.18.0.9:7300\"");
+        assert_eq!(old.needs_restart(&new).len(), 1);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub enum ExitError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the exit role needs {missing} (its TUN device, NAT and DNS forwarder): run the node as root, or installed from the package run `hopwire-node init` to link the unit's exit drop-in, or remove \"exit\" from node.roles")]
+    NotPermitted { missing: String },
     #[error("no DNS upstream: set exit.dns_upstream in node.toml (nothing usable in /etc/resolv.conf)")]
     NoDnsUpstream,
     #[error("WireGuard UDP listener on {addr}: {source}")]
@@ -257,7 +259,8 @@ pub struct ExitCounters {
 
 pub struct Exit {
     wg_secret: x25519::StaticSecret,
-    policy: ExitPolicy,
+    /// Replaced when the operator reloads the config.
+    policy: RwLock<ExitPolicy>,
     gateway: Ipv4Addr,
     /// Sessions' IPv6 twins, when this exit carries IPv6.
     v6: Option<V6Twins>,
@@ -301,6 +304,15 @@ impl Exit {
                 from_internet: tokio::sync::Mutex::new(m.from_internet),
             };
             return Self::build(config, keys, links, pool, gateway, Vec::new(), uplink, None).map(Arc::new);
+        }
+        let mut needs = vec![hopwire_sys::NET_ADMIN];
+        if hopwire_sys::port_is_privileged(53) {
+            needs.push(hopwire_sys::NET_BIND_SERVICE);
+        }
+        let missing = hopwire_sys::lacking(&needs);
+        if !missing.is_empty() {
+            let missing = missing.iter().map(|c| c.name).collect::<Vec<_>>().join(" and ");
+            return Err(ExitError::NotPermitted { missing }.into());
         }
         let dns_upstream = dns_upstreams(&cfg.exit.dns_upstream)?;
         let state_file = config.key_dir.join("network-state.json");
@@ -356,6 +368,12 @@ impl Exit {
         }
     }
 
+    /// The policy new packets are checked against from now on, for every
+    /// session.
+    pub(crate) fn set_policy(&self, policy: ExitPolicy) {
+        *write(&self.policy) = policy;
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn build(
         config: &LoadedConfig,
@@ -388,7 +406,7 @@ impl Exit {
             .transpose()?;
         let mut exit = Self {
             wg_secret: keys.wg_secret.clone(),
-            policy: config.policy.clone(),
+            policy: RwLock::new(config.policy.clone()),
             gateway,
             // A memory uplink carries IPv6 whenever the config allows it.
             v6: config.v6_twins,
@@ -577,7 +595,7 @@ impl Exit {
             IpAddr::V4(a) => a == self.gateway,
             IpAddr::V6(a) => self.v6.is_some_and(|t| a == t.twin(self.gateway)),
         };
-        if !to_gateway && !self.policy.allows(&info) {
+        if !to_gateway && !read(&self.policy).allows(&info) {
             self.counters.policy_refused.fetch_add(1, Ordering::Relaxed);
             let mut reply = [0u8; 128];
             if let Some(n) = packet::icmp_prohibited(self.gateway, packet, &mut reply) {

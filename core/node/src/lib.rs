@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use rand::Rng;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::LoadedConfig;
@@ -263,9 +264,11 @@ pub fn dht_address(config: &LoadedConfig, keys: &NodeKeys) -> Option<libp2p::Mul
 /// How often a node signs and publishes a fresh record: well inside its TTL.
 const REPUBLISH: Duration = Duration::from_secs(hopwire_proto::record::RECORD_TTL / 3);
 
-/// Publishes the node's record and provider announcements, again and again.
-async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: NodeKeys) {
-    let roles = &config.config.node.roles;
+/// Publishes the node's record and provider announcements, again and
+/// again, and at once when a reload changes the configuration.
+async fn publish_loop(node: Arc<Node>, dht: Dht, mut config: watch::Receiver<LoadedConfig>, keys: NodeKeys) {
+    let first = config.borrow_and_update().clone();
+    let roles = &first.config.node.roles;
     let provide = hopwire_net::dht::provider_keys(
         &dht.local_peer,
         &roles
@@ -273,7 +276,7 @@ async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: Nod
             .copied()
             .filter(|r| *r != Role::Bootstrap)
             .collect::<Vec<_>>(),
-        &config.config.node.region,
+        &first.config.node.region,
     );
     // A charging node publishes its ledger's domain: it waits for it.
     let paid_on = match &node.payee {
@@ -295,9 +298,13 @@ async fn publish_loop(node: Arc<Node>, dht: Dht, config: LoadedConfig, keys: Nod
     };
     let mut tick = tokio::time::interval(REPUBLISH);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            Ok(()) = config.changed() => {}
+        }
         let onion = read(&node.onion).clone();
-        match own_record(&config, &keys, &onion, paid_on.as_ref(), unix_now()) {
+        let record = own_record(&config.borrow_and_update(), &keys, &onion, paid_on.as_ref(), unix_now());
+        match record {
             Ok(record) => {
                 if dht
                     .publish(record.to_signed_bytes(&keys.identity), provide.clone())
@@ -322,6 +329,7 @@ pub struct NodeRuntime {
     config: LoadedConfig,
     keys: NodeKeys,
     memory_uplink: Option<exit::MemoryUplink>,
+    reloads: Option<mpsc::Receiver<()>>,
 }
 
 impl std::fmt::Debug for NodeRuntime {
@@ -338,7 +346,18 @@ impl NodeRuntime {
             config,
             keys,
             memory_uplink: None,
+            reloads: None,
         }
+    }
+
+    /// Re-reads the config file whenever `reloads` yields (the binary sends
+    /// one per SIGHUP): the exit policy and the prices change in place,
+    /// circuits stay up and keep the price they started with, and the
+    /// record is published again at once. Other changes are named in the
+    /// log as taking effect at the next restart.
+    pub fn reload_on(mut self, reloads: mpsc::Receiver<()>) -> Self {
+        self.reloads = Some(reloads);
+        self
     }
 
     /// For tests and simulations in one process, without root: the exit
@@ -431,13 +450,12 @@ impl NodeRuntime {
                 }
             });
         }
+        let (published, config_rx) = watch::channel(self.config.clone());
         if cfg.node.roles.iter().any(|r| *r != Role::Bootstrap) {
-            tasks.spawn(publish_loop(
-                node.clone(),
-                dht.clone(),
-                self.config.clone(),
-                self.keys.clone(),
-            ));
+            tasks.spawn(publish_loop(node.clone(), dht.clone(), config_rx, self.keys.clone()));
+        }
+        if let Some(reloads) = self.reloads.take() {
+            tasks.spawn(reload_loop(node.clone(), reloads, published));
         }
         info!(
             listen = %cfg.node.listen,
@@ -472,6 +490,60 @@ impl NodeRuntime {
         config.bootstrap = self.config.bootstrap.clone();
         config.peer_store = Some(self.config.key_dir.join("dht-peers"));
         Ok(Dht::spawn(hopwire_net::dht::keypair(&self.keys.identity), config)?)
+    }
+}
+
+/// Applies the config file again on each request: see
+/// [`NodeRuntime::reload_on`].
+async fn reload_loop(node: Arc<Node>, mut reloads: mpsc::Receiver<()>, published: watch::Sender<LoadedConfig>) {
+    while reloads.recv().await.is_some() {
+        let running = published.borrow().clone();
+        let path = running.path.clone();
+        let new = match tokio::task::spawn_blocking(move || crate::config::NodeConfig::load(&path)).await {
+            Ok(Ok(new)) => new,
+            Ok(Err(e)) => {
+                warn!("not reloading: {e}");
+                continue;
+            }
+            Err(e) => {
+                warn!("not reloading: {e}");
+                continue;
+            }
+        };
+        let later = running.config.needs_restart(&new.config);
+        if !later.is_empty() {
+            warn!(
+                "{}: changes to {} take effect at the next restart",
+                running.path.display(),
+                later.join("; ")
+            );
+        }
+        // What runs now: the old config with the reloadable parts of the new.
+        let mut applied = running;
+        applied.policy = new.policy.clone();
+        applied.config.exit.policy = new.config.exit.policy.clone();
+        applied.config.exit.default_rejects = new.config.exit.default_rejects;
+        if let Some(exit) = &node.exit {
+            exit.set_policy(new.policy);
+        }
+        let pay = &new.config.pay;
+        if let Some(payee) = node.payee.as_ref().filter(|_| !pay.quote().is_free()) {
+            applied.config.pay.price_per_gib = pay.price_per_gib;
+            applied.config.pay.chunk_mib = pay.chunk_mib;
+            applied.config.pay.grace_mib = pay.grace_mib;
+            payee.set_quote(pay.quote());
+        }
+        let quote = applied.config.pay.quote();
+        info!(
+            exit_rules = applied.config.exit.policy.len(),
+            default_rejects = applied.config.exit.default_rejects,
+            price_per_gib = quote.price_per_gib,
+            chunk_mib = applied.config.pay.chunk_mib,
+            grace_mib = applied.config.pay.grace_mib,
+            "reloaded {}: the policy applies to every packet from now on; circuits built from now on pay this price, running ones keep theirs",
+            applied.path.display()
+        );
+        published.send_replace(applied);
     }
 }
 

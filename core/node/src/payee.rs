@@ -42,7 +42,8 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 
 /// A charging node's payment side, shared by its circuits.
 pub struct Payee {
-    pub quote: Quote,
+    /// What new circuits pay; replaced when the operator reloads the config.
+    quote: Mutex<Quote>,
     /// The account channels must pay: the node's identity on the embedded
     /// ledger, its payout address on a chain.
     payout: [u8; 32],
@@ -81,6 +82,8 @@ struct Slot {
 
 /// One circuit's payments at this node.
 pub struct CircuitPay {
+    /// What this circuit pays, fixed when it starts.
+    quote: Quote,
     /// Tells this circuit from others paying through the same channel.
     token: u64,
     slot: Option<SlotGuard>,
@@ -334,7 +337,7 @@ impl Payee {
         dir: &Path,
     ) -> Result<Self, StoreError> {
         Ok(Self {
-            quote,
+            quote: Mutex::new(quote),
             payout,
             ledger,
             policy,
@@ -408,10 +411,18 @@ impl Payee {
         }
     }
 
-    /// A new circuit: it may carry the grace before any receipt.
+    /// What circuits started from now on pay.
+    pub fn set_quote(&self, quote: Quote) {
+        *lock(&self.quote) = quote;
+    }
+
+    /// A new circuit: it pays the quote in force now for its whole life,
+    /// and may carry the grace before any receipt.
     pub fn start(&self, hop: &SharedHop<impl Copy>) -> CircuitPay {
-        lock(hop).meter.allowance = Some(self.quote.grace_bytes);
+        let quote = *lock(&self.quote);
+        lock(hop).meter.allowance = Some(quote.grace_bytes);
         CircuitPay {
+            quote,
             token: self.next_circuit.fetch_add(1, Ordering::Relaxed),
             slot: None,
             last_report: 0,
@@ -450,7 +461,7 @@ impl Payee {
             Some(g) if g.id != id => return Err(PayeeError::OtherChannel),
             Some(_) => None,
             None => {
-                let channel = self.check_channel(&receipt, payer).await?;
+                let channel = self.check_channel(&receipt, payer, circuit.quote).await?;
                 Some(self.take_over(channel, circuit.token).await?)
             }
         };
@@ -490,7 +501,12 @@ impl Payee {
     /// Checks on the ledger that the receipt's channel pays this node from
     /// `payer` and is open, and that `payer` signed it (only the payer may
     /// move its channel to a new circuit); the channel as it starts.
-    async fn check_channel(&self, receipt: &SignedReceipt, payer: [u8; 32]) -> Result<PayeeChannel, PayeeError> {
+    async fn check_channel(
+        &self,
+        receipt: &SignedReceipt,
+        payer: [u8; 32],
+        quote: Quote,
+    ) -> Result<PayeeChannel, PayeeError> {
         let id = receipt.receipt.channel;
         let (domain, state) = self
             .ledger
@@ -506,7 +522,7 @@ impl Payee {
             return Err(PayeeError::Closing);
         }
         receipt.verify(&payer)?;
-        Ok(PayeeChannel::new(payer, domain, id, state.deposit, self.quote))
+        Ok(PayeeChannel::new(payer, domain, id, state.deposit, quote))
     }
 
     /// Makes circuit `token` the one paying through `channel`, resumed
@@ -555,11 +571,11 @@ impl Payee {
             if now.duration_since(since) > CUT_OFF_AFTER {
                 return Err(PayeeError::Unpaid {
                     carried: meter.carried,
-                    paid: meter.allowance.unwrap_or(0).saturating_sub(self.quote.grace_bytes),
+                    paid: meter.allowance.unwrap_or(0).saturating_sub(circuit.quote.grace_bytes),
                 });
             }
         }
-        if meter.carried >= circuit.last_report.saturating_add(self.quote.chunk_bytes) {
+        if meter.carried >= circuit.last_report.saturating_add(circuit.quote.chunk_bytes) {
             circuit.last_report = meter.carried;
             let carried = meter.carried.saturating_mul(self.inflate);
             return Ok(Some(BackwardMessage::Usage { carried }));

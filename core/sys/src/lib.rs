@@ -43,6 +43,58 @@ pub enum SysError {
     },
     #[error("no route to {0} on this machine")]
     NoRoute(IpAddr),
+    #[error("{path} is 0 and cannot be set here ({source}): an exit needs forwarding on (the package's exit drop-in turns it on; else `sysctl -w {sysctl}=1`)")]
+    Forwarding {
+        path: &'static str,
+        sysctl: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A Linux capability a Hopwire process may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    pub name: &'static str,
+    bit: u32,
+}
+
+/// TUN devices, addresses, routes, nftables, socket marks.
+pub const NET_ADMIN: Capability = Capability {
+    name: "CAP_NET_ADMIN",
+    bit: 12,
+};
+/// Ports below `net.ipv4.ip_unprivileged_port_start` (an exit's DNS
+/// forwarder on port 53).
+pub const NET_BIND_SERVICE: Capability = Capability {
+    name: "CAP_NET_BIND_SERVICE",
+    bit: 10,
+};
+
+/// Those of `wanted` this process does not hold in its effective set
+/// (all of them if `/proc/self/status` cannot be read).
+pub fn lacking(wanted: &[Capability]) -> Vec<Capability> {
+    let effective = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))?
+            .trim()
+            .to_owned();
+        u64::from_str_radix(&hex, 16).ok()
+    });
+    wanted
+        .iter()
+        .copied()
+        .filter(|c| effective.is_none_or(|set| set & (1 << c.bit) == 0))
+        .collect()
+}
+
+/// Whether binding `port` needs [`NET_BIND_SERVICE`] here.
+pub fn port_is_privileged(port: u16) -> bool {
+    read_file(Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_none_or(|start| u32::from(port) < start)
 }
 
 /// Runs a command and returns its stdout.
@@ -139,8 +191,10 @@ pub fn del_address(dev: &str, addr: IpAddr, prefix: u8) -> Result<(), SysError> 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ExitNat {
     table: String,
-    ip_forward_before: String,
-    /// IPv6 forwarding before, when the exit carries IPv6.
+    /// IPv4 forwarding before, when the exit turned it on (a packaged exit
+    /// finds it on already: its unit sets it).
+    ip_forward_before: Option<String>,
+    /// The same for IPv6, when the exit carries IPv6.
     #[serde(default)]
     ip6_forward_before: Option<String>,
     #[serde(skip)]
@@ -173,14 +227,18 @@ impl ExitNat {
             stale.teardown();
         }
         let table = format!("hopwire_{}", tun.replace('-', "_"));
-        let ip6_forward_before = match subnet_v6 {
-            Some(_) => Some(read_file(Path::new(IP6_FORWARD))?.trim().to_owned()),
-            None => None,
+        let off = |path: &str| {
+            read_file(Path::new(path))
+                .map(|v| v.trim().to_owned())
+                .map(|v| (v != "1").then_some(v))
         };
         let nat = ExitNat {
             table: table.clone(),
-            ip_forward_before: read_file(Path::new(IP_FORWARD))?.trim().to_owned(),
-            ip6_forward_before,
+            ip_forward_before: off(IP_FORWARD)?,
+            ip6_forward_before: match subnet_v6 {
+                Some(_) => off(IP6_FORWARD)?,
+                None => None,
+            },
             state_file: state_file.to_owned(),
         };
         save_state(state_file, &nat)?;
@@ -215,11 +273,27 @@ impl ExitNat {
         // Replace any same-named table atomically.
         let _ = run("nft", &["delete", "table", "inet", &table]);
         run_with_input("nft", &["-f", "-"], Some(&script))?;
-        write_file(Path::new(IP_FORWARD), "1\n")?;
-        if subnet_v6.is_some() {
-            write_file(Path::new(IP6_FORWARD), "1\n")?;
+        let forward = |path: &'static str, sysctl: &'static str| {
+            std::fs::write(path, "1\n").map_err(|source| SysError::Forwarding { path, sysctl, source })
+        };
+        let mut nat = nat;
+        let forwarding = match (&nat.ip_forward_before, &nat.ip6_forward_before) {
+            (Some(_), _) => forward(IP_FORWARD, "net.ipv4.ip_forward"),
+            _ => Ok(()),
         }
-        Ok(nat)
+        .and_then(|()| match &nat.ip6_forward_before {
+            Some(_) => forward(IP6_FORWARD, "net.ipv6.conf.all.forwarding"),
+            None => Ok(()),
+        });
+        match forwarding {
+            Ok(()) => Ok(nat),
+            Err(e) => {
+                nat.ip_forward_before = None;
+                nat.ip6_forward_before = None;
+                nat.teardown();
+                Err(e)
+            }
+        }
     }
 
     /// Removes the table and restores forwarding; safe to call twice.
@@ -230,8 +304,10 @@ impl ExitNat {
                 tracing::debug!("nft table {family} {} already gone: {e}", self.table);
             }
         }
-        if let Err(e) = write_file(Path::new(IP_FORWARD), &format!("{}\n", self.ip_forward_before)) {
-            tracing::warn!("restoring ip_forward: {e}");
+        if let Some(before) = &self.ip_forward_before {
+            if let Err(e) = write_file(Path::new(IP_FORWARD), &format!("{before}\n")) {
+                tracing::warn!("restoring ip_forward: {e}");
+            }
         }
         if let Some(before) = &self.ip6_forward_before {
             if let Err(e) = write_file(Path::new(IP6_FORWARD), &format!("{before}\n")) {
