@@ -2,7 +2,9 @@
 //! would: the packaged node serves as an exit in a testnet namespace the way
 //! its unit runs it, the packaged daemon carries the client's traffic the
 //! way its unit runs it, an upgrade keeps the node's identity and receipts,
-//! and removal and purge leave what Debian policy says.
+//! and removal and purge leave what Debian policy says. And the node's
+//! container image, built with podman, serves as an exit as an unprivileged
+//! user with only the capabilities it is given.
 //!
 //! The packages are what `scripts/package.sh` built into `target/deb/`
 //! (and a newer build of the same into `target/deb/upgrade/`). There is
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hopwire_e2e::*;
+use serde_json::Value;
 
 /// A uid from systemd's dynamic-user range, as `DynamicUser=yes` picks one.
 const NODE_UID: &str = "61933";
@@ -147,13 +150,11 @@ fn identity(tn: &Testnet) -> String {
     shown["identity"].as_str().expect("identity").to_owned()
 }
 
-/// Connects through the packaged exit (relays from the testnet) and
-/// downloads the test file byte-exact.
-fn download_through_packaged_exit(tn: &Testnet, exit_id: &str, tag: &str) {
-    let record = json(&node_cli(tn, &["show-record", "--json"]).ok())["record"]
-        .as_str()
-        .expect("record")
-        .to_owned();
+/// Connects through the exit whose `show-record --json` is `shown` (and the
+/// testnet's relays) and downloads the test file byte-exact.
+fn download_through(tn: &Testnet, shown: &Value, tag: &str) {
+    let record = shown["record"].as_str().expect("record").to_owned();
+    let exit_id = shown["identity"].as_str().expect("identity");
     let mut records: Vec<String> = tn.summary["nodes"]
         .as_array()
         .expect("nodes")
@@ -372,7 +373,7 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     let stranger = as_user("");
     assert!(!stranger.success(), "anyone else may not: {stranger}");
 
-    download_through_packaged_exit(&tn, &exit_id, "first");
+    download_through(&tn, &json(&node_cli(&tn, &["show-record", "--json"]).ok()), "first");
     tn.stop_exit("TERM");
     let earned = json(&node_cli(&tn, &["earnings", "--json"]).ok());
     let channels = earned["channels"].as_array().map(Vec::len).unwrap_or(0);
@@ -402,7 +403,7 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     assert_eq!(kept["earned"], earned["earned"], "receipts survive the upgrade: {kept}");
     start_packaged_exit(&mut tn, "packaged-exit-upgraded.log");
     assert_eq!(identity(&tn), exit_id, "same identity after the upgrade");
-    download_through_packaged_exit(&tn, &exit_id, "upgraded");
+    download_through(&tn, &json(&node_cli(&tn, &["show-record", "--json"]).ok()), "upgraded");
     tn.stop_exit("TERM");
     let resumed = json(&node_cli(&tn, &["earnings", "--json"]).ok());
     assert_eq!(
@@ -454,4 +455,199 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     }
     assert!(dpkg_status("hopwire-node").is_none_or(|(s, _)| s.starts_with("unknown") || s.contains("not-installed")));
     group_id("hopwire");
+}
+
+// ------------------------------------------------------------ container
+
+const IMAGE: &str = "localhost/hopwire-node:test";
+const BASE: &str = "localhost/hopwire-base:bookworm";
+const CONTAINER: &str = "hwk2-exit";
+
+/// `podman` as it runs in this sandbox: runc under cgroupfs, and ulimits
+/// no higher than the sandbox's own (raising them is refused here).
+fn podman(args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new("podman");
+    cmd.args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"]);
+    let limited = matches!(args.first(), Some(&"run") | Some(&"build"));
+    if let Some((first, rest)) = args.split_first() {
+        cmd.arg(first);
+        if limited {
+            cmd.args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"]);
+        }
+        cmd.args(rest);
+    }
+    run_timeout(&mut cmd, Duration::from_secs(600))
+}
+
+/// The stand-in for `debian:bookworm-slim` (no registry is reachable here):
+/// a minimal Debian 12 from mmdebstrap, imported once and kept.
+fn base_image() {
+    if podman(&["image", "exists", BASE]).success() {
+        return;
+    }
+    let tmp = TempDir::new("hwk2-rootfs");
+    let tar = tmp.path().join("rootfs.tar");
+    run_timeout(
+        std::process::Command::new("mmdebstrap")
+            .args(["--variant=minbase", "--quiet", "bookworm"])
+            .arg(&tar),
+        Duration::from_secs(600),
+    )
+    .ok();
+    podman(&["import", &tar.to_string_lossy(), BASE]).ok();
+}
+
+/// Removes the test's container however the test ends.
+struct Container;
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        podman(&["rm", "--force", "--time", "5", CONTAINER]);
+    }
+}
+
+#[test]
+fn the_node_image_serves_as_an_unprivileged_exit() {
+    require_root();
+    for tool in ["podman", "runc", "mmdebstrap"] {
+        require_tool(tool);
+    }
+    let debs = debian_dir();
+    deb(&debs, "hopwire-node");
+    base_image();
+    let containerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/container/Containerfile");
+    podman(&[
+        "build",
+        "--quiet",
+        "--build-arg",
+        &format!("BASE={BASE}"),
+        "--file",
+        &containerfile.to_string_lossy(),
+        "--tag",
+        IMAGE,
+        &debs.to_string_lossy(),
+    ])
+    .ok();
+    let uid = podman(&["run", "--rm", "--entrypoint", "id", IMAGE, "-u"]).ok();
+    let uid = uid.stdout.trim().to_owned();
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u != 0),
+        "the image's user is not root: {uid}"
+    );
+
+    let mut tn = Testnet::start("hwk2", 4);
+    let testnet_exit = tn.exit_config();
+    tn.stop_exit("TERM");
+    let exit_node = tn.node(tn.field(&["exit", "identity"]));
+    let public = format!("{}:4433", exit_node["addr"].as_str().expect("exit addr"));
+    let volume = TempDir::new("hwk2-volume");
+    run("chown", &[&format!("{uid}:{uid}"), &volume.path().to_string_lossy()]).ok();
+    let mount = format!("{}:/var/lib/hopwire-node", volume.path().display());
+    let init = podman(&[
+        "run",
+        "--rm",
+        "--volume",
+        &mount,
+        IMAGE,
+        "init",
+        "--dir",
+        "/var/lib/hopwire-node",
+        "--roles",
+        "exit",
+        "--public-address",
+        &public,
+    ])
+    .ok();
+    assert!(volume.path().join("identity.key").is_file(), "{init}");
+    // The operator's config: the testnet exit's (keys beside it, as init wrote).
+    let config = volume.path().join("node.toml");
+    fs::copy(&testnet_exit, &config).expect("copy config");
+    run("chown", &[&format!("{uid}:{uid}"), &config.to_string_lossy()]).ok();
+
+    // As its README says to run an exit, in the exit's network namespace
+    // (where forwarding is on, as --sysctl would set it).
+    ns_exec(
+        &tn.ns.exit,
+        "sysctl",
+        &["-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+    )
+    .ok();
+    let _container = Container;
+    podman(&[
+        "run",
+        "--detach",
+        "--name",
+        CONTAINER,
+        "--network",
+        &format!("ns:/run/netns/{}", tn.ns.exit),
+        "--cap-drop",
+        "all",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "NET_BIND_SERVICE",
+        "--device",
+        "/dev/net/tun",
+        "--volume",
+        &mount,
+        IMAGE,
+    ])
+    .ok();
+    poll_until("the container's node to serve", 60, Duration::from_millis(250), || {
+        let logs = podman(&["logs", CONTAINER]);
+        (logs.stdout + &logs.stderr)
+            .contains("node serving")
+            .then_some(())
+            .ok_or_else(|| podman(&["logs", CONTAINER]).to_string())
+    });
+    // Its process: the image's user, holding exactly the two capabilities.
+    let status = podman(&["exec", CONTAINER, "cat", "/proc/1/status"]).ok().stdout;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    assert_eq!(field("Uid:"), uid, "{status}");
+    assert_eq!(
+        u64::from_str_radix(&field("CapEff:"), 16).ok(),
+        Some((1 << 12) | (1 << 10)),
+        "CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only: {status}"
+    );
+
+    let shown = json(
+        &podman(&[
+            "exec",
+            CONTAINER,
+            "hopwire-node",
+            "show-record",
+            "--config",
+            "/var/lib/hopwire-node/node.toml",
+            "--json",
+        ])
+        .ok(),
+    );
+    download_through(&tn, &shown, "container");
+
+    // A reload through the container runtime, then a clean stop: the exit
+    // takes its TUN device and NAT table with it.
+    podman(&["kill", "--signal", "HUP", CONTAINER]).ok();
+    poll_until("the container's node to reload", 40, Duration::from_millis(250), || {
+        let logs = podman(&["logs", CONTAINER]);
+        (logs.stdout + &logs.stderr)
+            .contains("reloaded")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_owned())
+    });
+    podman(&["stop", "--time", "10", CONTAINER]).ok();
+    let exited = podman(&["inspect", "--format", "{{.State.ExitCode}}", CONTAINER]).ok();
+    assert_eq!(exited.stdout.trim(), "0", "{}", podman(&["logs", CONTAINER]));
+    let links = link_names(&tn.ns.exit);
+    assert!(
+        !links.iter().any(|l| l.starts_with("hwexit")),
+        "TUN device removed: {links:?}"
+    );
+    let nat = ns_exec(&tn.ns.exit, "nft", &["list", "tables"]).ok();
+    assert!(!nat.stdout.contains("hopwire_"), "NAT table removed: {nat}");
 }
