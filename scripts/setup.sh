@@ -13,9 +13,9 @@ PACKAGES=(
   imagemagick x11-utils
   # The mobile bindings' tests: pytest for Python, JNA for Kotlin on the JVM.
   python3-pytest libjna-java
-  # The Debian packages (lintian) and the node's container image (podman
+  # The Debian packages (lintian; strace for the units' system-call filter) and the node's container image (podman
   # on runc, a Debian root file system from mmdebstrap).
-  lintian podman runc mmdebstrap
+  lintian podman runc mmdebstrap strace
 )
 
 if [ "$(id -u)" -ne 0 ]; then

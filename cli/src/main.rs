@@ -47,15 +47,16 @@ enum Command {
         /// What survives a reboot: the wallet's key and channels, the guard, DHT peers.
         #[arg(long, env = "HOPWIRE_STATE_DIR", default_value = "/var/lib/hopwire")]
         state_dir: PathBuf,
-        /// DHT peers to join through (`/ip4/ADDR/tcp/PORT/p2p/PEER_ID`, repeatable).
-        #[arg(long)]
+        /// DHT peers to join through (`/ip4/ADDR/tcp/PORT/p2p/PEER_ID`, repeatable;
+        /// space-separated in the environment variable).
+        #[arg(long, env = "HOPWIRE_BOOTSTRAP", value_delimiter = ' ')]
         bootstrap: Vec<String>,
         /// The ledger to pay nodes on: an embedded ledger's service (`IP:PORT`) or a chain's
         /// contract (`eip155:CHAIN_ID:CONTRACT@http://IP:PORT`); without it only free nodes can be used.
-        #[arg(long)]
+        #[arg(long, env = "HOPWIRE_LEDGER")]
         ledger: Option<hopwire_net::ledger::LedgerAddr>,
         /// Each payment channel's deposit: this many MiB at the hop's price.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, env = "HOPWIRE_DEPOSIT_MIB", default_value_t = 1024)]
         deposit_mib: u64,
     },
     /// Show the wallet: ledger account, balance, and the channels opened to hops.

@@ -99,35 +99,33 @@ fn verify_unit(unit: &str) {
 /// The installed node, run in the exit's namespace as `hopwire-node.service`
 /// with its exit drop-in runs it: the dynamic user, no groups, only
 /// CAP_NET_ADMIN and CAP_NET_BIND_SERVICE (ambient, so `ip` and `nft` get
-/// them too), no new privileges.
-fn start_packaged_exit(tn: &mut Testnet, log: &str) {
+/// them too), no new privileges. Under `strace` into `trace`, when given.
+fn start_packaged_exit(tn: &mut Testnet, log: &str, trace: Option<&Path>) {
     let log = tn.dir.join(log);
     let caps = "+net_admin,+net_bind_service";
-    let bg = Background::start_in_ns(
-        "exit node",
-        &tn.ns.exit,
-        "setpriv",
-        &[
-            "--reuid",
-            NODE_UID,
-            "--regid",
-            NODE_UID,
-            "--clear-groups",
-            "--inh-caps",
-            caps,
-            "--ambient-caps",
-            caps,
-            "--bounding-set",
-            &format!("-all,{caps}"),
-            "--no-new-privs",
-            NODE,
-            "run",
-            "--config",
-            CONFIG,
-        ],
-        &log,
-        &[],
-    );
+    let trace = trace.map(|t| t.to_string_lossy().into_owned());
+    let traced: Vec<&str> = match &trace {
+        Some(t) => vec!["/usr/bin/strace", "-f", "-qq", "-o", t],
+        None => Vec::new(),
+    };
+    let bounding = format!("-all,{caps}");
+    let mut args = vec![
+        "--reuid",
+        NODE_UID,
+        "--regid",
+        NODE_UID,
+        "--clear-groups",
+        "--inh-caps",
+        caps,
+        "--ambient-caps",
+        caps,
+        "--bounding-set",
+        &bounding,
+        "--no-new-privs",
+    ];
+    args.extend(traced);
+    args.extend([NODE, "run", "--config", CONFIG]);
+    let bg = Background::start_in_ns("exit node", &tn.ns.exit, "setpriv", &args, &log, &[]);
     tn.extra_logs.push(log.clone());
     tn.extra.push(bg);
     poll_until("the packaged exit to serve", 60, Duration::from_millis(250), || {
@@ -137,6 +135,49 @@ fn start_packaged_exit(tn: &mut Testnet, log: &str) {
         let text = fs::read_to_string(&log).unwrap_or_default();
         text.contains("node serving").then_some(()).ok_or(text)
     });
+}
+
+/// The system calls `SystemCallFilter=` lines of the installed `unit` allow:
+/// the first line's groups and calls, less those of every `~` line.
+fn allowed_syscalls(unit: &str) -> std::collections::BTreeSet<String> {
+    fn resolve(item: &str, into: &mut std::collections::BTreeSet<String>) {
+        if !item.starts_with('@') {
+            into.insert(item.to_owned());
+            return;
+        }
+        let out = run("systemd-analyze", &["syscall-filter", item]).ok();
+        for line in out.stdout.lines().skip(1).map(str::trim) {
+            if !line.is_empty() && !line.starts_with('#') {
+                resolve(line, into);
+            }
+        }
+    }
+    let text = fs::read_to_string(unit).unwrap_or_else(|e| panic!("{unit}: {e}"));
+    let (mut allowed, mut denied) = (Default::default(), Default::default());
+    for value in text.lines().filter_map(|l| l.strip_prefix("SystemCallFilter=")) {
+        match value.strip_prefix('~') {
+            Some(deny) => deny.split_whitespace().for_each(|i| resolve(i, &mut denied)),
+            None => value.split_whitespace().for_each(|i| resolve(i, &mut allowed)),
+        }
+    }
+    assert!(!allowed.is_empty(), "{unit} has a system-call allow list");
+    allowed.difference(&denied).cloned().collect()
+}
+
+/// The system calls a `strace -f` log shows made.
+fn syscalls_made(trace: &Path) -> std::collections::BTreeSet<String> {
+    let text = fs::read_to_string(trace).unwrap_or_else(|e| panic!("{}: {e}", trace.display()));
+    text.lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, call)| call.trim_start()))
+        .filter_map(|call| call.split_once('(').map(|(name, _)| name))
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `hopwire-node ARGS` from the package, as root in the exit's namespace
@@ -188,7 +229,7 @@ fn download_through(tn: &Testnet, shown: &Value, tag: &str) {
 #[test]
 fn packages_install_serve_upgrade_remove_and_purge() {
     require_root();
-    for tool in ["dpkg", "setpriv", "systemd-analyze"] {
+    for tool in ["dpkg", "setpriv", "systemd-analyze", "strace"] {
         require_tool(tool);
     }
     let debs = debian_dir();
@@ -236,6 +277,11 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     ] {
         assert!(Path::new(file).is_file(), "{file} installed");
     }
+    let conffiles = run("dpkg-query", &["-W", "-f=${Conffiles}", "hopwire"]).ok();
+    assert!(
+        conffiles.stdout.contains("/etc/hopwire/daemon.env"),
+        "the daemon's settings are a conffile: {conffiles}"
+    );
     let hopwire_gid = group_id("hopwire");
 
     // The testnet, whose exit the packaged node replaces.
@@ -323,7 +369,10 @@ fn packages_install_serve_upgrade_remove_and_purge() {
                 .contains("the exit role needs CAP_NET_ADMIN and CAP_NET_BIND_SERVICE"),
         "{bare}"
     );
-    start_packaged_exit(&mut tn, "packaged-exit.log");
+    let trace = tn.dir.join("packaged-exit.strace");
+    fs::write(&trace, "").expect("trace file");
+    run("chown", &[NODE_UID, &trace.to_string_lossy()]).ok();
+    start_packaged_exit(&mut tn, "packaged-exit.log", Some(&trace));
     let exit_id = identity(&tn);
     let state = fs::metadata(STATE).expect("state");
     assert_eq!(
@@ -374,7 +423,22 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     assert!(!stranger.success(), "anyone else may not: {stranger}");
 
     download_through(&tn, &json(&node_cli(&tn, &["show-record", "--json"]).ok()), "first");
+    // The node itself gets SIGTERM (strace would detach and leave it running).
+    let node_pid = run("pgrep", &["-x", "-f", &format!("{NODE} run --config {CONFIG}")]).ok();
+    for pid in node_pid.stdout.split_whitespace().filter_map(|p| p.parse().ok()) {
+        kill_and_wait(pid, "TERM");
+    }
     tn.stop_exit("TERM");
+    // Every system call the exit (and the `ip` and `nft` it ran) made, from
+    // start to stop through a session, is one the unit's filter allows.
+    let made = syscalls_made(&trace);
+    let allowed = allowed_syscalls("/usr/lib/systemd/system/hopwire-node.service");
+    assert!(made.len() > 20, "the trace saw the node work: {made:?}");
+    let refused: Vec<&String> = made.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "the unit's SystemCallFilter would refuse {refused:?}"
+    );
     let earned = json(&node_cli(&tn, &["earnings", "--json"]).ok());
     let channels = earned["channels"].as_array().map(Vec::len).unwrap_or(0);
     assert!(
@@ -401,7 +465,7 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     assert!(fs::read_link(DROP_IN).is_ok(), "the exit drop-in survives the upgrade");
     let kept = json(&node_cli(&tn, &["earnings", "--json"]).ok());
     assert_eq!(kept["earned"], earned["earned"], "receipts survive the upgrade: {kept}");
-    start_packaged_exit(&mut tn, "packaged-exit-upgraded.log");
+    start_packaged_exit(&mut tn, "packaged-exit-upgraded.log", None);
     assert_eq!(identity(&tn), exit_id, "same identity after the upgrade");
     download_through(&tn, &json(&node_cli(&tn, &["show-record", "--json"]).ok()), "upgraded");
     tn.stop_exit("TERM");
@@ -431,6 +495,7 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     }
     for kept in [
         CONFIG,
+        "/etc/hopwire/daemon.env",
         "/var/lib/hopwire-node/identity.key",
         "/var/lib/hopwire-node/receipts",
     ] {
