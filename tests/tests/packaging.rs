@@ -262,10 +262,13 @@ fn packages_install_serve_upgrade_remove_and_purge() {
     ] {
         verify_unit(unit);
     }
-    let condition = run(
-        "systemd-analyze",
-        &["condition", "ConditionPathExists=/etc/hopwire/node.toml"],
-    );
+    // The node's unit would not start: its conditions, evaluated here.
+    let unit = fs::read_to_string("/usr/lib/systemd/system/hopwire-node.service").expect("unit");
+    let conditions: Vec<&str> = unit.lines().filter(|l| l.starts_with("Condition")).collect();
+    assert!(!conditions.is_empty(), "{unit}");
+    let mut args = vec!["condition"];
+    args.extend(&conditions);
+    let condition = run("systemd-analyze", &args);
     assert!(!condition.success(), "the node's unit would not start: {condition}");
     for file in [
         "/usr/bin/hopwire-gui",

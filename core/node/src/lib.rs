@@ -499,12 +499,12 @@ async fn reload_loop(node: Arc<Node>, mut reloads: mpsc::Receiver<()>, published
     while reloads.recv().await.is_some() {
         let running = published.borrow().clone();
         let path = running.path.clone();
-        let new = match tokio::task::spawn_blocking(move || crate::config::NodeConfig::load(&path)).await {
-            Ok(Ok(new)) => new,
-            Ok(Err(e)) => {
-                warn!("not reloading: {e}");
-                continue;
-            }
+        let loaded = tokio::task::spawn_blocking(move || crate::config::NodeConfig::load(&path))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let new = match loaded {
+            Ok(new) => new,
             Err(e) => {
                 warn!("not reloading: {e}");
                 continue;
