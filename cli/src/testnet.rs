@@ -417,13 +417,12 @@ impl Testnet {
         let dir_s = dir.to_string_lossy().into_owned();
         sys::run(
             &node.to_string_lossy(),
-            &["init", "--dir", &dir_s, "--public-address", &public],
+            &["init", "--dir", &dir_s, "--public-address", &public, "--roles", n.role],
         )?;
         let config = dir.join("node.toml");
         let text = std::fs::read_to_string(&config).context("reading a node.toml")?;
         let text = text
             .replace("dns_upstream = []", &format!("dns_upstream = [\"{INET_SERVER}:53\"]"))
-            .replace("roles = [\"relay\", \"exit\"]", &format!("roles = [\"{}\"]", n.role))
             .replace("region = \"ZZ\"", &format!("region = \"{}\"", n.region))
             .replace(
                 "price_per_gib = 0",

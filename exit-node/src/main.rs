@@ -43,7 +43,7 @@ enum Command {
         #[arg(long)]
         public_address: Option<std::net::SocketAddr>,
         /// What the node does: relay, exit, bootstrap (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "relay,exit", value_parser = role)]
+        #[arg(long, value_delimiter = ',', default_value = "relay,exit")]
         roles: Vec<Role>,
         /// Replace existing keys and config (the node gets a new identity).
         #[arg(long)]
@@ -184,15 +184,6 @@ fn run(cli: Cli) -> Result<()> {
             as_node_user(&config)?;
             settle(&config, min)
         }
-    }
-}
-
-fn role(s: &str) -> Result<Role, String> {
-    match s {
-        "relay" => Ok(Role::Relay),
-        "exit" => Ok(Role::Exit),
-        "bootstrap" => Ok(Role::Bootstrap),
-        _ => Err(format!("`{s}` is not a role: relay, exit or bootstrap")),
     }
 }
 

@@ -83,13 +83,32 @@ pub enum Role {
     Bootstrap,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Relay, Role::Exit, Role::Bootstrap];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
             Role::Relay => "relay",
             Role::Exit => "exit",
             Role::Bootstrap => "bootstrap",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a role: relay, exit or bootstrap"))
     }
 }
 
@@ -276,6 +295,14 @@ impl fmt::Display for VerifiedRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_read_back_as_they_are_written() {
+        for role in Role::ALL {
+            assert_eq!(role.to_string().parse::<Role>(), Ok(role));
+        }
+        assert!("Exit".parse::<Role>().is_err());
+    }
     use rand::SeedableRng;
 
     fn key(seed: u64) -> SigningKey {

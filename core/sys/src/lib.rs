@@ -232,7 +232,7 @@ impl ExitNat {
                 .map(|v| v.trim().to_owned())
                 .map(|v| (v != "1").then_some(v))
         };
-        let nat = ExitNat {
+        let mut nat = ExitNat {
             table: table.clone(),
             ip_forward_before: off(IP_FORWARD)?,
             ip6_forward_before: match subnet_v6 {
@@ -273,27 +273,33 @@ impl ExitNat {
         // Replace any same-named table atomically.
         let _ = run("nft", &["delete", "table", "inet", &table]);
         run_with_input("nft", &["-f", "-"], Some(&script))?;
-        let forward = |path: &'static str, sysctl: &'static str| {
-            std::fs::write(path, "1\n").map_err(|source| SysError::Forwarding { path, sysctl, source })
-        };
-        let mut nat = nat;
-        let forwarding = match (&nat.ip_forward_before, &nat.ip6_forward_before) {
-            (Some(_), _) => forward(IP_FORWARD, "net.ipv4.ip_forward"),
-            _ => Ok(()),
+        if let Err(e) = nat.turn_forwarding_on() {
+            nat.teardown();
+            return Err(e);
         }
-        .and_then(|()| match &nat.ip6_forward_before {
-            Some(_) => forward(IP6_FORWARD, "net.ipv6.conf.all.forwarding"),
-            None => Ok(()),
-        });
-        match forwarding {
-            Ok(()) => Ok(nat),
-            Err(e) => {
-                nat.ip_forward_before = None;
-                nat.ip6_forward_before = None;
-                nat.teardown();
-                Err(e)
+        Ok(nat)
+    }
+
+    /// Turns on the forwarding that was off; one it could not turn on was
+    /// not changed, so teardown leaves it alone.
+    fn turn_forwarding_on(&mut self) -> Result<(), SysError> {
+        let all = [
+            (&mut self.ip_forward_before, IP_FORWARD, "net.ipv4.ip_forward"),
+            (
+                &mut self.ip6_forward_before,
+                IP6_FORWARD,
+                "net.ipv6.conf.all.forwarding",
+            ),
+        ];
+        for (before, path, sysctl) in all {
+            if before.is_some() {
+                if let Err(source) = std::fs::write(path, "1\n") {
+                    *before = None;
+                    return Err(SysError::Forwarding { path, sysctl, source });
+                }
             }
         }
+        Ok(())
     }
 
     /// Removes the table and restores forwarding; safe to call twice.
