@@ -164,8 +164,9 @@ impl Platform for LinuxPlatform {
 
     fn establish(&self, config: &TunnelConfig) -> Result<Arc<TunDevice>, PlatformError> {
         let fail = |e: String| PlatformError::Establish(e);
-        let tun =
-            Arc::new(tun::create(&self.tun_name, config.inner_v4, 32, config.mtu).map_err(|e| fail(e.to_string()))?);
+        let tun = Arc::new(
+            tun::create(&self.tun_name, config.inner_v4, 32, config.mtu, true).map_err(|e| fail(e.to_string()))?,
+        );
         let first_hop = config.bypass.first().copied();
         let uplink = match first_hop.map(hopwire_sys::route_get) {
             Some(Ok(hop)) => hop.dev,

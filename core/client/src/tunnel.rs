@@ -23,7 +23,7 @@ use quinn::{RecvStream, SendStream};
 use rand::Rng;
 use tracing::{debug, warn};
 
-use crate::platform::{PacketIo, Platform, PlatformError};
+use crate::platform::{PacketIo, Platform, PlatformError, RecvBatch, SendBatch};
 use crate::wallet::{Wallet, WalletError};
 use hopwire_api::ErrorKind;
 use hopwire_net::framing;
@@ -696,81 +696,109 @@ impl CellSender {
     }
 }
 
-/// TUN → WireGuard → layers → QUIC.
+/// TUN → WireGuard → layers → QUIC, a read's batch at a time.
 async fn outbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
-    let mut packet = vec![0u8; BUF];
+    let mut batch = RecvBatch::default();
     let mut buf = vec![0u8; BUF];
     let room = sender.room();
     loop {
-        let n = match tun.recv(&mut packet).await {
-            Ok(n) => n,
-            Err(e) => {
-                debug!("reading TUN: {e}");
-                continue;
-            }
-        };
-        // IPv4 and IPv6 (the host routes IPv6 here only when the exit
-        // carries it, and the exit checks every source); nothing else.
-        if n == 0 || !matches!(packet[0] >> 4, 4 | 6) {
+        if let Err(e) = tun.recv_batch(&mut batch).await {
+            debug!("reading TUN: {e}");
             continue;
         }
-        let len = {
-            let mut wg = lock(&wg);
-            match wg.encapsulate(&packet[..n], &mut buf[room..BUF - 3 * TAG_LEN]) {
-                Ok(Some(d)) => d.len(),
-                Ok(None) => continue,
-                Err(e) => {
-                    debug!("encapsulating: {e:?}");
-                    continue;
-                }
+        for packet in batch.packets() {
+            // IPv4 and IPv6 (the host routes IPv6 here only when the exit
+            // carries it, and the exit checks every source); nothing else.
+            if packet.is_empty() || !matches!(packet[0] >> 4, 4 | 6) {
+                continue;
             }
-        };
-        let Some(cell) = sender.seal(&mut buf, len) else {
-            continue;
-        };
-        traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
-        // Waiting for room pushes back on the TUN device instead of dropping.
-        if sender.conn.send_datagram_wait(cell).await.is_err() {
-            return;
+            let len = {
+                let mut wg = lock(&wg);
+                match wg.encapsulate(packet, &mut buf[room..BUF - 3 * TAG_LEN]) {
+                    Ok(Some(d)) => d.len(),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        debug!("encapsulating: {e:?}");
+                        continue;
+                    }
+                }
+            };
+            let Some(cell) = sender.seal(&mut buf, len) else {
+                continue;
+            };
+            traffic.sent.fetch_add(packet.len() as u64, Ordering::Relaxed);
+            // Waiting for room pushes back on the TUN device instead of dropping.
+            if sender.conn.send_datagram_wait(cell).await.is_err() {
+                return;
+            }
         }
     }
 }
 
-/// QUIC → layers → WireGuard → TUN.
+/// QUIC → layers → WireGuard → TUN: every datagram already received goes
+/// into one batch (up to its size), written to the TUN device at once.
 async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
     let mut cell = vec![0u8; BUF];
-    let mut packet = vec![0u8; BUF];
+    let mut batch = SendBatch::default();
     let mut replies: Vec<Vec<u8>> = Vec::new();
     loop {
         let Ok(datagram) = sender.conn.read_datagram().await else {
             return;
         };
-        let n = datagram.len().min(BUF);
-        cell[..n].copy_from_slice(&datagram[..n]);
-        if split_cell(&cell[..n]).is_none_or(|(id, _)| id != sender.circuit_id) {
-            continue;
-        }
-        let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..n]);
-        let Ok(payload) = opened else { continue };
-        let payload = &cell[CIRCUIT_ID_LEN + payload.start..CIRCUIT_ID_LEN + payload.end];
-        sender.cells.add(payload.len());
-        let result = {
-            let mut wg = lock(&wg);
-            wg.decapsulate(None, payload, &mut packet, |d| replies.push(d.to_vec()))
-        };
-        for r in replies.drain(..) {
-            sender.send(&r);
-        }
-        match result {
-            Ok(Some(len)) => {
-                traffic.received.fetch_add(len as u64, Ordering::Relaxed);
-                if let Err(e) = tun.send(&packet[..len]).await {
-                    debug!("writing TUN: {e}");
-                }
+        let mut next = Some(datagram);
+        while let Some(datagram) = next.take() {
+            open_into(&sender, &wg, &datagram, &mut cell, &mut batch, &mut replies, &traffic);
+            for r in replies.drain(..) {
+                sender.send(&r);
             }
-            Ok(None) => {}
-            Err(e) => debug!("datagram from exit: {e:?}"),
+            if batch.is_full() {
+                break;
+            }
+            // Another one already here? Never wait for it.
+            next = tokio::select! {
+                biased;
+                d = sender.conn.read_datagram() => match d {
+                    Ok(d) => Some(d),
+                    Err(_) => break,
+                },
+                () = std::future::ready(()) => None,
+            };
         }
+        if let Err(e) = tun.send_batch(&mut batch).await {
+            debug!("writing TUN: {e}");
+        }
+    }
+}
+
+/// One datagram from the circuit: its layers removed, WireGuard opened
+/// into the next slot of `batch` (handshake answers into `replies`).
+fn open_into(
+    sender: &CellSender,
+    wg: &Mutex<WgSession>,
+    datagram: &[u8],
+    cell: &mut [u8],
+    batch: &mut SendBatch,
+    replies: &mut Vec<Vec<u8>>,
+    traffic: &Traffic,
+) {
+    let n = datagram.len().min(cell.len());
+    cell[..n].copy_from_slice(&datagram[..n]);
+    if split_cell(&cell[..n]).is_none_or(|(id, _)| id != sender.circuit_id) {
+        return;
+    }
+    let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..n]);
+    let Ok(payload) = opened else { return };
+    let payload = &cell[CIRCUIT_ID_LEN + payload.start..CIRCUIT_ID_LEN + payload.end];
+    sender.cells.add(payload.len());
+    let Some(slot) = batch.slot() else { return };
+    let result = lock(wg).decapsulate(None, payload, slot, |d| replies.push(d.to_vec()));
+    match result {
+        Ok(Some(len)) => {
+            traffic.received.fetch_add(len as u64, Ordering::Relaxed);
+            batch.commit(len);
+        }
+        Ok(None) => {}
+        Err(e) => debug!("datagram from exit: {e:?}"),
     }
 }
 

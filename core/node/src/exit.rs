@@ -332,7 +332,7 @@ impl Exit {
         )
         .map_err(ExitError::from)?;
         let dns = SocketAddr::from((gateway, 53));
-        let built = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU)
+        let built = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU, false)
             .map_err(|e| super::NodeError::from(ExitError::from(e)))
             .and_then(|tun| match v6 {
                 Some(t) => hopwire_sys::add_address(&cfg.exit.tun_name, t.twin(gateway).into(), 96)

@@ -24,12 +24,17 @@ pub struct TunError {
 }
 
 /// Creates and brings up a TUN device named `name` with `addr/prefix`.
-pub fn create(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u16) -> Result<TunDevice, TunError> {
+/// With `offload`, the kernel hands over TCP super-packets (GSO) and takes
+/// coalesced ones (GRO): every read and write then carries a virtio header,
+/// so the device must be read and written a batch at a time
+/// (`recv_multiple`, `send_multiple`).
+pub fn create(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u16, offload: bool) -> Result<TunDevice, TunError> {
     tun_rs::DeviceBuilder::new()
         .name(name)
         .ipv4(addr, prefix, None)
         .mtu(mtu)
         .tx_queue_len(TX_QUEUE_LEN)
+        .offload(offload)
         .build_async()
         .map_err(|source| TunError {
             name: name.to_owned(),
