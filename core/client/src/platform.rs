@@ -54,112 +54,7 @@ pub enum PlatformError {
     Recover(String),
 }
 
-/// Bytes before each packet of a [`SendBatch`]: a TUN device with offload
-/// writes its virtio header there.
-pub const BATCH_HEADROOM: usize = tun_rs::VIRTIO_NET_HDR_LEN;
-/// Most packets one batch holds.
-pub const BATCH_PACKETS: usize = tun_rs::IDEAL_BATCH_SIZE;
-/// Room for one packet of a batch: more than any tunnel MTU.
-pub const PACKET_MAX: usize = 4096;
-
-/// Packets the system sent into the tunnel, read in one go: with TUN
-/// offload, every segment of the TCP super-packet the kernel handed over.
-pub struct RecvBatch {
-    /// The raw read: the virtio header and the unsplit packet.
-    raw: Vec<u8>,
-    bufs: Vec<Vec<u8>>,
-    sizes: Vec<usize>,
-    count: usize,
-}
-
-impl Default for RecvBatch {
-    fn default() -> Self {
-        Self {
-            raw: vec![0; tun_rs::VIRTIO_NET_HDR_LEN + 65535],
-            bufs: vec![vec![0; PACKET_MAX]; BATCH_PACKETS],
-            sizes: vec![0; BATCH_PACKETS],
-            count: 0,
-        }
-    }
-}
-
-impl std::fmt::Debug for RecvBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecvBatch")
-            .field("count", &self.count)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RecvBatch {
-    /// The packets of the last read.
-    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.bufs
-            .iter()
-            .zip(&self.sizes)
-            .take(self.count)
-            .map(|(b, n)| &b[..*n])
-    }
-}
-
-/// Packets for the system, written in one go: with TUN offload, the
-/// segments of one TCP flow are coalesced into one super-packet (fewer
-/// writes, and the kernel's TCP acks fewer, larger packets).
-pub struct SendBatch {
-    /// Each: [`BATCH_HEADROOM`] bytes, then a packet.
-    bufs: Vec<Vec<u8>>,
-    count: usize,
-    gro: tun_rs::GROTable,
-}
-
-impl Default for SendBatch {
-    fn default() -> Self {
-        Self {
-            bufs: vec![vec![0; BATCH_HEADROOM + PACKET_MAX]; BATCH_PACKETS],
-            count: 0,
-            gro: tun_rs::GROTable::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for SendBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendBatch")
-            .field("count", &self.count)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SendBatch {
-    /// Where the next packet goes ([`PACKET_MAX`] bytes); `None` when the
-    /// batch is full. Keep it with [`SendBatch::commit`].
-    pub fn slot(&mut self) -> Option<&mut [u8]> {
-        let buf = self.bufs.get_mut(self.count)?;
-        // A coalescing write may have grown it, the last packet shrunk it.
-        buf.resize(BATCH_HEADROOM + PACKET_MAX, 0);
-        Some(&mut buf[BATCH_HEADROOM..])
-    }
-
-    /// Keeps the first `len` bytes written to the last [`SendBatch::slot`].
-    pub fn commit(&mut self, len: usize) {
-        if let Some(buf) = self.bufs.get_mut(self.count) {
-            buf.truncate(BATCH_HEADROOM + len.min(PACKET_MAX));
-            self.count += 1;
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.count == self.bufs.len()
-    }
-
-    fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.bufs[..self.count].iter().map(|b| &b[BATCH_HEADROOM..])
-    }
-}
+pub use hopwire_net::tun_batch::{RecvBatch, SendBatch};
 
 /// Packets in and out of the tunnel interface, a batch at a time.
 pub trait PacketIo: Send + Sync + 'static {
@@ -172,22 +67,11 @@ pub trait PacketIo: Send + Sync + 'static {
 
 impl PacketIo for tun_rs::AsyncDevice {
     async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        batch.count = 0;
-        let n = self
-            .recv_multiple(&mut batch.raw, &mut batch.bufs, &mut batch.sizes, 0)
-            .await?;
-        batch.count = n;
-        Ok(n)
+        batch.read(self).await
     }
 
     async fn send_batch(&self, batch: &mut SendBatch) -> io::Result<()> {
-        let count = std::mem::take(&mut batch.count);
-        if count == 0 {
-            return Ok(());
-        }
-        self.send_multiple(&mut batch.gro, &mut batch.bufs[..count], BATCH_HEADROOM)
-            .await
-            .map(drop)
+        batch.write(self).await
     }
 }
 
@@ -322,7 +206,6 @@ pub struct MemoryIo {
 
 impl PacketIo for MemoryIo {
     async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        batch.count = 0;
         let packet = self
             .from_system
             .lock()
@@ -330,22 +213,23 @@ impl PacketIo for MemoryIo {
             .recv()
             .await
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the test's end is gone"))?;
-        let n = packet.len().min(PACKET_MAX);
-        batch.bufs[0][..n].copy_from_slice(&packet[..n]);
-        batch.sizes[0] = n;
-        batch.count = 1;
+        batch.put(&packet);
         Ok(1)
     }
 
     async fn send_batch(&self, batch: &mut SendBatch) -> io::Result<()> {
-        for packet in batch.packets() {
-            self.to_system
-                .send(packet.to_vec())
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the test's end is gone"))?;
+        let sent = async {
+            for packet in batch.packets() {
+                self.to_system
+                    .send(packet.to_vec())
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the test's end is gone"))?;
+            }
+            Ok(())
         }
-        batch.count = 0;
-        Ok(())
+        .await;
+        batch.clear();
+        sent
     }
 }
 

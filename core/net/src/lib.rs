@@ -5,7 +5,8 @@
 //! TLS), [`framing`] (control messages on a stream), [`dht`] (discovery
 //! over Kademlia), [`ledger`] (the settlement trait, the embedded sled
 //! ledger and the client of the ledger service), [`store`] (receipts on
-//! disk), [`keys`] (key files), [`protect`] (the hook a client's sockets
+//! disk), [`keys`] (key files), [`tun_batch`] (packets to and from a TUN
+//! device a batch at a time, with offload), [`protect`] (the hook a client's sockets
 //! pass through to bypass its tunnel) and [`process`] (logging and
 //! signals for the binaries).
 //!
@@ -24,3 +25,4 @@ pub mod link;
 pub mod process;
 pub mod protect;
 pub mod store;
+pub mod tun_batch;

@@ -38,6 +38,7 @@ use super::{LinkId, Links};
 use crate::config::LoadedConfig;
 use hopwire_net::keys::NodeKeys;
 use hopwire_net::link::{self, LinkError};
+use hopwire_net::tun_batch::{RecvBatch, SendBatch};
 use hopwire_proto::onion::cell::MAX_HOPS;
 use hopwire_proto::onion::circuit::SharedHop;
 use hopwire_proto::packet;
@@ -111,27 +112,38 @@ enum Uplink {
 }
 
 impl Uplink {
-    async fn send(&self, packet: &[u8]) -> std::io::Result<()> {
+    /// Sends every packet of `batch` out and empties it.
+    async fn send_batch(&self, batch: &mut SendBatch) -> std::io::Result<()> {
         match self {
-            Uplink::Tun(tun) => tun.send(packet).await.map(drop),
-            Uplink::Memory { to_internet, .. } => to_internet
-                .send(packet.to_vec())
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the pretend internet is gone")),
+            Uplink::Tun(tun) => batch.write(tun).await,
+            Uplink::Memory { to_internet, .. } => {
+                let sent = async {
+                    for packet in batch.packets() {
+                        to_internet.send(packet.to_vec()).await.map_err(|_| {
+                            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the pretend internet is gone")
+                        })?;
+                    }
+                    Ok(())
+                }
+                .await;
+                batch.clear();
+                sent
+            }
         }
     }
 
-    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// Replaces `batch` with what came in next: with offload, every segment
+    /// of one super-packet.
+    async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
         match self {
-            Uplink::Tun(tun) => tun.recv(buf).await,
+            Uplink::Tun(tun) => batch.read(tun).await,
             Uplink::Memory { from_internet, .. } => {
                 let Some(packet) = from_internet.lock().await.recv().await else {
                     // The pretend internet is gone: nothing more comes in.
                     return std::future::pending().await;
                 };
-                let n = packet.len().min(buf.len());
-                buf[..n].copy_from_slice(&packet[..n]);
-                Ok(n)
+                batch.put(&packet);
+                Ok(1)
             }
         }
     }
@@ -332,7 +344,7 @@ impl Exit {
         )
         .map_err(ExitError::from)?;
         let dns = SocketAddr::from((gateway, 53));
-        let built = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU, false)
+        let built = tun::create(&cfg.exit.tun_name, gateway, pool.net().prefix_len(), EXIT_MTU, true)
             .map_err(|e| super::NodeError::from(ExitError::from(e)))
             .and_then(|tun| match v6 {
                 Some(t) => hopwire_sys::add_address(&cfg.exit.tun_name, t.twin(gateway).into(), 96)
@@ -556,38 +568,57 @@ impl Exit {
         });
     }
 
-    /// A WireGuard datagram that arrived on circuit `key`; `buf` is scratch
-    /// space for the decrypted packet.
-    pub async fn deliver(&self, key: (LinkId, u32), datagram: &[u8], buf: &mut [u8]) {
+    /// A WireGuard datagram that arrived on circuit `key`: the packet in
+    /// it, if allowed out, joins `batch` (write it with [`Exit::flush`]
+    /// before it is full).
+    pub fn deliver(&self, key: (LinkId, u32), datagram: &[u8], batch: &mut SendBatch) {
         let session = read(&self.by_circuit).get(&key).cloned();
         if let Some(session) = session {
-            self.handle_datagram(&session, datagram, buf).await;
+            self.handle_datagram(&session, datagram, batch);
         }
     }
 
-    /// Handles one WireGuard datagram from a session's client.
-    async fn handle_datagram(&self, session: &Session, datagram: &[u8], buf: &mut [u8]) {
+    /// Writes the packets [`Exit::deliver`] let out to the uplink.
+    pub async fn flush(&self, batch: &mut SendBatch) {
+        if let Err(e) = self.uplink.send_batch(batch).await {
+            debug!("writing to the uplink: {e}");
+        }
+    }
+
+    /// Handles one WireGuard datagram from a session's client: its packet
+    /// goes into `batch` if [`Exit::admit`] lets it out.
+    fn handle_datagram(&self, session: &Session, datagram: &[u8], batch: &mut SendBatch) {
+        let Some(slot) = batch.slot() else {
+            debug!("dropping a packet for the uplink: its batch is full");
+            return;
+        };
         let result = {
             let mut wg = lock(&session.wg);
-            wg.decapsulate(None, datagram, buf, |d| session.send(&self.links, d))
+            wg.decapsulate(None, datagram, slot, |d| session.send(&self.links, d))
         };
         match result {
-            Ok(Some(n)) => self.to_tun(session, &buf[..n]).await,
+            Ok(Some(n)) => {
+                if self.admit(session, &slot[..n]) {
+                    batch.commit(n);
+                }
+            }
             Ok(None) => {}
             Err(e) => debug!("datagram from session {}: {e:?}", session.inner),
         }
     }
 
-    /// Polices one decrypted packet and writes it to the TUN device.
-    async fn to_tun(&self, session: &Session, packet: &[u8]) {
-        let Some(info) = packet::parse(packet) else { return };
+    /// Polices one decrypted packet: whether it may go out to the uplink.
+    fn admit(&self, session: &Session, packet: &[u8]) -> bool {
+        let Some(info) = packet::parse(packet) else {
+            return false;
+        };
         let own = match info.src {
             IpAddr::V4(a) => a == session.inner,
             IpAddr::V6(a) => self.v6.is_some_and(|t| a == t.twin(session.inner)),
         };
         if !own {
             self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         // The gateway is the exit itself: the nftables input chain limits
         // what clients may reach there (DNS and ping).
@@ -602,12 +633,24 @@ impl Exit {
                 let mut buf = [0u8; 256];
                 session.send_packet(&self.links, &reply[..n], &mut buf);
             }
-            return;
+            return false;
         }
         session.bytes_in.fetch_add(packet.len() as u64, Ordering::Relaxed);
-        if let Err(e) = self.uplink.send(packet).await {
-            debug!("writing to the uplink: {e}");
+        true
+    }
+
+    /// One datagram from a stock WireGuard peer, from `from`.
+    fn handle_udp_datagram(&self, datagram: &[u8], from: SocketAddr, batch: &mut SendBatch) {
+        let session = match wg::receiver_index(datagram) {
+            Some(index) => self.udp_by_index.get(&index).cloned(),
+            None => wg::initiator_key(&self.wg_secret, datagram)
+                .and_then(|key| self.udp_by_key.get(key.as_bytes()).cloned()),
+        };
+        let Some(session) = session else { return };
+        if let SessionLink::Udp { endpoint, .. } = &*read(&session.link) {
+            *lock(endpoint) = Some(from);
         }
+        self.handle_datagram(&session, datagram, batch);
     }
 
     pub fn render_metrics(&self, m: &mut String) {
@@ -655,31 +698,31 @@ fn dns_upstreams(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, ExitError
     Ok(found)
 }
 
-/// Packets from the internet to clients: route by destination inner address.
+/// Packets from the internet to clients, a read's batch at a time: route
+/// by destination inner address.
 async fn tun_loop(exit: Arc<Exit>) {
-    let mut packet = vec![0u8; BUF];
+    let mut batch = RecvBatch::default();
     let mut out = vec![0u8; BUF];
     loop {
-        let n = match exit.uplink.recv(&mut packet).await {
-            Ok(n) => n,
-            Err(e) => {
-                warn!("reading the uplink: {e}");
-                continue;
-            }
-        };
-        let Some(info) = packet::parse(&packet[..n]) else {
+        if let Err(e) = exit.uplink.recv_batch(&mut batch).await {
+            warn!("reading the uplink: {e}");
             continue;
-        };
-        let dst = match info.dst {
-            IpAddr::V4(a) => a,
-            IpAddr::V6(a) => match exit.v6.and_then(|t| t.v4_of(a)) {
-                Some(a) => a,
-                None => continue,
-            },
-        };
-        let session = read(&exit.by_addr).get(&dst).cloned();
-        if let Some(session) = session {
-            session.send_packet(&exit.links, &packet[..n], &mut out);
+        }
+        for packet in batch.packets() {
+            let Some(info) = packet::parse(packet) else {
+                continue;
+            };
+            let dst = match info.dst {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(a) => match exit.v6.and_then(|t| t.v4_of(a)) {
+                    Some(a) => a,
+                    None => continue,
+                },
+            };
+            let session = read(&exit.by_addr).get(&dst).cloned();
+            if let Some(session) = session {
+                session.send_packet(&exit.links, packet, &mut out);
+            }
         }
     }
 }
@@ -696,28 +739,25 @@ async fn timer_loop(exit: Arc<Exit>) {
     }
 }
 
-/// Plain WireGuard over UDP for the peers listed in `node.toml`.
+/// Plain WireGuard over UDP for the peers listed in `node.toml`: every
+/// datagram already received goes out in one batch.
 async fn udp_loop(exit: Arc<Exit>, socket: Arc<UdpSocket>) {
     let mut datagram = vec![0u8; BUF];
-    let mut buf = vec![0u8; BUF];
+    let mut batch = SendBatch::default();
     loop {
-        let (n, from) = match socket.recv_from(&mut datagram).await {
-            Ok(r) => r,
-            Err(e) => {
-                debug!("WireGuard UDP socket: {e}");
-                continue;
+        let mut received = socket.recv_from(&mut datagram).await;
+        loop {
+            match received {
+                Ok((n, from)) => exit.handle_udp_datagram(&datagram[..n], from, &mut batch),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => debug!("WireGuard UDP socket: {e}"),
             }
-        };
-        let d = &datagram[..n];
-        let session = match wg::receiver_index(d) {
-            Some(index) => exit.udp_by_index.get(&index).cloned(),
-            None => wg::initiator_key(&exit.wg_secret, d).and_then(|key| exit.udp_by_key.get(key.as_bytes()).cloned()),
-        };
-        let Some(session) = session else { continue };
-        if let SessionLink::Udp { endpoint, .. } = &*read(&session.link) {
-            *lock(endpoint) = Some(from);
+            if batch.is_full() {
+                break;
+            }
+            received = socket.try_recv_from(&mut datagram);
         }
-        exit.handle_datagram(&session, d, &mut buf).await;
+        exit.flush(&mut batch).await;
     }
 }
 

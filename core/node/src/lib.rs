@@ -40,6 +40,7 @@ use hopwire_net::framing::{self, SetupError};
 use hopwire_net::keys::{self, KeyError, NodeKeys};
 use hopwire_net::ledger::{LazyLedger, LedgerAccess, LedgerAddr};
 use hopwire_net::link::{self, LinkError};
+use hopwire_net::tun_batch::SendBatch;
 use hopwire_proto::onion::cell::{BackwardMessage, ForwardMessage, LinkMessage};
 use hopwire_proto::onion::circuit::{CircuitTable, ControlAction, HopCircuit, Routed, SharedHop};
 use hopwire_proto::onion::handshake::ServerOnionskin;
@@ -612,39 +613,79 @@ impl Node {
         }
     }
 
-    /// Moves data cells that arrive on a link until it closes.
+    /// Moves data cells that arrive on a link until it closes. Every
+    /// datagram already received is handled before the exit's packets among
+    /// them are written out, in one batch.
     async fn read_cells(&self, link: LinkId, conn: &quinn::Connection) -> quinn::ConnectionError {
         let mut cell = vec![0u8; BUF];
         let mut out = vec![0u8; BUF];
+        let mut to_exit = self.exit.as_ref().map(|_| SendBatch::default());
         loop {
-            let datagram = match conn.read_datagram().await {
-                Ok(d) => d,
-                Err(e) => return e,
-            };
-            let now = Instant::now();
-            if !self.links.admit(link, now, datagram.len()) {
-                self.counters.peer_rate_limited.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let n = datagram.len().min(BUF);
-            cell[..n].copy_from_slice(&datagram[..n]);
-            let routed = read(&self.table).route(link, &mut cell[..n], &mut out, now);
-            match routed {
-                Routed::InPlace { link, range } => {
-                    self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
-                    self.links.send(link, &cell[range]);
-                }
-                Routed::Out { link, len } => {
-                    self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
-                    self.links.send(link, &out[..len]);
-                }
-                Routed::Deliver { circuit, payload } => {
-                    self.counters.cells_delivered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(exit) = &self.exit {
-                        exit.deliver(circuit, &cell[payload], &mut out).await;
+            let mut next = Some(conn.read_datagram().await);
+            while let Some(received) = next.take() {
+                let datagram = match received {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.flush_exit(to_exit.as_mut()).await;
+                        return e;
                     }
+                };
+                self.route_cell(link, &datagram, &mut cell, &mut out, to_exit.as_mut());
+                if to_exit.as_ref().is_some_and(SendBatch::is_full) {
+                    break;
                 }
-                Routed::Dropped => {}
+                // Another one already here? Never wait for it.
+                next = tokio::select! {
+                    biased;
+                    d = conn.read_datagram() => Some(d),
+                    () = std::future::ready(()) => None,
+                };
+            }
+            self.flush_exit(to_exit.as_mut()).await;
+        }
+    }
+
+    /// One data cell from `link`: relayed on, or its payload delivered to
+    /// the exit (into `to_exit`).
+    fn route_cell(
+        &self,
+        link: LinkId,
+        datagram: &[u8],
+        cell: &mut [u8],
+        out: &mut [u8],
+        to_exit: Option<&mut SendBatch>,
+    ) {
+        let now = Instant::now();
+        if !self.links.admit(link, now, datagram.len()) {
+            self.counters.peer_rate_limited.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let n = datagram.len().min(BUF);
+        cell[..n].copy_from_slice(&datagram[..n]);
+        let routed = read(&self.table).route(link, &mut cell[..n], out, now);
+        match routed {
+            Routed::InPlace { link, range } => {
+                self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
+                self.links.send(link, &cell[range]);
+            }
+            Routed::Out { link, len } => {
+                self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
+                self.links.send(link, &out[..len]);
+            }
+            Routed::Deliver { circuit, payload } => {
+                self.counters.cells_delivered.fetch_add(1, Ordering::Relaxed);
+                if let (Some(exit), Some(batch)) = (&self.exit, to_exit) {
+                    exit.deliver(circuit, &cell[payload], batch);
+                }
+            }
+            Routed::Dropped => {}
+        }
+    }
+
+    async fn flush_exit(&self, to_exit: Option<&mut SendBatch>) {
+        if let (Some(exit), Some(batch)) = (&self.exit, to_exit) {
+            if !batch.is_empty() {
+                exit.flush(batch).await;
             }
         }
     }
