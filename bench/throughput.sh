@@ -208,6 +208,13 @@ if (( USE_HOPWIRE )); then
     BIN_DIR="${HOPWIRE_BIN_DIR:-$REPO_DIR/target/$PROFILE}"
     BIN_SOURCE="$([[ -n "${HOPWIRE_BIN_DIR:-}" ]] && echo "from HOPWIRE_BIN_DIR" || echo "$PROFILE build")"
     HOPWIRE="$BIN_DIR/hopwire"
+    # Measure the source that is checked out, never binaries left from an
+    # older build (given binaries are taken as they are).
+    if [[ -z "${HOPWIRE_BIN_DIR:-}" ]]; then
+        log "building the $PROFILE binaries of this source"
+        (cd "$REPO_DIR" && cargo build --quiet $([[ $PROFILE == release ]] && echo --release) \
+            -p hopwire -p hopwire-node -p hopwire-bench --bins) || die "building the $PROFILE binaries failed"
+    fi
     for b in hopwire hopwire-node hopwire-bench; do
         [[ -x "$BIN_DIR/$b" ]] || die "$BIN_DIR/$b is missing: run 'cargo build --workspace --bins$([[ $PROFILE == release ]] && echo " --release")' in $REPO_DIR, set HOPWIRE_BIN_DIR, or use --no-hopwire"
     done
