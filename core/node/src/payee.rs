@@ -5,8 +5,11 @@
 //! ledger (payee is this node, payer is the signer, open, its deposit),
 //! then keeps the newest valid receipt in sled — flushed before the payment
 //! counts — and raises the circuit's allowance to what its session paid for
-//! plus the grace. Every chunk the node reports what it carried; the client
-//! pays for it and one chunk ahead. A circuit that stays past its allowance
+//! plus the grace. Every half chunk the node reports what it carried; the
+//! client pays for it and one chunk ahead. A busy circuit is looked at once
+//! per quarter chunk it carries (at most every [`BUSY_TICK`]), so a report
+//! leaves the client the time of at least a chunk and the grace to pay,
+//! however fast the circuit runs. A circuit that stays past its allowance
 //! for [`CUT_OFF_AFTER`] is destroyed: meanwhile it forwards nothing, but
 //! the control stream stays open so a late receipt still catches up.
 //!
@@ -34,9 +37,12 @@ use tracing::{info, warn};
 
 /// How long a circuit may stay past its allowance before it is destroyed.
 pub const CUT_OFF_AFTER: Duration = Duration::from_secs(3);
-/// How often a charging node looks at a busy circuit's usage: often enough
-/// that a fast circuit does not run through its grace between two looks.
+/// How often a charging node looks at a busy circuit's usage, at the
+/// least: a fast circuit is looked at once per quarter chunk it carries.
 pub const BUSY_TICK: Duration = Duration::from_millis(20);
+/// ... but not more often than this (a gigabit circuit with 4 MiB chunks
+/// is looked at every 8 ms).
+const FASTEST_TICK: Duration = Duration::from_millis(2);
 /// ... and at an idle one, so a thousand idle circuits cost little.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
@@ -91,9 +97,11 @@ pub struct CircuitPay {
     /// Refused bytes when the last payment came.
     refused_at_payment: u64,
     behind_since: Option<Instant>,
-    /// Carried bytes at the last look, and whether they had moved.
+    /// Carried bytes at the last look, and when that was.
     last_carried: u64,
-    busy: bool,
+    last_look: Option<Instant>,
+    /// Bytes per second between the last two looks; 0 when idle.
+    rate: u64,
 }
 
 /// A circuit's hold on its channel's slot; letting go frees the slot unless
@@ -117,13 +125,25 @@ impl Drop for SlotGuard {
 }
 
 impl CircuitPay {
-    /// When to look again: soon while traffic flows or payment is behind.
+    /// When to look again: soon while traffic flows or payment is behind,
+    /// and in time to report the next half chunk however fast it flows.
     pub fn next_tick(&self) -> Duration {
-        if self.busy || self.behind_since.is_some() {
-            BUSY_TICK
-        } else {
-            IDLE_TICK
-        }
+        look_again_after(self.quote.chunk_bytes, self.rate, self.behind_since.is_some())
+    }
+}
+
+/// How long until a circuit carrying `rate` bytes per second (0: idle) is
+/// looked at again: a quarter chunk at that rate, within
+/// [`FASTEST_TICK`]..[`BUSY_TICK`]; [`BUSY_TICK`] when idle but behind on
+/// payment, else [`IDLE_TICK`].
+fn look_again_after(chunk_bytes: u64, rate: u64, behind: bool) -> Duration {
+    if rate > 0 {
+        let quarter = chunk_bytes / 4;
+        Duration::from_secs_f64(quarter as f64 / rate as f64).clamp(FASTEST_TICK, BUSY_TICK)
+    } else if behind {
+        BUSY_TICK
+    } else {
+        IDLE_TICK
     }
 }
 
@@ -429,7 +449,8 @@ impl Payee {
             refused_at_payment: 0,
             behind_since: None,
             last_carried: 0,
-            busy: false,
+            last_look: None,
+            rate: 0,
         }
     }
 
@@ -555,8 +576,8 @@ impl Payee {
         })
     }
 
-    /// Called often: a usage report once a chunk has passed since the last,
-    /// or `Err` once the circuit has been past its allowance too long.
+    /// Called often: a usage report once half a chunk has passed since the
+    /// last, or `Err` once the circuit has been past its allowance too long.
     pub fn tick(
         &self,
         circuit: &mut CircuitPay,
@@ -564,8 +585,17 @@ impl Payee {
         now: Instant,
     ) -> Result<Option<BackwardMessage>, PayeeError> {
         let meter = lock(hop).meter;
-        circuit.busy = meter.carried != circuit.last_carried;
+        let moved = meter.carried.saturating_sub(circuit.last_carried);
+        let elapsed = circuit
+            .last_look
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        circuit.rate = if elapsed.is_zero() {
+            u64::from(moved > 0)
+        } else {
+            (moved as f64 / elapsed.as_secs_f64()) as u64
+        };
         circuit.last_carried = meter.carried;
+        circuit.last_look = Some(now);
         if meter.refused > circuit.refused_at_payment {
             let since = *circuit.behind_since.get_or_insert(now);
             if now.duration_since(since) > CUT_OFF_AFTER {
@@ -575,11 +605,33 @@ impl Payee {
                 });
             }
         }
-        if meter.carried >= circuit.last_report.saturating_add(circuit.quote.chunk_bytes) {
+        if meter.carried >= circuit.last_report.saturating_add(circuit.quote.chunk_bytes / 2) {
             circuit.last_report = meter.carried;
             let carried = meter.carried.saturating_mul(self.inflate);
             return Ok(Some(BackwardMessage::Usage { carried }));
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fast_circuit_is_looked_at_once_per_quarter_chunk() {
+        const CHUNK: u64 = 4 << 20;
+        // 1 Gbit/s: a quarter chunk (1 MiB) passes in about 8.4 ms.
+        let gigabit = look_again_after(CHUNK, 125_000_000, false);
+        assert!(
+            gigabit > Duration::from_millis(8) && gigabit < Duration::from_millis(9),
+            "{gigabit:?}"
+        );
+        // Faster: never more often than FASTEST_TICK.
+        assert_eq!(look_again_after(CHUNK, 10_000_000_000, false), FASTEST_TICK);
+        // Slow, idle but behind, idle.
+        assert_eq!(look_again_after(CHUNK, 1_000_000, false), BUSY_TICK);
+        assert_eq!(look_again_after(CHUNK, 0, true), BUSY_TICK);
+        assert_eq!(look_again_after(CHUNK, 0, false), IDLE_TICK);
     }
 }
