@@ -378,6 +378,9 @@ start_testnet() { # start_testnet free|paid
     # Enough nodes for circuits of up to 3 hops with a choice of each hop.
     local args=(testnet --keep --json --prefix "$pfx" --hops 3 --relays 4 --exits 2)
     if [[ $tn == free ]]; then args+=(--free); else args+=(--client-funds "$CLIENT_FUNDS"); fi
+    # The nodes' per-circuit and per-neighbour limits (1 and 2 Gbit/s by
+    # default) would otherwise be what a fast circuit measures.
+    args+=(--no-rate-limits)
     [[ -n "$SIZE_MB" ]] && args+=(--size-mb "$SIZE_MB")
     TESTNETS_UP+=("$pfx")
     local t0=$SECONDS

@@ -96,6 +96,11 @@ pub struct Args {
     /// Every node charges nothing (payments off), e.g. to measure their cost.
     #[arg(long)]
     free: bool,
+    /// Nodes limit no circuit and no neighbour (`circuit_rate_mbit` and
+    /// `peer_rate_mbit` 0), so a benchmark measures the software, not the
+    /// defaults of 1 and 2 Gbit/s.
+    #[arg(long)]
+    no_rate_limits: bool,
     /// What the hops are paid on: the embedded ledger, or a local EVM chain
     /// (anvil) with the payment-channel contract.
     #[arg(long, value_enum, default_value_t = LedgerKind::Embedded)]
@@ -191,6 +196,8 @@ struct Testnet {
     children: Vec<Child>,
     /// Nodes charge nothing.
     free: bool,
+    /// Nodes limit no circuit and no neighbour.
+    no_rate_limits: bool,
     /// What nodes are paid on (`pay.ledger`), once it runs.
     ledger: String,
 }
@@ -232,6 +239,7 @@ pub async fn run(args: Args) -> Result<i32> {
         bin_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
         children: Vec::new(),
         free: args.free,
+        no_rate_limits: args.no_rate_limits,
         ledger: LEDGER.to_owned(),
     };
     if args.down {
@@ -449,6 +457,12 @@ impl Testnet {
         let text = match bootstrap {
             Some(b) => text.replace("\nbootstrap = []\n", &format!("\nbootstrap = [\"{b}\"]\n")),
             None => text,
+        };
+        let text = if self.no_rate_limits {
+            text.replace("\ncircuit_rate_mbit = 1000\n", "\ncircuit_rate_mbit = 0\n")
+                .replace("\npeer_rate_mbit = 2000\n", "\npeer_rate_mbit = 0\n")
+        } else {
+            text
         };
         std::fs::write(&config, text).context("writing a node.toml")?;
         let config_s = config.to_string_lossy().into_owned();
