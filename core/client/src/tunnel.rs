@@ -754,14 +754,10 @@ async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<W
             if batch.is_full() {
                 break;
             }
-            // Another one already here? Never wait for it.
-            next = tokio::select! {
-                biased;
-                d = sender.conn.read_datagram() => match d {
-                    Ok(d) => Some(d),
-                    Err(_) => break,
-                },
-                () = std::future::ready(()) => None,
+            next = match link::datagram_if_ready(&sender.conn).await {
+                Some(Ok(d)) => Some(d),
+                Some(Err(_)) => break,
+                None => None,
             };
         }
         if let Err(e) = tun.send_batch(&mut batch).await {

@@ -111,6 +111,17 @@ fn ack_frequency() -> quinn::AckFrequencyConfig {
 /// Ack-eliciting packets a peer may receive before it must ACK.
 const ACK_EVERY: u32 = 8;
 
+/// The next datagram on `conn` if one has already arrived; `None` without
+/// waiting otherwise. Loops that handle datagrams a batch at a time drain
+/// with it.
+pub async fn datagram_if_ready(conn: &quinn::Connection) -> Option<Result<bytes::Bytes, quinn::ConnectionError>> {
+    tokio::select! {
+        biased;
+        d = conn.read_datagram() => Some(d),
+        () = std::future::ready(()) => None,
+    }
+}
+
 /// Server side: a self-signed certificate over the node's identity key.
 pub fn server_config(identity: &SigningKey) -> Result<quinn::ServerConfig, LinkError> {
     let mut pkcs8 = PKCS8_ED25519_PREFIX.to_vec();

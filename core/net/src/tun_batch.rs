@@ -7,10 +7,11 @@
 //! Without offload both work a packet at a time. The client's tunnel and
 //! the exit use the same two types; a host without a device (tests, the
 //! exit's in-memory uplink) fills and drains them with
-//! [`RecvBatch::put`] and [`SendBatch::packets`].
+//! [`RecvBatch::put`] and [`SendBatch::forward`].
 
 use std::io;
 
+use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
 
 /// Bytes before each packet of a [`SendBatch`]: a device with offload
@@ -141,6 +142,21 @@ impl SendBatch {
     /// Empties the batch without writing it.
     pub fn clear(&mut self) {
         self.count = 0;
+    }
+
+    /// Sends every packet, as its own `Vec`, to `to` (an in-memory end
+    /// standing in for a device) and empties the batch; `false` when `to`'s
+    /// receiver is gone.
+    pub async fn forward(&mut self, to: &mpsc::Sender<Vec<u8>>) -> bool {
+        let mut open = true;
+        for packet in self.packets() {
+            if to.send(packet.to_vec()).await.is_err() {
+                open = false;
+                break;
+            }
+        }
+        self.clear();
+        open
     }
 
     /// Gives every packet to `device` and empties the batch (also when the

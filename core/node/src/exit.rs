@@ -117,17 +117,14 @@ impl Uplink {
         match self {
             Uplink::Tun(tun) => batch.write(tun).await,
             Uplink::Memory { to_internet, .. } => {
-                let sent = async {
-                    for packet in batch.packets() {
-                        to_internet.send(packet.to_vec()).await.map_err(|_| {
-                            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the pretend internet is gone")
-                        })?;
-                    }
+                if batch.forward(to_internet).await {
                     Ok(())
+                } else {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "the pretend internet is gone",
+                    ))
                 }
-                .await;
-                batch.clear();
-                sent
             }
         }
     }
@@ -708,6 +705,9 @@ async fn tun_loop(exit: Arc<Exit>) {
             warn!("reading the uplink: {e}");
             continue;
         }
+        // One look-up table read for the whole batch (sending never takes
+        // it, so a session opening meanwhile waits only for this batch).
+        let by_addr = read(&exit.by_addr);
         for packet in batch.packets() {
             let Some(info) = packet::parse(packet) else {
                 continue;
@@ -719,8 +719,7 @@ async fn tun_loop(exit: Arc<Exit>) {
                     None => continue,
                 },
             };
-            let session = read(&exit.by_addr).get(&dst).cloned();
-            if let Some(session) = session {
+            if let Some(session) = by_addr.get(&dst) {
                 session.send_packet(&exit.links, packet, &mut out);
             }
         }

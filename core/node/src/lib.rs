@@ -634,12 +634,7 @@ impl Node {
                 if to_exit.as_ref().is_some_and(SendBatch::is_full) {
                     break;
                 }
-                // Another one already here? Never wait for it.
-                next = tokio::select! {
-                    biased;
-                    d = conn.read_datagram() => Some(d),
-                    () = std::future::ready(()) => None,
-                };
+                next = link::datagram_if_ready(conn).await;
             }
             self.flush_exit(to_exit.as_mut()).await;
         }
@@ -684,9 +679,7 @@ impl Node {
 
     async fn flush_exit(&self, to_exit: Option<&mut SendBatch>) {
         if let (Some(exit), Some(batch)) = (&self.exit, to_exit) {
-            if !batch.is_empty() {
-                exit.flush(batch).await;
-            }
+            exit.flush(batch).await;
         }
     }
 

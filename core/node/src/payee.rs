@@ -99,7 +99,7 @@ pub struct CircuitPay {
     behind_since: Option<Instant>,
     /// Carried bytes at the last look, and when that was.
     last_carried: u64,
-    last_look: Option<Instant>,
+    last_look: Instant,
     /// Bytes per second between the last two looks; 0 when idle.
     rate: u64,
 }
@@ -449,7 +449,7 @@ impl Payee {
             refused_at_payment: 0,
             behind_since: None,
             last_carried: 0,
-            last_look: None,
+            last_look: Instant::now(),
             rate: 0,
         }
     }
@@ -586,16 +586,13 @@ impl Payee {
     ) -> Result<Option<BackwardMessage>, PayeeError> {
         let meter = lock(hop).meter;
         let moved = meter.carried.saturating_sub(circuit.last_carried);
-        let elapsed = circuit
-            .last_look
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        circuit.rate = if elapsed.is_zero() {
-            u64::from(moved > 0)
-        } else {
-            (moved as f64 / elapsed.as_secs_f64()) as u64
-        };
+        // At least a millisecond: two looks at the same instant would divide by zero.
+        let elapsed = now
+            .saturating_duration_since(circuit.last_look)
+            .max(Duration::from_millis(1));
+        circuit.rate = (moved as f64 / elapsed.as_secs_f64()) as u64;
         circuit.last_carried = meter.carried;
-        circuit.last_look = Some(now);
+        circuit.last_look = now;
         if meter.refused > circuit.refused_at_payment {
             let since = *circuit.behind_since.get_or_insert(now);
             if now.duration_since(since) > CUT_OFF_AFTER {
