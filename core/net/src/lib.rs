@@ -2,7 +2,8 @@
 //!
 //! What it does: owns sockets, files and tasks for the protocols of
 //! `hopwire_proto`: [`link`] (QUIC links between hops, identity-bound
-//! TLS), [`framing`] (control messages on a stream), [`dht`] (discovery
+//! TLS), [`cellpath`] (data cells between nodes beside their QUIC
+//! link), [`framing`] (control messages on a stream), [`dht`] (discovery
 //! over Kademlia), [`ledger`] (the settlement trait, the embedded sled
 //! ledger and the client of the ledger service), [`store`] (receipts on
 //! disk), [`keys`] (key files), [`tun_batch`] (packets to and from a TUN
@@ -17,6 +18,7 @@
 //! May depend on: `hopwire_proto`. May not depend on: `hopwire_client`,
 //! `hopwire_node_runtime`, `hopwire_sys`, `hopwire_api`.
 
+pub mod cellpath;
 pub mod dht;
 pub mod framing;
 pub mod keys;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 
+use crate::cellpath::{self, CellSocket};
 use hopwire_proto::onion::circuit::cell_overhead;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -136,7 +137,8 @@ pub fn server_config(identity: &SigningKey) -> Result<quinn::ServerConfig, LinkE
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(key_der))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // A node that offers the cell path gets it (the server's order decides).
+    tls.alpn_protocols = vec![cellpath::ALPN_CELLS.to_vec(), ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| LinkError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -146,6 +148,16 @@ pub fn server_config(identity: &SigningKey) -> Result<quinn::ServerConfig, LinkE
 
 /// Client side: accept exactly the node whose identity key is `expected`.
 pub fn client_config(expected: [u8; 32]) -> Result<quinn::ClientConfig, LinkError> {
+    client_config_offering(expected, &[ALPN])
+}
+
+/// A node's side of a link it opens to another node: as [`client_config`],
+/// and offering the [cell path](cellpath).
+pub fn node_client_config(expected: [u8; 32]) -> Result<quinn::ClientConfig, LinkError> {
+    client_config_offering(expected, &[cellpath::ALPN_CELLS, ALPN])
+}
+
+fn client_config_offering(expected: [u8; 32], alpns: &[&[u8]]) -> Result<quinn::ClientConfig, LinkError> {
     let provider = provider();
     let verifier = IdentityVerifier {
         expected,
@@ -156,7 +168,7 @@ pub fn client_config(expected: [u8; 32]) -> Result<quinn::ClientConfig, LinkErro
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     let quic = QuicClientConfig::try_from(tls).map_err(|e| LinkError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));
@@ -178,8 +190,34 @@ pub fn endpoint_on(
         source,
     })?;
     let runtime = quinn::default_runtime().ok_or_else(|| LinkError::Quic("no async runtime".into()))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
-        .map_err(|source| LinkError::Bind { addr, source })
+    quinn::Endpoint::new(endpoint_config(), server, socket, runtime).map_err(|source| LinkError::Bind { addr, source })
+}
+
+/// A node's endpoint: its socket also carries the [cell path](cellpath),
+/// returned beside it.
+pub fn node_endpoint(
+    addr: SocketAddr,
+    server: quinn::ServerConfig,
+) -> Result<(quinn::Endpoint, Arc<CellSocket>), LinkError> {
+    let bind = |source| LinkError::Bind { addr, source };
+    let socket = Arc::new(CellSocket::new(bind_udp(addr)?).map_err(bind)?);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(),
+        Some(server),
+        socket.clone(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind)?;
+    Ok((endpoint, socket))
+}
+
+/// Endpoints never grease QUIC's fixed bit (RFC 9287): every QUIC packet a
+/// node receives then has bit 0x40 of its first byte set, which is what
+/// tells it from a cell packet.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config.grease_quic_bit(false);
+    config
 }
 
 /// Binds a UDP socket with a few MB of kernel buffer each way.

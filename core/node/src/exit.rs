@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::{LinkId, Links};
 use crate::config::LoadedConfig;
+use hopwire_net::cellpath::CellOut;
 use hopwire_net::keys::NodeKeys;
 use hopwire_net::link::{self, LinkError};
 use hopwire_net::tun_batch::{RecvBatch, SendBatch};
@@ -216,14 +217,18 @@ impl Session {
         }
     }
 
-    /// Sends one WireGuard datagram to the client.
-    fn send(&self, links: &Links, datagram: &[u8]) {
+    /// Sends one WireGuard datagram to the client: at once, or with `queue`
+    /// into a batch the caller flushes ([`Links::queue`]).
+    fn send(&self, links: &Links, datagram: &[u8], queue: Option<&mut CellOut>) {
         match &*read(&self.link) {
             SessionLink::Circuit { hop, .. } => {
                 let mut cell = [0u8; 2048];
                 let sealed = lock(hop).seal_payload(datagram, &mut cell);
                 if let Ok((link, len)) = sealed {
-                    links.send(link, &cell[..len]);
+                    match queue {
+                        Some(out) => links.queue(link, &cell[..len], out),
+                        None => links.send(link, &cell[..len]),
+                    }
                 }
             }
             SessionLink::Detached => {}
@@ -235,12 +240,12 @@ impl Session {
         }
     }
 
-    /// Encrypts one packet for the client and sends it.
-    fn send_packet(&self, links: &Links, packet: &[u8], buf: &mut [u8]) {
+    /// Encrypts one packet for the client and sends it (see [`Session::send`]).
+    fn send_packet(&self, links: &Links, packet: &[u8], buf: &mut [u8], queue: Option<&mut CellOut>) {
         self.bytes_out.fetch_add(packet.len() as u64, Ordering::Relaxed);
         let mut wg = lock(&self.wg);
         match wg.encapsulate(packet, buf) {
-            Ok(Some(d)) => self.send(links, d),
+            Ok(Some(d)) => self.send(links, d, queue),
             Ok(None) => {}
             Err(e) => debug!("encapsulating for {}: {e:?}", self.inner),
         }
@@ -249,7 +254,7 @@ impl Session {
     fn tick(&self, links: &Links, buf: &mut [u8]) {
         let mut wg = lock(&self.wg);
         if let Ok(Some(d)) = wg.tick(buf) {
-            self.send(links, d);
+            self.send(links, d, None);
         }
     }
 
@@ -582,6 +587,29 @@ impl Exit {
         }
     }
 
+    /// Encrypts each packet of `batch` for the session its destination
+    /// belongs to; the cells wait in `cells`.
+    fn route_to_sessions(&self, batch: &RecvBatch, buf: &mut [u8], cells: &mut CellOut) {
+        // One look-up table read for the whole batch (sending never takes
+        // it, so a session opening meanwhile waits only for this batch).
+        let by_addr = read(&self.by_addr);
+        for packet in batch.packets() {
+            let Some(info) = packet::parse(packet) else {
+                continue;
+            };
+            let dst = match info.dst {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(a) => match self.v6.and_then(|t| t.v4_of(a)) {
+                    Some(a) => a,
+                    None => continue,
+                },
+            };
+            if let Some(session) = by_addr.get(&dst) {
+                session.send_packet(&self.links, packet, buf, Some(&mut *cells));
+            }
+        }
+    }
+
     /// Handles one WireGuard datagram from a session's client: its packet
     /// goes into `batch` if [`Exit::admit`] lets it out.
     fn handle_datagram(&self, session: &Session, datagram: &[u8], batch: &mut SendBatch) {
@@ -591,7 +619,7 @@ impl Exit {
         };
         let result = {
             let mut wg = lock(&session.wg);
-            wg.decapsulate(None, datagram, slot, |d| session.send(&self.links, d))
+            wg.decapsulate(None, datagram, slot, |d| session.send(&self.links, d, None))
         };
         match result {
             Ok(Some(n)) => {
@@ -628,7 +656,7 @@ impl Exit {
             let mut reply = [0u8; 128];
             if let Some(n) = packet::icmp_prohibited(self.gateway, packet, &mut reply) {
                 let mut buf = [0u8; 256];
-                session.send_packet(&self.links, &reply[..n], &mut buf);
+                session.send_packet(&self.links, &reply[..n], &mut buf, None);
             }
             return false;
         }
@@ -700,29 +728,14 @@ fn dns_upstreams(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, ExitError
 async fn tun_loop(exit: Arc<Exit>) {
     let mut batch = RecvBatch::default();
     let mut out = vec![0u8; BUF];
+    let mut cells = CellOut::default();
     loop {
         if let Err(e) = exit.uplink.recv_batch(&mut batch).await {
             warn!("reading the uplink: {e}");
             continue;
         }
-        // One look-up table read for the whole batch (sending never takes
-        // it, so a session opening meanwhile waits only for this batch).
-        let by_addr = read(&exit.by_addr);
-        for packet in batch.packets() {
-            let Some(info) = packet::parse(packet) else {
-                continue;
-            };
-            let dst = match info.dst {
-                IpAddr::V4(a) => a,
-                IpAddr::V6(a) => match exit.v6.and_then(|t| t.v4_of(a)) {
-                    Some(a) => a,
-                    None => continue,
-                },
-            };
-            if let Some(session) = by_addr.get(&dst) {
-                session.send_packet(&exit.links, packet, &mut out);
-            }
-        }
+        exit.route_to_sessions(&batch, &mut out, &mut cells);
+        exit.links.flush(&mut cells).await;
     }
 }
 

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::LoadedConfig;
+use hopwire_net::cellpath::{CellBatch, CellLink, CellOut, CellSocket};
 use hopwire_net::dht::{Dht, DhtConfig, Transport};
 use hopwire_net::framing::{self, SetupError};
 use hopwire_net::keys::{self, KeyError, NodeKeys};
@@ -87,35 +88,88 @@ pub enum NodeError {
 
 struct LinkState {
     conn: quinn::Connection,
+    /// Set when the neighbour is a node that speaks the cell path.
+    cells: Option<Arc<CellLink>>,
     /// What the neighbour may send through us.
     limit: Mutex<TokenBucket>,
 }
 
 /// The node's links, shared with the exit part so it can send cells back.
+/// A cell leaves on the link's cell path when it has one, else as a QUIC
+/// datagram.
 #[derive(Default)]
 pub struct Links {
     links: RwLock<HashMap<LinkId, LinkState>>,
     next: AtomicUsize,
+    /// The node's socket, which carries the cell paths too (none in tests
+    /// that build an exit alone).
+    socket: Option<Arc<CellSocket>>,
 }
 
 impl Links {
-    fn add(&self, conn: quinn::Connection, limit: TokenBucket) -> LinkId {
+    fn new(socket: Arc<CellSocket>) -> Self {
+        Self {
+            socket: Some(socket),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a link; `opened` is true when this node opened it. A link to a
+    /// node that speaks the cell path gets one, unless its index is taken
+    /// (about one in a billion): then the link is closed, so a new one is
+    /// made with other keys.
+    fn add(&self, conn: quinn::Connection, opened: bool, limit: TokenBucket) -> LinkId {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cells = self.socket.as_ref().and_then(|socket| {
+            let link = Arc::new(CellLink::of(&conn, opened, id)?);
+            if socket.register(&link) {
+                Some(link)
+            } else {
+                conn.close(0u32.into(), b"cell path index taken; connect again");
+                None
+            }
+        });
         write(&self.links).insert(
             id,
             LinkState {
                 conn,
+                cells,
                 limit: Mutex::new(limit),
             },
         );
         id
     }
 
-    /// Sends a data cell on a link; a full or gone link drops it, as a
-    /// router would.
+    /// Sends a data cell on a link at once; a full or gone link drops it, as
+    /// a router would. Loops that carry many cells use [`Links::queue`].
     pub fn send(&self, link: LinkId, cell: &[u8]) {
         if let Some(l) = read(&self.links).get(&link) {
-            let _ = l.conn.send_datagram(Bytes::copy_from_slice(cell));
+            match (&l.cells, &self.socket) {
+                (Some(path), Some(socket)) => socket.send_now(path, cell),
+                _ => {
+                    let _ = l.conn.send_datagram(Bytes::copy_from_slice(cell));
+                }
+            }
+        }
+    }
+
+    /// As [`Links::send`], but a cell for a cell path waits in `out` for
+    /// [`Links::flush`], which sends it with the others for its neighbour.
+    pub fn queue(&self, link: LinkId, cell: &[u8], out: &mut CellOut) {
+        if let Some(l) = read(&self.links).get(&link) {
+            match (&l.cells, &self.socket) {
+                (Some(path), Some(socket)) => out.push(socket, path, cell),
+                _ => {
+                    let _ = l.conn.send_datagram(Bytes::copy_from_slice(cell));
+                }
+            }
+        }
+    }
+
+    /// Sends what [`Links::queue`] put in `out`.
+    pub async fn flush(&self, out: &mut CellOut) {
+        if let (Some(socket), false) = (&self.socket, out.is_empty()) {
+            out.flush(socket).await;
         }
     }
 
@@ -126,12 +180,24 @@ impl Links {
     }
 
     fn remove(&self, link: LinkId) {
-        write(&self.links).remove(&link);
+        let removed = write(&self.links).remove(&link);
+        if let (Some(LinkState { cells: Some(path), .. }), Some(socket)) = (removed, &self.socket) {
+            socket.unregister(&path);
+        }
     }
 
     fn len(&self) -> usize {
         read(&self.links).len()
     }
+}
+
+/// What one cell loop has to send after a batch: cells for cell paths, and,
+/// at an exit, packets for the uplink. [`Node::flush`] sends both.
+struct Outbox {
+    /// Where backward cells are sealed.
+    sealed: Vec<u8>,
+    cells: CellOut,
+    to_exit: Option<SendBatch>,
 }
 
 /// Counters the node reports.
@@ -396,8 +462,8 @@ impl NodeRuntime {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
         let cfg = &self.config.config;
         let onion = keys::load_onion_keys(&self.config.key_dir, unix_now())?;
-        let endpoint = link::endpoint(cfg.node.listen, Some(link::server_config(&self.keys.identity)?))?;
-        let links = Arc::new(Links::default());
+        let (endpoint, socket) = link::node_endpoint(cfg.node.listen, link::server_config(&self.keys.identity)?)?;
+        let links = Arc::new(Links::new(socket.clone()));
         let exit = if cfg.node.roles.contains(&Role::Exit) {
             Some(exit::Exit::start(
                 &self.config,
@@ -441,6 +507,8 @@ impl NodeRuntime {
             exit.spawn_tasks(&mut tasks);
         }
         tasks.spawn(accept_loop(node.clone()));
+        let cells = node.clone();
+        tasks.spawn(async move { cells.cell_loop(&socket).await });
         tasks.spawn(rotate_onion_keys(node.clone()));
         if node.payee.is_some() {
             let every = Duration::from_secs(cfg.pay.settle_every_s);
@@ -579,9 +647,10 @@ async fn accept_loop(node: Arc<Node>) {
 }
 
 impl Node {
-    fn new_link(self: &Arc<Self>, conn: quinn::Connection) -> LinkId {
+    fn new_link(self: &Arc<Self>, conn: quinn::Connection, opened: bool) -> LinkId {
         let link = self.links.add(
             conn.clone(),
+            opened,
             TokenBucket::new(self.peer_rate, self.peer_rate / 4, Instant::now()),
         );
         let node = self.clone();
@@ -596,7 +665,7 @@ impl Node {
     /// A link someone opened to us: each stream on it is a circuit. A link
     /// that fills up (a neighbouring relay's) may open more.
     async fn serve_link(self: &Arc<Self>, conn: quinn::Connection) {
-        let link = self.new_link(conn.clone());
+        let link = self.new_link(conn.clone(), false);
         let open = Arc::new(AtomicUsize::new(0));
         let mut limit = link::INITIAL_CIRCUITS_PER_LINK;
         while let Ok((send, recv)) = conn.accept_bi().await {
@@ -613,63 +682,79 @@ impl Node {
         }
     }
 
-    /// Moves data cells that arrive on a link until it closes. Every
-    /// datagram already received is handled before the exit's packets among
-    /// them are written out, in one batch.
+    /// Moves data cells that arrive on a link as QUIC datagrams until it
+    /// closes. Every datagram already received is handled before what they
+    /// send is sent, in batches.
     async fn read_cells(&self, link: LinkId, conn: &quinn::Connection) -> quinn::ConnectionError {
         let mut cell = vec![0u8; BUF];
-        let mut out = vec![0u8; BUF];
-        let mut to_exit = self.exit.as_ref().map(|_| SendBatch::default());
+        let mut outbox = self.outbox();
         loop {
             let mut next = Some(conn.read_datagram().await);
             while let Some(received) = next.take() {
                 let datagram = match received {
                     Ok(d) => d,
                     Err(e) => {
-                        self.flush_exit(to_exit.as_mut()).await;
+                        self.flush(&mut outbox).await;
                         return e;
                     }
                 };
-                self.route_cell(link, &datagram, &mut cell, &mut out, to_exit.as_mut());
-                if to_exit.as_ref().is_some_and(SendBatch::is_full) {
+                let n = datagram.len().min(BUF);
+                cell[..n].copy_from_slice(&datagram[..n]);
+                self.route_cell(link, &mut cell[..n], &mut outbox);
+                if Self::must_flush(&outbox) {
                     break;
                 }
                 next = link::datagram_if_ready(conn).await;
             }
-            self.flush_exit(to_exit.as_mut()).await;
+            self.flush(&mut outbox).await;
         }
     }
 
-    /// One data cell from `link`: relayed on, or its payload delivered to
-    /// the exit (into `to_exit`).
-    fn route_cell(
-        &self,
-        link: LinkId,
-        datagram: &[u8],
-        cell: &mut [u8],
-        out: &mut [u8],
-        to_exit: Option<&mut SendBatch>,
-    ) {
+    /// Moves the cells that arrive on cell paths, a received batch at a time.
+    async fn cell_loop(&self, socket: &CellSocket) {
+        let mut batch = CellBatch::default();
+        let mut outbox = self.outbox();
+        loop {
+            socket.next_batch(&mut batch).await;
+            while !batch.is_empty() {
+                batch.open_until(&socket.drops, |link, cell| {
+                    self.route_cell(link, cell, &mut outbox);
+                    !Self::must_flush(&outbox)
+                });
+                self.flush(&mut outbox).await;
+            }
+        }
+    }
+
+    fn outbox(&self) -> Outbox {
+        Outbox {
+            sealed: vec![0u8; BUF],
+            cells: CellOut::default(),
+            to_exit: self.exit.as_ref().map(|_| SendBatch::default()),
+        }
+    }
+
+    /// One data cell from `link`: relayed on (into `outbox`), or its payload
+    /// delivered to the exit (into `outbox.to_exit`).
+    fn route_cell(&self, link: LinkId, cell: &mut [u8], outbox: &mut Outbox) {
         let now = Instant::now();
-        if !self.links.admit(link, now, datagram.len()) {
+        if !self.links.admit(link, now, cell.len()) {
             self.counters.peer_rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let n = datagram.len().min(BUF);
-        cell[..n].copy_from_slice(&datagram[..n]);
-        let routed = read(&self.table).route(link, &mut cell[..n], out, now);
+        let routed = read(&self.table).route(link, cell, &mut outbox.sealed, now);
         match routed {
             Routed::InPlace { link, range } => {
                 self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
-                self.links.send(link, &cell[range]);
+                self.links.queue(link, &cell[range], &mut outbox.cells);
             }
             Routed::Out { link, len } => {
                 self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
-                self.links.send(link, &out[..len]);
+                self.links.queue(link, &outbox.sealed[..len], &mut outbox.cells);
             }
             Routed::Deliver { circuit, payload } => {
                 self.counters.cells_delivered.fetch_add(1, Ordering::Relaxed);
-                if let (Some(exit), Some(batch)) = (&self.exit, to_exit) {
+                if let (Some(exit), Some(batch)) = (&self.exit, outbox.to_exit.as_mut()) {
                     exit.deliver(circuit, &cell[payload], batch);
                 }
             }
@@ -677,10 +762,18 @@ impl Node {
         }
     }
 
-    async fn flush_exit(&self, to_exit: Option<&mut SendBatch>) {
-        if let (Some(exit), Some(batch)) = (&self.exit, to_exit) {
+    /// True when the exit's batch must be written before more cells come.
+    fn must_flush(outbox: &Outbox) -> bool {
+        outbox.to_exit.as_ref().is_some_and(SendBatch::is_full)
+    }
+
+    /// Sends what a batch of cells queued: the exit's packets, then the
+    /// cells.
+    async fn flush(&self, outbox: &mut Outbox) {
+        if let (Some(exit), Some(batch)) = (&self.exit, outbox.to_exit.as_mut()) {
             exit.flush(batch).await;
         }
+        self.links.flush(&mut outbox.cells).await;
     }
 
     /// One circuit's control stream from the previous hop: CREATE, then
@@ -949,7 +1042,7 @@ impl Node {
                 return Ok((*link, conn.clone(), true));
             }
         }
-        let config = link::client_config(identity).map_err(ConnectFailed::Config)?;
+        let config = link::node_client_config(identity).map_err(ConnectFailed::Config)?;
         let conn = self
             .endpoint
             .connect_with(config, addr, link::SERVER_NAME)
@@ -958,7 +1051,7 @@ impl Node {
             .await
             .map_err(|_| ConnectFailed::TimedOut)?
             .map_err(ConnectFailed::Connection)?;
-        let link = self.new_link(conn.clone());
+        let link = self.new_link(conn.clone(), true);
         peers.insert(identity, (link, conn.clone()));
         Ok((link, conn, false))
     }

@@ -88,6 +88,20 @@ fn render(node: &Node) -> String {
             counter.load(Ordering::Relaxed)
         );
     }
+    if let Some(socket) = &node.links.socket {
+        let drops = &socket.drops;
+        for (reason, counter) in [
+            ("cell_path_refused", &drops.refused),
+            ("cell_path_overflow", &drops.overflowed),
+            ("cell_path_unsent", &drops.unsent),
+        ] {
+            let _ = writeln!(
+                m,
+                "hopwire_cells_dropped_total{{reason=\"{reason}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+    }
     let dht = &node.dht_counters;
     let _ = writeln!(
         m,

@@ -10,7 +10,7 @@
 //! WireGuard: measured here it costs a third of the RustCrypto crate's per
 //! packet, and every hop pays it once per cell.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{Aad, Algorithm, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 
 /// Bytes a layer adds: counter and tag.
 pub const LAYER_OVERHEAD: usize = COUNTER_LEN + TAG_LEN;
@@ -43,8 +43,8 @@ pub struct Opener {
     window: ReplayWindow,
 }
 
-fn cipher(key: &[u8; 32]) -> LessSafeKey {
-    let key = UnboundKey::new(&CHACHA20_POLY1305, key).unwrap_or_else(|_| unreachable!("32 bytes is the key length"));
+fn cipher(algorithm: &'static Algorithm, key: &[u8; 32]) -> LessSafeKey {
+    let key = UnboundKey::new(algorithm, key).unwrap_or_else(|_| unreachable!("32 bytes is the key length"));
     LessSafeKey::new(key)
 }
 
@@ -72,8 +72,14 @@ fn nonce(counter: u64) -> Nonce {
 
 impl Sealer {
     pub fn new(key: &[u8; 32]) -> Self {
+        Self::with_algorithm(&CHACHA20_POLY1305, key)
+    }
+
+    /// The same framing with another AEAD of 32-byte keys (the cell path
+    /// between nodes uses AES-256-GCM).
+    pub fn with_algorithm(algorithm: &'static Algorithm, key: &[u8; 32]) -> Self {
         Self {
-            cipher: cipher(key),
+            cipher: cipher(algorithm, key),
             next: 0,
         }
     }
@@ -103,8 +109,13 @@ impl Sealer {
 
 impl Opener {
     pub fn new(key: &[u8; 32]) -> Self {
+        Self::with_algorithm(&CHACHA20_POLY1305, key)
+    }
+
+    /// See [`Sealer::with_algorithm`].
+    pub fn with_algorithm(algorithm: &'static Algorithm, key: &[u8; 32]) -> Self {
         Self {
-            cipher: cipher(key),
+            cipher: cipher(algorithm, key),
             window: ReplayWindow::default(),
         }
     }
