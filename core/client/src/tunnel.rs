@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use crate::platform::{PacketIo, Platform, PlatformError, RecvBatch, SendBatch};
 use crate::wallet::{Wallet, WalletError};
 use hopwire_api::ErrorKind;
+use hopwire_net::cellpath::{CellBatch, CellLink, CellOut, CellSocket};
 use hopwire_net::framing;
 use hopwire_net::link::{self, LinkError};
 use hopwire_proto::onion::cell::{split_cell, BackwardMessage, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
@@ -173,6 +174,8 @@ pub type Payments = Arc<Mutex<Vec<HopPay>>>;
 pub struct Tunnel {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
+    /// Where data cells go when the guard speaks the cell path.
+    cell_path: Option<CellPath>,
     circuit: Arc<Mutex<ClientCircuit>>,
     circuit_id: u32,
     control: Option<(SendStream, RecvStream)>,
@@ -236,13 +239,18 @@ impl Tunnel {
         };
         let socket = link::bind_udp(bind)?;
         platform.protect(std::os::fd::AsFd::as_fd(&socket), guard.quic_addr)?;
-        let mut endpoint = link::endpoint_on(socket, None)?;
+        let (mut endpoint, socket) = link::endpoint_with_cells(socket, None)?;
         endpoint.set_default_client_config(link::client_config(guard.identity)?);
         let conn = endpoint
             .connect(guard.quic_addr, link::SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?
             .await
             .map_err(|e| unreachable(e.to_string()))?;
+        // A fresh socket: registering cannot find the index taken.
+        let cell_path = CellLink::of(&conn, true, 0)
+            .map(Arc::new)
+            .filter(|link| socket.register(link))
+            .map(|link| CellPath { socket, link });
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(e.to_string()))?;
         let io = |hop: usize| move |e: framing::SetupError| hop_failed(path, hop, e.to_string());
 
@@ -374,6 +382,7 @@ impl Tunnel {
         Ok(Self {
             endpoint,
             conn,
+            cell_path,
             circuit: Arc::new(Mutex::new(circuit)),
             circuit_id,
             control: Some((send, recv)),
@@ -397,6 +406,7 @@ impl Tunnel {
     pub async fn pump<Io: PacketIo>(&mut self, tun: Arc<Io>, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) -> Loss {
         let sender = CellSender {
             conn: self.conn.clone(),
+            path: self.cell_path.clone(),
             circuit: self.circuit.clone(),
             circuit_id: self.circuit_id,
             cells: self.cells.clone(),
@@ -663,10 +673,19 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
     }
 }
 
-/// Wraps WireGuard datagrams in the circuit's layers and sends them.
+/// The link to the guard's cell path: the tunnel's socket, and the keys.
+#[derive(Clone, Debug)]
+struct CellPath {
+    socket: Arc<CellSocket>,
+    link: Arc<CellLink>,
+}
+
+/// Wraps WireGuard datagrams in the circuit's layers and sends them: on the
+/// cell path when the guard speaks it, else as QUIC datagrams.
 #[derive(Clone)]
 struct CellSender {
     conn: quinn::Connection,
+    path: Option<CellPath>,
     circuit: Arc<Mutex<ClientCircuit>>,
     circuit_id: u32,
     cells: Arc<CellCount>,
@@ -674,32 +693,39 @@ struct CellSender {
 
 impl CellSender {
     /// Seals `buf[headroom .. headroom + len]` (a WireGuard datagram put
-    /// there by the caller) in place.
-    fn seal(&self, buf: &mut [u8], len: usize) -> Option<Bytes> {
+    /// there by the caller) in place; the cell is `buf[returned range]`.
+    fn seal(&self, buf: &mut [u8], len: usize) -> Option<std::ops::Range<usize>> {
         let range = lock(&self.circuit).seal_data(buf, len, self.circuit_id).ok()?;
         self.cells.add(len);
-        Some(Bytes::copy_from_slice(&buf[range]))
+        Some(range)
     }
 
     fn room(&self) -> usize {
         headroom(lock(&self.circuit).len())
     }
 
-    /// Sends one WireGuard datagram (control-path use: allocates).
+    /// Sends one WireGuard datagram at once (control-path use: allocates).
     fn send(&self, datagram: &[u8]) {
         let room = self.room();
         let mut buf = vec![0u8; room + datagram.len() + 3 * TAG_LEN];
         buf[room..room + datagram.len()].copy_from_slice(datagram);
-        if let Some(cell) = self.seal(&mut buf, datagram.len()) {
-            let _ = self.conn.send_datagram(cell);
+        let Some(cell) = self.seal(&mut buf, datagram.len()) else {
+            return;
+        };
+        match &self.path {
+            Some(path) => path.socket.send_now(&path.link, &buf[cell]),
+            None => {
+                let _ = self.conn.send_datagram(Bytes::copy_from_slice(&buf[cell]));
+            }
         }
     }
 }
 
-/// TUN → WireGuard → layers → QUIC, a read's batch at a time.
+/// TUN → WireGuard → layers → the guard, a read's batch at a time.
 async fn outbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
     let mut batch = RecvBatch::default();
     let mut buf = vec![0u8; BUF];
+    let mut queued = CellOut::default();
     let room = sender.room();
     loop {
         if let Err(e) = tun.recv_batch(&mut batch).await {
@@ -727,20 +753,51 @@ async fn outbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<
                 continue;
             };
             traffic.sent.fetch_add(packet.len() as u64, Ordering::Relaxed);
-            // Waiting for room pushes back on the TUN device instead of dropping.
-            if sender.conn.send_datagram_wait(cell).await.is_err() {
-                return;
+            match &sender.path {
+                Some(path) => queued.push(&path.socket, &path.link, &buf[cell]),
+                // Waiting for room pushes back on the TUN device instead of dropping.
+                None => {
+                    if sender
+                        .conn
+                        .send_datagram_wait(Bytes::copy_from_slice(&buf[cell]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
             }
+        }
+        if let Some(path) = &sender.path {
+            queued.flush(&path.socket).await;
         }
     }
 }
 
-/// QUIC → layers → WireGuard → TUN: every datagram already received goes
+/// The guard → layers → WireGuard → TUN: every cell already received goes
 /// into one batch (up to its size), written to the TUN device at once.
 async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
     let mut cell = vec![0u8; BUF];
     let mut batch = SendBatch::default();
     let mut replies: Vec<Vec<u8>> = Vec::new();
+    if let Some(path) = sender.path.clone() {
+        let mut received = CellBatch::default();
+        loop {
+            path.socket.next_batch(&mut received).await;
+            while !received.is_empty() {
+                received.open_until(&path.socket.drops, |_, c| {
+                    open_into(&sender, &wg, c, &mut cell, &mut batch, &mut replies, &traffic);
+                    !batch.is_full()
+                });
+                for r in replies.drain(..) {
+                    sender.send(&r);
+                }
+                if let Err(e) = tun.send_batch(&mut batch).await {
+                    debug!("writing TUN: {e}");
+                }
+            }
+        }
+    }
     loop {
         let Ok(datagram) = sender.conn.read_datagram().await else {
             return;
@@ -766,7 +823,7 @@ async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<W
     }
 }
 
-/// One datagram from the circuit: its layers removed, WireGuard opened
+/// One cell from the circuit: its layers removed, WireGuard opened
 /// into the next slot of `batch` (handshake answers into `replies`).
 fn open_into(
     sender: &CellSender,

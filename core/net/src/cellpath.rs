@@ -1,10 +1,11 @@
-//! The cell path: data cells between two nodes in plain UDP datagrams on the
-//! nodes' own QUIC socket, beside the QUIC link that set them up.
+//! The cell path: data cells between the two ends of a link in plain UDP
+//! datagrams on their own QUIC sockets, beside the QUIC link that set them
+//! up.
 //!
 //! Through QUIC every cell a relay passes costs a full QUIC receive and send
 //! (packet and frame parsing, acknowledgements, congestion state, and two
-//! or three task hand-offs). Between two nodes that both speak it (ALPN
-//! [`ALPN_CELLS`]) cells skip all of that: a received batch is handed to the
+//! or three task hand-offs). Between two ends that both speak it (ALPN
+//! [`ALPN_CELLS`]: nodes, and clients with their guard) cells skip all of that: a received batch is handed to the
 //! node's cell loop in one wake-up, and the cells it sends leave in batches
 //! of equal-sized segments (UDP GSO). The QUIC link stays for everything
 //! else: the control streams, liveness, and the keys.
@@ -40,8 +41,8 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use ring::aead::AES_256_GCM;
 use tokio::io::Interest;
 
-/// The ALPN a node offers (first) on links to other nodes, and accepts: both
-/// ends then carry the link's cells on the cell path.
+/// The ALPN clients and nodes offer first on the links they open, and nodes
+/// accept first: both ends then carry the link's cells on the cell path.
 pub const ALPN_CELLS: &[u8] = b"hopwire/1+cells";
 /// The TLS exporter label the cell path's keys and indices come from.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-hopwire-cell-path";
@@ -195,8 +196,8 @@ impl CellBatch {
     }
 }
 
-/// A node's UDP socket: QUIC packets go to quinn (it is the endpoint's
-/// socket), cell packets to the node's cell loop ([`CellSocket::next_batch`]).
+/// A QUIC endpoint's UDP socket: QUIC packets go to quinn, cell packets to
+/// the cell loop of the node or client ([`CellSocket::next_batch`]).
 pub struct CellSocket {
     io: tokio::net::UdpSocket,
     state: UdpSocketState,

@@ -2,8 +2,7 @@
 //!
 //! What it does: owns sockets, files and tasks for the protocols of
 //! `hopwire_proto`: [`link`] (QUIC links between hops, identity-bound
-//! TLS), [`cellpath`] (data cells between nodes beside their QUIC
-//! link), [`framing`] (control messages on a stream), [`dht`] (discovery
+//! TLS), [`cellpath`] (data cells beside a QUIC link), [`framing`] (control messages on a stream), [`dht`] (discovery
 //! over Kademlia), [`ledger`] (the settlement trait, the embedded sled
 //! ledger and the client of the ledger service), [`store`] (receipts on
 //! disk), [`keys`] (key files), [`tun_batch`] (packets to and from a TUN

@@ -146,18 +146,15 @@ pub fn server_config(identity: &SigningKey) -> Result<quinn::ServerConfig, LinkE
     Ok(config)
 }
 
-/// Client side: accept exactly the node whose identity key is `expected`.
+/// Client side (a user's client, or a node extending a circuit): accept
+/// exactly the node whose identity key is `expected`, and offer the
+/// [cell path](cellpath).
 pub fn client_config(expected: [u8; 32]) -> Result<quinn::ClientConfig, LinkError> {
-    client_config_offering(expected, &[ALPN])
-}
-
-/// A node's side of a link it opens to another node: as [`client_config`],
-/// and offering the [cell path](cellpath).
-pub fn node_client_config(expected: [u8; 32]) -> Result<quinn::ClientConfig, LinkError> {
     client_config_offering(expected, &[cellpath::ALPN_CELLS, ALPN])
 }
 
-fn client_config_offering(expected: [u8; 32], alpns: &[&[u8]]) -> Result<quinn::ClientConfig, LinkError> {
+/// As [`client_config`], offering the protocols `alpns`.
+pub(crate) fn client_config_offering(expected: [u8; 32], alpns: &[&[u8]]) -> Result<quinn::ClientConfig, LinkError> {
     let provider = provider();
     let verifier = IdentityVerifier {
         expected,
@@ -199,11 +196,24 @@ pub fn node_endpoint(
     addr: SocketAddr,
     server: quinn::ServerConfig,
 ) -> Result<(quinn::Endpoint, Arc<CellSocket>), LinkError> {
+    endpoint_with_cells(bind_udp(addr)?, Some(server))
+}
+
+/// An endpoint on a socket the caller bound (and protected) whose socket
+/// also carries the [cell path](cellpath), returned beside it.
+pub fn endpoint_with_cells(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> Result<(quinn::Endpoint, Arc<CellSocket>), LinkError> {
+    let addr = socket.local_addr().map_err(|source| LinkError::Bind {
+        addr: ([0, 0, 0, 0], 0).into(),
+        source,
+    })?;
     let bind = |source| LinkError::Bind { addr, source };
-    let socket = Arc::new(CellSocket::new(bind_udp(addr)?).map_err(bind)?);
+    let socket = Arc::new(CellSocket::new(socket).map_err(bind)?);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(),
-        Some(server),
+        server,
         socket.clone(),
         Arc::new(quinn::TokioRuntime),
     )

@@ -1042,7 +1042,7 @@ impl Node {
                 return Ok((*link, conn.clone(), true));
             }
         }
-        let config = link::node_client_config(identity).map_err(ConnectFailed::Config)?;
+        let config = link::client_config(identity).map_err(ConnectFailed::Config)?;
         let conn = self
             .endpoint
             .connect_with(config, addr, link::SERVER_NAME)

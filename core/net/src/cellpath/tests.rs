@@ -48,7 +48,7 @@ async fn received(socket: &CellSocket, want: usize) -> Vec<(usize, Vec<u8>)> {
 #[tokio::test]
 async fn cells_cross_both_ways_in_batches_beside_quic_datagrams() {
     let (a, b) = (node(1), node(2));
-    let config = link::node_client_config(key(2).verifying_key().to_bytes()).expect("config");
+    let config = link::client_config(key(2).verifying_key().to_bytes()).expect("config");
     let (at_a, at_b) = connect(&a, &b, config).await;
     let link_a = Arc::new(CellLink::of(&at_a, true, 7).expect("both offered the cell path"));
     let link_b = Arc::new(CellLink::of(&at_b, false, 9).expect("both offered the cell path"));
@@ -85,16 +85,16 @@ async fn cells_cross_both_ways_in_batches_beside_quic_datagrams() {
 }
 
 #[tokio::test]
-async fn a_client_link_has_no_cell_path_and_strangers_packets_are_refused() {
+async fn a_peer_without_it_has_no_cell_path_and_strangers_packets_are_refused() {
     let (a, b) = (node(1), node(2));
-    // A user's client offers only the plain protocol.
-    let config = link::client_config(key(2).verifying_key().to_bytes()).expect("config");
+    // A peer from before the cell path offers only the plain protocol.
+    let config = link::client_config_offering(key(2).verifying_key().to_bytes(), &[link::ALPN]).expect("config");
     let (at_a, at_b) = connect(&a, &b, config).await;
     assert!(CellLink::of(&at_a, true, 0).is_none());
     assert!(CellLink::of(&at_b, false, 0).is_none());
 
-    // Between nodes: a registered link, then packets that must not pass.
-    let config = link::node_client_config(key(2).verifying_key().to_bytes()).expect("config");
+    // Both offering it: a registered link, then packets that must not pass.
+    let config = link::client_config(key(2).verifying_key().to_bytes()).expect("config");
     let (at_a, at_b) = connect(&a, &b, config).await;
     let link_b = Arc::new(CellLink::of(&at_b, false, 3).expect("cell path"));
     assert!(b.cells.register(&link_b));

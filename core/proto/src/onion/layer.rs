@@ -76,7 +76,7 @@ impl Sealer {
     }
 
     /// The same framing with another AEAD of 32-byte keys (the cell path
-    /// between nodes uses AES-256-GCM).
+    /// uses AES-256-GCM).
     pub fn with_algorithm(algorithm: &'static Algorithm, key: &[u8; 32]) -> Self {
         Self {
             cipher: cipher(algorithm, key),
