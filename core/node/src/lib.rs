@@ -97,20 +97,19 @@ struct LinkState {
 /// The node's links, shared with the exit part so it can send cells back.
 /// A cell leaves on the link's cell path when it has one, else as a QUIC
 /// datagram.
-#[derive(Default)]
 pub struct Links {
     links: RwLock<HashMap<LinkId, LinkState>>,
     next: AtomicUsize,
-    /// The node's socket, which carries the cell paths too (none in tests
-    /// that build an exit alone).
-    socket: Option<Arc<CellSocket>>,
+    /// The node's socket, which carries the cell paths too.
+    socket: Arc<CellSocket>,
 }
 
 impl Links {
     fn new(socket: Arc<CellSocket>) -> Self {
         Self {
-            socket: Some(socket),
-            ..Self::default()
+            links: RwLock::default(),
+            next: AtomicUsize::new(0),
+            socket,
         }
     }
 
@@ -120,14 +119,12 @@ impl Links {
     /// made with other keys.
     fn add(&self, conn: quinn::Connection, opened: bool, limit: TokenBucket) -> LinkId {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let cells = self.socket.as_ref().and_then(|socket| {
-            let link = Arc::new(CellLink::of(&conn, opened, id)?);
-            if socket.register(&link) {
-                Some(link)
-            } else {
+        let cells = CellLink::of(&conn, opened, id).map(Arc::new).filter(|link| {
+            let registered = self.socket.register(link);
+            if !registered {
                 conn.close(0u32.into(), b"cell path index taken; connect again");
-                None
             }
+            registered
         });
         write(&self.links).insert(
             id,
@@ -144,9 +141,9 @@ impl Links {
     /// a router would. Loops that carry many cells use [`Links::queue`].
     pub fn send(&self, link: LinkId, cell: &[u8]) {
         if let Some(l) = read(&self.links).get(&link) {
-            match (&l.cells, &self.socket) {
-                (Some(path), Some(socket)) => socket.send_now(path, cell),
-                _ => {
+            match &l.cells {
+                Some(path) => self.socket.send_now(path, cell),
+                None => {
                     let _ = l.conn.send_datagram(Bytes::copy_from_slice(cell));
                 }
             }
@@ -157,9 +154,9 @@ impl Links {
     /// [`Links::flush`], which sends it with the others for its neighbour.
     pub fn queue(&self, link: LinkId, cell: &[u8], out: &mut CellOut) {
         if let Some(l) = read(&self.links).get(&link) {
-            match (&l.cells, &self.socket) {
-                (Some(path), Some(socket)) => out.push(socket, path, cell),
-                _ => {
+            match &l.cells {
+                Some(path) => out.push(&self.socket, path, cell),
+                None => {
                     let _ = l.conn.send_datagram(Bytes::copy_from_slice(cell));
                 }
             }
@@ -168,8 +165,8 @@ impl Links {
 
     /// Sends what [`Links::queue`] put in `out`.
     pub async fn flush(&self, out: &mut CellOut) {
-        if let (Some(socket), false) = (&self.socket, out.is_empty()) {
-            out.flush(socket).await;
+        if !out.is_empty() {
+            out.flush(&self.socket).await;
         }
     }
 
@@ -181,8 +178,8 @@ impl Links {
 
     fn remove(&self, link: LinkId) {
         let removed = write(&self.links).remove(&link);
-        if let (Some(LinkState { cells: Some(path), .. }), Some(socket)) = (removed, &self.socket) {
-            socket.unregister(&path);
+        if let Some(LinkState { cells: Some(path), .. }) = removed {
+            self.socket.unregister(&path);
         }
     }
 

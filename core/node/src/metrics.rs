@@ -72,6 +72,7 @@ fn render(node: &Node) -> String {
         "Cells ended at this exit.",
         c.cells_delivered.load(Ordering::Relaxed),
     );
+    let cell_path = &node.links.socket.drops;
     for (reason, counter) in [
         ("unknown_circuit", &drops.unknown_circuit),
         ("truncated", &drops.truncated),
@@ -81,26 +82,15 @@ fn render(node: &Node) -> String {
         ("circuit_rate", &drops.rate_limited),
         ("unpaid", &drops.unpaid),
         ("peer_rate", &c.peer_rate_limited),
+        ("cell_path_refused", &cell_path.refused),
+        ("cell_path_overflow", &cell_path.overflowed),
+        ("cell_path_unsent", &cell_path.unsent),
     ] {
         let _ = writeln!(
             m,
             "hopwire_cells_dropped_total{{reason=\"{reason}\"}} {}",
             counter.load(Ordering::Relaxed)
         );
-    }
-    if let Some(socket) = &node.links.socket {
-        let drops = &socket.drops;
-        for (reason, counter) in [
-            ("cell_path_refused", &drops.refused),
-            ("cell_path_overflow", &drops.overflowed),
-            ("cell_path_unsent", &drops.unsent),
-        ] {
-            let _ = writeln!(
-                m,
-                "hopwire_cells_dropped_total{{reason=\"{reason}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
     }
     let dht = &node.dht_counters;
     let _ = writeln!(
