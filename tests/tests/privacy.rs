@@ -17,7 +17,8 @@
 //! exit's, and the file's bytes in plaintext nowhere before the exit.
 //! Controls show that the captures would have caught it: the guard sees the
 //! client, the exit sees the destination and the file, and every capture
-//! carried more bytes than the download.
+//! carried more bytes than the download. The middle's and the client's
+//! links carry more on the cell path than as QUIC.
 
 use std::collections::HashMap;
 use std::fs;
@@ -30,6 +31,8 @@ use hopwire_e2e::*;
 use serde_json::Value;
 
 const INET_SERVER: &str = "198.18.0.10";
+/// The port every testnet node serves its links on.
+const NODE_PORT: u16 = 4433;
 const INET_SERVER_V6: &str = "2001:2::10";
 const CLIENT_UPLINK: &str = "198.18.2.2";
 const CLIENT_UPLINK_V6: &str = "2001:2:2::2";
@@ -224,6 +227,17 @@ fn header_addrs<'a>(p: &Packet<'a>) -> Vec<&'a [u8]> {
     }
 }
 
+/// The payload of an IPv4 UDP datagram to or from a node's port (4433).
+fn node_udp_payload<'a>(p: &Packet<'a>) -> Option<&'a [u8]> {
+    let l3 = p.l3;
+    if p.ethertype != 0x0800 || l3.len() < 20 || l3[9] != 17 {
+        return None;
+    }
+    let udp = l3.get(usize::from(l3[0] & 0x0f) * 4..)?;
+    let (from, to) = (be16(udp, 0), be16(udp, 2));
+    (udp.len() > 8 && (from == NODE_PORT || to == NODE_PORT)).then(|| &udp[8..])
+}
+
 /// What a byte string found in a packet is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Needle {
@@ -339,6 +353,10 @@ struct Seen {
     plaintext: Vec<String>,
     /// tcpdump's own account (captured, dropped by the kernel).
     tcpdump_says: String,
+    /// UDP payload bytes to or from a node's port: on the cell path (first
+    /// byte below 0x40) and as QUIC packets.
+    cell_bytes: usize,
+    quic_bytes: usize,
 }
 
 impl Seen {
@@ -422,8 +440,18 @@ impl Seen {
                 plaintext.push(describe(&format!("{} sample(s) of the file", samples.len())));
             }
         }
+        let (mut cell_bytes, mut quic_bytes) = (0, 0);
+        for payload in packets.iter().filter_map(node_udp_payload) {
+            match payload.first() {
+                Some(b) if *b < 0x40 => cell_bytes += payload.len(),
+                Some(_) => quic_bytes += payload.len(),
+                None => {}
+            }
+        }
         let log = fs::read_to_string(&capture.tcpdump.log).unwrap_or_default();
         Self {
+            cell_bytes,
+            quic_bytes,
             role: capture.role.clone(),
             packets: packets.len(),
             bytes: packets.iter().map(|p| p.data.len()).sum(),
@@ -623,6 +651,10 @@ fn over_a_whole_session_only_the_guard_sees_the_client_and_only_the_exit_the_des
             s.plaintext.len(),
             s.samples_found
         );
+        eprintln!(
+            "[e2e] {:<6} link bytes: {} on the cell path, {} as QUIC",
+            s.role, s.cell_bytes, s.quic_bytes
+        );
     }
     let [guard_seen, middle_seen, exit_seen, client_seen] = &seen[..] else {
         panic!("four captures were read");
@@ -701,6 +733,16 @@ fn over_a_whole_session_only_the_guard_sees_the_client_and_only_the_exit_the_des
                 s.role,
                 addrs[a].label(),
                 first(&s.raw[a])
+            ));
+        }
+    }
+    // Data rides the cell path on every link (the client's too); QUIC is
+    // left with control, keep-alives and payments.
+    for s in [middle_seen, client_seen] {
+        if s.cell_bytes <= s.quic_bytes {
+            failures.push(format!(
+                "the {}'s links carried {} bytes on the cell path and {} as QUIC: the download did not take the cell path",
+                s.role, s.cell_bytes, s.quic_bytes
             ));
         }
     }
