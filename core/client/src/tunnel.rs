@@ -239,7 +239,7 @@ impl Tunnel {
         };
         let socket = link::bind_udp(bind)?;
         platform.protect(std::os::fd::AsFd::as_fd(&socket), guard.quic_addr)?;
-        let (mut endpoint, socket) = link::endpoint_with_cells(socket, None)?;
+        let (mut endpoint, socket) = link::endpoint(socket, None)?;
         endpoint.set_default_client_config(link::client_config(guard.identity)?);
         let conn = endpoint
             .connect(guard.quic_addr, link::SERVER_NAME)
@@ -247,7 +247,7 @@ impl Tunnel {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         // A fresh socket: registering cannot find the index taken.
-        let cell_path = CellLink::of(&conn, true, 0)
+        let cell_path = CellLink::of(&conn, 0)
             .map(Arc::new)
             .filter(|link| socket.register(link))
             .map(|link| CellPath { socket, link });

@@ -103,9 +103,8 @@ impl CellLink {
             .is_ok()
     }
 
-    /// The cell path of `conn` when both ends agreed on it ([`ALPN_CELLS`]);
-    /// `opened` is true on the end that opened the connection.
-    pub fn of(conn: &quinn::Connection, opened: bool, tag: usize) -> Option<Self> {
+    /// The cell path of `conn` when both ends agreed on it ([`ALPN_CELLS`]).
+    pub fn of(conn: &quinn::Connection, tag: usize) -> Option<Self> {
         let data = conn.handshake_data()?;
         let data = data.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
         if data.protocol.as_deref() != Some(ALPN_CELLS) {
@@ -113,6 +112,7 @@ impl CellLink {
         }
         let mut secret = [0u8; 72];
         conn.export_keying_material(&mut secret, EXPORTER_LABEL, b"").ok()?;
+        let opened = conn.side().is_client();
         let mut link = Self::from_secret(&secret, opened, conn.remote_address(), tag);
         link.local_ip = conn.local_ip();
         Some(link)
@@ -350,10 +350,7 @@ impl CellSocket {
     /// Sends one batch; waits once if the socket is full, then drops it.
     async fn send(&self, transmit: &Transmit<'_>) {
         for _ in 0..2 {
-            match self
-                .io
-                .try_io(Interest::WRITABLE, || self.state.send((&self.io).into(), transmit))
-            {
+            match AsyncUdpSocket::try_send(self, transmit) {
                 Ok(()) => return,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.io.writable().await.is_err() {
@@ -390,8 +387,13 @@ struct Pending {
     buf: Vec<u8>,
     segment: usize,
     count: usize,
-    /// A shorter packet ended the run.
-    closed: bool,
+}
+
+impl Pending {
+    /// A shorter packet ended the run: nothing more joins it.
+    fn closed(&self) -> bool {
+        self.buf.len() < self.count * self.segment
+    }
 }
 
 impl CellOut {
@@ -404,7 +406,7 @@ impl CellOut {
             .iter()
             .rposition(|p| p.to == link.peer && p.from == link.local_ip)
         {
-            Some(i) if !self.pending[i].closed && len <= self.pending[i].segment && self.pending[i].count < max => i,
+            Some(i) if !self.pending[i].closed() && len <= self.pending[i].segment && self.pending[i].count < max => i,
             _ => {
                 let buf = self.spare.pop().unwrap_or_default();
                 self.pending.push(Pending {
@@ -413,7 +415,6 @@ impl CellOut {
                     buf,
                     segment: len,
                     count: 0,
-                    closed: false,
                 });
                 self.pending.len() - 1
             }
@@ -426,9 +427,6 @@ impl CellOut {
             return;
         }
         p.count += 1;
-        if len < p.segment {
-            p.closed = true;
-        }
     }
 
     /// Sends every run, in the order the cells were pushed.

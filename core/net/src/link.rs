@@ -172,36 +172,19 @@ pub(crate) fn client_config_offering(expected: [u8; 32], alpns: &[&[u8]]) -> Res
     Ok(config)
 }
 
-/// Makes a quinn endpoint on a UDP socket with large kernel buffers.
-pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, LinkError> {
-    endpoint_on(bind_udp(addr)?, server)
-}
-
-/// Makes a quinn endpoint on a socket the caller bound (and protected).
-pub fn endpoint_on(
-    socket: std::net::UdpSocket,
-    server: Option<quinn::ServerConfig>,
-) -> Result<quinn::Endpoint, LinkError> {
-    let addr = socket.local_addr().map_err(|source| LinkError::Bind {
-        addr: ([0, 0, 0, 0], 0).into(),
-        source,
-    })?;
-    let runtime = quinn::default_runtime().ok_or_else(|| LinkError::Quic("no async runtime".into()))?;
-    quinn::Endpoint::new(endpoint_config(), server, socket, runtime).map_err(|source| LinkError::Bind { addr, source })
-}
-
 /// A node's endpoint: its socket also carries the [cell path](cellpath),
 /// returned beside it.
 pub fn node_endpoint(
     addr: SocketAddr,
     server: quinn::ServerConfig,
 ) -> Result<(quinn::Endpoint, Arc<CellSocket>), LinkError> {
-    endpoint_with_cells(bind_udp(addr)?, Some(server))
+    endpoint(bind_udp(addr)?, Some(server))
 }
 
-/// An endpoint on a socket the caller bound (and protected) whose socket
-/// also carries the [cell path](cellpath), returned beside it.
-pub fn endpoint_with_cells(
+/// An endpoint on a socket the caller bound (and protected), with large
+/// kernel buffers if [`bind_udp`] made it; the socket also carries the
+/// [cell path](cellpath), returned beside it.
+pub fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
 ) -> Result<(quinn::Endpoint, Arc<CellSocket>), LinkError> {
@@ -221,10 +204,10 @@ pub fn endpoint_with_cells(
     Ok((endpoint, socket))
 }
 
-/// Endpoints never grease QUIC's fixed bit (RFC 9287): every QUIC packet a
-/// node receives then has bit 0x40 of its first byte set, which is what
+/// Endpoints never grease QUIC's fixed bit (RFC 9287): every QUIC packet an
+/// endpoint receives then has bit 0x40 of its first byte set, which is what
 /// tells it from a cell packet.
-pub fn endpoint_config() -> quinn::EndpointConfig {
+fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
     config
@@ -303,6 +286,10 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().expect("addr")
+    }
+
     fn key(seed: u64) -> SigningKey {
         SigningKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
     }
@@ -321,14 +308,10 @@ mod tests {
     #[tokio::test]
     async fn client_accepts_the_right_identity_and_datagrams_flow() {
         let node = key(1);
-        let server = endpoint(
-            "127.0.0.1:0".parse().expect("addr"),
-            Some(server_config(&node).expect("server")),
-        )
-        .expect("bind");
+        let (server, _) = node_endpoint(local(), server_config(&node).expect("server")).expect("bind");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(serve_once(server));
-        let mut client = endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("bind");
+        let (mut client, _) = endpoint(bind_udp(local()).expect("bind"), None).expect("endpoint");
         client.set_default_client_config(client_config(node.verifying_key().to_bytes()).expect("client"));
         let conn = client
             .connect(addr, SERVER_NAME)
@@ -348,14 +331,10 @@ mod tests {
     #[tokio::test]
     async fn client_refuses_a_different_identity() {
         let node = key(1);
-        let server = endpoint(
-            "127.0.0.1:0".parse().expect("addr"),
-            Some(server_config(&node).expect("server")),
-        )
-        .expect("bind");
+        let (server, _) = node_endpoint(local(), server_config(&node).expect("server")).expect("bind");
         let addr = server.local_addr().expect("addr");
         tokio::spawn(serve_once(server));
-        let mut client = endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("bind");
+        let (mut client, _) = endpoint(bind_udp(local()).expect("bind"), None).expect("endpoint");
         client.set_default_client_config(client_config(key(2).verifying_key().to_bytes()).expect("client"));
         let err = client
             .connect(addr, SERVER_NAME)

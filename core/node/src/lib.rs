@@ -113,13 +113,12 @@ impl Links {
         }
     }
 
-    /// Adds a link; `opened` is true when this node opened it. A link to a
-    /// node that speaks the cell path gets one, unless its index is taken
-    /// (about one in a billion): then the link is closed, so a new one is
-    /// made with other keys.
-    fn add(&self, conn: quinn::Connection, opened: bool, limit: TokenBucket) -> LinkId {
+    /// Adds a link. A link to a peer that speaks the cell path gets one,
+    /// unless its index is taken (about one in a billion): then the link is
+    /// closed, so a new one is made with other keys.
+    fn add(&self, conn: quinn::Connection, limit: TokenBucket) -> LinkId {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let cells = CellLink::of(&conn, opened, id).map(Arc::new).filter(|link| {
+        let cells = CellLink::of(&conn, id).map(Arc::new).filter(|link| {
             let registered = self.socket.register(link);
             if !registered {
                 conn.close(0u32.into(), b"cell path index taken; connect again");
@@ -644,10 +643,9 @@ async fn accept_loop(node: Arc<Node>) {
 }
 
 impl Node {
-    fn new_link(self: &Arc<Self>, conn: quinn::Connection, opened: bool) -> LinkId {
+    fn new_link(self: &Arc<Self>, conn: quinn::Connection) -> LinkId {
         let link = self.links.add(
             conn.clone(),
-            opened,
             TokenBucket::new(self.peer_rate, self.peer_rate / 4, Instant::now()),
         );
         let node = self.clone();
@@ -662,7 +660,7 @@ impl Node {
     /// A link someone opened to us: each stream on it is a circuit. A link
     /// that fills up (a neighbouring relay's) may open more.
     async fn serve_link(self: &Arc<Self>, conn: quinn::Connection) {
-        let link = self.new_link(conn.clone(), false);
+        let link = self.new_link(conn.clone());
         let open = Arc::new(AtomicUsize::new(0));
         let mut limit = link::INITIAL_CIRCUITS_PER_LINK;
         while let Ok((send, recv)) = conn.accept_bi().await {
@@ -1048,7 +1046,7 @@ impl Node {
             .await
             .map_err(|_| ConnectFailed::TimedOut)?
             .map_err(ConnectFailed::Connection)?;
-        let link = self.new_link(conn.clone(), true);
+        let link = self.new_link(conn.clone());
         peers.insert(identity, (link, conn.clone()));
         Ok((link, conn, false))
     }

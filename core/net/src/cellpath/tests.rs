@@ -50,8 +50,8 @@ async fn cells_cross_both_ways_in_batches_beside_quic_datagrams() {
     let (a, b) = (node(1), node(2));
     let config = link::client_config(key(2).verifying_key().to_bytes()).expect("config");
     let (at_a, at_b) = connect(&a, &b, config).await;
-    let link_a = Arc::new(CellLink::of(&at_a, true, 7).expect("both offered the cell path"));
-    let link_b = Arc::new(CellLink::of(&at_b, false, 9).expect("both offered the cell path"));
+    let link_a = Arc::new(CellLink::of(&at_a, 7).expect("both offered the cell path"));
+    let link_b = Arc::new(CellLink::of(&at_b, 9).expect("both offered the cell path"));
     assert!(a.cells.register(&link_a) && b.cells.register(&link_b));
 
     // Twenty full cells (one GSO batch) and a short one, a to b.
@@ -90,16 +90,16 @@ async fn a_peer_without_it_has_no_cell_path_and_strangers_packets_are_refused() 
     // A peer from before the cell path offers only the plain protocol.
     let config = link::client_config_offering(key(2).verifying_key().to_bytes(), &[link::ALPN]).expect("config");
     let (at_a, at_b) = connect(&a, &b, config).await;
-    assert!(CellLink::of(&at_a, true, 0).is_none());
-    assert!(CellLink::of(&at_b, false, 0).is_none());
+    assert!(CellLink::of(&at_a, 0).is_none());
+    assert!(CellLink::of(&at_b, 0).is_none());
 
     // Both offering it: a registered link, then packets that must not pass.
     let config = link::client_config(key(2).verifying_key().to_bytes()).expect("config");
     let (at_a, at_b) = connect(&a, &b, config).await;
-    let link_b = Arc::new(CellLink::of(&at_b, false, 3).expect("cell path"));
+    let link_b = Arc::new(CellLink::of(&at_b, 3).expect("cell path"));
     assert!(b.cells.register(&link_b));
     assert!(!b.cells.register(&link_b), "an index is taken once per address");
-    let link_a = CellLink::of(&at_a, true, 4).expect("cell path");
+    let link_a = CellLink::of(&at_a, 4).expect("cell path");
     let to = b.endpoint.local_addr().expect("addr");
 
     // The right index from the wrong address; then, from the right
