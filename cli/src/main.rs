@@ -56,6 +56,8 @@ enum Command {
         #[arg(long, env = "HOPWIRE_LEDGER")]
         ledger: Option<hopwire_net::ledger::LedgerAddr>,
         /// Each payment channel's deposit: this many MiB at the hop's price.
+        /// A channel running low while a circuit pays through it is topped
+        /// up by as much again.
         #[arg(long, env = "HOPWIRE_DEPOSIT_MIB", default_value_t = 1024)]
         deposit_mib: u64,
     },

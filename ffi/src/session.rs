@@ -44,7 +44,8 @@ pub struct SessionConfig {
     #[uniffi(default = None)]
     pub ledger: Option<String>,
     /// Each channel's deposit, in MiB at the hop's price (the daemon's
-    /// default too).
+    /// default too); a channel running low while a circuit pays through it
+    /// is topped up by as much again.
     #[uniffi(default = 1024)]
     pub deposit_mib: u64,
     /// Log filter (`"info"`, `"hopwire_client=debug,info"`); `None`: no

@@ -4,8 +4,9 @@
 //! `settle` pays it on the ledger, restarted it resumes the channel, and it
 //! settles the channel by itself when the client closes it; a
 //! client out of money hears why, and the hops stop carrying for it past the
-//! grace (on the embedded ledger and on a chain); hops that report inflated
-//! usage are paid only what they carried.
+//! grace (on the embedded ledger and on a chain); a download past the
+//! deposits tops the channels up and keeps its circuit (on both too); hops
+//! that report inflated usage are paid only what they carried.
 
 use std::path::PathBuf;
 
@@ -208,6 +209,57 @@ fn hops_reporting_inflated_usage_are_paid_only_what_they_carried() {
         assert!(paid + slack >= owed, "the hop was still paid for what it carried: {p}");
     }
     eprintln!("[e2e] paid against inflated reports: {:#}", tn.summary["payments"]);
+}
+
+/// Deposits of 8 MiB and a 48 MiB download: the client tops each channel
+/// up on the ledger while the circuit pays through it, so one circuit
+/// carries the whole download, one channel per hop; the hops take the
+/// receipts past the first deposit once the ledger shows the top-up.
+#[test]
+fn a_download_past_the_deposit_tops_the_channels_up_and_keeps_its_circuit() {
+    topped_up("hwp5", "embedded");
+}
+
+/// The same on a chain: the top-ups are transactions, and the hops read
+/// the new deposits from the contract.
+#[test]
+fn a_download_past_the_deposit_tops_the_channels_up_on_chain() {
+    topped_up("hwc5", "evm");
+}
+
+fn topped_up(prefix: &str, ledger: &str) {
+    let tn = Testnet::start_with(prefix, 1, &["--ledger", ledger, "--deposit-mib", "8"]);
+    let first: Vec<Value> = json(&tn.cli(&["wallet", "--json"]).ok())["channels"]
+        .as_array()
+        .expect("channels")
+        .clone();
+    assert_eq!(first.len(), 3, "one channel per hop: {first:?}");
+    let big = tn.www().join("big.bin");
+    std::fs::write(&big, vec![7u8; 48 << 20]).expect("write big file");
+    let out = tn.curl_client("http://files.hopwire.test/big.bin", None, 120);
+    assert!(out.success(), "the download went through: {out}");
+    let st = tn.status();
+    assert_eq!(st["state"], "connected", "{st}");
+    tn.disconnect();
+    let wallet = json(&tn.cli(&["wallet", "--json"]).ok());
+    eprintln!("[e2e] channels after a download past the deposits ({ledger} ledger): {wallet:#}");
+    let channels = wallet["channels"].as_array().expect("channels");
+    assert_eq!(channels.len(), 3, "no channel replaced a spent one: {wallet:#}");
+    for c in channels {
+        let before = first
+            .iter()
+            .find(|f| f["channel"] == c["channel"])
+            .unwrap_or_else(|| panic!("{c} is a channel the circuit started with"));
+        let (deposit, signed) = (
+            c["deposit"].as_u64().expect("deposit"),
+            c["signed"].as_u64().expect("signed"),
+        );
+        let first_deposit = before["deposit"].as_u64().expect("deposit");
+        assert!(deposit >= 2 * first_deposit, "topped up: {c}");
+        assert!(signed > first_deposit, "paid past the first deposit: {c}");
+        assert!(signed <= deposit, "never signed past the deposit: {c}");
+        assert_eq!(c["sessions"].as_u64(), Some(1), "one circuit carried it all: {c}");
+    }
 }
 
 /// The client's account holds just enough for one circuit's deposits of

@@ -5,8 +5,10 @@
 //! (telescoping), and begins a session at the exit, which lends an inner
 //! address. [`Tunnel::pump`] then moves packets between the TUN device and
 //! the exit: IP packets are encrypted by the client's WireGuard session (end
-//! to end with the exit), wrapped in one layer per hop and sent as QUIC
-//! datagrams; the other way round, until the circuit dies.
+//! to end with the exit), wrapped in one layer per hop and sent on the
+//! guard's cell path (QUIC datagrams to a guard without it); the other way
+//! round, until the circuit dies. Meanwhile it pays the charging hops as
+//! they report usage, and tops their channels up before they run out.
 //!
 //! What it does not do: routes, DNS, the TUN device and the WireGuard
 //! session belong to the daemon ([`hopwire::daemon`]), which keeps them across
@@ -165,6 +167,21 @@ pub struct HopPay {
     pub acked: u64,
     /// Why paying it stopped (deposit spent), if it did.
     pub error: Option<String>,
+    /// Topping its channel up on the ledger.
+    top_up: TopUp,
+}
+
+/// Where topping a hop's channel up stands, for the circuit paying into it.
+#[derive(Debug, Default)]
+enum TopUp {
+    #[default]
+    Idle,
+    /// On the ledger now; `owed` is the usage report that found the deposit
+    /// spent meanwhile, answered once the top-up lands.
+    Running { owed: Option<u64> },
+    /// The ledger refused it (the account is out of money, say): not
+    /// tried again on this circuit.
+    Failed(String),
 }
 
 pub type Payments = Arc<Mutex<Vec<HopPay>>>;
@@ -348,6 +365,7 @@ impl Tunnel {
                 channel,
                 acked,
                 error: None,
+                top_up: TopUp::Idle,
             });
         }
         let last = path.len() - 1;
@@ -437,7 +455,8 @@ impl Tunnel {
                         let payer = Payer {
                             payments: &self.payments,
                             cells: &self.cells,
-                            wallet: self.wallet.as_deref(),
+                            wallet: self.wallet.clone(),
+                            top_ups: tokio::task::JoinSet::new(),
                         };
                         watch_control(&circuit, send, recv, &path, payer).await
                     }
@@ -501,7 +520,9 @@ fn message_len(m: &LinkMessage) -> u64 {
 struct Payer<'a> {
     payments: &'a Payments,
     cells: &'a CellCount,
-    wallet: Option<&'a Wallet>,
+    wallet: Option<Arc<Wallet>>,
+    /// Top-ups on the ledger: the hop, and its channel's deposit in all.
+    top_ups: tokio::task::JoinSet<(usize, Result<u64, WalletError>)>,
 }
 
 /// What answering a hop's usage report came to.
@@ -510,32 +531,44 @@ enum Answer {
     Pay(LinkMessage),
     /// Nothing more is owed yet (or there is no wallet).
     Nothing,
-    /// The hop's channel cannot pay for more: the circuit must end so the
-    /// next one opens a fresh channel.
+    /// The hop's channel cannot pay for more and cannot be topped up: the
+    /// circuit must end so the next one opens a fresh channel.
     Spent(String),
 }
 
 impl Payer<'_> {
-    /// Answers a hop's usage report with a receipt sealed for that hop.
-    fn on_usage(&self, circuit: &Mutex<ClientCircuit>, hops: usize, from: usize, carried: u64) -> Answer {
-        let Some(wallet) = self.wallet else {
+    /// Answers a hop's usage report with a receipt sealed for that hop,
+    /// and starts topping its channel up when it runs low.
+    fn on_usage(&mut self, circuit: &Mutex<ClientCircuit>, hops: usize, from: usize, carried: u64) -> Answer {
+        let Some(wallet) = self.wallet.clone() else {
             return Answer::Nothing;
         };
         let mut payments = lock(self.payments);
         let receipt = answer_usage(&mut payments, self.cells, hops, from, carried);
-        let Some(p) = payments.iter().find(|p| p.hop == from) else {
+        let Some(p) = payments.iter_mut().find(|p| p.hop == from) else {
             return Answer::Nothing;
         };
         wallet.remember(&p.channel, &p.record);
+        let out = matches!(receipt, Err(PayError::OutOfDeposit { .. }));
+        if matches!(p.top_up, TopUp::Idle) && (out || wallet.wants_top_up(&p.channel, &p.record)) {
+            p.top_up = TopUp::Running { owed: None };
+            let (record, id) = (p.record.clone(), p.channel.channel());
+            self.top_ups
+                .spawn(async move { (from, wallet.top_up(&record, id).await) });
+        }
         let receipt = match receipt {
             Ok(Some(r)) => r,
             Ok(None) => return Answer::Nothing,
             Err(PayError::OutOfDeposit { .. }) => {
-                return Answer::Spent(format!(
-                    "the payment channel to hop {} ({}) is spent",
-                    from + 1,
-                    p.record.short_id()
-                ))
+                let why = match &mut p.top_up {
+                    TopUp::Running { owed } => {
+                        *owed = Some(carried);
+                        return Answer::Nothing;
+                    }
+                    TopUp::Failed(why) => why.clone(),
+                    TopUp::Idle => unreachable!("a top-up starts when the deposit is out"),
+                };
+                return Answer::Spent(spent(p, &why));
             }
             Err(_) => return Answer::Nothing,
         };
@@ -544,16 +577,76 @@ impl Payer<'_> {
             receipt,
         };
         drop(payments);
-        match lock(circuit).seal_control(from, &pay) {
-            Ok(sealed) => Answer::Pay(sealed),
-            Err(_) => Answer::Nothing,
+        seal_pay(circuit, from, &pay)
+    }
+
+    /// A top-up finished: the hop's channel pays on, and a report that
+    /// found its deposit spent meanwhile is answered now.
+    fn on_top_up(
+        &mut self,
+        circuit: &Mutex<ClientCircuit>,
+        hops: usize,
+        (from, result): (usize, Result<u64, WalletError>),
+    ) -> Answer {
+        let mut payments = lock(self.payments);
+        let Some(p) = payments.iter_mut().find(|p| p.hop == from) else {
+            return Answer::Nothing;
+        };
+        let owed = match std::mem::take(&mut p.top_up) {
+            TopUp::Running { owed } => owed,
+            _ => None,
+        };
+        match result {
+            Ok(deposit) => {
+                p.channel.raise_deposit(deposit);
+                p.error = None;
+                if let Some(wallet) = &self.wallet {
+                    wallet.remember(&p.channel, &p.record);
+                }
+            }
+            Err(e) => {
+                warn!("hop {} ({}): {e}", from + 1, p.record.short_id());
+                let why = e.to_string();
+                p.error = Some(format!(
+                    "topping up the channel to hop {} ({}): {why}",
+                    from + 1,
+                    p.record.short_id()
+                ));
+                p.top_up = TopUp::Failed(why.clone());
+                return match owed {
+                    Some(_) => Answer::Spent(spent(p, &why)),
+                    None => Answer::Nothing,
+                };
+            }
         }
+        let Some(carried) = owed else {
+            return Answer::Nothing;
+        };
+        drop(payments);
+        self.on_usage(circuit, hops, from, carried)
     }
 
     fn on_paid(&self, from: usize, amount: u64) {
         if let Some(p) = lock(self.payments).iter_mut().find(|p| p.hop == from) {
             p.acked = p.acked.max(amount.saturating_sub(p.channel.base_amount()));
         }
+    }
+}
+
+/// Why a hop's channel cannot pay on.
+fn spent(p: &HopPay, why: &str) -> String {
+    format!(
+        "the deposit of the payment channel to hop {} ({}) is spent, and {why}",
+        p.hop + 1,
+        p.record.short_id()
+    )
+}
+
+/// A receipt sealed for hop `from` as a control message.
+fn seal_pay(circuit: &Mutex<ClientCircuit>, from: usize, pay: &ForwardMessage) -> Answer {
+    match lock(circuit).seal_control(from, pay) {
+        Ok(sealed) => Answer::Pay(sealed),
+        Err(_) => Answer::Nothing,
     }
 }
 
@@ -582,83 +675,121 @@ fn answer_usage(
     })
 }
 
-/// Watches the circuit's control stream: pays hops as they report usage,
-/// and returns when a hop reports a failure or the stream ends.
+/// Watches the circuit's control stream: pays hops as they report usage
+/// and as their top-ups land, and returns when a hop reports a failure or
+/// the stream ends.
 async fn watch_control(
     circuit: &Mutex<ClientCircuit>,
     send: &mut SendStream,
     recv: &mut RecvStream,
     path: &[VerifiedRecord],
-    payer: Payer<'_>,
+    mut payer: Payer<'_>,
 ) -> Loss {
+    let stream_lost = |e: String| Loss {
+        reason: format!("the first hop closed the circuit ({e})"),
+        culprit: Some(path[0].record().identity),
+    };
+    // Reading a message is not cancel-safe: one reader runs throughout,
+    // and the loop takes whole messages from it.
+    let (messages, mut received) = tokio::sync::mpsc::channel(16);
+    let reader = async move {
+        loop {
+            let message = framing::read_message::<LinkMessage>(recv).await;
+            let end = message.is_err();
+            if messages.send(message).await.is_err() || end {
+                return;
+            }
+        }
+    };
+    tokio::pin!(reader);
+    let mut reader_done = false;
     loop {
-        let message = match framing::read_message::<LinkMessage>(recv).await {
-            Ok(m) => m,
-            Err(e) => {
-                return Loss {
-                    reason: format!("the first hop closed the circuit ({e})"),
-                    culprit: Some(path[0].record().identity),
+        let answer = tokio::select! {
+            () = &mut reader, if !reader_done => {
+                reader_done = true;
+                continue;
+            }
+            Some(done) = payer.top_ups.join_next() => match done {
+                Ok(done) => payer.on_top_up(circuit, path.len(), done),
+                Err(e) => return Loss { reason: format!("topping up a channel: {e}"), culprit: None },
+            },
+            message = received.recv() => match message {
+                Some(Ok(message)) => match on_control(circuit, path, &mut payer, message) {
+                    Ok(answer) => answer,
+                    Err(loss) => return loss,
+                },
+                Some(Err(e)) => return stream_lost(e.to_string()),
+                None => return stream_lost("its reader ended".into()),
+            },
+        };
+        match answer {
+            Answer::Pay(pay) => {
+                payer
+                    .cells
+                    .payment_bytes
+                    .fetch_add(message_len(&pay), Ordering::Relaxed);
+                if framing::write_message(send, &pay).await.is_err() {
+                    return Loss {
+                        reason: "the first hop closed the circuit's control stream".into(),
+                        culprit: Some(path[0].record().identity),
+                    };
                 }
             }
-        };
-        match message {
-            LinkMessage::Relay { layered } => {
-                let len = layered.len() as u64;
-                let opened = lock(circuit).open_control(layered);
-                if let Ok((_, BackwardMessage::Usage { .. } | BackwardMessage::Paid { .. })) = opened {
+            Answer::Nothing => {}
+            // The same exit and inner address come back on the new
+            // circuit, so connections inside carry on.
+            Answer::Spent(reason) => {
+                return Loss {
+                    reason: format!("{reason}; a new channel is opened with the next circuit"),
+                    culprit: None,
+                }
+            }
+        }
+    }
+}
+
+/// One message on the control stream: what to answer, or why the circuit
+/// is lost.
+fn on_control(
+    circuit: &Mutex<ClientCircuit>,
+    path: &[VerifiedRecord],
+    payer: &mut Payer<'_>,
+    message: LinkMessage,
+) -> Result<Answer, Loss> {
+    match message {
+        LinkMessage::Relay { layered } => {
+            let len = layered.len() as u64;
+            let opened = lock(circuit).open_control(layered);
+            match opened {
+                Ok((from, BackwardMessage::Usage { carried })) => {
                     payer.cells.payment_bytes.fetch_add(len, Ordering::Relaxed);
+                    Ok(payer.on_usage(circuit, path.len(), from, carried))
                 }
-                if let Ok((from, BackwardMessage::Usage { carried })) = opened {
-                    match payer.on_usage(circuit, path.len(), from, carried) {
-                        Answer::Pay(pay) => {
-                            payer
-                                .cells
-                                .payment_bytes
-                                .fetch_add(message_len(&pay), Ordering::Relaxed);
-                            if framing::write_message(send, &pay).await.is_err() {
-                                return Loss {
-                                    reason: "the first hop closed the circuit's control stream".into(),
-                                    culprit: Some(path[0].record().identity),
-                                };
-                            }
-                        }
-                        Answer::Nothing => {}
-                        // The same exit and inner address come back on the
-                        // new circuit, so connections inside carry on.
-                        Answer::Spent(reason) => {
-                            return Loss {
-                                reason: format!("{reason}; a new channel is opened with the next circuit"),
-                                culprit: None,
-                            }
-                        }
-                    }
-                    continue;
-                }
-                if let Ok((from, BackwardMessage::Paid { amount, .. })) = opened {
+                Ok((from, BackwardMessage::Paid { amount, .. })) => {
+                    payer.cells.payment_bytes.fetch_add(len, Ordering::Relaxed);
                     payer.on_paid(from, amount);
-                    continue;
+                    Ok(Answer::Nothing)
                 }
-                if let Ok((from, BackwardMessage::Failed { reason })) = opened {
+                Ok((from, BackwardMessage::Failed { reason })) => {
                     let culprit = path.get(from + 1).map(|r| r.record().identity);
                     let node = path.get(from + 1).map(VerifiedRecord::short_id).unwrap_or_default();
-                    return Loss {
+                    Err(Loss {
                         reason: format!(
                             "hop {} ({}) reports its next hop {node} lost: {reason}",
                             from + 1,
                             path[from].short_id()
                         ),
                         culprit,
-                    };
+                    })
                 }
+                _ => Ok(Answer::Nothing),
             }
-            LinkMessage::Destroy { reason } => {
-                return Loss {
-                    reason: format!("the first hop destroyed the circuit: {reason}"),
-                    culprit: None,
-                }
-            }
-            _ => {}
         }
+        LinkMessage::Destroy { reason } => Err(Loss {
+            reason: format!("the first hop destroyed the circuit: {reason}"),
+            culprit: None,
+        }),
+        _ => Ok(Answer::Nothing),
     }
 }
 
@@ -908,6 +1039,7 @@ mod tests {
             channel,
             acked: 0,
             error: None,
+            top_up: TopUp::Idle,
         }]
     }
 

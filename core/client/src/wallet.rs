@@ -13,9 +13,12 @@
 //! circuit pays through it as a new session, on top of what earlier
 //! sessions signed. A new channel is opened with a deposit of
 //! `deposit_mib` MiB at the hop's price (at least two chunks) when the hop
-//! has none with room for two more chunks. A channel is closed (its deposit
-//! comes back after the ledger's challenge period) once it is spent, after
-//! a day unused, or when the user asks (`hopwire wallet --close`).
+//! has none with room for two more chunks. While a circuit pays through a
+//! channel, it is topped up by as much again once less than half a
+//! deposit is left, so a long or fast session keeps its circuit. A
+//! channel is closed (its deposit comes back after the ledger's challenge
+//! period) once it is spent, after a day unused, or when the user asks
+//! (`hopwire wallet --close`).
 //! Receipts are signed by [`PayerChannel`]; the wallet opens channels,
 //! lends them to circuits and remembers them.
 
@@ -328,17 +331,24 @@ impl Wallet {
         self.open_channel(hop, session).await
     }
 
-    /// Opens a new channel to `hop` on the ledger, for a circuit.
-    pub async fn open_channel(&self, hop: &VerifiedRecord, session: [u8; 16]) -> Result<PayerChannel, WalletError> {
+    /// What a channel to `hop` is funded with: `deposit_mib` MiB at its
+    /// price, and at least two chunks.
+    fn deposit_for(&self, hop: &VerifiedRecord) -> Result<u64, WalletError> {
         let quote = hop.record().quote;
         let price = |source| WalletError::Price {
             node: hop.short_id(),
             source,
         };
-        let deposit = quote
+        Ok(quote
             .price_of(self.deposit_mib.saturating_mul(1 << 20))
             .map_err(price)?
-            .max(quote.price_of(2 * quote.chunk_bytes).map_err(price)?);
+            .max(quote.price_of(2 * quote.chunk_bytes).map_err(price)?))
+    }
+
+    /// Opens a new channel to `hop` on the ledger, for a circuit.
+    pub async fn open_channel(&self, hop: &VerifiedRecord, session: [u8; 16]) -> Result<PayerChannel, WalletError> {
+        let quote = hop.record().quote;
+        let deposit = self.deposit_for(hop)?;
         let mut id = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let payee = hop.record().payout;
@@ -356,6 +366,40 @@ impl Wallet {
         hopwire_proto::sync::lock(&self.lent).insert(id, 0);
         self.remember(&channel, hop);
         Ok(channel)
+    }
+
+    /// Whether a circuit paying through `channel` to `hop` should top it
+    /// up now: at most half a deposit is left, so the top-up has the time
+    /// that half takes to carry before the deposit runs out.
+    pub fn wants_top_up(&self, channel: &PayerChannel, hop: &VerifiedRecord) -> bool {
+        self.deposit_for(hop).is_ok_and(|deposit| channel.left() <= deposit / 2)
+    }
+
+    /// Adds a deposit's worth to channel `id` to `hop` on the ledger while
+    /// a circuit pays through it, so the circuit goes on instead of ending
+    /// when the deposit is spent; the deposit in all.
+    pub async fn top_up(&self, hop: &VerifiedRecord, id: [u8; 32]) -> Result<u64, WalletError> {
+        let amount = self.deposit_for(hop)?;
+        let state = self
+            .ledger
+            .call(move |l| l.top_up(id, amount))
+            .await
+            .map_err(|source| WalletError::Ledger {
+                action: format!("topping up the channel to {} on the ledger", hop.short_id()),
+                source,
+            })?;
+        if let Some(mut r) = self.load(id) {
+            r.deposit = state.deposit;
+            self.store(id, &r);
+        }
+        tracing::info!(
+            hop = %hop.short_id(),
+            channel = %hopwire_proto::record::short_id(&id),
+            amount,
+            deposit = state.deposit,
+            "topped up a channel"
+        );
+        Ok(state.deposit)
     }
 
     /// Keeps what `channel` has signed so far; called before a receipt is

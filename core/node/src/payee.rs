@@ -19,6 +19,9 @@
 //! resumes the channel where it stopped. One circuit pays through a channel
 //! at a time: a newer one takes it over (the older is usually dead and not
 //! yet noticed), and the older one's receipts are refused from then on.
+//! The payer may top a channel up on the ledger while a circuit pays
+//! through it: a receipt past the deposit the node knows makes it read the
+//! deposit again.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,6 +48,9 @@ pub const BUSY_TICK: Duration = Duration::from_millis(20);
 const FASTEST_TICK: Duration = Duration::from_millis(2);
 /// ... and at an idle one, so a thousand idle circuits cost little.
 const IDLE_TICK: Duration = Duration::from_millis(100);
+/// How long a node waits before it reads a channel's deposit again after
+/// a read found it not raised.
+const DEPOSIT_RECHECK: Duration = Duration::from_secs(1);
 
 /// A charging node's payment side, shared by its circuits.
 pub struct Payee {
@@ -84,6 +90,9 @@ type SharedSlot = Arc<tokio::sync::Mutex<Slot>>;
 struct Slot {
     channel: Option<PayeeChannel>,
     owner: u64,
+    /// When the deposit was last read again from the ledger and found
+    /// not raised.
+    deposit_checked: Option<Instant>,
 }
 
 /// One circuit's payments at this node.
@@ -495,6 +504,13 @@ impl Payee {
         if slot.owner != circuit.token {
             return Err(PayeeError::TakenOver);
         }
+        if slot
+            .channel
+            .as_ref()
+            .is_some_and(|c| receipt.receipt.cumulative_amount > c.deposit())
+        {
+            self.recheck_deposit(&mut slot, id).await?;
+        }
         let Some(channel) = slot.channel.as_mut() else {
             unreachable!("a slot's channel is set when it is taken over")
         };
@@ -546,6 +562,29 @@ impl Payee {
         Ok(PayeeChannel::new(payer, domain, id, state.deposit, quote))
     }
 
+    /// A receipt goes past the deposit the node knows: the payer may have
+    /// topped the channel up on the ledger, so the node reads the deposit
+    /// again. A payer signs past its deposit only once its top-up is on
+    /// the ledger, so a read that finds no more makes the node wait
+    /// [`DEPOSIT_RECHECK`] before it asks again: a payer cannot make it ask
+    /// the ledger for every receipt. A closing channel takes no more.
+    async fn recheck_deposit(&self, slot: &mut Slot, id: [u8; 32]) -> Result<(), PayeeError> {
+        if slot.deposit_checked.is_some_and(|at| at.elapsed() < DEPOSIT_RECHECK) {
+            return Ok(());
+        }
+        let state = self.ledger.call(move |l| l.state(id)).await?;
+        if state.finalized || state.close_at.is_some() {
+            return Err(PayeeError::Closing);
+        }
+        let Some(channel) = slot.channel.as_mut() else {
+            return Ok(());
+        };
+        let raised = state.deposit > channel.deposit();
+        channel.raise_deposit(state.deposit);
+        slot.deposit_checked = (!raised).then(Instant::now);
+        Ok(())
+    }
+
     /// Makes circuit `token` the one paying through `channel`, resumed
     /// from the receipt store (everything accepted is there).
     async fn take_over(&self, mut channel: PayeeChannel, token: u64) -> Result<SlotGuard, PayeeError> {
@@ -556,6 +595,7 @@ impl Payee {
                 Arc::new(tokio::sync::Mutex::new(Slot {
                     channel: None,
                     owner: 0,
+                    deposit_checked: None,
                 }))
             })
             .clone();
@@ -614,6 +654,143 @@ impl Payee {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::SigningKey;
+    use hopwire_net::ledger::{EmbeddedLedger, LedgerAccess, LedgerAddr};
+    use hopwire_proto::pay::PayerChannel;
+
+    const QUOTE: Quote = Quote {
+        price_per_gib: 1 << 20,
+        chunk_bytes: 4 << 20,
+        grace_bytes: 4 << 20,
+    };
+
+    /// A charging node's payee on an embedded ledger served over TCP, as a
+    /// node reaches it, and a client's channel of `deposit` to it.
+    struct Bench {
+        payee: Payee,
+        ledger: EmbeddedLedger,
+        payer: PayerChannel,
+        dir: std::path::PathBuf,
+        _db: sled::Db,
+    }
+
+    impl Drop for Bench {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    async fn bench(deposit: u64) -> Bench {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let ledger = EmbeddedLedger::with_db(&db, "test", 60).expect("ledger");
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let account = key.verifying_key().to_bytes();
+        let payout = [6; 32];
+        ledger.fund(account, 1 << 40).expect("fund");
+        ledger.open([1; 32], account, payout, deposit).expect("open");
+        let addr = crate::ledger_service::listen("127.0.0.1:0".parse().expect("addr"), ledger.clone())
+            .await
+            .expect("listen");
+        let dir = std::env::temp_dir().join(format!("hopwire-payee-{}", rand::random::<u64>()));
+        let node_ledger = LazyLedger::new(LedgerAddr::Service(addr), LedgerAccess::default(), None);
+        let policy = SettlePolicy {
+            min: 0,
+            fee_multiple: 1,
+        };
+        let payee = Payee::open(QUOTE, node_ledger, payout, policy, &dir).expect("payee");
+        let payer = PayerChannel::new(key.into(), "test".into(), [1; 32], [2; 16], deposit, QUOTE, 1 << 20);
+        Bench {
+            payee,
+            ledger,
+            payer,
+            dir,
+            _db: db,
+        }
+    }
+
+    fn paid(answer: &BackwardMessage) -> Option<u64> {
+        match answer {
+            BackwardMessage::Paid { amount, .. } => Some(*amount),
+            _ => None,
+        }
+    }
+
+    /// A client tops its channel up on the ledger while its circuit pays
+    /// through it: the node takes receipts past the old deposit once the
+    /// ledger shows the new one, never before, and none from a closing
+    /// channel.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_topped_up_on_the_ledger_pays_on_for_the_same_circuit() {
+        let deposit = QUOTE.price_of(12 << 20).expect("price");
+        let mut b = bench(deposit).await;
+        let net = hopwire_proto::testkit::Net::build(1, 1);
+        let hop = net.hop(0);
+        let mut circuit = b.payee.start(&hop);
+        let payer = b.payer.payer();
+        let prepay = b.payer.prepay().expect("prepay");
+        let answer = b.payee.on_pay(&mut circuit, &hop, payer, prepay).await;
+        assert!(paid(&answer).is_some(), "{answer:?}");
+        // 16 MiB carried: the client may sign only what 12 MiB buys.
+        lock(&hop).meter.carried = 16 << 20;
+        b.payer.measure(16 << 20);
+        assert!(matches!(b.payer.on_usage(16 << 20), Err(PayError::OutOfDeposit { .. })));
+        // A receipt past the deposit the ledger shows is refused, whoever
+        // signed it; what was paid stands.
+        let mut past = PayerChannel::new(
+            SigningKey::from_bytes(&[4; 32]).into(),
+            "test".into(),
+            [1; 32],
+            [2; 16],
+            deposit * 4,
+            QUOTE,
+            1 << 20,
+        )
+        .resume(b.payer.seq(), b.payer.signed_amount(), b.payer.receipt_bytes());
+        past.measure(16 << 20);
+        let early = past.on_usage(16 << 20).expect("signs").expect("owed");
+        let answer = b.payee.on_pay(&mut circuit, &hop, payer, early).await;
+        assert!(
+            matches!(&answer, BackwardMessage::Failed { reason } if reason.contains("deposit")),
+            "{answer:?}"
+        );
+        let before = lock(&hop).meter.allowance;
+        // Topped up on the ledger: the same circuit goes on.
+        let state = b.ledger.top_up([1; 32], deposit * 3).expect("top up");
+        b.payer.raise_deposit(state.deposit);
+        // The node reads the deposit again at most once a second.
+        tokio::time::sleep(DEPOSIT_RECHECK).await;
+        let receipt = b.payer.on_usage(16 << 20).expect("signs").expect("owed");
+        let amount = receipt.receipt.cumulative_amount;
+        let answer = b.payee.on_pay(&mut circuit, &hop, payer, receipt).await;
+        assert_eq!(paid(&answer), Some(amount), "{answer:?}");
+        assert!(lock(&hop).meter.allowance > before);
+        assert_eq!(
+            b.payee
+                .store
+                .get([1; 32])
+                .expect("store")
+                .map(|s| s.receipt.receipt.cumulative_amount),
+            Some(amount),
+            "the receipt past the old deposit is on disk"
+        );
+        // Closing: nothing past what the node knows is taken any more.
+        b.ledger
+            .start_close([1; 32], hopwire_proto::time::unix_now())
+            .expect("close");
+        b.payer.raise_deposit(deposit * 8);
+        b.ledger
+            .top_up([1; 32], 1)
+            .expect_err("a closing channel takes no top-up");
+        b.payer.measure(34 << 20);
+        tokio::time::sleep(DEPOSIT_RECHECK).await;
+        let late = b.payer.on_usage(50 << 20).expect("signs").expect("owed");
+        assert!(late.receipt.cumulative_amount > state.deposit);
+        let answer = b.payee.on_pay(&mut circuit, &hop, payer, late).await;
+        assert!(
+            matches!(&answer, BackwardMessage::Failed { reason } if reason.contains("closing")),
+            "{answer:?}"
+        );
+    }
 
     #[test]
     fn a_fast_circuit_is_looked_at_once_per_quarter_chunk() {

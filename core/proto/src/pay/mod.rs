@@ -251,6 +251,17 @@ impl PayerChannel {
         self.deposit
     }
 
+    /// What the deposit still has room for.
+    pub fn left(&self) -> u64 {
+        self.deposit.saturating_sub(self.signed_amount)
+    }
+
+    /// The channel was topped up on the ledger to `deposit` in all: the
+    /// session goes on paying into it. A deposit never shrinks.
+    pub fn raise_deposit(&mut self, deposit: u64) {
+        self.deposit = self.deposit.max(deposit);
+    }
+
     pub fn domain(&self) -> &str {
         &self.domain
     }
@@ -353,6 +364,16 @@ impl PayeeChannel {
 
     pub fn id(&self) -> [u8; 32] {
         self.channel
+    }
+
+    pub fn deposit(&self) -> u64 {
+        self.deposit
+    }
+
+    /// The ledger shows the channel topped up to `deposit` in all. A
+    /// deposit never shrinks.
+    pub fn raise_deposit(&mut self, deposit: u64) {
+        self.deposit = self.deposit.max(deposit);
     }
 
     /// The newest valid receipt: what settlement pays.
@@ -621,6 +642,33 @@ mod tests {
         payer.measure(64 << 20);
         assert_eq!(payer.on_usage(64 << 20), Err(PayError::OutOfDeposit { deposit }));
         assert!(payer.signed_amount() <= deposit);
+    }
+
+    #[test]
+    fn a_topped_up_channel_goes_on_in_the_same_session() {
+        let deposit = QUOTE.price_of(30 << 20).expect("fits");
+        let (mut payer, mut payee) = pair(deposit);
+        payee.accept(payer.prepay().expect("one chunk fits")).expect("valid");
+        payer.measure(64 << 20);
+        assert_eq!(payer.on_usage(64 << 20), Err(PayError::OutOfDeposit { deposit }));
+        // Topped up on the ledger: the payer signs past the old deposit, and
+        // the payee takes it only once it has seen the new deposit too.
+        payer.raise_deposit(deposit * 4);
+        payer.raise_deposit(deposit);
+        assert_eq!(payer.deposit(), deposit * 4, "a deposit never shrinks");
+        assert_eq!(payer.left(), deposit * 4 - payer.signed_amount());
+        let receipt = payer.on_usage(64 << 20).expect("pays").expect("owed");
+        assert!(matches!(
+            payee.accept(receipt.clone()),
+            Err(PayError::OverDeposit { .. })
+        ));
+        payee.raise_deposit(deposit * 4);
+        payee.accept(receipt).expect("within the new deposit");
+        assert_eq!(
+            payee.allowance(),
+            QUOTE.bytes_for(payee.paid_amount()) + QUOTE.grace_bytes,
+            "one session, paid on through the top-up"
+        );
     }
 
     /// Any interleaving of traffic, usage reports and receipts: the payee
