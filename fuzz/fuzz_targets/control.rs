@@ -19,6 +19,7 @@ use hopwire_fuzz::{client_hello, lock, write_seeds, xor, Net, Stop, NOW_UNIX};
 use hopwire_proto::onion::cell::{BackwardMessage, Create, ForwardMessage, LinkMessage};
 use hopwire_proto::onion::circuit::{ClientCircuit, HopCircuit};
 use hopwire_proto::onion::handshake::{ClientOnionskin, ServerOnionskin};
+use hopwire_proto::onion::layer::DataCipher;
 use hopwire_proto::session::{ExitHello, SessionParams};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
@@ -75,10 +76,12 @@ fn seeds() -> Vec<Vec<u8>> {
     let skin = ClientOnionskin {
         key_id: [1; 8],
         x: [9; 32],
+        offers_aes: true,
     };
     let server = ServerOnionskin {
         y: [9; 32],
         auth: [2; 32],
+        data_cipher: DataCipher::Aes256Gcm,
     };
     let params = SessionParams {
         inner_addr: [100, 87, 0, 2].into(),
@@ -108,6 +111,7 @@ fn seeds() -> Vec<Vec<u8>> {
             onionskin: ClientOnionskin {
                 key_id: [0; 8],
                 x: [0; 32],
+                offers_aes: false,
             },
         }),
         enc(&ForwardMessage::Begin { hello: client_hello() }),
@@ -168,7 +172,7 @@ fuzz_target!(
             if create.circuit_id & 1 == 0 {
                 create.onionskin.key_id = hopwire_proto::onion::handshake::key_id(&node.onion.public());
             }
-            let answer = HopCircuit::create(&mut net.rng, &node.identity, &node.onion, NOW_UNIX, 9usize, &create);
+            let answer = HopCircuit::create(&mut net.rng, &node.identity, &node.onion, NOW_UNIX, 9usize, &create, node.takes_aes);
             if let Ok((hop, created)) = answer {
                 assert!(matches!(created, LinkMessage::Created { .. }));
                 assert!(hop.max_extends <= 2, "extend budget is capped");

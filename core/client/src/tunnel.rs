@@ -306,6 +306,7 @@ impl Tunnel {
                 (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
             }
         }
+        debug!(data_ciphers = ?circuit.data_ciphers(), "circuit built");
         let mut payments = Vec::new();
         let cells = Arc::new(CellCount::default());
         let session_id: [u8; 16] = rand::thread_rng().gen();

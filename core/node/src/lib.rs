@@ -46,6 +46,7 @@ use hopwire_proto::onion::cell::{BackwardMessage, ForwardMessage, LinkMessage};
 use hopwire_proto::onion::circuit::{CircuitTable, ControlAction, HopCircuit, Routed, SharedHop};
 use hopwire_proto::onion::handshake::ServerOnionskin;
 use hopwire_proto::onion::keys::OnionKeys;
+use hopwire_proto::onion::layer::aes_hardware;
 use hopwire_proto::ratelimit::TokenBucket;
 use hopwire_proto::record::{short_id, Role};
 use hopwire_proto::sync::{lock, read, write};
@@ -780,7 +781,15 @@ impl Node {
         };
         let made = {
             let onion = read(&self.onion);
-            HopCircuit::create(&mut rand::rngs::OsRng, &self.id, &onion, unix_now(), link, &create)
+            HopCircuit::create(
+                &mut rand::rngs::OsRng,
+                &self.id,
+                &onion,
+                unix_now(),
+                link,
+                &create,
+                aes_hardware(),
+            )
         };
         let (mut hop, created) = match made {
             Ok(m) => m,

@@ -68,6 +68,8 @@ pub struct Node {
     pub identity: [u8; 32],
     pub onion: OnionKeys,
     pub table: CircuitTable<usize>,
+    /// Takes AES-256-GCM data layers when offered.
+    pub takes_aes: bool,
 }
 
 /// A client and its circuit through `nodes`. Link `i` joins the client
@@ -90,10 +92,24 @@ pub enum Stop {
 
 impl Net {
     /// Builds a circuit through `hops` nodes with the real handshake, CREATE
-    /// and EXTEND messages, hop state and circuit tables.
+    /// and EXTEND messages, hop state and circuit tables; AES-256-GCM data
+    /// layers where this CPU has AES instructions, as the shells choose.
     pub fn build(seed: u64, hops: usize) -> Self {
+        let aes = crate::onion::layer::aes_hardware();
+        Self::build_with_ciphers(seed, aes, &vec![aes; hops])
+    }
+
+    /// Like [`Net::build`], through one node per entry of `takes_aes`
+    /// (whether it takes AES-256-GCM data layers), with a client that
+    /// offers them if `offers_aes`.
+    pub fn build_with_ciphers(seed: u64, offers_aes: bool, takes_aes: &[bool]) -> Self {
+        let hops = takes_aes.len();
         assert!((1..=3).contains(&hops));
         let mut net = Self::new(seed, hops);
+        net.client = ClientCircuit::offering_aes(offers_aes);
+        for (node, &takes) in net.nodes.iter_mut().zip(takes_aes) {
+            node.takes_aes = takes;
+        }
         let create = net
             .client
             .create(&mut net.rng, 7, net.nodes[0].identity, net.nodes[0].onion.public(), 2);
@@ -168,6 +184,7 @@ impl Net {
                 identity: [i as u8 + 1; 32],
                 onion: OnionKeys::generate(&mut rng, NOW_UNIX),
                 table: CircuitTable::default(),
+                takes_aes: crate::onion::layer::aes_hardware(),
             })
             .collect();
         Self {
@@ -181,8 +198,16 @@ impl Net {
     /// Node `n` answers a CREATE that arrived on link `n`.
     pub fn create_at(&mut self, n: usize, create: &Create) -> LinkMessage {
         let node = &mut self.nodes[n];
-        let (hop, created) = HopCircuit::create(&mut self.rng, &node.identity, &node.onion, NOW_UNIX, n, create)
-            .expect("hop answers CREATE");
+        let (hop, created) = HopCircuit::create(
+            &mut self.rng,
+            &node.identity,
+            &node.onion,
+            NOW_UNIX,
+            n,
+            create,
+            node.takes_aes,
+        )
+        .expect("hop answers CREATE");
         assert!(node.table.insert(Arc::new(Mutex::new(hop))), "fresh circuit id");
         self.ids.push(create.circuit_id);
         created

@@ -25,7 +25,7 @@ use super::keys::OnionKeys;
 use crate::ratelimit::TokenBucket;
 use crate::sync::lock;
 
-use super::layer::{LayerError, Opener, Sealer, COUNTER_LEN, LAYER_OVERHEAD, TAG_LEN};
+use super::layer::{aes_hardware, DataCipher, LayerError, Opener, Sealer, COUNTER_LEN, LAYER_OVERHEAD, TAG_LEN};
 
 /// Bytes one hop adds to a data cell: counter, kind and tag.
 pub const HOP_OVERHEAD: usize = LAYER_OVERHEAD + 1;
@@ -74,15 +74,39 @@ pub enum CircuitError {
 }
 
 /// The client's side of a circuit: one layer per hop that answered.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClientCircuit {
     hops: Vec<ClientLayer>,
     pending: Option<ClientHandshake>,
+    /// Offer hops AES-256-GCM data layers.
+    offers_aes: bool,
+}
+
+impl Default for ClientCircuit {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ClientCircuit {
+    /// A circuit that offers AES-256-GCM data layers if this CPU has AES
+    /// instructions.
     pub fn new() -> Self {
-        Self::default()
+        Self::offering_aes(aes_hardware())
+    }
+
+    /// A circuit that offers AES-256-GCM data layers or not.
+    pub fn offering_aes(offers_aes: bool) -> Self {
+        Self {
+            hops: Vec::new(),
+            pending: None,
+            offers_aes,
+        }
+    }
+
+    /// Each hop's data cipher, first hop first.
+    pub fn data_ciphers(&self) -> Vec<DataCipher> {
+        self.hops.iter().map(|h| h.data_cipher).collect()
     }
 
     /// Hops whose handshake completed.
@@ -103,7 +127,7 @@ impl ClientCircuit {
         onion_key: [u8; 32],
         max_extends: u8,
     ) -> LinkMessage {
-        let (handshake, onionskin) = ClientHandshake::start(rng, identity, onion_key);
+        let (handshake, onionskin) = ClientHandshake::start(rng, identity, onion_key, self.offers_aes);
         self.pending = Some(handshake);
         LinkMessage::Create(Create {
             circuit_id,
@@ -130,7 +154,7 @@ impl ClientCircuit {
         if self.hops.len() >= MAX_HOPS {
             return Err(CircuitError::TooManyHops);
         }
-        let (handshake, onionskin) = ClientHandshake::start(rng, identity, onion_key);
+        let (handshake, onionskin) = ClientHandshake::start(rng, identity, onion_key, self.offers_aes);
         let last = self.hops.len().checked_sub(1).ok_or(CircuitError::NoHandshake)?;
         let message = self.seal_control(
             last,
@@ -272,7 +296,9 @@ pub struct HopCircuit<L> {
 
 impl<L: Copy> HopCircuit<L> {
     /// Answers a CREATE: runs the handshake with this node's onion keys and
-    /// gives the hop and the CREATED to send back.
+    /// gives the hop and the CREATED to send back. The hop takes AES-256-GCM
+    /// data layers if the client offers them and `takes_aes` (the node has
+    /// AES instructions).
     pub fn create<R: RngCore + CryptoRng>(
         rng: &mut R,
         identity: &[u8; 32],
@@ -280,6 +306,7 @@ impl<L: Copy> HopCircuit<L> {
         now_unix: u64,
         prev: L,
         create: &Create,
+        takes_aes: bool,
     ) -> Result<(Self, LinkMessage), CircuitError> {
         let Create {
             circuit_id,
@@ -289,10 +316,11 @@ impl<L: Copy> HopCircuit<L> {
         let secret = onion_keys
             .find(&onionskin.key_id, now_unix)
             .ok_or(HandshakeError::UnknownOnionKey(onionskin.key_id))?;
-        let (reply, secrets) = respond(rng, identity, &secret, onionskin)?;
+        let (reply, secrets) = respond(rng, identity, &secret, onionskin, takes_aes)?;
+        let data = secrets.data_cipher.algorithm();
         let hop = Self {
-            data_in: Opener::new(&secrets.data_forward),
-            data_out: Sealer::new(&secrets.data_backward),
+            data_in: Opener::with_algorithm(data, &secrets.data_forward),
+            data_out: Sealer::with_algorithm(data, &secrets.data_backward),
             control_in: Opener::new(&secrets.control_forward),
             control_out: Sealer::new(&secrets.control_backward),
             prev: (prev, circuit_id),

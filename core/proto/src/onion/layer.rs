@@ -1,5 +1,5 @@
-//! One hop's layer: ChaCha20-Poly1305 with an explicit counter per direction
-//! and a sliding replay window, since datagrams are lost and reordered.
+//! One hop's layer: an AEAD with an explicit counter per direction and a
+//! sliding replay window, since datagrams are lost and reordered.
 //!
 //! A sealed layer is `counter (8, big-endian) | ciphertext | tag (16)`; the
 //! nonce is the counter, and every direction of every hop has its own key,
@@ -7,10 +7,15 @@
 //! the caller owns: nothing here allocates.
 //!
 //! The AEAD is ring's ChaCha20-Poly1305, the one boringtun uses for
-//! WireGuard: measured here it costs a third of the RustCrypto crate's per
-//! packet, and every hop pays it once per cell.
+//! WireGuard (measured here it costs a third of the RustCrypto crate's per
+//! packet), or for data cells ring's AES-256-GCM where both the client and
+//! the hop have AES instructions ([`DataCipher`]): every hop pays its layer
+//! once per cell, and with AES hardware AES-GCM costs a fraction of
+//! ChaCha20-Poly1305. Both take 32-byte keys and 12-byte nonces and add a
+//! 16-byte tag, so cells are the same size either way.
 
-use ring::aead::{Aad, Algorithm, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{Aad, Algorithm, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
+use serde::{Deserialize, Serialize};
 
 /// Bytes a layer adds: counter and tag.
 pub const LAYER_OVERHEAD: usize = COUNTER_LEN + TAG_LEN;
@@ -29,6 +34,43 @@ pub enum LayerError {
     Forged,
     #[error("send counter exhausted; the circuit must be rebuilt")]
     Exhausted,
+}
+
+/// The AEAD of a hop's data layers, agreed in the circuit handshake: the
+/// client offers AES-256-GCM when it has AES instructions, and the hop
+/// takes it when it has them too. Control layers are always
+/// ChaCha20-Poly1305.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataCipher {
+    ChaCha20Poly1305,
+    Aes256Gcm,
+}
+
+impl DataCipher {
+    pub fn algorithm(self) -> &'static Algorithm {
+        match self {
+            DataCipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            DataCipher::Aes256Gcm => &AES_256_GCM,
+        }
+    }
+}
+
+/// Whether this CPU has AES and carry-less multiply instructions, which
+/// make AES-256-GCM both fast and constant-time (without them ring's
+/// AES is slower than ChaCha20-Poly1305).
+pub fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes") && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 /// Sends one direction of a layer: seals with a strictly increasing counter.
@@ -75,8 +117,8 @@ impl Sealer {
         Self::with_algorithm(&CHACHA20_POLY1305, key)
     }
 
-    /// The same framing with another AEAD of 32-byte keys (the cell path
-    /// uses AES-256-GCM).
+    /// The same framing with another AEAD of 32-byte keys (AES-256-GCM
+    /// data layers, the cell path).
     pub fn with_algorithm(algorithm: &'static Algorithm, key: &[u8; 32]) -> Self {
         Self {
             cipher: cipher(algorithm, key),

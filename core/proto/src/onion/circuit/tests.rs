@@ -95,6 +95,29 @@ fn cells_cross_one_two_and_three_hops_intact_both_ways() {
     }
 }
 
+/// Each hop's data layer is AES-256-GCM where the client offers it and
+/// the hop takes it, ChaCha20-Poly1305 elsewhere, in any mix.
+#[test]
+fn data_layers_mix_ciphers_hop_by_hop() {
+    use DataCipher::{Aes256Gcm as Aes, ChaCha20Poly1305 as ChaCha};
+    let cases: [(bool, &[bool], &[DataCipher]); 4] = [
+        (true, &[true, false, true], &[Aes, ChaCha, Aes]),
+        (true, &[false, true], &[ChaCha, Aes]),
+        (false, &[true, true, true], &[ChaCha, ChaCha, ChaCha]),
+        (true, &[true], &[Aes]),
+    ];
+    for (seed, (offers, takes, ciphers)) in cases.into_iter().enumerate() {
+        let mut net = Net::build_with_ciphers(seed as u64, offers, takes);
+        assert_eq!(net.client.data_ciphers(), ciphers);
+        for size in [0, 1300] {
+            let payload = vec![seed as u8; size];
+            let cell = net.sealed(&payload);
+            assert_eq!(net.forward(cell), Ok(payload.clone()), "{ciphers:?} forward");
+            assert_eq!(net.backward(&payload, None), Ok(payload), "{ciphers:?} backward");
+        }
+    }
+}
+
 #[test]
 fn a_flipped_bit_dies_at_the_next_hop_and_is_counted() {
     let mut net = Net::build(10, 3);
