@@ -57,7 +57,7 @@ enum Command {
         ledger: Option<hopwire_net::ledger::LedgerAddr>,
         /// Each payment channel's deposit: this many MiB at the hop's price.
         /// A channel running low while a circuit pays through it is topped
-        /// up by as much again.
+        /// up by as much as it holds (at most 16 deposits).
         #[arg(long, env = "HOPWIRE_DEPOSIT_MIB", default_value_t = 1024)]
         deposit_mib: u64,
     },

@@ -45,7 +45,7 @@ pub struct SessionConfig {
     pub ledger: Option<String>,
     /// Each channel's deposit, in MiB at the hop's price (the daemon's
     /// default too); a channel running low while a circuit pays through it
-    /// is topped up by as much again.
+    /// is topped up by as much as it holds (at most 16 deposits).
     #[uniffi(default = 1024)]
     pub deposit_mib: u64,
     /// Log filter (`"info"`, `"hopwire_client=debug,info"`); `None`: no

@@ -14,8 +14,9 @@
 //! sessions signed. A new channel is opened with a deposit of
 //! `deposit_mib` MiB at the hop's price (at least two chunks) when the hop
 //! has none with room for two more chunks. While a circuit pays through a
-//! channel, it is topped up by as much again once less than half a
-//! deposit is left, so a long or fast session keeps its circuit. A
+//! channel, it is topped up once half a deposit or less is left, by as
+//! much as it holds (so a long or fast session keeps its circuit and
+//! needs few top-ups). A
 //! channel is closed (its deposit comes back after the ledger's challenge
 //! period) once it is spent, after a day unused, or when the user asks
 //! (`hopwire wallet --close`).
@@ -36,9 +37,13 @@ use hopwire_net::protect::Protect;
 use hopwire_proto::pay::{PayerChannel, PayerKey};
 use hopwire_proto::record::{hex, VerifiedRecord};
 
-/// Bytes a client pays beyond what it counted itself: cells lost between a
-/// hop and the client are counted by the hop only.
+/// Bytes a client pays beyond what it counted itself, at the least (1/64
+/// of what it counted once that is more): cells lost between a hop and the
+/// client are counted by the hop only.
 const TOLERANCE_BYTES: u64 = 1 << 20;
+
+/// A top-up adds at most this many deposits' worth.
+const MAX_TOP_UP: u64 = 16;
 
 /// A channel unused this long is closed, so its deposit comes back.
 const IDLE_CLOSE_S: u64 = 24 * 3600;
@@ -375,19 +380,30 @@ impl Wallet {
         self.deposit_for(hop).is_ok_and(|deposit| channel.left() <= deposit / 2)
     }
 
-    /// Adds a deposit's worth to channel `id` to `hop` on the ledger while
-    /// a circuit pays through it, so the circuit goes on instead of ending
-    /// when the deposit is spent; the deposit in all.
-    pub async fn top_up(&self, hop: &VerifiedRecord, id: [u8; 32]) -> Result<u64, WalletError> {
-        let amount = self.deposit_for(hop)?;
-        let state = self
-            .ledger
-            .call(move |l| l.top_up(id, amount))
-            .await
-            .map_err(|source| WalletError::Ledger {
-                action: format!("topping up the channel to {} on the ledger", hop.short_id()),
-                source,
-            })?;
+    /// Tops channel `id` to `hop`, whose deposit is `deposit`, up on the
+    /// ledger while a circuit pays through it, so the circuit goes on
+    /// instead of ending when the deposit is spent; the deposit in all. It
+    /// adds as much as the channel holds (at least a deposit's worth, at
+    /// most [`MAX_TOP_UP`] of them), so a long fast session needs few
+    /// top-ups and each one comes earlier; if the account cannot afford
+    /// that, a deposit's worth.
+    pub async fn top_up(&self, hop: &VerifiedRecord, id: [u8; 32], deposit: u64) -> Result<u64, WalletError> {
+        let base = self.deposit_for(hop)?;
+        let doubled = deposit.clamp(base, base.saturating_mul(MAX_TOP_UP));
+        let top_up = |amount: u64| async move {
+            self.ledger
+                .call(move |l| l.top_up(id, amount))
+                .await
+                .map_err(|source| WalletError::Ledger {
+                    action: format!("topping up the channel to {} on the ledger", hop.short_id()),
+                    source,
+                })
+        };
+        let (amount, state) = match top_up(doubled).await {
+            Ok(state) => (doubled, state),
+            Err(_) if doubled > base => (base, top_up(base).await?),
+            Err(e) => return Err(e),
+        };
         if let Some(mut r) = self.load(id) {
             r.deposit = state.deposit;
             self.store(id, &r);

@@ -8,11 +8,13 @@
 //!
 //! The loop: the payee quotes price, chunk and grace ([`Quote`]); the payer
 //! prepays one chunk; the payee reports usage; the payer pays for what it
-//! measured itself (plus a small tolerance) and one chunk ahead, never more
-//! than the payee reported and never more than the deposit. The payee
+//! measured itself (plus a tolerance for cells lost on the way: 1 MiB, or
+//! 1/64 of what it measured once that is more) and one chunk ahead, never
+//! more than the payee reported and never more than the deposit. The payee
 //! forwards while what it carried stays within what it was paid for plus
-//! the grace. So a payee can lose at most one chunk plus the grace, and a
-//! payer can overpay at most one chunk.
+//! the grace. So a payee can lose at most one chunk plus the grace (and
+//! what was lost on the way past the tolerance), and a payer can overpay
+//! at most one chunk and the tolerance.
 //!
 //! What it does not do: send messages, store receipts, or talk to a ledger.
 //! Amounts are integers in the ledger's smallest unit; overflow is an error.
@@ -23,6 +25,11 @@ pub mod scheme;
 pub use scheme::PayerKey;
 
 pub const GIB: u64 = 1 << 30;
+
+/// A payer pays for up to 1/`LOSS_SHARE` more than it measured on a hop
+/// (1.6 %): what the hop sent that was lost on the way
+/// ([`PayerChannel::tolerance`]).
+pub const LOSS_SHARE: u64 = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayError {
@@ -166,7 +173,8 @@ pub struct PayerChannel {
     deposit: u64,
     quote: Quote,
     /// Bytes the payer may pay for beyond what it measured (the two ends
-    /// never count exactly alike).
+    /// never count exactly alike), at the least: see
+    /// [`PayerChannel::tolerance`].
     tolerance_bytes: u64,
     seq: u64,
     signed_amount: u64,
@@ -274,6 +282,16 @@ impl PayerChannel {
         self.measured
     }
 
+    /// Bytes the payer pays for beyond what it measured: `tolerance_bytes`,
+    /// or 1/[`LOSS_SHARE`] of what it measured once that is more. Cells a
+    /// hop sent that were lost before they reached the payer are counted by
+    /// the hop alone, and over a long fast session they add up past any
+    /// fixed tolerance; a hop that reports more than it carried gains at
+    /// most this share.
+    pub fn tolerance(&self) -> u64 {
+        self.tolerance_bytes.max(self.measured / LOSS_SHARE)
+    }
+
     /// Counts bytes the payer itself sent or received over this hop.
     pub fn measure(&mut self, bytes: u64) {
         self.measured = self.measured.saturating_add(bytes);
@@ -288,7 +306,7 @@ impl PayerChannel {
     /// (the report, capped at what the payer measured plus the tolerance)
     /// and one chunk ahead. `None` if nothing more is owed.
     pub fn on_usage(&mut self, reported_bytes: u64) -> Result<Option<SignedReceipt>, PayError> {
-        let agreed = reported_bytes.min(self.measured.saturating_add(self.tolerance_bytes));
+        let agreed = reported_bytes.min(self.measured.saturating_add(self.tolerance()));
         let target = agreed.checked_add(self.quote.chunk_bytes).ok_or(PayError::Overflow)?;
         if self.amount_for(target)? <= self.signed_amount {
             return Ok(None);
@@ -671,6 +689,32 @@ mod tests {
         );
     }
 
+    /// A long fast session losing 1 % of what a hop sends before it
+    /// reaches the payer: the losses add up far past the fixed tolerance,
+    /// and the payer still pays the hop enough to keep it carrying.
+    #[test]
+    fn a_long_session_with_losses_stays_paid() {
+        let (mut payer, mut payee) = pair(u64::MAX / 2);
+        let mut meter = Meter::default();
+        payee.accept(payer.prepay().expect("prepay")).expect("valid");
+        for _ in 0..5000 {
+            meter.allowance = Some(payee.allowance());
+            assert!(
+                meter.admit(2 << 20),
+                "carried {} with {} paid for: the hop stopped",
+                meter.carried,
+                QUOTE.bytes_for(payee.paid_amount())
+            );
+            payer.measure((2 << 20) * 99 / 100);
+            if let Some(r) = payer.on_usage(meter.carried).expect("deposit is large") {
+                payee.accept(r).expect("valid");
+            }
+        }
+        assert!(meter.carried > 9 * GIB);
+        let overpaid = QUOTE.bytes_for(payer.signed_amount()).saturating_sub(payer.measured());
+        assert!(overpaid <= payer.tolerance() + QUOTE.chunk_bytes + QUOTE.bytes_for(1));
+    }
+
     /// Any interleaving of traffic, usage reports and receipts: the payee
     /// never carries more than one chunk plus the grace unpaid, and the
     /// payer never pays for more than one chunk (plus the tolerance) beyond
@@ -725,7 +769,7 @@ mod tests {
                 // One chunk ahead, the tolerance, and one unit of rounding.
                 let overpaid = QUOTE.bytes_for(payer.signed_amount()).saturating_sub(payer.measured);
                 assert!(
-                    overpaid <= QUOTE.chunk_bytes + payer.tolerance_bytes + QUOTE.bytes_for(1),
+                    overpaid <= QUOTE.chunk_bytes + payer.tolerance() + QUOTE.bytes_for(1),
                     "seed {seed}: payer paid for {overpaid} bytes it did not measure"
                 );
             }
