@@ -696,18 +696,7 @@ async fn watch_control(
         reason: format!("the first hop closed the circuit ({e})"),
         culprit: Some(path[0].record().identity),
     };
-    // Reading a message is not cancel-safe: one reader runs throughout,
-    // and the loop takes whole messages from it.
-    let (messages, mut received) = tokio::sync::mpsc::channel(16);
-    let reader = async move {
-        loop {
-            let message = framing::read_message::<LinkMessage>(recv).await;
-            let end = message.is_err();
-            if messages.send(message).await.is_err() || end {
-                return;
-            }
-        }
-    };
+    let (reader, mut received) = framing::reader::<LinkMessage>(recv);
     tokio::pin!(reader);
     let mut reader_done = false;
     loop {

@@ -42,6 +42,31 @@ pub async fn read_message<T: for<'de> Deserialize<'de>>(r: &mut (impl AsyncRead 
     Ok(postcard::from_bytes(&body)?)
 }
 
+/// Messages read from `r` one after another into a channel, for a loop
+/// that also waits on other things: reading a message is not cancel-safe
+/// (a read given up halfway loses the bytes it took), so the returned
+/// reader future runs throughout, and the loop takes whole messages from
+/// the receiver. The reader ends after passing on the first error, or once
+/// the receiver is gone.
+pub fn reader<'a, T: for<'de> Deserialize<'de> + Send + 'a>(
+    r: &'a mut (impl AsyncRead + Unpin + Send),
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'a,
+    tokio::sync::mpsc::Receiver<Result<T, SetupError>>,
+) {
+    let (messages, received) = tokio::sync::mpsc::channel(16);
+    let read = async move {
+        loop {
+            let message = read_message::<T>(r).await;
+            let end = message.is_err();
+            if messages.send(message).await.is_err() || end {
+                return;
+            }
+        }
+    };
+    (read, received)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +101,49 @@ mod tests {
             read_message::<ExitHello>(&mut b).await,
             Err(SetupError::Io(_))
         ));
+    }
+
+    /// Messages that arrive a few bytes at a time, read by a loop that a
+    /// fast timer interrupts between every byte: all arrive whole, in order,
+    /// and the end of the stream comes as an error.
+    #[tokio::test]
+    async fn a_reader_interrupted_between_bytes_loses_nothing() {
+        let (mut a, mut b) = tokio::io::duplex(8192);
+        let hellos: Vec<ClientHello> = (0..20u8)
+            .map(|i| ClientHello {
+                version: PROTOCOL_VERSION,
+                wg_key: [i; 32],
+                previous_addr: None,
+            })
+            .collect();
+        let sent = hellos.clone();
+        let writer = tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            for hello in &sent {
+                write_message(&mut bytes, hello).await.expect("encode");
+            }
+            for chunk in bytes.chunks(3) {
+                a.write_all(chunk).await.expect("write");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        let (reader, mut received) = reader::<ClientHello>(&mut b);
+        tokio::pin!(reader);
+        let mut tick = tokio::time::interval(std::time::Duration::from_micros(200));
+        let (mut got, mut ticks, mut reader_done) = (Vec::new(), 0, false);
+        loop {
+            tokio::select! {
+                () = &mut reader, if !reader_done => reader_done = true,
+                _ = tick.tick() => ticks += 1,
+                m = received.recv() => match m {
+                    Some(Ok(hello)) => got.push(hello),
+                    Some(Err(SetupError::Io(_))) | None => break,
+                    Some(Err(e)) => panic!("a message came apart: {e}"),
+                },
+            }
+        }
+        writer.await.expect("writer");
+        assert_eq!(got, hellos);
+        assert!(ticks > 20, "the timer interrupted the reads ({ticks} ticks)");
     }
 }

@@ -841,9 +841,20 @@ impl Node {
         let mut backward: Option<tokio::task::JoinHandle<String>> = None;
         let mut pay = self.payee.as_ref().map(|p| p.start(hop));
         let mut wake = tokio::time::Instant::now() + payee::BUSY_TICK;
+        // The payment ticks interrupt the wait for messages often.
+        let (reader, mut received) = framing::reader::<LinkMessage>(recv);
+        tokio::pin!(reader);
+        let mut reader_done = false;
         let ended = loop {
             let message = tokio::select! {
-                m = framing::read_message::<LinkMessage>(recv) => m,
+                () = &mut reader, if !reader_done => {
+                    reader_done = true;
+                    continue;
+                }
+                m = received.recv() => match m {
+                    Some(m) => m,
+                    None => break Ended::PrevLost,
+                },
                 _ = tokio::time::sleep_until(wake), if pay.is_some() => {
                     let (Some(payee), Some(circuit)) = (&self.payee, pay.as_mut()) else { continue };
                     let ticked = payee.tick(circuit, hop, Instant::now());
