@@ -2146,7 +2146,8 @@ public struct SessionConfig: Equatable, Hashable {
     public var ledger: String?
     /**
      * Each channel's deposit, in MiB at the hop's price (the daemon's
-     * default too).
+     * default too); a channel running low while a circuit pays through it
+     * is topped up by as much as it holds (at most 16 deposits).
      */
     public var depositMib: UInt64
     /**
@@ -2177,7 +2178,8 @@ public struct SessionConfig: Equatable, Hashable {
          */ledger: String? = nil, 
         /**
          * Each channel's deposit, in MiB at the hop's price (the daemon's
-         * default too).
+         * default too); a channel running low while a circuit pays through it
+         * is topped up by as much as it holds (at most 16 deposits).
          */depositMib: UInt64 = UInt64(1024), 
         /**
          * Log filter (`"info"`, `"hopwire_client=debug,info"`); `None`: no

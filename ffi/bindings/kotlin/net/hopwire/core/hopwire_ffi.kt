@@ -3387,7 +3387,8 @@ data class SessionConfig (
     , 
     /**
      * Each channel's deposit, in MiB at the hop's price (the daemon's
-     * default too).
+     * default too); a channel running low while a circuit pays through it
+     * is topped up by as much as it holds (at most 16 deposits).
      */
     var `depositMib`: kotlin.ULong = 1024uL 
     , 
