@@ -42,6 +42,23 @@ use hopwire_proto::record::{hex, VerifiedRecord};
 /// client are counted by the hop only.
 const TOLERANCE_BYTES: u64 = 1 << 20;
 
+/// Keeps channel `id`'s deposit as `deposit` in its record, unless the
+/// record already says more (a deposit never shrinks).
+fn raise_deposit(channels: &sled::Tree, id: [u8; 32], deposit: u64) {
+    let Some(mut r) = channels
+        .get(id)
+        .ok()
+        .flatten()
+        .and_then(|bytes| postcard::from_bytes::<ChannelRecord>(&bytes).ok())
+    else {
+        return;
+    };
+    r.deposit = r.deposit.max(deposit);
+    if let Ok(bytes) = postcard::to_stdvec(&r) {
+        let _ = channels.insert(id, bytes);
+    }
+}
+
 /// A top-up adds at most this many deposits' worth.
 const MAX_TOP_UP: u64 = 16;
 
@@ -391,8 +408,15 @@ impl Wallet {
         let base = self.deposit_for(hop)?;
         let doubled = deposit.clamp(base, base.saturating_mul(MAX_TOP_UP));
         let top_up = |amount: u64| async move {
+            let channels = self.channels.clone();
             self.ledger
-                .call(move |l| l.top_up(id, amount))
+                .call(move |l| {
+                    let state = l.top_up(id, amount)?;
+                    // Kept as the ledger answers, even if the circuit that
+                    // asked has ended meanwhile.
+                    raise_deposit(&channels, id, state.deposit);
+                    Ok(state)
+                })
                 .await
                 .map_err(|source| WalletError::Ledger {
                     action: format!("topping up the channel to {} on the ledger", hop.short_id()),
@@ -404,10 +428,6 @@ impl Wallet {
             Err(_) if doubled > base => (base, top_up(base).await?),
             Err(e) => return Err(e),
         };
-        if let Some(mut r) = self.load(id) {
-            r.deposit = state.deposit;
-            self.store(id, &r);
-        }
         tracing::info!(
             hop = %hop.short_id(),
             channel = %hopwire_proto::record::short_id(&id),
@@ -431,7 +451,8 @@ impl Wallet {
             payee_key: hex(&hop.record().identity),
             price_per_gib: channel.quote().price_per_gib,
             chunk_bytes: channel.quote().chunk_bytes,
-            deposit: channel.deposit(),
+            // A top-up may have landed before the circuit heard of it.
+            deposit: channel.deposit().max(old.as_ref().map_or(0, |r| r.deposit)),
             signed: channel.signed_amount(),
             bytes: before + channel.measured(),
             sessions: old.as_ref().map_or(0, |r| r.sessions),
