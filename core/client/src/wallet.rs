@@ -16,10 +16,9 @@
 //! has none with room for two more chunks. While a circuit pays through a
 //! channel, it is topped up once half a deposit or less is left, by as
 //! much as it holds (so a long or fast session keeps its circuit and
-//! needs few top-ups). A
-//! channel is closed (its deposit comes back after the ledger's challenge
-//! period) once it is spent, after a day unused, or when the user asks
-//! (`hopwire wallet --close`).
+//! needs few top-ups). A channel is closed (its deposit comes back after
+//! the ledger's challenge period) once it is spent, after a day unused, or
+//! when the user asks (`hopwire wallet --close`).
 //! Receipts are signed by [`PayerChannel`]; the wallet opens channels,
 //! lends them to circuits and remembers them.
 
@@ -41,23 +40,6 @@ use hopwire_proto::record::{hex, VerifiedRecord};
 /// of what it counted once that is more): cells lost between a hop and the
 /// client are counted by the hop only.
 const TOLERANCE_BYTES: u64 = 1 << 20;
-
-/// Keeps channel `id`'s deposit as `deposit` in its record, unless the
-/// record already says more (a deposit never shrinks).
-fn raise_deposit(channels: &sled::Tree, id: [u8; 32], deposit: u64) {
-    let Some(mut r) = channels
-        .get(id)
-        .ok()
-        .flatten()
-        .and_then(|bytes| postcard::from_bytes::<ChannelRecord>(&bytes).ok())
-    else {
-        return;
-    };
-    r.deposit = r.deposit.max(deposit);
-    if let Ok(bytes) = postcard::to_stdvec(&r) {
-        let _ = channels.insert(id, bytes);
-    }
-}
 
 /// A top-up adds at most this many deposits' worth.
 const MAX_TOP_UP: u64 = 16;
@@ -265,6 +247,30 @@ impl AccountKey {
                     .unwrap_or_else(|| unreachable!("256 derivations cannot all be invalid keys"))
             }
         }
+    }
+}
+
+/// Channel `id`'s record in `channels`.
+fn load_record(channels: &sled::Tree, id: [u8; 32]) -> Option<ChannelRecord> {
+    let bytes = channels.get(id).ok().flatten()?;
+    postcard::from_bytes(&bytes).ok()
+}
+
+fn store_record(channels: &sled::Tree, id: [u8; 32], record: &ChannelRecord) {
+    if let Ok(bytes) = postcard::to_stdvec(record) {
+        // Not flushed each time (sled does within half a second): a
+        // receipt lost in a crash only makes the hop refuse to resume, and
+        // a new channel is opened.
+        let _ = channels.insert(id, bytes);
+    }
+}
+
+/// Keeps channel `id`'s deposit as `deposit` in its record, unless the
+/// record already says more (a deposit never shrinks).
+fn raise_deposit(channels: &sled::Tree, id: [u8; 32], deposit: u64) {
+    if let Some(mut r) = load_record(channels, id) {
+        r.deposit = r.deposit.max(deposit);
+        store_record(channels, id, &r);
     }
 }
 
@@ -528,17 +534,11 @@ impl Wallet {
     }
 
     fn load(&self, id: [u8; 32]) -> Option<ChannelRecord> {
-        let bytes = self.channels.get(id).ok().flatten()?;
-        postcard::from_bytes(&bytes).ok()
+        load_record(&self.channels, id)
     }
 
     fn store(&self, id: [u8; 32], record: &ChannelRecord) {
-        if let Ok(bytes) = postcard::to_stdvec(record) {
-            // Not flushed each time (sled does within half a second): a
-            // receipt lost in a crash only makes the hop refuse to resume,
-            // and a new channel is opened.
-            let _ = self.channels.insert(id, bytes);
-        }
+        store_record(&self.channels, id, record);
     }
 
     /// Starts closing channels: after the ledger's challenge period (in
