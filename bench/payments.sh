@@ -50,7 +50,7 @@ result = {
     "throughput_cost_percent": 100 * (1 - rate(paid) / rate(free)),
     "payment_bytes_per_gib": statistics.median(per_gib),
     "payment_bytes_percent": 100 * statistics.median(per_gib) / 2**30,
-    "all_hops_within_one_chunk": all(p["within_one_chunk"] for r in paid for p in r["payments"]),
+    "all_hops_within_prepaid": all(p["within_prepaid"] for r in paid for p in r["payments"]),
     "paid_runs_mbit_per_s": [r["download"]["mbit_per_s"] for r in paid],
     "free_runs_mbit_per_s": [r["download"]["mbit_per_s"] for r in free],
     # Run i paid against run i free (they ran back to back).

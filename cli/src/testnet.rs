@@ -1030,8 +1030,9 @@ fn payout_address(node: &serde_json::Value) -> Option<String> {
 }
 
 /// What each charging hop was paid against what it carried at its price:
-/// the difference is within one chunk (4 MiB at the hop's price) plus the
-/// client's tolerance.
+/// the difference is within what the client paid ahead (one chunk, 4 MiB,
+/// or on a fast circuit what the hop carries in half a second) plus the
+/// client's tolerance (1 MiB, or 1/64 of what it counted).
 fn payment_summary(status: &Status, name_of: &dyn Fn(&str) -> String) -> Vec<serde_json::Value> {
     status
         .payments
@@ -1042,11 +1043,14 @@ fn payment_summary(status: &Status, name_of: &dyn Fn(&str) -> String) -> Vec<ser
                 ..hopwire_proto::pay::Quote::FREE
             };
             let owed = quote.price_of(p.bytes).unwrap_or(u64::MAX);
-            let chunk = quote.price_of(quote.chunk_bytes + (1 << 20)).unwrap_or(u64::MAX);
+            let tolerance = (1u64 << 20).max(p.bytes / hopwire_proto::pay::LOSS_SHARE);
+            let slack = quote
+                .price_of(p.ahead.max(quote.chunk_bytes) + tolerance)
+                .unwrap_or(u64::MAX);
             json!({
                 "name": name_of(&p.id), "id": p.id, "price_per_gib": p.price_per_gib,
-                "bytes": p.bytes, "paid": p.paid, "owed": owed, "chunk_price": chunk,
-                "within_one_chunk": p.paid.abs_diff(owed) <= chunk,
+                "bytes": p.bytes, "paid": p.paid, "owed": owed, "ahead": p.ahead, "slack_price": slack,
+                "within_prepaid": p.paid.abs_diff(owed) <= slack,
             })
         })
         .collect()
@@ -1125,10 +1129,10 @@ fn print_summary(s: &serde_json::Value, keep: bool) {
             p["bytes"],
             p["price_per_gib"],
             p["owed"],
-            if p["within_one_chunk"].as_bool() == Some(true) {
-                "within one chunk"
+            if p["within_prepaid"].as_bool() == Some(true) {
+                "within what was paid ahead"
             } else {
-                "OFF BY MORE THAN A CHUNK"
+                "OFF BY MORE THAN WAS PAID AHEAD"
             }
         );
     }

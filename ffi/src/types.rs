@@ -273,6 +273,9 @@ pub struct HopPayment {
     pub paid: u64,
     /// Bytes counted on that hop (cells, both ways).
     pub bytes: u64,
+    /// Bytes the newest receipt pays that hop for ahead of what it carried:
+    /// one chunk, or on a fast circuit what the hop carries in half a second.
+    pub ahead: u64,
 }
 
 impl From<api::HopPayment> for HopPayment {
@@ -282,6 +285,7 @@ impl From<api::HopPayment> for HopPayment {
             price_per_gib: p.price_per_gib,
             paid: p.paid,
             bytes: p.bytes,
+            ahead: p.ahead,
         }
     }
 }

@@ -8,14 +8,15 @@
 //!   taken and a session's allowance is what it paid on top.
 //! - A genuine receipt with the input XORed onto its encoding is accepted
 //!   only unmodified.
-//! - A fuzzed usage report never makes the payer sign past its deposit, or
-//!   for more than it counted plus the tolerance and one chunk.
+//! - A fuzzed usage report, at a fuzzed speed, never makes the payer sign
+//!   past its deposit, or for more than it counted plus the tolerance and
+//!   what it pays ahead (one chunk, or the speed times `PAY_AHEAD`).
 //! - Ledger requests decode or are refused; what decodes round-trips.
 #![no_main]
 
 use ed25519_dalek::SigningKey;
 use hopwire_net::ledger::service::Request;
-use hopwire_proto::pay::{PayeeChannel, PayerChannel, PayerKey, Quote, Receipt, SignedReceipt, LOSS_SHARE};
+use hopwire_proto::pay::{PayeeChannel, PayerChannel, PayerKey, Quote, Receipt, SignedReceipt, LOSS_SHARE, PAY_AHEAD};
 use libfuzzer_sys::fuzz_target;
 
 const QUOTE: Quote = Quote {
@@ -104,23 +105,29 @@ fuzz_target!(|data: &[u8]| {
         let mut n = [0u8; 8];
         n[..w.len()].copy_from_slice(w);
         let value = u64::from_le_bytes(n);
-        if value & 1 == 0 {
+        if value & 3 == 0 {
             let step = value % (4 << 20);
             counted = counted.saturating_add(step);
             payer.measure(step);
-        } else if let Ok(Some(r)) = payer.on_usage(value >> 1) {
+        } else if value & 3 == 2 {
+            // A speed of up to 10 GB/s.
+            payer.pay_ahead((value >> 2) % 10_000_000_000);
+        } else if let Ok(Some(r)) = payer.on_usage(value >> 2) {
             let r = r.receipt;
             assert!(r.cumulative_amount <= DEPOSIT, "signed past the deposit");
-            // The tolerance: TOLERANCE, or 1/LOSS_SHARE of what was counted.
+            // The tolerance: TOLERANCE, or 1/LOSS_SHARE of what was counted;
+            // the lead: a chunk, or at most 10 GB/s for PAY_AHEAD.
             let tolerance = TOLERANCE.max(counted / LOSS_SHARE);
-            let limit = counted.saturating_add(tolerance).saturating_add(QUOTE.chunk_bytes);
+            let most_ahead = QUOTE.chunk_bytes.max((10_000_000_000f64 * PAY_AHEAD.as_secs_f64()) as u64);
+            assert!(payer.ahead() <= most_ahead, "paid {} ahead", payer.ahead());
+            let limit = counted.saturating_add(tolerance).saturating_add(payer.ahead());
             assert!(
                 r.cumulative_amount
                     <= QUOTE
                         .price_of(limit)
                         .unwrap_or(u64::MAX)
                         .max(QUOTE.price_of(QUOTE.chunk_bytes).unwrap_or(0)),
-                "paid for more than counted + tolerance + a chunk"
+                "paid for more than counted + tolerance + the lead"
             );
         }
     }

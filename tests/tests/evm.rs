@@ -82,8 +82,8 @@ fn the_demo_pays_every_hop_on_chain_what_the_client_paid_it() {
     assert_eq!(payments.len(), 3, "{summary:#}");
     for p in payments {
         assert_eq!(
-            p["within_one_chunk"], true,
-            "paid = bytes × price within one chunk: {p}"
+            p["within_prepaid"], true,
+            "paid = bytes × price within what was paid ahead: {p}"
         );
     }
     let settled = summary["settlement"]["hops"].as_array().expect("settlement");

@@ -400,6 +400,11 @@ pub struct HopPayment {
     pub paid: u64,
     /// Bytes the client counted on that hop (cells, both ways).
     pub bytes: u64,
+    /// Bytes the client's newest receipt pays that hop for ahead of what
+    /// they agree it carried: one chunk, or on a fast circuit what the hop
+    /// carries in half a second (the most a circuit can leave prepaid).
+    #[serde(default)]
+    pub ahead: u64,
 }
 
 /// The client's wallet, as `hopwire wallet` shows it.

@@ -1040,6 +1040,7 @@ impl<P: Platform> Shared<P> {
                         price_per_gib: p.record.record().quote.price_per_gib,
                         paid: p.acked,
                         bytes: cells.at_hop(p.hop, *hops),
+                        ahead: p.channel.paid_ahead(),
                     })
                     .collect();
                 (hops, payments.iter().find_map(|p| p.error.clone()))

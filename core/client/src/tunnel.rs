@@ -169,6 +169,43 @@ pub struct HopPay {
     pub error: Option<String>,
     /// Topping its channel up on the ledger.
     top_up: TopUp,
+    /// How fast the hop carries the circuit, for how far ahead to pay it.
+    pace: Pace,
+}
+
+/// A hop's speed, measured on what the client counted itself over windows
+/// of at least [`Pace::WINDOW`] (two usage reports close together say
+/// little about speed).
+#[derive(Debug)]
+struct Pace {
+    since: Instant,
+    counted: u64,
+    bytes_per_s: u64,
+}
+
+impl Pace {
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            counted: 0,
+            bytes_per_s: 0,
+        }
+    }
+
+    /// The hop has carried `counted` bytes by `now`: its speed over the
+    /// last whole window.
+    fn update(&mut self, counted: u64, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= Self::WINDOW {
+            let moved = counted.saturating_sub(self.counted);
+            self.bytes_per_s = (moved as f64 / elapsed.as_secs_f64()) as u64;
+            self.since = now;
+            self.counted = counted;
+        }
+        self.bytes_per_s
+    }
 }
 
 /// Where topping a hop's channel up stands, for the circuit paying into it.
@@ -367,6 +404,7 @@ impl Tunnel {
                 acked,
                 error: None,
                 top_up: TopUp::Idle,
+                pace: Pace::new(Instant::now()),
             });
         }
         let last = path.len() - 1;
@@ -655,7 +693,8 @@ fn seal_pay(circuit: &Mutex<ClientCircuit>, from: usize, pay: &ForwardMessage) -
 
 /// The receipt answering hop `from`'s report that it carried `carried`
 /// bytes: for what the client counted on that hop itself (plus the
-/// tolerance) and one chunk ahead — never for an inflated report. `None` if
+/// tolerance) and one chunk ahead, or more at speed
+/// ([`PayerChannel::pay_ahead`]) — never for an inflated report. `None` if
 /// nothing more is owed; an error (also kept in the hop's `error`) if the
 /// channel cannot pay, e.g. its deposit is spent.
 fn answer_usage(
@@ -670,6 +709,7 @@ fn answer_usage(
     };
     let counted = cells.at_hop(from, hops);
     p.channel.measure(counted.saturating_sub(p.channel.measured()));
+    p.channel.pay_ahead(p.pace.update(counted, Instant::now()));
     p.channel.on_usage(carried).inspect_err(|e| {
         // A spent deposit is topped up, or ends the circuit with its reason.
         if matches!(e, PayError::OutOfDeposit { .. }) {
@@ -1036,6 +1076,7 @@ mod tests {
             acked: 0,
             error: None,
             top_up: TopUp::Idle,
+            pace: Pace::new(Instant::now()),
         }]
     }
 
@@ -1077,6 +1118,20 @@ mod tests {
         );
         // A report for another hop than the one paid pays nothing.
         assert_eq!(answer_usage(&mut cheated, &cells, 3, 1, at_exit), Ok(None));
+    }
+
+    #[test]
+    fn a_hops_pace_is_measured_over_whole_windows() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        // Two reports 10 ms apart say nothing yet.
+        assert_eq!(pace.update(2 << 20, t0 + Duration::from_millis(10)), 0);
+        // 20 MB in 200 ms: 100 MB/s, kept until the next whole window.
+        assert_eq!(pace.update(20_000_000, t0 + Duration::from_millis(200)), 100_000_000);
+        assert_eq!(pace.update(30_000_000, t0 + Duration::from_millis(210)), 100_000_000);
+        // 10 MB in the next second, then nothing: slow again.
+        assert_eq!(pace.update(30_000_000, t0 + Duration::from_millis(1200)), 10_000_000);
+        assert_eq!(pace.update(30_000_000, t0 + Duration::from_millis(2200)), 0);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! ledger (payee is this node, payer is the signer, open, its deposit),
 //! then keeps the newest valid receipt in sled — flushed before the payment
 //! counts — and raises the circuit's allowance to what its session paid for
-//! plus the grace. Every half chunk the node reports what it carried; the
-//! client pays for it and one chunk ahead. A busy circuit is looked at once
-//! per quarter chunk it carries (at most every [`BUSY_TICK`]), so a report
-//! leaves the client the time of at least a chunk and the grace to pay,
-//! however fast the circuit runs. A circuit that stays past its allowance
+//! plus the grace. The client pays for what it carried and one chunk ahead
+//! (on a fast circuit, what it carries in [`PAY_AHEAD`]); once half of
+//! that is used, and at least every half chunk, the node reports what it
+//! carried. A busy circuit is looked at once per quarter of that it
+//! carries (at most every [`BUSY_TICK`]), so a report leaves the client
+//! the time of at least half a chunk and the grace to pay, however fast
+//! the circuit runs. A circuit that stays past its allowance
 //! for [`CUT_OFF_AFTER`] is destroyed: meanwhile it forwards nothing, but
 //! the control stream stays open so a late receipt still catches up.
 //!
@@ -33,6 +35,8 @@ use hopwire_net::ledger::{Fee, FeesPaid, LazyLedger, Ledger, LedgerError};
 use hopwire_net::store::{ReceiptStore, StoreError};
 use hopwire_proto::onion::cell::BackwardMessage;
 use hopwire_proto::onion::circuit::SharedHop;
+#[cfg(doc)]
+use hopwire_proto::pay::PAY_AHEAD;
 use hopwire_proto::pay::{PayError, PayeeChannel, Quote, SignedReceipt};
 use hopwire_proto::record::short_id;
 use hopwire_proto::sync::lock;
@@ -111,6 +115,9 @@ pub struct CircuitPay {
     last_look: Instant,
     /// Bytes per second between the last two looks; 0 when idle.
     rate: u64,
+    /// Bytes between usage reports as of the last look
+    /// ([`CircuitPay::report_step`]).
+    report_every: u64,
 }
 
 /// A circuit's hold on its channel's slot; letting go frees the slot unless
@@ -135,19 +142,28 @@ impl Drop for SlotGuard {
 
 impl CircuitPay {
     /// When to look again: soon while traffic flows or payment is behind,
-    /// and in time to report the next half chunk however fast it flows.
+    /// and in time for the next report however fast it flows.
     pub fn next_tick(&self) -> Duration {
-        look_again_after(self.quote.chunk_bytes, self.rate, self.behind_since.is_some())
+        look_again_after(self.report_every, self.rate, self.behind_since.is_some())
+    }
+
+    /// Bytes between two usage reports, once the client has paid up to
+    /// `paid_until` bytes of this circuit: half of what it paid ahead of
+    /// the last report, and at least half a chunk. A client that pays one
+    /// chunk ahead hears every half chunk; one that pays further ahead on
+    /// a fast circuit hears less often, still with half its lead left.
+    fn report_step(&self, paid_until: u64) -> u64 {
+        (self.quote.chunk_bytes / 2).max(paid_until.saturating_sub(self.last_report) / 2)
     }
 }
 
 /// How long until a circuit carrying `rate` bytes per second (0: idle) is
-/// looked at again: a quarter chunk at that rate, within
+/// looked at again: a quarter of `report_every` bytes at that rate, within
 /// [`FASTEST_TICK`]..[`BUSY_TICK`]; [`BUSY_TICK`] when idle but behind on
 /// payment, else [`IDLE_TICK`].
-fn look_again_after(chunk_bytes: u64, rate: u64, behind: bool) -> Duration {
+fn look_again_after(report_every: u64, rate: u64, behind: bool) -> Duration {
     if rate > 0 {
-        let quarter = chunk_bytes / 4;
+        let quarter = report_every / 4;
         Duration::from_secs_f64(quarter as f64 / rate as f64).clamp(FASTEST_TICK, BUSY_TICK)
     } else if behind {
         BUSY_TICK
@@ -460,6 +476,7 @@ impl Payee {
             last_carried: 0,
             last_look: Instant::now(),
             rate: 0,
+            report_every: quote.chunk_bytes / 2,
         }
     }
 
@@ -616,8 +633,9 @@ impl Payee {
         })
     }
 
-    /// Called often: a usage report once half a chunk has passed since the
-    /// last, or `Err` once the circuit has been past its allowance too long.
+    /// Called often: a usage report once the circuit carried
+    /// [`CircuitPay::report_step`] since the last, or `Err` once it has been
+    /// past its allowance too long.
     pub fn tick(
         &self,
         circuit: &mut CircuitPay,
@@ -642,7 +660,9 @@ impl Payee {
                 });
             }
         }
-        if meter.carried >= circuit.last_report.saturating_add(circuit.quote.chunk_bytes / 2) {
+        let paid_until = meter.allowance.unwrap_or(0).saturating_sub(circuit.quote.grace_bytes);
+        circuit.report_every = circuit.report_step(paid_until);
+        if meter.carried >= circuit.last_report.saturating_add(circuit.report_every) {
             circuit.last_report = meter.carried;
             let carried = meter.carried.saturating_mul(self.inflate);
             return Ok(Some(BackwardMessage::Usage { carried }));
@@ -792,10 +812,64 @@ mod tests {
         );
     }
 
+    /// A client paying one chunk ahead hears a report every half chunk;
+    /// one paying further ahead on a fast circuit hears once half of its
+    /// lead is used, and never later than its allowance runs out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_paying_further_ahead_hears_fewer_reports() {
+        let mut b = bench(QUOTE.price_of(1 << 30).expect("price")).await;
+        let net = hopwire_proto::testkit::Net::build(1, 1);
+        let hop = net.hop(0);
+        let mut circuit = b.payee.start(&hop);
+        let payer = b.payer.payer();
+        let prepay = b.payer.prepay().expect("prepay");
+        b.payee.on_pay(&mut circuit, &hop, payer, prepay).await;
+        let report = |b: &Bench, circuit: &mut CircuitPay, carried: u64| {
+            lock(&hop).meter.carried = carried;
+            match b.payee.tick(circuit, &hop, Instant::now()) {
+                Ok(Some(BackwardMessage::Usage { carried })) => Some(carried),
+                Ok(_) => None,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        // One chunk (4 MiB) ahead: every half chunk.
+        assert_eq!(report(&b, &mut circuit, (2 << 20) - 1), None);
+        assert_eq!(report(&b, &mut circuit, 2 << 20), Some(2 << 20));
+        // 100 MB/s: the client pays 50 MB ahead (PAY_AHEAD), and hears
+        // again once 25 MB of that is used.
+        b.payer.pay_ahead(100_000_000);
+        b.payer.measure(2 << 20);
+        let receipt = b.payer.on_usage(2 << 20).expect("signs").expect("owed");
+        assert!(paid(&b.payee.on_pay(&mut circuit, &hop, payer, receipt).await).is_some());
+        let lead = b.payer.ahead();
+        assert_eq!(lead, 50_000_000);
+        assert_eq!(
+            report(&b, &mut circuit, (2 << 20) + (4 << 20)),
+            None,
+            "not every half chunk"
+        );
+        assert_eq!(report(&b, &mut circuit, (2 << 20) + lead / 2 - (1 << 20)), None);
+        // (Amounts are whole units, here a KiB.)
+        let at = (2 << 20) + lead / 2 + 1024;
+        assert_eq!(report(&b, &mut circuit, at), Some(at));
+        // Its next receipt is slow to come: the node reports again with
+        // a quarter of the lead left, an eighth, … and at least every half
+        // chunk.
+        let at = at + lead / 4;
+        assert_eq!(report(&b, &mut circuit, at), Some(at));
+        let at = at + lead / 8;
+        assert_eq!(report(&b, &mut circuit, at), Some(at));
+        let at = at + lead / 16;
+        assert_eq!(report(&b, &mut circuit, at), Some(at));
+        assert_eq!(report(&b, &mut circuit, at + (2 << 20) - 1), None);
+        assert_eq!(report(&b, &mut circuit, at + (2 << 20)), Some(at + (2 << 20)));
+    }
+
     #[test]
-    fn a_fast_circuit_is_looked_at_once_per_quarter_chunk() {
+    fn a_fast_circuit_is_looked_at_once_per_quarter_report() {
         const CHUNK: u64 = 4 << 20;
-        // 1 Gbit/s: a quarter chunk (1 MiB) passes in about 8.4 ms.
+        // 1 Gbit/s, a report every 4 MiB: a quarter of that (1 MiB) passes
+        // in about 8.4 ms.
         let gigabit = look_again_after(CHUNK, 125_000_000, false);
         assert!(
             gigabit > Duration::from_millis(8) && gigabit < Duration::from_millis(9),

@@ -1441,17 +1441,18 @@ class HopPayment:
     """
     What the client paid one hop of its circuit.
 """
-    def __init__(self, *, id:str, price_per_gib:int, paid:int, bytes:int):
+    def __init__(self, *, id:str, price_per_gib:int, paid:int, bytes:int, ahead:int):
         self.id = id
         self.price_per_gib = price_per_gib
         self.paid = paid
         self.bytes = bytes
+        self.ahead = ahead
         
         
 
     
     def __str__(self):
-        return "HopPayment(id={}, price_per_gib={}, paid={}, bytes={})".format(self.id, self.price_per_gib, self.paid, self.bytes)
+        return "HopPayment(id={}, price_per_gib={}, paid={}, bytes={}, ahead={})".format(self.id, self.price_per_gib, self.paid, self.bytes, self.ahead)
     def __eq__(self, other):
         if self.id != other.id:
             return False
@@ -1460,6 +1461,8 @@ class HopPayment:
         if self.paid != other.paid:
             return False
         if self.bytes != other.bytes:
+            return False
+        if self.ahead != other.ahead:
             return False
         return True
 
@@ -1471,6 +1474,7 @@ class _UniffiFfiConverterTypeHopPayment(_UniffiConverterRustBuffer):
             price_per_gib=_UniffiFfiConverterUInt64.read(buf),
             paid=_UniffiFfiConverterUInt64.read(buf),
             bytes=_UniffiFfiConverterUInt64.read(buf),
+            ahead=_UniffiFfiConverterUInt64.read(buf),
         )
 
     @staticmethod
@@ -1479,6 +1483,7 @@ class _UniffiFfiConverterTypeHopPayment(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.price_per_gib)
         _UniffiFfiConverterUInt64.check_lower(value.paid)
         _UniffiFfiConverterUInt64.check_lower(value.bytes)
+        _UniffiFfiConverterUInt64.check_lower(value.ahead)
 
     @staticmethod
     def write(value, buf):
@@ -1486,6 +1491,7 @@ class _UniffiFfiConverterTypeHopPayment(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.price_per_gib, buf)
         _UniffiFfiConverterUInt64.write(value.paid, buf)
         _UniffiFfiConverterUInt64.write(value.bytes, buf)
+        _UniffiFfiConverterUInt64.write(value.ahead, buf)
 
 
 

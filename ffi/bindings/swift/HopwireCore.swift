@@ -1920,6 +1920,11 @@ public struct HopPayment: Equatable, Hashable {
      * Bytes counted on that hop (cells, both ways).
      */
     public var bytes: UInt64
+    /**
+     * Bytes the newest receipt pays that hop for ahead of what it carried:
+     * one chunk, or on a fast circuit what the hop carries in half a second.
+     */
+    public var ahead: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1929,11 +1934,16 @@ public struct HopPayment: Equatable, Hashable {
          */paid: UInt64, 
         /**
          * Bytes counted on that hop (cells, both ways).
-         */bytes: UInt64) {
+         */bytes: UInt64, 
+        /**
+         * Bytes the newest receipt pays that hop for ahead of what it carried:
+         * one chunk, or on a fast circuit what the hop carries in half a second.
+         */ahead: UInt64) {
         self.id = id
         self.pricePerGib = pricePerGib
         self.paid = paid
         self.bytes = bytes
+        self.ahead = ahead
     }
 
     
@@ -1955,7 +1965,8 @@ public struct FfiConverterTypeHopPayment: FfiConverterRustBuffer {
                 id: FfiConverterString.read(from: &buf), 
                 pricePerGib: FfiConverterUInt64.read(from: &buf), 
                 paid: FfiConverterUInt64.read(from: &buf), 
-                bytes: FfiConverterUInt64.read(from: &buf)
+                bytes: FfiConverterUInt64.read(from: &buf), 
+                ahead: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -1964,6 +1975,7 @@ public struct FfiConverterTypeHopPayment: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.pricePerGib, into: &buf)
         FfiConverterUInt64.write(value.paid, into: &buf)
         FfiConverterUInt64.write(value.bytes, into: &buf)
+        FfiConverterUInt64.write(value.ahead, into: &buf)
     }
 }
 

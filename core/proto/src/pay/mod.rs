@@ -9,12 +9,15 @@
 //! The loop: the payee quotes price, chunk and grace ([`Quote`]); the payer
 //! prepays one chunk; the payee reports usage; the payer pays for what it
 //! measured itself (plus a tolerance for cells lost on the way: 1 MiB, or
-//! 1/64 of what it measured once that is more) and one chunk ahead, never
-//! more than the payee reported and never more than the deposit. The payee
-//! forwards while what it carried stays within what it was paid for plus
-//! the grace. So a payee can lose at most one chunk plus the grace (and
-//! what was lost on the way past the tolerance), and a payer can overpay
-//! at most one chunk and the tolerance.
+//! 1/64 of what it measured once that is more) and one chunk ahead — on a
+//! fast circuit, what the hop carries in [`PAY_AHEAD`] when that is more —
+//! never more than the payee reported and never more than the deposit. The
+//! payee reports once half of what was paid ahead is used. It forwards
+//! while what it carried stays within what it was paid for plus the grace.
+//! So a payee can lose at most one chunk plus the grace (and what was lost
+//! on the way past the tolerance), and a payer can overpay at most what it
+//! paid ahead (one chunk, or [`PAY_AHEAD`] of its traffic) and the
+//! tolerance.
 //!
 //! What it does not do: send messages, store receipts, or talk to a ledger.
 //! Amounts are integers in the ledger's smallest unit; overflow is an error.
@@ -30,6 +33,14 @@ pub const GIB: u64 = 1 << 30;
 /// (1.6 %): what the hop sent that was lost on the way
 /// ([`PayerChannel::tolerance`]).
 pub const LOSS_SHARE: u64 = 64;
+
+/// On a fast circuit a payer pays for what the hop carries in this long
+/// ahead, rather than one chunk, so a hop reports and is paid a few times a
+/// second however fast the circuit runs (one chunk ahead at 2 Gbit/s would
+/// be a hundred payments a second, each a signature, a receipt on disk and
+/// three messages through the circuit). What a payer can overpay grows to
+/// as much, at the circuit's own speed.
+pub const PAY_AHEAD: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayError {
@@ -186,6 +197,11 @@ pub struct PayerChannel {
     base_bytes: u64,
     /// Bytes the payer counted itself on this hop in this session.
     measured: u64,
+    /// Bytes it pays for ahead of what both sides agree on: one chunk, or
+    /// more on a fast circuit ([`PayerChannel::pay_ahead`]).
+    ahead: u64,
+    /// What the newest receipt paid for ahead of what was agreed.
+    paid_ahead: u64,
 }
 
 impl PayerChannel {
@@ -212,6 +228,8 @@ impl PayerChannel {
             base_amount: 0,
             base_bytes: 0,
             measured: 0,
+            ahead: quote.chunk_bytes,
+            paid_ahead: 0,
         }
     }
 
@@ -299,19 +317,45 @@ impl PayerChannel {
 
     /// The receipt that prepays the first chunk, before data flows.
     pub fn prepay(&mut self) -> Result<SignedReceipt, PayError> {
-        self.pay_for(self.quote.chunk_bytes)
+        let receipt = self.pay_for(self.quote.chunk_bytes)?;
+        self.paid_ahead = self.quote.chunk_bytes;
+        Ok(receipt)
+    }
+
+    /// The hop carries `bytes_per_s` now: from the next receipt on, pay for
+    /// what it carries in [`PAY_AHEAD`] ahead, or one chunk if that is more.
+    pub fn pay_ahead(&mut self, bytes_per_s: u64) {
+        let at_speed = (bytes_per_s as f64 * PAY_AHEAD.as_secs_f64()) as u64;
+        self.ahead = self.quote.chunk_bytes.max(at_speed);
+    }
+
+    /// Bytes the next receipts pay for ahead of what both sides agree on.
+    pub fn ahead(&self) -> u64 {
+        self.ahead
+    }
+
+    /// Bytes the newest receipt of this session paid for ahead of what both
+    /// sides agreed on when it was signed: what the payee keeps if the
+    /// circuit ends now (besides the tolerance).
+    pub fn paid_ahead(&self) -> u64 {
+        self.paid_ahead
     }
 
     /// Answers the payee's usage report: pays for what both sides agree on
     /// (the report, capped at what the payer measured plus the tolerance)
-    /// and one chunk ahead. `None` if nothing more is owed.
+    /// and [`PayerChannel::ahead`] — less if the deposit cannot cover that,
+    /// but never less than one chunk ahead. `None` if nothing more is owed.
     pub fn on_usage(&mut self, reported_bytes: u64) -> Result<Option<SignedReceipt>, PayError> {
         let agreed = reported_bytes.min(self.measured.saturating_add(self.tolerance()));
-        let target = agreed.checked_add(self.quote.chunk_bytes).ok_or(PayError::Overflow)?;
+        let least = agreed.checked_add(self.quote.chunk_bytes).ok_or(PayError::Overflow)?;
+        let affordable = self.quote.bytes_for(self.deposit.saturating_sub(self.base_amount));
+        let target = agreed.saturating_add(self.ahead).min(affordable).max(least);
         if self.amount_for(target)? <= self.signed_amount {
             return Ok(None);
         }
-        self.pay_for(target).map(Some)
+        let receipt = self.pay_for(target)?;
+        self.paid_ahead = target - agreed;
+        Ok(Some(receipt))
     }
 
     /// The cumulative amount that pays for `bytes` of this session.
@@ -660,6 +704,44 @@ mod tests {
         payer.measure(64 << 20);
         assert_eq!(payer.on_usage(64 << 20), Err(PayError::OutOfDeposit { deposit }));
         assert!(payer.signed_amount() <= deposit);
+    }
+
+    #[test]
+    fn a_fast_circuit_pays_further_ahead_within_its_deposit() {
+        let (mut payer, mut payee) = pair(QUOTE.price_of(GIB).expect("fits"));
+        payee.accept(payer.prepay().expect("prepay")).expect("valid");
+        let paid_bytes = |r: &SignedReceipt| r.receipt.cumulative_bytes;
+        // Slow: one chunk ahead.
+        payer.measure(8 << 20);
+        let slow = payer.on_usage(8 << 20).expect("pays").expect("owed");
+        assert_eq!(paid_bytes(&slow), 16 << 20);
+        // 200 MB/s: PAY_AHEAD of that (100 MB) ahead.
+        payer.pay_ahead(200_000_000);
+        assert_eq!(payer.ahead(), 100_000_000);
+        payer.measure(8 << 20);
+        let fast = payer.on_usage(16 << 20).expect("pays").expect("owed");
+        assert_eq!(paid_bytes(&fast), (16 << 20) + 100_000_000);
+        assert_eq!(payer.paid_ahead(), 100_000_000);
+        payee.accept(slow).expect("valid");
+        payee.accept(fast).expect("valid");
+        // Idle again: back to one chunk ahead (nothing owed until the
+        // prepaid part is used).
+        payer.pay_ahead(0);
+        assert_eq!(payer.ahead(), QUOTE.chunk_bytes);
+        payer.measure(8 << 20);
+        assert_eq!(payer.on_usage(24 << 20), Ok(None));
+        assert_eq!(payer.paid_ahead(), 100_000_000, "the newest receipt's lead");
+        // A deposit that cannot cover the full lead pays what it can, and
+        // never less than one chunk ahead.
+        let deposit = QUOTE.price_of(64 << 20).expect("fits");
+        let (mut small, _) = pair(deposit);
+        small.prepay().expect("prepay");
+        small.pay_ahead(200_000_000);
+        small.measure(32 << 20);
+        let capped = small.on_usage(32 << 20).expect("pays").expect("owed");
+        assert_eq!(capped.receipt.cumulative_amount, deposit);
+        small.measure(32 << 20);
+        assert_eq!(small.on_usage(64 << 20), Err(PayError::OutOfDeposit { deposit }));
     }
 
     #[test]

@@ -3210,6 +3210,12 @@ data class HopPayment (
      * Bytes counted on that hop (cells, both ways).
      */
     var `bytes`: kotlin.ULong
+    , 
+    /**
+     * Bytes the newest receipt pays that hop for ahead of what it carried:
+     * one chunk, or on a fast circuit what the hop carries in half a second.
+     */
+    var `ahead`: kotlin.ULong
     
 ){
     
@@ -3230,6 +3236,7 @@ public object FfiConverterTypeHopPayment: FfiConverterRustBuffer<HopPayment> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -3237,7 +3244,8 @@ public object FfiConverterTypeHopPayment: FfiConverterRustBuffer<HopPayment> {
             FfiConverterString.allocationSize(value.`id`) +
             FfiConverterULong.allocationSize(value.`pricePerGib`) +
             FfiConverterULong.allocationSize(value.`paid`) +
-            FfiConverterULong.allocationSize(value.`bytes`)
+            FfiConverterULong.allocationSize(value.`bytes`) +
+            FfiConverterULong.allocationSize(value.`ahead`)
     )
 
     override fun write(value: HopPayment, buf: ByteBuffer) {
@@ -3245,6 +3253,7 @@ public object FfiConverterTypeHopPayment: FfiConverterRustBuffer<HopPayment> {
             FfiConverterULong.write(value.`pricePerGib`, buf)
             FfiConverterULong.write(value.`paid`, buf)
             FfiConverterULong.write(value.`bytes`, buf)
+            FfiConverterULong.write(value.`ahead`, buf)
     }
 }
 
