@@ -20,6 +20,13 @@ use std::time::Duration;
 use hopwire_e2e::*;
 use serde_json::Value;
 
+/// The mode udev gives the TUN clone device `/dev/net/tun` on a standard
+/// Debian host (`KERNEL=="tun", MODE="0666"` in `50-udev-default.rules`), which
+/// an exit not running as root opens it through. Test machines without udev
+/// may leave it `0600`, so the unprivileged exits here open a node of their
+/// own with this mode: the same device (10, 200), as a host would have it.
+const STANDARD_TUN: &str = "0666";
+
 /// A uid from systemd's dynamic-user range, as `DynamicUser=yes` picks one.
 const NODE_UID: &str = "61933";
 const STATE: &str = "/var/lib/hopwire-node";
@@ -109,7 +116,20 @@ fn start_packaged_exit(tn: &mut Testnet, log: &str, trace: Option<&Path>) {
         None => Vec::new(),
     };
     let bounding = format!("-all,{caps}");
+    // In a mount namespace of its own, over a clone device as a standard host
+    // has it (see `STANDARD_TUN`), then as the unit's user.
+    let standard_tun = format!(
+        "mount -t tmpfs -o mode=0755,size=16k hopwire-tun /dev/net && mknod -m {STANDARD_TUN} /dev/net/tun c 10 200 && exec \"$@\""
+    );
     let mut args = vec![
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &standard_tun,
+        "sh",
+        "setpriv",
         "--reuid",
         NODE_UID,
         "--regid",
@@ -125,7 +145,7 @@ fn start_packaged_exit(tn: &mut Testnet, log: &str, trace: Option<&Path>) {
     ];
     args.extend(traced);
     args.extend([NODE, "run", "--config", CONFIG]);
-    let bg = Background::start_in_ns("exit node", &tn.ns.exit, "setpriv", &args, &log, &[]);
+    let bg = Background::start_in_ns("exit node", &tn.ns.exit, "unshare", &args, &log, &[]);
     tn.extra_logs.push(log.clone());
     tn.extra.push(bg);
     poll_until("the packaged exit to serve", 60, Duration::from_millis(250), || {
@@ -640,6 +660,15 @@ fn the_node_image_serves_as_an_unprivileged_exit() {
         &["-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
     )
     .ok();
+    // The container's /dev/net/tun takes its mode from the host's node.
+    let devices = TempDir::new("hwk2-dev");
+    let tun_node = devices.path().join("tun");
+    run(
+        "mknod",
+        &["-m", STANDARD_TUN, &tun_node.to_string_lossy(), "c", "10", "200"],
+    )
+    .ok();
+    let tun_device = format!("{}:/dev/net/tun", tun_node.display());
     let _container = Container;
     podman(&[
         "run",
@@ -655,7 +684,7 @@ fn the_node_image_serves_as_an_unprivileged_exit() {
         "--cap-add",
         "NET_BIND_SERVICE",
         "--device",
-        "/dev/net/tun",
+        &tun_device,
         "--volume",
         &mount,
         IMAGE,

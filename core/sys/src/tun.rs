@@ -13,7 +13,7 @@ pub use tun_rs::AsyncDevice as TunDevice;
 const TX_QUEUE_LEN: u32 = 5000;
 
 #[derive(Debug, thiserror::Error)]
-#[error("creating TUN device {name} ({addr}/{prefix}, mtu {mtu}): {source} (is /dev/net/tun there, and are we root?)")]
+#[error("creating TUN device {name} ({addr}/{prefix}, mtu {mtu}): {source} ({hint})")]
 pub struct TunError {
     pub name: String,
     pub addr: Ipv4Addr,
@@ -21,6 +21,28 @@ pub struct TunError {
     pub mtu: u16,
     #[source]
     pub source: std::io::Error,
+    /// What to check, from the error and the device node as they are.
+    pub hint: String,
+}
+
+/// The device node every TUN device is made through.
+const CLONE_DEVICE: &str = "/dev/net/tun";
+
+/// What an operator should look at when creating a device failed with
+/// `error`, the clone device having file mode `mode` (`None`: missing). A
+/// process that is not root opens the clone device through its file mode:
+/// udev makes it `0666` on a standard host, but some hosts and containers
+/// leave it `0600`, which no capability short of `CAP_DAC_OVERRIDE` gets
+/// past.
+fn hint(error: &std::io::Error, mode: Option<u32>) -> String {
+    match mode {
+        None => format!("{CLONE_DEVICE} is missing: load the tun module, or pass the device into the container"),
+        Some(mode) if error.kind() == std::io::ErrorKind::PermissionDenied && mode & 0o006 != 0o006 => format!(
+            "{CLONE_DEVICE} has mode {:04o}: a node not running as root needs it readable and writable by all (0666, as udev makes it) and CAP_NET_ADMIN",
+            mode & 0o7777
+        ),
+        Some(_) => "creating a TUN device needs CAP_NET_ADMIN".to_owned(),
+    }
 }
 
 /// Creates and brings up a TUN device named `name` with `addr/prefix`.
@@ -41,6 +63,27 @@ pub fn create(name: &str, addr: Ipv4Addr, prefix: u8, mtu: u16, offload: bool) -
             addr,
             prefix,
             mtu,
+            hint: {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(CLONE_DEVICE).ok().map(|m| m.permissions().mode());
+                hint(&source, mode)
+            },
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_refused_device_names_what_to_change() {
+        let denied = Error::from(ErrorKind::PermissionDenied);
+        let said = hint(&denied, Some(0o20600));
+        assert!(said.contains("mode 0600") && said.contains("0666"), "{said}");
+        // Open to all: what is missing is the capability.
+        assert!(hint(&denied, Some(0o20666)).contains("CAP_NET_ADMIN"));
+        assert!(hint(&Error::from(ErrorKind::NotFound), None).contains("missing"));
+    }
 }
