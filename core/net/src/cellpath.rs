@@ -23,7 +23,6 @@
 //! 0x40, so one socket carries both. The README's "The cell path" section
 //! gives the whole security argument.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -91,16 +90,22 @@ impl fmt::Debug for CellLink {
 }
 
 impl CellLink {
-    /// Seals `cell` into `packet`, which is exactly
-    /// [`CELL_PATH_OVERHEAD`] longer; false if the send counter ran out.
-    fn seal_into(&self, packet: &mut [u8], cell: &[u8]) -> bool {
-        debug_assert_eq!(packet.len(), CELL_PATH_OVERHEAD + cell.len());
-        packet[..INDEX_LEN].copy_from_slice(&self.send_index.to_be_bytes());
-        let body = INDEX_LEN + COUNTER_LEN;
-        packet[body..body + cell.len()].copy_from_slice(cell);
-        lock(&self.sealer)
-            .seal_in_place(&mut packet[INDEX_LEN..], 0, COUNTER_LEN + cell.len())
-            .is_ok()
+    /// Appends `cell` sealed as a cell packet ([`CELL_PATH_OVERHEAD`] bytes
+    /// longer) to `buf`; false, with `buf` as it was, if the send counter
+    /// ran out.
+    fn append_sealed(&self, buf: &mut Vec<u8>, cell: &[u8]) -> bool {
+        let start = buf.len();
+        buf.extend_from_slice(&self.send_index.to_be_bytes());
+        buf.extend_from_slice(&[0; COUNTER_LEN]);
+        buf.extend_from_slice(cell);
+        buf.extend_from_slice(&[0; LAYER_OVERHEAD - COUNTER_LEN]);
+        let sealed = lock(&self.sealer)
+            .seal_in_place(&mut buf[start + INDEX_LEN..], 0, COUNTER_LEN + cell.len())
+            .is_ok();
+        if !sealed {
+            buf.truncate(start);
+        }
+        sealed
     }
 
     /// The cell path of `conn` when both ends agreed on it ([`ALPN_CELLS`]).
@@ -158,7 +163,11 @@ pub struct CellPathDrops {
 #[derive(Default)]
 pub struct CellBatch {
     data: Vec<u8>,
-    cells: Vec<(Arc<CellLink>, Range<usize>)>,
+    /// The links the cells came on: one entry per run of cells from a link
+    /// (cells arrive in runs, a receive call's worth from one neighbour).
+    links: Vec<Arc<CellLink>>,
+    /// Each cell: its entry in `links` and its packet in `data`.
+    cells: Vec<(usize, Range<usize>)>,
     /// The first cell not yet handled.
     next: usize,
 }
@@ -169,22 +178,38 @@ impl CellBatch {
     /// flush before more) or none is left. A cell that does not open is
     /// counted in `drops` and skipped.
     pub fn open_until(&mut self, drops: &CellPathDrops, mut handle: impl FnMut(usize, &mut [u8]) -> bool) {
-        while let Some((link, range)) = self.cells.get(self.next) {
-            self.next += 1;
-            let layer = &mut self.data[range.start + INDEX_LEN..range.end];
-            let more = match lock(&link.opener).open_in_place(layer) {
-                Ok(cell) => handle(link.tag, &mut layer[cell]),
-                Err(_) => {
-                    drops.refused.fetch_add(1, Ordering::Relaxed);
-                    true
+        {
+            let Self {
+                data,
+                links,
+                cells,
+                next,
+            } = self;
+            // A run of cells from one link opens under one lock.
+            let mut opener: Option<(usize, MutexGuard<'_, Opener>)> = None;
+            while let Some((at, range)) = cells.get(*next) {
+                *next += 1;
+                let link = &links[*at];
+                let opener = match &mut opener {
+                    Some((held, guard)) if *held == *at => guard,
+                    _ => &mut opener.insert((*at, lock(&link.opener))).1,
+                };
+                let layer = &mut data[range.start + INDEX_LEN..range.end];
+                let more = match opener.open_in_place(layer) {
+                    Ok(cell) => handle(link.tag, &mut layer[cell]),
+                    Err(_) => {
+                        drops.refused.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                };
+                if !more {
+                    break;
                 }
-            };
-            if !more {
-                break;
             }
         }
         if self.is_empty() {
             self.cells.clear();
+            self.links.clear();
             self.data.clear();
             self.next = 0;
         }
@@ -201,7 +226,8 @@ impl CellBatch {
 pub struct CellSocket {
     io: tokio::net::UdpSocket,
     state: UdpSocketState,
-    links: std::sync::RwLock<HashMap<(SocketAddr, u32), Arc<CellLink>>>,
+    /// Looked up for each run of received cells: a fast hash.
+    links: std::sync::RwLock<foldhash::HashMap<(SocketAddr, u32), Arc<CellLink>>>,
     inbox: Mutex<CellBatch>,
     arrived: tokio::sync::Notify,
     pub drops: CellPathDrops,
@@ -312,31 +338,36 @@ impl CellSocket {
             return refuse();
         }
         let index = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
-        let Some(link) = read(&self.links).get(&(from, index)).cloned() else {
-            return refuse();
+        // The run's link, or one looked up.
+        let same = |link: &Arc<CellLink>| link.peer == from && link.recv_index == index;
+        let link = match inbox.links.last() {
+            Some(last) if same(last) => None,
+            _ => match read(&self.links).get(&(from, index)) {
+                Some(link) => Some(link.clone()),
+                None => return refuse(),
+            },
         };
         if inbox.data.len() + packet.len() > INBOX_LIMIT {
             self.drops.overflowed.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        inbox.links.extend(link);
         let start = inbox.data.len();
         inbox.data.extend_from_slice(packet);
-        inbox.cells.push((link, start..inbox.data.len()));
+        inbox.cells.push((inbox.links.len() - 1, start..inbox.data.len()));
     }
 
     /// Sends one cell at once, alone: for the few cells no loop batches (a
     /// handshake answer, a timer's keepalive). Dropped if the socket is full.
     pub fn send_now(&self, link: &CellLink, cell: &[u8]) {
-        let mut packet = [0u8; 2048];
-        let len = CELL_PATH_OVERHEAD + cell.len();
-        let sent = len <= packet.len()
-            && link.seal_into(&mut packet[..len], cell)
+        let mut packet = Vec::with_capacity(CELL_PATH_OVERHEAD + cell.len());
+        let sent = link.append_sealed(&mut packet, cell)
             && AsyncUdpSocket::try_send(
                 self,
                 &Transmit {
                     destination: link.peer,
                     ecn: None,
-                    contents: &packet[..len],
+                    contents: &packet,
                     segment_size: None,
                     src_ip: link.local_ip,
                 },
@@ -420,13 +451,9 @@ impl CellOut {
             }
         };
         let p = &mut self.pending[run];
-        let start = p.buf.len();
-        p.buf.resize(start + len, 0);
-        if !link.seal_into(&mut p.buf[start..], cell) {
-            p.buf.truncate(start);
-            return;
+        if link.append_sealed(&mut p.buf, cell) {
+            p.count += 1;
         }
-        p.count += 1;
     }
 
     /// Sends every run, in the order the cells were pushed.

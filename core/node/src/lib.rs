@@ -99,7 +99,8 @@ struct LinkState {
 /// A cell leaves on the link's cell path when it has one, else as a QUIC
 /// datagram.
 pub struct Links {
-    links: RwLock<HashMap<LinkId, LinkState>>,
+    /// Looked up for every cell: a fast hash.
+    links: RwLock<foldhash::HashMap<LinkId, LinkState>>,
     next: AtomicUsize,
     /// The node's socket, which carries the cell paths too.
     socket: Arc<CellSocket>,
@@ -696,7 +697,7 @@ impl Node {
                 };
                 let n = datagram.len().min(BUF);
                 cell[..n].copy_from_slice(&datagram[..n]);
-                self.route_cell(link, &mut cell[..n], &mut outbox);
+                self.route_cell(link, &mut cell[..n], Instant::now(), &mut outbox);
                 if Self::must_flush(&outbox) {
                     break;
                 }
@@ -713,8 +714,10 @@ impl Node {
         loop {
             socket.next_batch(&mut batch).await;
             while !batch.is_empty() {
+                // One clock reading for the cells received together.
+                let now = Instant::now();
                 batch.open_until(&socket.drops, |link, cell| {
-                    self.route_cell(link, cell, &mut outbox);
+                    self.route_cell(link, cell, now, &mut outbox);
                     !Self::must_flush(&outbox)
                 });
                 self.flush(&mut outbox).await;
@@ -730,10 +733,9 @@ impl Node {
         }
     }
 
-    /// One data cell from `link`: relayed on (into `outbox`), or its payload
-    /// delivered to the exit (into `outbox.to_exit`).
-    fn route_cell(&self, link: LinkId, cell: &mut [u8], outbox: &mut Outbox) {
-        let now = Instant::now();
+    /// One data cell from `link` at `now`: relayed on (into `outbox`), or
+    /// its payload delivered to the exit (into `outbox.to_exit`).
+    fn route_cell(&self, link: LinkId, cell: &mut [u8], now: Instant, outbox: &mut Outbox) {
         if !self.links.admit(link, now, cell.len()) {
             self.counters.peer_rate_limited.fetch_add(1, Ordering::Relaxed);
             return;

@@ -7,7 +7,6 @@
 //! image. Data cells are built and opened in place in buffers the caller
 //! owns; control messages are small and allocate.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -480,14 +479,16 @@ pub type SharedHop<L> = Arc<Mutex<HopCircuit<L>>>;
 /// leads backward.
 #[derive(Debug)]
 pub struct CircuitTable<L> {
-    entries: HashMap<(L, u32), (SharedHop<L>, Direction)>,
+    /// Looked up for every cell: a fast hash, seeded per process (the ids
+    /// are the neighbours' choice).
+    entries: foldhash::HashMap<(L, u32), (SharedHop<L>, Direction)>,
     pub drops: DropCounts,
 }
 
 impl<L> Default for CircuitTable<L> {
     fn default() -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: foldhash::HashMap::default(),
             drops: DropCounts::default(),
         }
     }
@@ -562,11 +563,11 @@ impl<L: Copy + Eq + Hash> CircuitTable<L> {
             self.drops.truncated.fetch_add(1, Ordering::Relaxed);
             return Routed::Dropped;
         };
-        let Some((hop, direction)) = self.get(link, id) else {
+        let Some((hop, direction)) = self.entries.get(&(link, id)) else {
             self.drops.unknown_circuit.fetch_add(1, Ordering::Relaxed);
             return Routed::Dropped;
         };
-        let mut hop = lock(&hop);
+        let mut hop = lock(hop);
         if let Some(limit) = &mut hop.limit {
             if !limit.admit(now, cell.len() as u64) {
                 self.drops.rate_limited.fetch_add(1, Ordering::Relaxed);
