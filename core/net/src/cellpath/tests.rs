@@ -85,6 +85,54 @@ async fn cells_cross_both_ways_in_batches_beside_quic_datagrams() {
 }
 
 #[tokio::test]
+async fn cells_from_two_neighbours_in_one_batch_keep_their_own_links() {
+    let (a, b, c) = (node(1), node(2), node(3));
+    let config = || link::client_config(key(2).verifying_key().to_bytes()).expect("config");
+    let (a_at_a, a_at_b) = connect(&a, &b, config()).await;
+    let (c_at_c, c_at_b) = connect(&c, &b, config()).await;
+    let from_a = Arc::new(CellLink::of(&a_at_a, 1).expect("cell path"));
+    let from_c = Arc::new(CellLink::of(&c_at_c, 2).expect("cell path"));
+    let (b_a, b_c) = (
+        Arc::new(CellLink::of(&a_at_b, 10).expect("cell path")),
+        Arc::new(CellLink::of(&c_at_b, 20).expect("cell path")),
+    );
+    assert!(b.cells.register(&b_a) && b.cells.register(&b_c));
+
+    // Runs from a, c, a again, all waiting at b before it reads a batch;
+    // one of c's packets is tampered with amid its run.
+    let mut out = CellOut::default();
+    let mut sent = Vec::new();
+    for (from, socket, tag, n) in [
+        (&from_a, &a.cells, 10, 3u8),
+        (&from_c, &c.cells, 20, 3),
+        (&from_a, &a.cells, 10, 2),
+    ] {
+        for i in 0..n {
+            let cell = vec![tag as u8 + i; 600];
+            out.push(socket, from, &cell);
+            sent.push((tag, cell));
+        }
+        out.flush(socket).await;
+    }
+    let to = b.endpoint.local_addr().expect("addr");
+    let mut tampered = Vec::new();
+    assert!(from_c.append_sealed(&mut tampered, b"tampered"));
+    *tampered.last_mut().expect("tag") ^= 1;
+    c.cells.io.send_to(&tampered, to).await.expect("send");
+    out.push(&c.cells, &from_c, b"last");
+    out.flush(&c.cells).await;
+    sent.push((20, b"last".to_vec()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut got = received(&b.cells, sent.len()).await;
+    // Each neighbour's cells in its order, under its own link.
+    got.sort_by_key(|(tag, _)| *tag);
+    sent.sort_by_key(|(tag, _)| *tag);
+    assert_eq!(got, sent);
+    assert_eq!(b.cells.drops.refused.load(Ordering::Relaxed), 1, "the tampered packet");
+}
+
+#[tokio::test]
 async fn a_peer_without_it_has_no_cell_path_and_strangers_packets_are_refused() {
     let (a, b) = (node(1), node(2));
     // A peer from before the cell path offers only the plain protocol.
