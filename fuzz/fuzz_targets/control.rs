@@ -123,6 +123,7 @@ fn seeds() -> Vec<Vec<u8>> {
             hello: ExitHello::Refused { reason: "full".into() },
         }),
         enc(&BackwardMessage::Failed { reason: "no".into() }),
+        enc(&BackwardMessage::Unpaid { reason: "late".into() }),
     ];
     // Layered messages sealed on a circuit with other keys.
     let mut other = Net::build(103, 3);

@@ -891,6 +891,9 @@ impl Testnet {
                 logs.push(PathBuf::from(p));
             }
         }
+        // The relays too: a circuit is often lost at one of them.
+        let nodes = self.summary["nodes"].as_array().into_iter().flatten();
+        logs.extend(nodes.filter_map(|n| n["log"].as_str()).map(PathBuf::from));
         logs.extend(self.extra.iter().map(|b| b.log.clone()));
         logs.extend(self.extra_logs.iter().cloned());
         logs.sort();

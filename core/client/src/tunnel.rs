@@ -385,7 +385,7 @@ impl Tunnel {
                     // The hop would not go on with a channel used before
                     // (it was closed, or the hop lost its newest receipt):
                     // a new channel, once.
-                    (from, BackwardMessage::Failed { reason }) if from == i && channel.base_amount() > 0 => {
+                    (from, BackwardMessage::Unpaid { reason }) if from == i && channel.base_amount() > 0 => {
                         tracing::info!(
                             "hop {} refused to resume channel: {reason}; opening a new one",
                             hop.short_id()
@@ -393,7 +393,9 @@ impl Tunnel {
                         wallet.retire(channel.channel()).await;
                         channel = wallet.open_channel(hop, session_id).await.map_err(payment)?;
                     }
-                    (from, BackwardMessage::Failed { reason }) => return Err(hop_failed(path, from, reason)),
+                    (from, BackwardMessage::Failed { reason } | BackwardMessage::Unpaid { reason }) => {
+                        return Err(hop_failed(path, from, reason))
+                    }
                     (from, other) => return Err(hop_failed(path, from, format!("unexpected answer {other:?}"))),
                 }
             };
@@ -806,6 +808,15 @@ fn on_control(
                     payer.on_paid(from, amount);
                     Ok(Answer::Nothing)
                 }
+                // The client's own payments failed: no node is to blame.
+                Ok((from, BackwardMessage::Unpaid { reason })) => Err(Loss {
+                    reason: format!(
+                        "hop {} ({}) stopped carrying the circuit: {reason}",
+                        from + 1,
+                        path[from].short_id()
+                    ),
+                    culprit: None,
+                }),
                 Ok((from, BackwardMessage::Failed { reason })) => {
                     let culprit = path.get(from + 1).map(|r| r.record().identity);
                     let node = path.get(from + 1).map(VerifiedRecord::short_id).unwrap_or_default();
@@ -1139,6 +1150,10 @@ mod tests {
         let cells = counted(20_000, 1200);
         let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 2).expect("price");
         let mut pays = payments(deposit);
+        let rest = answer_usage(&mut pays, &cells, 3, 2, cells.at_hop(2, 3))
+            .expect("the rest of the deposit")
+            .expect("a receipt");
+        assert_eq!(rest.receipt.cumulative_amount, deposit, "what is left is signed");
         let receipt = answer_usage(&mut pays, &cells, 3, 2, cells.at_hop(2, 3));
         assert_eq!(
             receipt,

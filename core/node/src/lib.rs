@@ -819,9 +819,14 @@ impl Node {
             exit.end_circuit((link, create.circuit_id));
         }
         let mut prev = prev.lock().await;
-        if let Ended::NextLost(reason) | Ended::Unpaid(reason) = ended {
-            // Tell the client, inside this hop's layer, why the circuit ends.
-            let sealed = lock(&hop).reply(&BackwardMessage::Failed { reason });
+        // Tell the client, inside this hop's layer, why the circuit ends.
+        let why = match ended {
+            Ended::NextLost(reason) => Some(BackwardMessage::Failed { reason }),
+            Ended::Unpaid(reason) => Some(BackwardMessage::Unpaid { reason }),
+            Ended::PrevLost => None,
+        };
+        if let Some(why) = why {
+            let sealed = lock(&hop).reply(&why);
             if let Ok(m) = sealed {
                 let _ = framing::write_message(&mut *prev, &m).await;
             }

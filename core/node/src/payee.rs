@@ -490,7 +490,7 @@ impl Payee {
     ) -> BackwardMessage {
         match self.accept(circuit, hop, payer, receipt).await {
             Ok(m) => m,
-            Err(reason) => BackwardMessage::Failed {
+            Err(reason) => BackwardMessage::Unpaid {
                 reason: format!("payment refused: {reason}"),
             },
         }
@@ -750,9 +750,13 @@ mod tests {
         let prepay = b.payer.prepay().expect("prepay");
         let answer = b.payee.on_pay(&mut circuit, &hop, payer, prepay).await;
         assert!(paid(&answer).is_some(), "{answer:?}");
-        // 16 MiB carried: the client may sign only what 12 MiB buys.
+        // 16 MiB carried: the client signs what is left of the 12 MiB
+        // deposit, then no more.
         lock(&hop).meter.carried = 16 << 20;
         b.payer.measure(16 << 20);
+        let rest = b.payer.on_usage(16 << 20).expect("signs").expect("the rest");
+        let answer = b.payee.on_pay(&mut circuit, &hop, payer, rest).await;
+        assert_eq!(paid(&answer), Some(deposit), "{answer:?}");
         assert!(matches!(b.payer.on_usage(16 << 20), Err(PayError::OutOfDeposit { .. })));
         // A receipt past the deposit the ledger shows is refused, whoever
         // signed it; what was paid stands.
@@ -770,7 +774,7 @@ mod tests {
         let early = past.on_usage(16 << 20).expect("signs").expect("owed");
         let answer = b.payee.on_pay(&mut circuit, &hop, payer, early).await;
         assert!(
-            matches!(&answer, BackwardMessage::Failed { reason } if reason.contains("deposit")),
+            matches!(&answer, BackwardMessage::Unpaid { reason } if reason.contains("deposit")),
             "{answer:?}"
         );
         let before = lock(&hop).meter.allowance;
@@ -807,7 +811,7 @@ mod tests {
         assert!(late.receipt.cumulative_amount > state.deposit);
         let answer = b.payee.on_pay(&mut circuit, &hop, payer, late).await;
         assert!(
-            matches!(&answer, BackwardMessage::Failed { reason } if reason.contains("closing")),
+            matches!(&answer, BackwardMessage::Unpaid { reason } if reason.contains("closing")),
             "{answer:?}"
         );
     }

@@ -69,6 +69,11 @@ alloy::sol! {
 const TX_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one RPC request may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a sent transaction's receipt is asked for while it is not
+/// mined. alloy asks every 7 s of an RPC not on loopback: a circuit whose
+/// top-up missed the first look then stalls past its grace and is cut
+/// off. Asked only while a transaction is pending.
+const RECEIPT_POLL: Duration = Duration::from_millis(250);
 
 /// Where an EVM ledger lives: `eip155:<chain id>:<contract>@http://<ip>:<port>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +191,7 @@ pub fn provider(rpc: SocketAddr, sender: Option<PrivateKeySigner>, protect: Opti
         .parse()
         .unwrap_or_else(|e| unreachable!("a socket address makes a URL: {e}"));
     let http = Http::with_client(HyperClient::with_service(hyper), url);
-    let client = RpcClient::new(http, rpc.ip().is_loopback());
+    let client = RpcClient::new(http, rpc.ip().is_loopback()).with_poll_interval(RECEIPT_POLL);
     // The nonce is asked of the chain for every transaction (not cached):
     // a transaction refused at its gas estimate must not leave a gap that
     // stalls every later one, and a node's daemon and its `settle` command

@@ -104,4 +104,10 @@ pub enum BackwardMessage {
     Usage {
         carried: u64,
     },
+    /// This hop refused a receipt, or stops carrying the circuit because
+    /// it was not paid in time: the client's side failed, not the hop or
+    /// the path beyond it.
+    Unpaid {
+        reason: String,
+    },
 }

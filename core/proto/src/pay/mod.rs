@@ -343,18 +343,24 @@ impl PayerChannel {
 
     /// Answers the payee's usage report: pays for what both sides agree on
     /// (the report, capped at what the payer measured plus the tolerance)
-    /// and [`PayerChannel::ahead`] — less if the deposit cannot cover that,
-    /// but never less than one chunk ahead. `None` if nothing more is owed.
+    /// and [`PayerChannel::ahead`], at least one chunk ahead. `None` if
+    /// nothing more is owed. When the deposit cannot cover one chunk ahead,
+    /// what is left of it is signed, so the circuit carries on while a
+    /// top-up lands; once all of it is signed, `OutOfDeposit`.
     pub fn on_usage(&mut self, reported_bytes: u64) -> Result<Option<SignedReceipt>, PayError> {
         let agreed = reported_bytes.min(self.measured.saturating_add(self.tolerance()));
         let least = agreed.checked_add(self.quote.chunk_bytes).ok_or(PayError::Overflow)?;
         let affordable = self.quote.bytes_for(self.deposit.saturating_sub(self.base_amount));
-        let target = agreed.saturating_add(self.ahead).min(affordable).max(least);
+        let target = agreed.saturating_add(self.ahead).max(least).min(affordable);
         if self.amount_for(target)? <= self.signed_amount {
-            return Ok(None);
+            return if least > affordable {
+                Err(PayError::OutOfDeposit { deposit: self.deposit })
+            } else {
+                Ok(None)
+            };
         }
         let receipt = self.pay_for(target)?;
-        self.paid_ahead = target - agreed;
+        self.paid_ahead = target.saturating_sub(agreed);
         Ok(Some(receipt))
     }
 
@@ -702,8 +708,40 @@ mod tests {
         let (mut payer, _) = pair(deposit);
         payer.prepay().expect("one chunk fits");
         payer.measure(64 << 20);
+        // What is left of the deposit is signed, then nothing more.
+        let rest = payer.on_usage(64 << 20).expect("pays").expect("owed");
+        assert_eq!(rest.receipt.cumulative_amount, deposit);
         assert_eq!(payer.on_usage(64 << 20), Err(PayError::OutOfDeposit { deposit }));
-        assert!(payer.signed_amount() <= deposit);
+        assert_eq!(payer.signed_amount(), deposit);
+    }
+
+    /// Near the end of its deposit, where one chunk ahead no longer fits,
+    /// a payer signs what is left rather than nothing: the hop carries on
+    /// while the top-up lands instead of stopping one grace later.
+    #[test]
+    fn the_end_of_a_deposit_is_signed_before_it_runs_out() {
+        let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 3).expect("fits");
+        let (mut payer, mut payee) = pair(deposit);
+        payee.accept(payer.prepay().expect("prepay")).expect("valid");
+        // Two chunks carried: a chunk ahead still fits, exactly.
+        payer.measure(QUOTE.chunk_bytes * 2);
+        let full = payer.on_usage(QUOTE.chunk_bytes * 2).expect("pays").expect("owed");
+        assert_eq!(full.receipt.cumulative_amount, deposit);
+        assert_eq!(payer.paid_ahead(), QUOTE.chunk_bytes);
+        // A smaller deposit: half a chunk ahead is all that is left.
+        let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 5 / 2).expect("fits");
+        let (mut payer, mut payee) = pair(deposit);
+        payee.accept(payer.prepay().expect("prepay")).expect("valid");
+        payer.measure(QUOTE.chunk_bytes * 2);
+        let rest = payer.on_usage(QUOTE.chunk_bytes * 2).expect("pays").expect("owed");
+        assert_eq!(rest.receipt.cumulative_amount, deposit);
+        // Half a chunk, and the few bytes the deposit's rounding buys.
+        assert!((QUOTE.chunk_bytes / 2..QUOTE.chunk_bytes / 2 + 1024).contains(&payer.paid_ahead()));
+        payee.accept(rest).expect("within the deposit");
+        assert_eq!(
+            payer.on_usage(QUOTE.chunk_bytes * 2),
+            Err(PayError::OutOfDeposit { deposit })
+        );
     }
 
     #[test]
@@ -731,8 +769,7 @@ mod tests {
         payer.measure(8 << 20);
         assert_eq!(payer.on_usage(24 << 20), Ok(None));
         assert_eq!(payer.paid_ahead(), 100_000_000, "the newest receipt's lead");
-        // A deposit that cannot cover the full lead pays what it can, and
-        // never less than one chunk ahead.
+        // A deposit that cannot cover the full lead pays what it can.
         let deposit = QUOTE.price_of(64 << 20).expect("fits");
         let (mut small, _) = pair(deposit);
         small.prepay().expect("prepay");
@@ -750,6 +787,9 @@ mod tests {
         let (mut payer, mut payee) = pair(deposit);
         payee.accept(payer.prepay().expect("one chunk fits")).expect("valid");
         payer.measure(64 << 20);
+        payee
+            .accept(payer.on_usage(64 << 20).expect("pays").expect("the rest"))
+            .expect("valid");
         assert_eq!(payer.on_usage(64 << 20), Err(PayError::OutOfDeposit { deposit }));
         // Topped up on the ledger: the payer signs past the old deposit, and
         // the payee takes it only once it has seen the new deposit too.
