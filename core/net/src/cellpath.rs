@@ -33,11 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
-use hopwire_proto::onion::layer::{Opener, Sealer, COUNTER_LEN, LAYER_OVERHEAD};
+use hopwire_proto::onion::layer::{DataCipher, Opener, Sealer, COUNTER_LEN, LAYER_OVERHEAD};
 use hopwire_proto::sync::{lock, read, write};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use ring::aead::AES_256_GCM;
 use tokio::io::Interest;
 
 /// The ALPN clients and nodes offer first on the links they open, and nodes
@@ -142,8 +141,8 @@ impl CellLink {
             local_ip: None,
             send_index,
             recv_index,
-            sealer: Mutex::new(Sealer::with_algorithm(&AES_256_GCM, &send_key)),
-            opener: Mutex::new(Opener::with_algorithm(&AES_256_GCM, &recv_key)),
+            sealer: Mutex::new(Sealer::with_algorithm(DataCipher::Aes256Gcm.algorithm(), &send_key)),
+            opener: Mutex::new(Opener::with_algorithm(DataCipher::Aes256Gcm.algorithm(), &recv_key)),
         }
     }
 }

@@ -6,15 +6,17 @@
 //! so a (key, nonce) pair never repeats. Encryption is in place in a buffer
 //! the caller owns: nothing here allocates.
 //!
-//! The AEAD is ring's ChaCha20-Poly1305, the one boringtun uses for
-//! WireGuard (measured here it costs a third of the RustCrypto crate's per
-//! packet), or for data cells ring's AES-256-GCM where both the client and
-//! the hop have AES instructions ([`DataCipher`]): every hop pays its layer
-//! once per cell, and with AES hardware AES-GCM costs a fraction of
-//! ChaCha20-Poly1305. Both take 32-byte keys and 12-byte nonces and add a
+//! The AEAD is AWS-LC's (aws-lc-rs, the API of ring): ChaCha20-Poly1305,
+//! or for data cells AES-256-GCM where both the client and the hop have
+//! AES instructions ([`DataCipher`]): every hop pays its layer once per
+//! cell, and with AES hardware AES-GCM costs a fraction of
+//! ChaCha20-Poly1305. AWS-LC rather than ring (which boringtun uses for
+//! WireGuard) because its AES-GCM has AVX-512 code: measured here a 1 400
+//! byte seal costs 178 ns against ring's 254, an open 200 against 230.
+//! Both take 32-byte keys and 12-byte nonces and add a
 //! 16-byte tag, so cells are the same size either way.
 
-use ring::aead::{Aad, Algorithm, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
+use aws_lc_rs::aead::{Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use serde::{Deserialize, Serialize};
 
 /// Bytes a layer adds: counter and tag.
@@ -56,7 +58,7 @@ impl DataCipher {
 }
 
 /// Whether this CPU has AES and carry-less multiply instructions, which
-/// make AES-256-GCM both fast and constant-time (without them ring's
+/// make AES-256-GCM both fast and constant-time (without them the
 /// AES is slower than ChaCha20-Poly1305).
 pub fn aes_hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -177,9 +179,8 @@ impl Opener {
         }
         let tag_at = layer.len() - TAG_LEN;
         let (body, tag) = layer.split_at_mut(tag_at);
-        let tag = Tag::try_from(&*tag).map_err(|_| LayerError::Truncated)?;
         self.cipher
-            .open_in_place_separate_tag(nonce(counter), Aad::empty(), tag, &mut body[COUNTER_LEN..], 0..)
+            .open_in_place_separate_tag(nonce(counter), Aad::empty(), tag, &mut body[COUNTER_LEN..])
             .map_err(|_| LayerError::Forged)?;
         self.window.mark(counter);
         Ok(COUNTER_LEN..tag_at)
