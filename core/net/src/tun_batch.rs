@@ -21,6 +21,10 @@ pub const BATCH_HEADROOM: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 pub const BATCH_PACKETS: usize = tun_rs::IDEAL_BATCH_SIZE;
 /// Room for one packet of a batch: more than any tunnel MTU.
 pub const PACKET_MAX: usize = 4096;
+/// Room a slot of a [`SendBatch`] needs to take a whole coalesced
+/// super-packet: tun-rs coalesces a flow's segments into the first one's
+/// buffer only while they fit its capacity (the IP length limit, 64 KB).
+const COALESCED_MAX: usize = BATCH_HEADROOM + 65_535;
 
 /// Packets the system sent into a device, read in one go: with offload,
 /// every segment of the TCP super-packet the kernel handed over.
@@ -165,6 +169,14 @@ impl SendBatch {
         let count = std::mem::take(&mut self.count);
         if count == 0 {
             return Ok(());
+        }
+        // Slots grow to a super-packet's size the first time they are
+        // written (only a device's batch needs it; untouched room is not
+        // resident memory).
+        for buf in &mut self.bufs[..count] {
+            if buf.capacity() < COALESCED_MAX {
+                buf.reserve_exact(COALESCED_MAX - buf.len());
+            }
         }
         device
             .send_multiple(&mut self.gro, &mut self.bufs[..count], BATCH_HEADROOM)
