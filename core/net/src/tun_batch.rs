@@ -170,12 +170,14 @@ impl SendBatch {
         if count == 0 {
             return Ok(());
         }
-        // Slots grow to a super-packet's size the first time they are
-        // written (only a device's batch needs it; untouched room is not
-        // resident memory).
-        for buf in &mut self.bufs[..count] {
-            if buf.capacity() < COALESCED_MAX {
-                buf.reserve_exact(COALESCED_MAX - buf.len());
+        // With offload, slots grow to a super-packet's size the first time
+        // they are written (at most [`BATCH_PACKETS`] x 64 KB; room never
+        // coalesced into is not resident memory).
+        if device.tcp_gso() {
+            for buf in &mut self.bufs[..count] {
+                if buf.capacity() < COALESCED_MAX {
+                    buf.reserve_exact(COALESCED_MAX - buf.len());
+                }
             }
         }
         device
@@ -206,6 +208,106 @@ mod tests {
         assert!(batch.is_empty());
         // A slot is full size again after a short packet was kept in it.
         assert_eq!(batch.slot().map(|s| s.len()), Some(PACKET_MAX));
+    }
+
+    /// One flow's consecutive TCP segment `i` (1 200 bytes of payload each),
+    /// 10.9.0.2:40000 -> 10.9.0.1:5201, with valid checksums.
+    fn segment(i: u32) -> Vec<u8> {
+        const PAYLOAD: usize = 1200;
+        let len = 40 + PAYLOAD;
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 9, 0, 2]);
+        p[16..20].copy_from_slice(&[10, 9, 0, 1]);
+        let sum = hopwire_proto::packet::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        p[24..28].copy_from_slice(&(1000 + i * PAYLOAD as u32).to_be_bytes());
+        p[28..32].copy_from_slice(&1u32.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x10; // ACK
+        p[34..36].copy_from_slice(&65535u16.to_be_bytes());
+        for (k, b) in p[40..].iter_mut().enumerate() {
+            *b = (k as u32 + i) as u8;
+        }
+        // The TCP checksum covers a pseudo-header: addresses, protocol, length.
+        let mut pseudo = Vec::with_capacity(12 + len - 20);
+        pseudo.extend_from_slice(&p[12..20]);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&((len - 20) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&p[20..]);
+        let sum = hopwire_proto::packet::checksum(&pseudo);
+        p[36..38].copy_from_slice(&sum.to_be_bytes());
+        p
+    }
+
+    /// Packets the kernel took from the user side of device `name`, in this
+    /// thread's network namespace.
+    fn packets_written_into(name: &str) -> u64 {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").expect("reading /proc/thread-self/net/dev");
+        let line = dev
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{name} is not in /proc/thread-self/net/dev:\n{dev}"));
+        // Receive: bytes, packets, ...
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("a packet count")
+    }
+
+    /// With offload, a batch holding 40 consecutive segments of one TCP flow
+    /// (48 000 bytes) reaches the kernel as one super-packet: the receiving
+    /// TCP then handles and acknowledges one packet instead of 40. Needs
+    /// root (a network namespace of the test's own, where the device lives).
+    #[test]
+    fn a_device_batch_of_one_flow_is_one_coalesced_write() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare takes no pointers; it moves this thread (only)
+            // into a new network namespace, which goes when the thread ends.
+            #[allow(unsafe_code)]
+            let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                unshared,
+                0,
+                "unshare(CLONE_NEWNET): {} (the test needs root)",
+                io::Error::last_os_error()
+            );
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let device = tun_rs::DeviceBuilder::new()
+                    .name("hwgro0")
+                    .ipv4(std::net::Ipv4Addr::new(10, 9, 0, 1), 24, None)
+                    .mtu(1300)
+                    .offload(true)
+                    .build_async()
+                    .expect("a TUN device with offload");
+                let before = packets_written_into("hwgro0");
+                let mut batch = SendBatch::default();
+                for i in 0..40 {
+                    let packet = segment(i);
+                    let slot = batch.slot().expect("room");
+                    slot[..packet.len()].copy_from_slice(&packet);
+                    batch.commit(packet.len());
+                }
+                batch.write(&device).await.expect("writing the batch");
+                assert!(batch.is_empty());
+                assert_eq!(
+                    packets_written_into("hwgro0") - before,
+                    1,
+                    "40 segments of one flow were not coalesced into one write"
+                );
+            });
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
     }
 
     #[test]
