@@ -282,7 +282,7 @@ impl Wallet {
         let key = AccountKey::load(dir, &ledger)?;
         let ledger = LazyLedger::new(ledger, key.access(), Some(protect));
         let path = dir.join("wallet");
-        let (channels, sessions) = sled::open(&path)
+        let (channels, sessions) = hopwire_net::store::open_db(&path)
             .and_then(|db| Ok((db.open_tree("channels")?, db.open_tree("sessions")?)))
             .map_err(|source| WalletError::Store { path, source })?;
         Ok(Self {

@@ -1,6 +1,10 @@
 //! Durable storage of receipts (sled): a node keeps the newest valid receipt
 //! of every channel, flushed to disk before the traffic it pays for counts
-//! as paid, so a crash or `kill -9` loses no earnings.
+//! as paid, so a crash or `kill -9` loses no earnings. [`open_db`] is how
+//! every sled database of ours is opened.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +18,35 @@ pub enum StoreError {
     Corrupt(String),
     #[error("receipt store {0} is in use (is the node running with this config? stop it first)")]
     InUse(std::path::PathBuf),
+}
+
+/// How long [`open_db`] waits for a lock that is being let go.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether sled failed to take its database's file lock.
+pub fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens the sled database at `path`, waiting up to two seconds for its file
+/// lock. A dropped `sled::Db` lets its lock go only when sled's background
+/// threads finish (spacejam/sled#1234), so a database closed and opened
+/// again in one process (a client runtime stopped and started by the app,
+/// a test) can find it held for some milliseconds; a lock still held after
+/// the wait belongs to another process and is returned as the error
+/// ([`is_locked`]).
+pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_RELEASE_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match sled::open(path) {
+            Err(e) if is_locked(&e) && Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The newest receipt per channel, and whether it was settled.
@@ -31,12 +64,9 @@ pub struct ReceiptStore {
 
 impl ReceiptStore {
     /// Opens the store kept in `dir` (a node's `receipts/`).
-    pub fn open_dir(dir: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir).map_err(|e| match e {
-            // sled reports its file lock held by another process this way.
-            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                StoreError::InUse(dir.to_owned())
-            }
+    pub fn open_dir(dir: &Path) -> Result<Self, StoreError> {
+        let db = open_db(dir).map_err(|e| match e {
+            e if is_locked(&e) => StoreError::InUse(dir.to_owned()),
             e => StoreError::Sled(e),
         })?;
         Self::open(&db)
@@ -142,7 +172,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hopwire-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let db = sled::open(&dir).expect("open");
+            let db = open_db(&dir).expect("open");
             let store = ReceiptStore::open(&db).expect("store");
             assert!(store.save(&receipt(1, 10)).expect("save"));
             assert!(store.save(&receipt(3, 30)).expect("save"));
@@ -153,14 +183,39 @@ mod tests {
             store.mark_settled([1; 32], 10).expect("settled");
             // (kill -9 after `save` returned is the end-to-end test's job;
             // here the database is simply reopened.)
-            drop(db);
+            drop((store, db));
         }
-        let db = sled::open(&dir).expect("reopen");
+        // Reopened at once, as a client runtime started again is.
+        let db = open_db(&dir).expect("reopen");
         let store = ReceiptStore::open(&db).expect("store");
         let kept = store.get([1; 32]).expect("read").expect("kept");
         assert_eq!(kept.receipt, receipt(3, 30));
         assert_eq!(kept.settled, 10);
         assert_eq!(store.all().expect("all").len(), 1);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_lock_being_let_go_is_waited_for_and_one_kept_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("hopwire-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // The lock sled takes (flock on `db`), held as a just-dropped
+        // database's threads hold it, then let go after 150 ms.
+        let holder = std::fs::File::create(dir.join("db")).expect("db file");
+        holder.lock().expect("lock");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            drop(holder);
+        });
+        let db = open_db(&dir).expect("opened once the lock was let go");
+        release.join().expect("released");
+        // Now this process holds it for good: a second open waits and fails.
+        let started = Instant::now();
+        let e = ReceiptStore::open_dir(&dir).expect_err("held by the first open");
+        assert!(matches!(e, StoreError::InUse(ref d) if d == &dir), "{e}");
+        assert!(started.elapsed() >= LOCK_RELEASE_WAIT / 2, "waited before giving up");
         drop(db);
         let _ = std::fs::remove_dir_all(&dir);
     }

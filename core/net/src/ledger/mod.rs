@@ -140,7 +140,7 @@ pub struct EmbeddedLedger {
 
 impl EmbeddedLedger {
     pub fn open_at(path: &Path, domain: &str, challenge: u64) -> Result<Self, LedgerError> {
-        let db = sled::open(path).map_err(|e| LedgerError::Storage(format!("{}: {e}", path.display())))?;
+        let db = crate::store::open_db(path).map_err(|e| LedgerError::Storage(format!("{}: {e}", path.display())))?;
         Self::with_db(&db, domain, challenge)
     }
 
