@@ -44,7 +44,8 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hopwire/kad/1.0.0
 const IDENTIFY_PROTOCOL: &str = "/hopwire/id/1.0.0";
 /// Peers of one IPv4 /24 (or IPv6 /48) one routing-table bucket takes.
 pub const MAX_PER_SUBNET: usize = 2;
-/// How long a lookup may take before it answers with what it has.
+/// How long a query (of a lookup, of a publication) may take before it
+/// ends with what it has: [`DhtConfig::query_timeout`]'s default.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How soon a failed publication is tried again.
 const PUBLISH_RETRY: Duration = Duration::from_secs(20);
@@ -213,6 +214,9 @@ pub struct DhtConfig {
     /// periodic bootstrap); `None` for simulations, where every node's
     /// refresh lands on the same few cores.
     pub refresh: Option<Duration>,
+    /// How long one query may run ([`LOOKUP_TIMEOUT`]); simulations of
+    /// hundreds of nodes sharing two cores give their queries longer.
+    pub query_timeout: Duration,
     /// With TCP: every connection's socket passes through this hook before
     /// it connects, and the DHT listens nowhere (a client's DHT).
     pub protect: Option<Protect>,
@@ -229,6 +233,7 @@ impl DhtConfig {
             peer_store: None,
             record_ttl: Duration::from_secs(hopwire_proto::record::RECORD_TTL),
             refresh: Some(Duration::from_secs(300)),
+            query_timeout: LOOKUP_TIMEOUT,
             protect: None,
         }
     }
@@ -270,6 +275,9 @@ pub struct DhtCounters {
     pub inbound_requests: AtomicU64,
     /// Publications (record or provider announcement) that timed out.
     pub publish_failures: AtomicU64,
+    /// Publications done: the record and every announcement of one
+    /// [`Dht::publish`] (or of its retry after a failure) taken by peers.
+    pub publications: AtomicU64,
     /// Joins (a lookup of our own id and a refresh of every bucket) done.
     pub joins: AtomicU64,
     pub subnet_refused: AtomicU64,
@@ -342,7 +350,7 @@ impl Dht {
         }
         let peers = match &config.peer_store {
             Some(path) => Some(
-                sled::open(path)
+                crate::store::open_db(path)
                     .and_then(|db| db.open_tree("peers"))
                     .map_err(|source| DhtError::Store {
                         path: path.clone(),
@@ -364,6 +372,8 @@ impl Dht {
             record_ttl: config.record_ttl,
             next_lookup: 0,
             published: None,
+            publication: HashSet::new(),
+            publication_failed: false,
             retry_publish: None,
         };
         let restored = task.restore_peers();
@@ -444,7 +454,7 @@ fn build_swarm(keypair: identity::Keypair, config: &DhtConfig) -> Result<Swarm<B
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_kbucket_inserts(kad::BucketInserts::Manual)
             .set_max_packet_size(MAX_PACKET)
-            .set_query_timeout(LOOKUP_TIMEOUT)
+            .set_query_timeout(config.query_timeout)
             .set_periodic_bootstrap_interval(config.refresh);
         let store = MemoryStore::with_config(
             local_peer,
@@ -559,6 +569,9 @@ struct Task {
     next_lookup: u64,
     /// What this node last published, to publish again after a failure.
     published: Option<(Vec<u8>, Vec<RecordKey>)>,
+    /// The queries of the publication under way, and whether one failed.
+    publication: HashSet<QueryId>,
+    publication_failed: bool,
     retry_publish: Option<tokio::time::Instant>,
 }
 
@@ -689,14 +702,19 @@ impl Task {
         if let Err(e) = kad.store_mut().put(record.clone()) {
             warn!("storing our own record: {e}");
         }
-        if let Err(e) = kad.put_record(record, Quorum::One) {
-            warn!("publishing our record: {e}");
+        let mut queries = HashSet::new();
+        match kad.put_record(record, Quorum::One) {
+            Ok(query) => _ = queries.insert(query),
+            Err(e) => warn!("publishing our record: {e}"),
         }
         for key in provide {
-            if let Err(e) = kad.start_providing(key) {
-                warn!("announcing ourselves as provider: {e}");
+            match kad.start_providing(key) {
+                Ok(query) => _ = queries.insert(query),
+                Err(e) => warn!("announcing ourselves as provider: {e}"),
             }
         }
+        self.publication = queries;
+        self.publication_failed = false;
     }
 
     /// Checks a record found or offered under `key`; `None` if refused.
@@ -929,12 +947,25 @@ impl Task {
                 }
                 self.finish_if_done(lookup);
             }
-            QueryResult::StartProviding(Err(e)) => self.publish_failed(&e),
+            QueryResult::StartProviding(done) => self.publication_done(query, done.err().map(|e| e.to_string())),
+            QueryResult::PutRecord(done) => self.publication_done(query, done.err().map(|e| e.to_string())),
             QueryResult::Bootstrap(Ok(kad::BootstrapOk { num_remaining: 0, .. })) => {
                 self.counters.joins.fetch_add(1, Ordering::Relaxed);
             }
-            QueryResult::PutRecord(Err(e)) => self.publish_failed(&e),
             _ => {}
+        }
+    }
+
+    /// One query of a publication ended; the last of a publication none of
+    /// whose queries failed counts it done.
+    fn publication_done(&mut self, query: QueryId, error: Option<String>) {
+        let ours = self.publication.remove(&query);
+        if let Some(e) = error {
+            self.publication_failed |= ours;
+            self.publish_failed(&e);
+        }
+        if ours && self.publication.is_empty() && !self.publication_failed {
+            self.counters.publications.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -33,6 +33,12 @@ fn nodes_count() -> usize {
 }
 /// Every 25th node is an exit.
 const EXIT_EVERY: usize = 25;
+/// How long a client's query may run here: 500 nodes share two cores (and,
+/// under `cargo nextest`, the cores with other tests), so a lookup a real
+/// network answers in well under the deployed 10 s can take longer. The
+/// nodes keep the deployed timeout: their own queries (the refresh at
+/// start, publications) would otherwise keep the network busy for longer.
+const SIM_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where honest records say their QUIC endpoint is; forgeries say otherwise.
 const HONEST_QUIC: &str = "198.18.1.2:4433";
 
@@ -155,9 +161,36 @@ fn exits(nodes: &[Node]) -> impl Iterator<Item = &Node> {
 /// Publishes the exits' records (valid for `RECORD_TTL`) under
 /// the exit role key and region `DE`. Relays publish nothing here: their
 /// announcements are not what these tests check, and would only add load.
-async fn publish_exits<'a>(exits: impl Iterator<Item = &'a Node>, seq: u64) {
+/// Returns each exit with its count of publications before, for [`taken`].
+async fn publish_exits<'a>(exits: impl Iterator<Item = &'a Node>, seq: u64) -> Vec<(&'a Node, u64)> {
+    let mut sent = Vec::new();
     for node in exits {
+        sent.push((node, publications(node)));
         publish(node, "DE", seq).await;
+    }
+    sent
+}
+
+fn publications(node: &Node) -> u64 {
+    node.dht().counters.publications.load(Ordering::Relaxed)
+}
+
+/// Waits until peers took every publication `sent` (its record and every
+/// announcement; one that failed is tried again 20 s later, as a deployed
+/// node does), at most 300 s: only then must a lookup find them all.
+async fn taken(sent: &[(&Node, u64)]) {
+    let started = Instant::now();
+    loop {
+        let waiting = sent.iter().filter(|(n, before)| publications(n) <= *before).count();
+        if waiting == 0 {
+            eprintln!("publications taken after {:?}", started.elapsed());
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{waiting} publications not taken after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -176,6 +209,7 @@ async fn publish(node: &Node, region: &str, seq: u64) -> NodeRecord {
 /// A client that knows one bootstrap peer (and possibly `extra` peers).
 fn client(seed: u8, bootstrap: &Node, extra: &[Multiaddr]) -> Dht {
     let mut config = DhtConfig::new(Transport::Memory, false);
+    config.query_timeout = SIM_QUERY_TIMEOUT;
     config.bootstrap = std::iter::once(bootstrap.addr.clone())
         .chain(extra.iter().cloned())
         .collect();
@@ -209,7 +243,7 @@ fn ids_of<'a>(nodes: impl Iterator<Item = &'a Node>) -> Vec<String> {
 async fn five_hundred_nodes() {
     let n = nodes_count();
     let nodes = network(1, 100_000, n, Duration::from_secs(RECORD_TTL)).await;
-    publish_exits(exits(&nodes), 1).await;
+    taken(&publish_exits(exits(&nodes), 1).await).await;
     quiesce(&nodes, "publishing").await;
     let honest_exits = ids_of(exits(&nodes));
 
@@ -245,7 +279,9 @@ async fn five_hundred_nodes() {
     //    lookup, by another client, sees sequence 2 under the role key and
     //    finds it under its new region.
     let mover = exits(&nodes).nth(3).expect("exit");
+    let before = publications(mover);
     let moved = publish(mover, "FR", 2).await;
+    taken(&[(mover, before)]).await;
     quiesce(&nodes, "republishing").await;
     let bob = client(202, &nodes[7], &[]);
     let (found, stats) = bob.find(dht::role_key(Role::Exit), Search::All).await.expect("lookup");
@@ -319,7 +355,7 @@ async fn stopped_node_disappears_after_ttl() {
     let ttl = Duration::from_secs(20);
     let n = nodes_count();
     let mut nodes = network(2, 200_000, n, ttl).await;
-    publish_exits(exits(&nodes), 1).await;
+    taken(&publish_exits(exits(&nodes), 1).await).await;
     quiesce(&nodes, "publishing").await;
     let alice = client(211, &nodes[n / 3], &[]);
     let (found, stats) = alice

@@ -120,6 +120,11 @@ fn render(node: &Node) -> String {
             dht.inbound_requests.load(Ordering::Relaxed),
         ),
         (
+            "hopwire_dht_publications_total",
+            "counter",
+            dht.publications.load(Ordering::Relaxed),
+        ),
+        (
             "hopwire_dht_publish_failures_total",
             "counter",
             dht.publish_failures.load(Ordering::Relaxed),
