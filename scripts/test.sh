@@ -24,7 +24,11 @@ step "the mobile bindings (generated sources match the library; Python against t
 # Debian's Python, which has Debian's pytest (a pyenv python3 may shadow it).
 /usr/bin/python3 -m pytest -q -p no:cacheprovider ffi/tests/python
 step "the Debian packages (built, lintian, unit hardening; installed by the packaging tests)"
-./scripts/package.sh
+# Built here without LTO or debug info: the same packages, installed and
+# checked the same way, 4 of 12 minutes sooner on two cores. A release is
+# `./scripts/package.sh` alone (thin LTO).
+CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0 \
+    ./scripts/package.sh
 step "unit, pair and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast
 step "done"
