@@ -32,8 +32,9 @@ pub fn is_locked(e: &sled::Error) -> bool {
 /// lock. A dropped `sled::Db` lets its lock go only when sled's background
 /// threads finish (spacejam/sled#1234), so a database closed and opened
 /// again in one process (a client runtime stopped and started by the app,
-/// a test) can find it held for some milliseconds; a lock still held after
-/// the wait belongs to another process and is returned as the error
+/// a test) can find it held for some milliseconds. A lock still held after
+/// the wait is a database still open (most likely by another process, a
+/// node or daemon already running) and is returned as the error
 /// ([`is_locked`]).
 pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + LOCK_RELEASE_WAIT;
