@@ -373,7 +373,6 @@ impl Dht {
             next_lookup: 0,
             published: None,
             publication: HashSet::new(),
-            publication_failed: false,
             retry_publish: None,
         };
         let restored = task.restore_peers();
@@ -569,9 +568,8 @@ struct Task {
     next_lookup: u64,
     /// What this node last published, to publish again after a failure.
     published: Option<(Vec<u8>, Vec<RecordKey>)>,
-    /// The queries of the publication under way, and whether one failed.
+    /// The queries of the publication under way (none once one failed).
     publication: HashSet<QueryId>,
-    publication_failed: bool,
     retry_publish: Option<tokio::time::Instant>,
 }
 
@@ -714,7 +712,6 @@ impl Task {
             }
         }
         self.publication = queries;
-        self.publication_failed = false;
     }
 
     /// Checks a record found or offered under `key`; `None` if refused.
@@ -960,12 +957,19 @@ impl Task {
     /// whose queries failed counts it done.
     fn publication_done(&mut self, query: QueryId, error: Option<String>) {
         let ours = self.publication.remove(&query);
-        if let Some(e) = error {
-            self.publication_failed |= ours;
-            self.publish_failed(&e);
-        }
-        if ours && self.publication.is_empty() && !self.publication_failed {
-            self.counters.publications.fetch_add(1, Ordering::Relaxed);
+        match error {
+            Some(e) => {
+                // The rest of a failed publication counts for nothing: it
+                // is published again whole.
+                if ours {
+                    self.publication.clear();
+                }
+                self.publish_failed(&e);
+            }
+            None if ours && self.publication.is_empty() => {
+                self.counters.publications.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
         }
     }
 

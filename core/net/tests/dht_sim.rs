@@ -168,18 +168,18 @@ async fn publish_exits<'a>(exits: impl Iterator<Item = &'a Node>, seq: u64) {
 }
 
 /// Publishes the records of `nodes` (sequence `seq`, region `region`) until
-/// peers took a whole round of them; returns the sequence number of that
-/// round. A round in which a publication failed (a query timed out on
+/// peers took a whole round of them; returns that round's records. A round in which a publication failed (a query timed out on
 /// these busy cores) is published again at once, whole and with the next
 /// sequence number, so no record is older than the round: in test c
 /// records live 20 s, and a node retries a failed publication only 20 s
 /// later. At most 300 s.
-async fn publish_taken(nodes: &[&Node], region: &str, mut seq: u64) -> u64 {
+async fn publish_taken(nodes: &[&Node], region: &str, mut seq: u64) -> Vec<NodeRecord> {
     let started = Instant::now();
     loop {
         let before: Vec<(u64, u64)> = nodes.iter().map(|n| (publications(n), failures(n))).collect();
+        let mut records = Vec::new();
         for node in nodes {
-            publish(node, region, seq).await;
+            records.push(publish(node, region, seq).await);
         }
         // Each publication ends taken (true) or failed (false).
         let taken = loop {
@@ -206,7 +206,7 @@ async fn publish_taken(nodes: &[&Node], region: &str, mut seq: u64) -> u64 {
         let failed = taken.iter().filter(|t| !**t).count();
         if failed == 0 {
             eprintln!("publications taken after {:?} (sequence {seq})", started.elapsed());
-            return seq;
+            return records;
         }
         eprintln!("{failed} publications failed; publishing them all again");
         seq += 1;
@@ -270,7 +270,7 @@ fn ids_of<'a>(nodes: impl Iterator<Item = &'a Node>) -> Vec<String> {
 async fn five_hundred_nodes() {
     let n = nodes_count();
     let nodes = network(1, 100_000, n, Duration::from_secs(RECORD_TTL)).await;
-    let first = publish_taken(&exits(&nodes).collect::<Vec<_>>(), "DE", 1).await;
+    let first = publish_taken(&exits(&nodes).collect::<Vec<_>>(), "DE", 1).await[0].seq;
     quiesce(&nodes, "publishing").await;
     let honest_exits = ids_of(exits(&nodes));
 
@@ -306,7 +306,7 @@ async fn five_hundred_nodes() {
     //    sequence number. A later lookup, by another client, sees that
     //    sequence under the role key and finds it under its new region.
     let mover = exits(&nodes).nth(3).expect("exit");
-    let seq = publish_taken(&[mover], "FR", first + 1).await;
+    let moved = publish_taken(&[mover], "FR", first + 1).await.remove(0);
     quiesce(&nodes, "republishing").await;
     let bob = client(202, &nodes[7], &[]);
     let (found, stats) = bob.find(dht::role_key(Role::Exit), Search::All).await.expect("lookup");
@@ -319,7 +319,7 @@ async fn five_hundred_nodes() {
         .expect("the moved exit");
     assert_eq!(
         (seen.seq, seen.region.as_str(), seen.onion_key),
-        (seq, "FR", [seq as u8; 32]),
+        (moved.seq, "FR", moved.onion_key),
         "the updated record, not the old one"
     );
     let (in_fr, stats) = bob.find(dht::region_key("FR"), Search::All).await.expect("lookup");
@@ -380,7 +380,7 @@ async fn stopped_node_disappears_after_ttl() {
     let ttl = Duration::from_secs(20);
     let n = nodes_count();
     let mut nodes = network(2, 200_000, n, ttl).await;
-    let first = publish_taken(&exits(&nodes).collect::<Vec<_>>(), "DE", 1).await;
+    let first = publish_taken(&exits(&nodes).collect::<Vec<_>>(), "DE", 1).await[0].seq;
     quiesce(&nodes, "publishing").await;
     let alice = client(211, &nodes[n / 3], &[]);
     let (found, stats) = alice
