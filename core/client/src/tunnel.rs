@@ -963,7 +963,7 @@ async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<W
         loop {
             path.socket.next_batch(&mut received).await;
             while !received.is_empty() {
-                received.open_until(&path.socket.drops, |_, c| {
+                received.handle_until(|_, c| {
                     open_into(&sender, &wg, c, &mut cell, &mut batch, &mut replies, &traffic);
                     !batch.is_full()
                 });

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
-use hopwire_proto::onion::layer::{DataCipher, Opener, Sealer, COUNTER_LEN, LAYER_OVERHEAD};
+use hopwire_proto::onion::layer::{DataCipher, Opener, Sealer, LAYER_OVERHEAD};
 use hopwire_proto::sync::{lock, read, write};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -89,22 +89,14 @@ impl fmt::Debug for CellLink {
 }
 
 impl CellLink {
-    /// Appends `cell` sealed as a cell packet ([`CELL_PATH_OVERHEAD`] bytes
-    /// longer) to `buf`; false, with `buf` as it was, if the send counter
-    /// ran out.
-    fn append_sealed(&self, buf: &mut Vec<u8>, cell: &[u8]) -> bool {
-        let start = buf.len();
-        buf.extend_from_slice(&self.send_index.to_be_bytes());
-        buf.extend_from_slice(&[0; COUNTER_LEN]);
-        buf.extend_from_slice(cell);
-        buf.extend_from_slice(&[0; LAYER_OVERHEAD - COUNTER_LEN]);
-        let sealed = lock(&self.sealer)
-            .seal_in_place(&mut buf[start + INDEX_LEN..], 0, COUNTER_LEN + cell.len())
-            .is_ok();
-        if !sealed {
-            buf.truncate(start);
-        }
-        sealed
+    /// Seals `cell` as a cell packet into `out` and returns its length
+    /// ([`CELL_PATH_OVERHEAD`] bytes more than the cell's); `None` if the send
+    /// counter ran out (or `out` is too short).
+    fn seal_into(&self, cell: &[u8], out: &mut [u8]) -> Option<usize> {
+        let (index, layer) = out.split_at_mut_checked(INDEX_LEN)?;
+        let sealed = lock(&self.sealer).seal_to(cell, layer).ok()?;
+        index.copy_from_slice(&self.send_index.to_be_bytes());
+        Some(INDEX_LEN + sealed)
     }
 
     /// The cell path of `conn` when both ends agreed on it ([`ALPN_CELLS`]).
@@ -158,58 +150,37 @@ pub struct CellPathDrops {
     pub unsent: AtomicU64,
 }
 
-/// Cells received and not yet handled, with the link each came on.
+/// Cells received, opened, and not yet handled, with the link each came on.
 #[derive(Default)]
 pub struct CellBatch {
+    /// The cells' bytes, up to `filled`; beyond it, room kept from earlier
+    /// batches (so it is not zeroed again).
     data: Vec<u8>,
+    filled: usize,
     /// The links the cells came on: one entry per run of cells from a link
     /// (cells arrive in runs, a receive call's worth from one neighbour).
     links: Vec<Arc<CellLink>>,
-    /// Each cell: its entry in `links` and its packet in `data`.
+    /// Each cell: its entry in `links` and its bytes in `data`.
     cells: Vec<(usize, Range<usize>)>,
     /// The first cell not yet handled.
     next: usize,
 }
 
 impl CellBatch {
-    /// Opens the cells' link layers in turn and hands each cell to `handle`
-    /// with its link's tag, until `handle` returns false (the caller must
-    /// flush before more) or none is left. A cell that does not open is
-    /// counted in `drops` and skipped.
-    pub fn open_until(&mut self, drops: &CellPathDrops, mut handle: impl FnMut(usize, &mut [u8]) -> bool) {
-        {
-            let Self {
-                data,
-                links,
-                cells,
-                next,
-            } = self;
-            // A run of cells from one link opens under one lock.
-            let mut opener: Option<(usize, MutexGuard<'_, Opener>)> = None;
-            while let Some((at, range)) = cells.get(*next) {
-                *next += 1;
-                let link = &links[*at];
-                let opener = match &mut opener {
-                    Some((held, guard)) if *held == *at => guard,
-                    _ => &mut opener.insert((*at, lock(&link.opener))).1,
-                };
-                let layer = &mut data[range.start + INDEX_LEN..range.end];
-                let more = match opener.open_in_place(layer) {
-                    Ok(cell) => handle(link.tag, &mut layer[cell]),
-                    Err(_) => {
-                        drops.refused.fetch_add(1, Ordering::Relaxed);
-                        true
-                    }
-                };
-                if !more {
-                    break;
-                }
+    /// Hands the cells in turn to `handle` with their link's tag, until
+    /// `handle` returns false (the caller must flush before more) or none is
+    /// left.
+    pub fn handle_until(&mut self, mut handle: impl FnMut(usize, &mut [u8]) -> bool) {
+        while let Some((at, range)) = self.cells.get(self.next) {
+            self.next += 1;
+            if !handle(self.links[*at].tag, &mut self.data[range.clone()]) {
+                break;
             }
         }
         if self.is_empty() {
             self.cells.clear();
             self.links.clear();
-            self.data.clear();
+            self.filled = 0;
             self.next = 0;
         }
     }
@@ -217,6 +188,26 @@ impl CellBatch {
     /// True when every cell was handled.
     pub fn is_empty(&self) -> bool {
         self.next >= self.cells.len()
+    }
+
+    /// Opens the layer of a cell packet from the last link in `links` into
+    /// the batch; false if it does not open (forged, replayed, truncated).
+    fn open(&mut self, layer: &[u8]) -> bool {
+        let Some(link) = self.links.last() else {
+            return false;
+        };
+        let end = self.filled + layer.len();
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        match lock(&link.opener).open_to(layer, &mut self.data[self.filled..end]) {
+            Ok(len) => {
+                self.cells.push((self.links.len() - 1, self.filled..self.filled + len));
+                self.filled += len;
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -279,7 +270,7 @@ impl CellSocket {
     }
 
     /// Waits for received cells and swaps them into `batch`, which must
-    /// have been handled to the end ([`CellBatch::open_until`]).
+    /// have been handled to the end ([`CellBatch::handle_until`]).
     pub async fn next_batch(&self, batch: &mut CellBatch) {
         debug_assert!(batch.is_empty() && batch.cells.is_empty());
         loop {
@@ -329,6 +320,8 @@ impl CellSocket {
         }
     }
 
+    /// Opens one cell packet into the inbox: the decryption is the copy out
+    /// of quinn's receive buffer.
     fn take(&self, inbox: &mut CellBatch, from: SocketAddr, packet: &[u8]) {
         let refuse = || {
             self.drops.refused.fetch_add(1, Ordering::Relaxed);
@@ -337,30 +330,28 @@ impl CellSocket {
             return refuse();
         }
         let index = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]);
-        // The run's link, or one looked up.
-        let same = |link: &Arc<CellLink>| link.peer == from && link.recv_index == index;
-        let link = match inbox.links.last() {
-            Some(last) if same(last) => None,
-            _ => match read(&self.links).get(&(from, index)) {
-                Some(link) => Some(link.clone()),
-                None => return refuse(),
-            },
-        };
-        if inbox.data.len() + packet.len() > INBOX_LIMIT {
+        if inbox.filled + packet.len() > INBOX_LIMIT {
             self.drops.overflowed.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        inbox.links.extend(link);
-        let start = inbox.data.len();
-        inbox.data.extend_from_slice(packet);
-        inbox.cells.push((inbox.links.len() - 1, start..inbox.data.len()));
+        // The run's link, or one looked up.
+        let same = |link: &Arc<CellLink>| link.peer == from && link.recv_index == index;
+        if !inbox.links.last().is_some_and(same) {
+            match read(&self.links).get(&(from, index)) {
+                Some(link) => inbox.links.push(link.clone()),
+                None => return refuse(),
+            }
+        }
+        if !inbox.open(&packet[INDEX_LEN..]) {
+            refuse();
+        }
     }
 
     /// Sends one cell at once, alone: for the few cells no loop batches (a
     /// handshake answer, a timer's keepalive). Dropped if the socket is full.
     pub fn send_now(&self, link: &CellLink, cell: &[u8]) {
-        let mut packet = Vec::with_capacity(CELL_PATH_OVERHEAD + cell.len());
-        let sent = link.append_sealed(&mut packet, cell)
+        let mut packet = vec![0u8; CELL_PATH_OVERHEAD + cell.len()];
+        let sent = link.seal_into(cell, &mut packet).is_some()
             && AsyncUdpSocket::try_send(
                 self,
                 &Transmit {
@@ -414,35 +405,43 @@ pub struct CellOut {
 struct Pending {
     to: SocketAddr,
     from: Option<IpAddr>,
+    /// [`MAX_BATCH_BYTES`] long, zeroed once; the packets are `buf[..used]`.
     buf: Vec<u8>,
+    used: usize,
     segment: usize,
     count: usize,
 }
 
 impl Pending {
-    /// A shorter packet ended the run: nothing more joins it.
-    fn closed(&self) -> bool {
-        self.buf.len() < self.count * self.segment
+    /// Whether a packet of `len` bytes joins this run: no shorter packet
+    /// ended it, and it has room.
+    fn takes(&self, len: usize, max_segments: usize) -> bool {
+        self.used == self.count * self.segment
+            && len <= self.segment
+            && self.count < max_segments
+            && self.used + len <= self.buf.len()
     }
 }
 
 impl CellOut {
-    /// Seals `cell` for `link` into the run it belongs to.
+    /// Seals `cell` for `link` into the run it belongs to: the encryption is
+    /// the copy into the batch.
     pub fn push(&mut self, socket: &CellSocket, link: &CellLink, cell: &[u8]) {
         let len = CELL_PATH_OVERHEAD + cell.len();
-        let max = socket.max_segments().min(MAX_BATCH_BYTES / len).max(1);
+        let max_segments = socket.max_segments();
         let run = match self
             .pending
             .iter()
             .rposition(|p| p.to == link.peer && p.from == link.local_ip)
         {
-            Some(i) if !self.pending[i].closed() && len <= self.pending[i].segment && self.pending[i].count < max => i,
+            Some(i) if self.pending[i].takes(len, max_segments) => i,
             _ => {
-                let buf = self.spare.pop().unwrap_or_default();
+                let buf = self.spare.pop().unwrap_or_else(|| vec![0; MAX_BATCH_BYTES]);
                 self.pending.push(Pending {
                     to: link.peer,
                     from: link.local_ip,
                     buf,
+                    used: 0,
                     segment: len,
                     count: 0,
                 });
@@ -450,25 +449,25 @@ impl CellOut {
             }
         };
         let p = &mut self.pending[run];
-        if link.append_sealed(&mut p.buf, cell) {
+        if let Some(n) = link.seal_into(cell, &mut p.buf[p.used..]) {
+            p.used += n;
             p.count += 1;
         }
     }
 
     /// Sends every run, in the order the cells were pushed.
     pub async fn flush(&mut self, socket: &CellSocket) {
-        for mut p in std::mem::take(&mut self.pending) {
+        for p in std::mem::take(&mut self.pending) {
             if p.count > 0 {
                 let transmit = Transmit {
                     destination: p.to,
                     ecn: None,
-                    contents: &p.buf,
+                    contents: &p.buf[..p.used],
                     segment_size: (p.count > 1).then_some(p.segment),
                     src_ip: p.from,
                 };
                 socket.send(&transmit).await;
             }
-            p.buf.clear();
             self.spare.push(p.buf);
         }
     }

@@ -716,7 +716,7 @@ impl Node {
             while !batch.is_empty() {
                 // One clock reading for the cells received together.
                 let now = Instant::now();
-                batch.open_until(&socket.drops, |link, cell| {
+                batch.handle_until(|link, cell| {
                     self.route_cell(link, cell, now, &mut outbox);
                     !Self::must_flush(&outbox)
                 });

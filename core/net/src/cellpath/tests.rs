@@ -1,7 +1,7 @@
 use super::*;
 use crate::link;
 use ed25519_dalek::SigningKey;
-use hopwire_proto::onion::layer::TAG_LEN;
+use hopwire_proto::onion::layer::{COUNTER_LEN, TAG_LEN};
 use rand::SeedableRng;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ async fn received(socket: &CellSocket, want: usize) -> Vec<(usize, Vec<u8>)> {
         tokio::time::timeout(Duration::from_secs(5), socket.next_batch(&mut batch))
             .await
             .expect("cells arrive");
-        batch.open_until(&socket.drops, |tag, cell| {
+        batch.handle_until(|tag, cell| {
             got.push((tag, cell.to_vec()));
             true
         });
@@ -54,8 +54,8 @@ async fn cells_cross_both_ways_in_batches_beside_quic_datagrams() {
     let link_b = Arc::new(CellLink::of(&at_b, 9).expect("both offered the cell path"));
     assert!(a.cells.register(&link_a) && b.cells.register(&link_b));
 
-    // Twenty full cells (one GSO batch) and a short one, a to b.
-    let cells: Vec<Vec<u8>> = (0..20u8)
+    // Forty full cells (more than one GSO batch) and a short one, a to b.
+    let cells: Vec<Vec<u8>> = (0..40u8)
         .map(|i| vec![i; 1300])
         .chain(std::iter::once(vec![0xEE; 100]))
         .collect();
@@ -115,8 +115,8 @@ async fn cells_from_two_neighbours_in_one_batch_keep_their_own_links() {
         out.flush(socket).await;
     }
     let to = b.endpoint.local_addr().expect("addr");
-    let mut tampered = Vec::new();
-    assert!(from_c.append_sealed(&mut tampered, b"tampered"));
+    let mut tampered = vec![0u8; CELL_PATH_OVERHEAD + 8];
+    assert!(from_c.seal_into(b"tampered", &mut tampered).is_some());
     *tampered.last_mut().expect("tag") ^= 1;
     c.cells.io.send_to(&tampered, to).await.expect("send");
     out.push(&c.cells, &from_c, b"last");

@@ -4,7 +4,9 @@
 //! A sealed layer is `counter (8, big-endian) | ciphertext | tag (16)`; the
 //! nonce is the counter, and every direction of every hop has its own key,
 //! so a (key, nonce) pair never repeats. Encryption is in place in a buffer
-//! the caller owns: nothing here allocates.
+//! the caller owns, or from one buffer into another where the bytes must
+//! move anyway (the cell path's receive and send): nothing here allocates,
+//! and a layer that moves bytes does not copy them first.
 //!
 //! The AEAD is AWS-LC's (aws-lc-rs, the API of ring): ChaCha20-Poly1305,
 //! or for data cells AES-256-GCM where both the client and the hop have
@@ -149,6 +151,27 @@ impl Sealer {
         buf[end..end + TAG_LEN].copy_from_slice(tag.as_ref());
         Ok(end + TAG_LEN)
     }
+
+    /// Seals `plain` into `out` (`counter | ciphertext | tag`, returned as
+    /// its length), leaving `plain` as it was: the encryption is the copy.
+    pub fn seal_to(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, LayerError> {
+        if self.next == u64::MAX {
+            return Err(LayerError::Exhausted);
+        }
+        let end = COUNTER_LEN + plain.len();
+        if out.len() < end + TAG_LEN {
+            return Err(LayerError::Truncated);
+        }
+        let counter = self.next;
+        self.next += 1;
+        let (head, rest) = out.split_at_mut(COUNTER_LEN);
+        let (text, tag) = rest.split_at_mut(plain.len());
+        self.cipher
+            .seal_out_of_place_scatter(nonce(counter), Aad::empty(), plain, text, &[], &mut tag[..TAG_LEN])
+            .map_err(|_| LayerError::Truncated)?;
+        head.copy_from_slice(&counter.to_be_bytes());
+        Ok(end + TAG_LEN)
+    }
 }
 
 impl Opener {
@@ -184,6 +207,29 @@ impl Opener {
             .map_err(|_| LayerError::Forged)?;
         self.window.mark(counter);
         Ok(COUNTER_LEN..tag_at)
+    }
+
+    /// Opens `layer` (counter | ciphertext | tag) into `out` and returns the
+    /// plaintext's length, leaving `layer` as it was: the decryption is the
+    /// copy. A replay or a forgery changes nothing but `out`.
+    pub fn open_to(&mut self, layer: &[u8], out: &mut [u8]) -> Result<usize, LayerError> {
+        if layer.len() < LAYER_OVERHEAD {
+            return Err(LayerError::Truncated);
+        }
+        let len = layer.len() - LAYER_OVERHEAD;
+        let out = out.get_mut(..len).ok_or(LayerError::Truncated)?;
+        let mut c = [0u8; COUNTER_LEN];
+        c.copy_from_slice(&layer[..COUNTER_LEN]);
+        let counter = u64::from_be_bytes(c);
+        if !self.window.fresh(counter) {
+            return Err(LayerError::Replayed);
+        }
+        let (text, tag) = layer[COUNTER_LEN..].split_at(len);
+        self.cipher
+            .open_separate_gather(nonce(counter), Aad::empty(), text, tag, out)
+            .map_err(|_| LayerError::Forged)?;
+        self.window.mark(counter);
+        Ok(len)
     }
 }
 
@@ -280,6 +326,40 @@ mod tests {
         assert_eq!(o.open_in_place(&mut good[..20].to_vec()), Err(LayerError::Truncated));
         // The forgeries did not burn the counter: the real cell still opens.
         assert!(o.open_in_place(&mut good.clone()).is_ok());
+    }
+
+    #[test]
+    fn sealed_to_and_opened_to_another_buffer_match_in_place() {
+        for algorithm in [DataCipher::ChaCha20Poly1305, DataCipher::Aes256Gcm].map(DataCipher::algorithm) {
+            let mut s = Sealer::with_algorithm(algorithm, &[3; 32]);
+            let mut in_place = Opener::with_algorithm(algorithm, &[3; 32]);
+            let mut to = Opener::with_algorithm(algorithm, &[3; 32]);
+            let text = b"moved while sealed";
+            let mut out = [0u8; 64];
+            let n = s.seal_to(text, &mut out).expect("room");
+            assert_eq!(n, text.len() + LAYER_OVERHEAD);
+            let mut copy = out[..n].to_vec();
+            let r = in_place.open_in_place(&mut copy).expect("opens in place");
+            assert_eq!(&copy[r], text);
+            let mut plain = [0u8; 64];
+            assert_eq!(to.open_to(&out[..n], &mut plain), Ok(text.len()));
+            assert_eq!(&plain[..text.len()], text);
+            assert_eq!(to.open_to(&out[..n], &mut plain), Err(LayerError::Replayed));
+            // A sealed layer in place opens to another buffer too.
+            let in_place_sealed = sealed(&mut s, text);
+            assert_eq!(to.open_to(&in_place_sealed, &mut plain), Ok(text.len()));
+            // Too little room, a flipped bit: refused, the counter not burnt.
+            let next = s.seal_to(text, &mut out).expect("room");
+            assert_eq!(to.open_to(&out[..next], &mut plain[..4]), Err(LayerError::Truncated));
+            out[COUNTER_LEN] ^= 1;
+            assert_eq!(to.open_to(&out[..next], &mut plain), Err(LayerError::Forged));
+            out[COUNTER_LEN] ^= 1;
+            assert_eq!(to.open_to(&out[..next], &mut plain), Ok(text.len()));
+            assert_eq!(
+                s.seal_to(text, &mut out[..text.len() + LAYER_OVERHEAD - 1]),
+                Err(LayerError::Truncated)
+            );
+        }
     }
 
     #[test]
