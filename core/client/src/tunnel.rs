@@ -955,7 +955,6 @@ async fn outbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<
 /// The guard → layers → WireGuard → TUN: every cell already received goes
 /// into one batch (up to its size), written to the TUN device at once.
 async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<WgSession>>, traffic: Arc<Traffic>) {
-    let mut cell = vec![0u8; BUF];
     let mut batch = SendBatch::default();
     let mut replies: Vec<Vec<u8>> = Vec::new();
     if let Some(path) = sender.path.clone() {
@@ -963,8 +962,8 @@ async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<W
         loop {
             path.socket.next_batch(&mut received).await;
             while !received.is_empty() {
-                received.handle_until(|_, c| {
-                    open_into(&sender, &wg, c, &mut cell, &mut batch, &mut replies, &traffic);
+                received.handle_until(|_, slot, c| {
+                    open_into(&sender, &wg, &mut slot[c], &mut batch, &mut replies, &traffic);
                     !batch.is_full()
                 });
                 for r in replies.drain(..) {
@@ -976,13 +975,16 @@ async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<W
             }
         }
     }
+    let mut cell = vec![0u8; BUF];
     loop {
         let Ok(datagram) = sender.conn.read_datagram().await else {
             return;
         };
         let mut next = Some(datagram);
         while let Some(datagram) = next.take() {
-            open_into(&sender, &wg, &datagram, &mut cell, &mut batch, &mut replies, &traffic);
+            let n = datagram.len().min(cell.len());
+            cell[..n].copy_from_slice(&datagram[..n]);
+            open_into(&sender, &wg, &mut cell[..n], &mut batch, &mut replies, &traffic);
             for r in replies.drain(..) {
                 sender.send(&r);
             }
@@ -1001,23 +1003,20 @@ async fn inbound<Io: PacketIo>(tun: Arc<Io>, sender: CellSender, wg: Arc<Mutex<W
     }
 }
 
-/// One cell from the circuit: its layers removed, WireGuard opened
+/// One cell from the circuit: its layers removed in place, WireGuard opened
 /// into the next slot of `batch` (handshake answers into `replies`).
 fn open_into(
     sender: &CellSender,
     wg: &Mutex<WgSession>,
-    datagram: &[u8],
     cell: &mut [u8],
     batch: &mut SendBatch,
     replies: &mut Vec<Vec<u8>>,
     traffic: &Traffic,
 ) {
-    let n = datagram.len().min(cell.len());
-    cell[..n].copy_from_slice(&datagram[..n]);
-    if split_cell(&cell[..n]).is_none_or(|(id, _)| id != sender.circuit_id) {
+    if split_cell(cell).is_none_or(|(id, _)| id != sender.circuit_id) {
         return;
     }
-    let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..n]);
+    let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..]);
     let Ok(payload) = opened else { return };
     let payload = &cell[CIRCUIT_ID_LEN + payload.start..CIRCUIT_ID_LEN + payload.end];
     sender.cells.add(payload.len());

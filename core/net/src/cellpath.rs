@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
+use hopwire_proto::onion::circuit::{WRAP_HEADROOM, WRAP_TAILROOM};
 use hopwire_proto::onion::layer::{DataCipher, Opener, Sealer, LAYER_OVERHEAD};
 use hopwire_proto::sync::{lock, read, write};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
@@ -50,6 +51,10 @@ const INDEX_MASK: u32 = 0x3FFF_FFFF;
 /// Bytes a cell packet adds to a cell: fewer than a QUIC DATAGRAM frame adds,
 /// so every cell sized for a QUIC link fits.
 pub const CELL_PATH_OVERHEAD: usize = INDEX_LEN + LAYER_OVERHEAD;
+const _: () = assert!(
+    LAYER_OVERHEAD >= WRAP_TAILROOM,
+    "a cell opened in the inbox has its tail room"
+);
 /// Received cells waiting for the node's cell loop, in bytes; beyond it they
 /// are dropped, as a full router queue drops.
 const INBOX_LIMIT: usize = 4 << 20;
@@ -151,6 +156,8 @@ pub struct CellPathDrops {
 }
 
 /// Cells received, opened, and not yet handled, with the link each came on.
+/// Each cell has room around it for a hop to wrap it in its layer in place
+/// ([`WRAP_HEADROOM`], [`WRAP_TAILROOM`]).
 #[derive(Default)]
 pub struct CellBatch {
     /// The cells' bytes, up to `filled`; beyond it, room kept from earlier
@@ -160,20 +167,22 @@ pub struct CellBatch {
     /// The links the cells came on: one entry per run of cells from a link
     /// (cells arrive in runs, a receive call's worth from one neighbour).
     links: Vec<Arc<CellLink>>,
-    /// Each cell: its entry in `links` and its bytes in `data`.
+    /// Each cell: its entry in `links` and its slot in `data`, the cell
+    /// with its room around it.
     cells: Vec<(usize, Range<usize>)>,
     /// The first cell not yet handled.
     next: usize,
 }
 
 impl CellBatch {
-    /// Hands the cells in turn to `handle` with their link's tag, until
-    /// `handle` returns false (the caller must flush before more) or none is
-    /// left.
-    pub fn handle_until(&mut self, mut handle: impl FnMut(usize, &mut [u8]) -> bool) {
-        while let Some((at, range)) = self.cells.get(self.next) {
+    /// Hands the cells in turn to `handle`, each as its link's tag, its slot
+    /// and where in the slot the cell is, until `handle` returns false (the
+    /// caller must flush before more) or none is left.
+    pub fn handle_until(&mut self, mut handle: impl FnMut(usize, &mut [u8], Range<usize>) -> bool) {
+        while let Some((at, slot)) = self.cells.get(self.next) {
             self.next += 1;
-            if !handle(self.links[*at].tag, &mut self.data[range.clone()]) {
+            let cell = WRAP_HEADROOM..slot.len() - WRAP_TAILROOM;
+            if !handle(self.links[*at].tag, &mut self.data[slot.clone()], cell) {
                 break;
             }
         }
@@ -196,14 +205,17 @@ impl CellBatch {
         let Some(link) = self.links.last() else {
             return false;
         };
-        let end = self.filled + layer.len();
+        let at = self.filled + WRAP_HEADROOM;
+        // The layer's overhead is more than the tail room a cell needs.
+        let end = at + layer.len();
         if self.data.len() < end {
             self.data.resize(end, 0);
         }
-        match lock(&link.opener).open_to(layer, &mut self.data[self.filled..end]) {
+        match lock(&link.opener).open_to(layer, &mut self.data[at..end]) {
             Ok(len) => {
-                self.cells.push((self.links.len() - 1, self.filled..self.filled + len));
-                self.filled += len;
+                let slot = self.filled..at + len + WRAP_TAILROOM;
+                self.filled = slot.end;
+                self.cells.push((self.links.len() - 1, slot));
                 true
             }
             Err(_) => false,

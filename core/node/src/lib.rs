@@ -24,6 +24,7 @@ pub mod payee;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -43,7 +44,9 @@ use hopwire_net::ledger::{LazyLedger, LedgerAccess, LedgerAddr};
 use hopwire_net::link::{self, LinkError};
 use hopwire_net::tun_batch::SendBatch;
 use hopwire_proto::onion::cell::{BackwardMessage, ForwardMessage, LinkMessage};
-use hopwire_proto::onion::circuit::{CircuitTable, ControlAction, HopCircuit, Routed, SharedHop};
+use hopwire_proto::onion::circuit::{
+    CircuitTable, ControlAction, HopCircuit, Routed, SharedHop, WRAP_HEADROOM, WRAP_TAILROOM,
+};
 use hopwire_proto::onion::handshake::ServerOnionskin;
 use hopwire_proto::onion::keys::OnionKeys;
 use hopwire_proto::onion::layer::aes_hardware;
@@ -192,8 +195,6 @@ impl Links {
 /// What one cell loop has to send after a batch: cells for cell paths, and,
 /// at an exit, packets for the uplink. [`Node::flush`] sends both.
 struct Outbox {
-    /// Where backward cells are sealed.
-    sealed: Vec<u8>,
     cells: CellOut,
     to_exit: Option<SendBatch>,
 }
@@ -695,9 +696,11 @@ impl Node {
                         return e;
                     }
                 };
-                let n = datagram.len().min(BUF);
-                cell[..n].copy_from_slice(&datagram[..n]);
-                self.route_cell(link, &mut cell[..n], Instant::now(), &mut outbox);
+                // With the room a backward cell is wrapped in.
+                let n = datagram.len().min(BUF - WRAP_HEADROOM - WRAP_TAILROOM);
+                let at = WRAP_HEADROOM..WRAP_HEADROOM + n;
+                cell[at.clone()].copy_from_slice(&datagram[..n]);
+                self.route_cell(link, &mut cell, at, Instant::now(), &mut outbox);
                 if Self::must_flush(&outbox) {
                     break;
                 }
@@ -716,8 +719,8 @@ impl Node {
             while !batch.is_empty() {
                 // One clock reading for the cells received together.
                 let now = Instant::now();
-                batch.handle_until(|link, cell| {
-                    self.route_cell(link, cell, now, &mut outbox);
+                batch.handle_until(|link, slot, cell| {
+                    self.route_cell(link, slot, cell, now, &mut outbox);
                     !Self::must_flush(&outbox)
                 });
                 self.flush(&mut outbox).await;
@@ -727,33 +730,30 @@ impl Node {
 
     fn outbox(&self) -> Outbox {
         Outbox {
-            sealed: vec![0u8; BUF],
             cells: CellOut::default(),
             to_exit: self.exit.as_ref().map(|_| SendBatch::default()),
         }
     }
 
-    /// One data cell from `link` at `now`: relayed on (into `outbox`), or
-    /// its payload delivered to the exit (into `outbox.to_exit`).
-    fn route_cell(&self, link: LinkId, cell: &mut [u8], now: Instant, outbox: &mut Outbox) {
+    /// One data cell, `buf[cell]`, from `link` at `now`: relayed on (into
+    /// `outbox`), or its payload delivered to the exit (into
+    /// `outbox.to_exit`). A backward cell is wrapped in place: `buf` has
+    /// room around it ([`CircuitTable::route`]).
+    fn route_cell(&self, link: LinkId, buf: &mut [u8], cell: Range<usize>, now: Instant, outbox: &mut Outbox) {
         if !self.links.admit(link, now, cell.len()) {
             self.counters.peer_rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let routed = read(&self.table).route(link, cell, &mut outbox.sealed, now);
+        let routed = read(&self.table).route(link, buf, cell, now);
         match routed {
-            Routed::InPlace { link, range } => {
+            Routed::Relay { link, range } => {
                 self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
-                self.links.queue(link, &cell[range], &mut outbox.cells);
-            }
-            Routed::Out { link, len } => {
-                self.counters.cells_relayed.fetch_add(1, Ordering::Relaxed);
-                self.links.queue(link, &outbox.sealed[..len], &mut outbox.cells);
+                self.links.queue(link, &buf[range], &mut outbox.cells);
             }
             Routed::Deliver { circuit, payload } => {
                 self.counters.cells_delivered.fetch_add(1, Ordering::Relaxed);
                 if let (Some(exit), Some(batch)) = (&self.exit, outbox.to_exit.as_mut()) {
-                    exit.deliver(circuit, &cell[payload], batch);
+                    exit.deliver(circuit, &buf[payload], batch);
                 }
             }
             Routed::Dropped => {}

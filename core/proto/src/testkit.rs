@@ -14,7 +14,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::onion::cell::{split_cell, BackwardMessage, Create, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
-use crate::onion::circuit::{headroom, CircuitTable, ClientCircuit, ControlAction, HopCircuit, Routed};
+use crate::onion::circuit::{
+    headroom, CircuitTable, ClientCircuit, ControlAction, HopCircuit, Routed, WRAP_HEADROOM, WRAP_TAILROOM,
+};
 use crate::onion::keys::OnionKeys;
 use crate::onion::layer::TAG_LEN;
 use crate::pay::Quote;
@@ -242,10 +244,10 @@ impl Net {
     /// Sends a forward cell into node `from` (as if from link `from`) and on
     /// along the circuit; returns what the exit delivered.
     pub fn forward_from(&mut self, from: usize, mut cell: Vec<u8>) -> Result<Vec<u8>, Stop> {
-        let mut out = vec![0u8; cell.len() + 64];
         for n in from..self.hops() {
-            match self.nodes[n].table.route(n, &mut cell, &mut out, now()) {
-                Routed::InPlace { link, range } => {
+            let all = 0..cell.len();
+            match self.nodes[n].table.route(n, &mut cell, all, now()) {
+                Routed::Relay { link, range } => {
                     assert_eq!(link, n + 1, "relayed to the next node");
                     cell = cell[range].to_vec();
                 }
@@ -255,7 +257,6 @@ impl Net {
                     return Ok(cell[payload].to_vec());
                 }
                 Routed::Dropped => return Err(Stop::Node(n)),
-                Routed::Out { .. } => panic!("forward cell routed backward"),
             }
         }
         panic!("cell went past the last hop")
@@ -277,15 +278,17 @@ impl Net {
     /// returns what the client opened.
     pub fn backward_from(&mut self, link: usize, mut cell: Vec<u8>) -> Result<Vec<u8>, Stop> {
         let mut link = link;
-        let mut out = vec![0u8; cell.len() + 64];
         while link > 0 {
             let n = link - 1;
-            match self.nodes[n].table.route(link, &mut cell, &mut out, now()) {
-                Routed::Out { link: l, len } => {
+            // The cell with the room a hop wraps it in.
+            let mut buf = vec![0u8; WRAP_HEADROOM + cell.len() + WRAP_TAILROOM];
+            let at = WRAP_HEADROOM..WRAP_HEADROOM + cell.len();
+            buf[at.clone()].copy_from_slice(&cell);
+            match self.nodes[n].table.route(link, &mut buf, at, now()) {
+                Routed::Relay { link: l, range } => {
                     assert_eq!(l, n, "wrapped for the previous link");
                     link = l;
-                    cell = out[..len].to_vec();
-                    out.resize(cell.len() + 64, 0);
+                    cell = buf[range].to_vec();
                 }
                 Routed::Dropped => return Err(Stop::Node(n)),
                 other => panic!("backward cell routed as {other:?}"),

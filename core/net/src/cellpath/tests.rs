@@ -37,8 +37,8 @@ async fn received(socket: &CellSocket, want: usize) -> Vec<(usize, Vec<u8>)> {
         tokio::time::timeout(Duration::from_secs(5), socket.next_batch(&mut batch))
             .await
             .expect("cells arrive");
-        batch.handle_until(|tag, cell| {
-            got.push((tag, cell.to_vec()));
+        batch.handle_until(|tag, slot, cell| {
+            got.push((tag, slot[cell].to_vec()));
             true
         });
     }

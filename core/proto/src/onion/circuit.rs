@@ -44,6 +44,11 @@ pub const fn cell_size(payload: u64, hops: usize, hop: usize) -> u64 {
     cell_overhead(hops.saturating_sub(hop)) as u64 + payload
 }
 
+/// Room a hop needs around a backward cell in its buffer to add its layer in
+/// place ([`CircuitTable::route`]): counter and kind before, the tag after.
+pub const WRAP_HEADROOM: usize = COUNTER_LEN + 1;
+pub const WRAP_TAILROOM: usize = TAG_LEN;
+
 /// Room to leave before the payload in a buffer handed to
 /// [`ClientCircuit::seal_data`].
 pub const fn headroom(hops: usize) -> usize {
@@ -365,33 +370,47 @@ impl<L: Copy> HopCircuit<L> {
         }
     }
 
-    /// Wraps a backward data cell from the next hop (`circuit id | layer`)
-    /// in this hop's layer for the previous link; writes it into `out`.
-    pub fn backward_cell(&mut self, cell: &[u8], out: &mut [u8]) -> Result<(L, usize), CircuitError> {
-        let layer = cell.get(CIRCUIT_ID_LEN..).ok_or(LayerError::Truncated)?;
-        self.seal_backward(KIND_RELAY, layer, out)
+    /// Wraps a backward data cell from the next hop (`buf[cell]`, `circuit id
+    /// | layer`) in this hop's layer for the previous link, in place: it
+    /// needs [`WRAP_HEADROOM`] bytes before the cell and [`WRAP_TAILROOM`]
+    /// after it in `buf`. Returns the link and where the wrapped cell is.
+    pub fn backward_cell(&mut self, buf: &mut [u8], cell: Range<usize>) -> Result<(L, Range<usize>), CircuitError> {
+        self.wrap(KIND_RELAY, buf, cell)
     }
 
-    /// Seals a payload at the last hop (the exit) for the client.
+    /// Seals a payload at the last hop (the exit) for the client into `out`;
+    /// returns the link and the sealed cell's length.
     pub fn seal_payload(&mut self, payload: &[u8], out: &mut [u8]) -> Result<(L, usize), CircuitError> {
-        self.seal_backward(KIND_DATA, payload, out)
+        let start = WRAP_HEADROOM + CIRCUIT_ID_LEN;
+        let end = start + payload.len();
+        out.get_mut(start..end)
+            .ok_or(CircuitError::NoRoom)?
+            .copy_from_slice(payload);
+        let (link, sealed) = self.wrap(KIND_DATA, out, WRAP_HEADROOM..end)?;
+        Ok((link, sealed.end))
     }
 
-    fn seal_backward(&mut self, kind: u8, inner: &[u8], out: &mut [u8]) -> Result<(L, usize), CircuitError> {
-        let (link, id) = self.prev;
-        let start = CIRCUIT_ID_LEN;
-        let body = start + COUNTER_LEN + 1;
-        let end = body + inner.len();
-        if out.len() < end + TAG_LEN {
+    /// `buf[cell]` is `(a circuit id's room) | inner`; writes `prev id |
+    /// counter | kind | sealed inner | tag` from [`WRAP_HEADROOM`] bytes
+    /// before it.
+    fn wrap(&mut self, kind: u8, buf: &mut [u8], cell: Range<usize>) -> Result<(L, Range<usize>), CircuitError> {
+        if cell.len() < CIRCUIT_ID_LEN {
+            return Err(LayerError::Truncated.into());
+        }
+        let start = cell.start.checked_sub(WRAP_HEADROOM).ok_or(CircuitError::NoRoom)?;
+        if buf.len() < cell.end + WRAP_TAILROOM {
             return Err(CircuitError::NoRoom);
         }
-        if !self.meter.admit((end + TAG_LEN) as u64) {
+        if !self.meter.admit((cell.len() + WRAP_HEADROOM + WRAP_TAILROOM) as u64) {
             return Err(CircuitError::Unpaid);
         }
-        out[..start].copy_from_slice(&id.to_be_bytes());
-        out[body - 1] = kind;
-        out[body..end].copy_from_slice(inner);
-        Ok((link, self.data_out.seal_in_place(out, start, end)?))
+        let (link, id) = self.prev;
+        buf[start..start + CIRCUIT_ID_LEN].copy_from_slice(&id.to_be_bytes());
+        // The kind takes the next hop's circuit id's last byte; the inner
+        // layer stays where it is.
+        buf[cell.start + CIRCUIT_ID_LEN - 1] = kind;
+        let end = self.data_out.seal_in_place(buf, start + CIRCUIT_ID_LEN, cell.end)?;
+        Ok((link, start..end))
     }
 
     /// Opens a forward control message.
@@ -497,11 +516,9 @@ impl<L> Default for CircuitTable<L> {
 /// What the shell does with a data cell that arrived on a link.
 #[derive(Debug)]
 pub enum Routed<L> {
-    /// Send `cell[range]` on `link`.
-    InPlace { link: L, range: Range<usize> },
-    /// Send `out[..len]` on `link`.
-    Out { link: L, len: usize },
-    /// This node is the circuit's exit: `cell[payload]` is for the session
+    /// Send `buf[range]` on `link`.
+    Relay { link: L, range: Range<usize> },
+    /// This node is the circuit's exit: `buf[payload]` is for the session
     /// of the circuit `(prev link, prev id)`.
     Deliver { circuit: (L, u32), payload: Range<usize> },
     /// Dropped, and counted in [`CircuitTable::drops`].
@@ -554,12 +571,13 @@ impl<L: Copy + Eq + Hash> CircuitTable<L> {
         }
     }
 
-    /// Routes one data cell that arrived on `link` at `now`. Forward cells
-    /// are opened in place in `cell`; backward cells are sealed into `out`.
-    /// Nothing is ever forwarded that did not authenticate, nor beyond the
-    /// circuit's rate limit.
-    pub fn route(&self, link: L, cell: &mut [u8], out: &mut [u8], now: Instant) -> Routed<L> {
-        let Some((id, _)) = split_cell(cell) else {
+    /// Routes one data cell, `buf[cell]`, that arrived on `link` at `now`,
+    /// in place: forward cells are opened, backward ones wrapped in this
+    /// hop's layer (which needs [`WRAP_HEADROOM`] and [`WRAP_TAILROOM`]
+    /// around the cell in `buf`). Nothing is ever forwarded that did not
+    /// authenticate, nor beyond the circuit's rate limit.
+    pub fn route(&self, link: L, buf: &mut [u8], cell: Range<usize>, now: Instant) -> Routed<L> {
+        let Some((id, _)) = buf.get(cell.clone()).and_then(split_cell) else {
             self.drops.truncated.fetch_add(1, Ordering::Relaxed);
             return Routed::Dropped;
         };
@@ -574,17 +592,22 @@ impl<L: Copy + Eq + Hash> CircuitTable<L> {
                 return Routed::Dropped;
             }
         }
+        let at = cell.start;
+        let shift = |r: Range<usize>| r.start + at..r.end + at;
         let routed = match direction {
-            Direction::Forward => hop.forward_cell(cell).map(|f| match f {
-                Forwarded::Send { link, cell } => Routed::InPlace { link, range: cell },
+            Direction::Forward => hop.forward_cell(&mut buf[cell]).map(|f| match f {
+                Forwarded::Send { link, cell } => Routed::Relay {
+                    link,
+                    range: shift(cell),
+                },
                 Forwarded::Deliver(payload) => Routed::Deliver {
                     circuit: hop.prev,
-                    payload,
+                    payload: shift(payload),
                 },
             }),
             Direction::Backward => hop
-                .backward_cell(cell, out)
-                .map(|(link, len)| Routed::Out { link, len }),
+                .backward_cell(buf, cell)
+                .map(|(link, range)| Routed::Relay { link, range }),
         };
         routed.unwrap_or_else(|e| {
             self.drops.count(&e);

@@ -163,21 +163,48 @@ fn replayed_unknown_and_truncated_cells_are_dropped_and_counted() {
     assert_eq!(net.forward(unknown), Err(0));
     assert_eq!(net.nodes[0].table.drops.unknown_circuit.load(Ordering::Relaxed), 1);
 
-    let mut out = [0u8; 64];
     for len in [0, 3, 4, 10, CIRCUIT_ID_LEN + LAYER_OVERHEAD - 1] {
         let mut short = cell[..len].to_vec();
         assert!(matches!(
-            net.nodes[0].table.route(0, &mut short, &mut out, now()),
+            net.nodes[0].table.route(0, &mut short, 0..len, now()),
             Routed::Dropped
         ));
     }
     assert_eq!(net.nodes[0].table.drops.truncated.load(Ordering::Relaxed), 5);
     // A cell that arrives on the wrong link is an unknown circuit there.
     let mut wrong_link = net.sealed(b"y");
+    let all = 0..wrong_link.len();
     assert!(matches!(
-        net.nodes[0].table.route(5, &mut wrong_link, &mut out, now()),
+        net.nodes[0].table.route(5, &mut wrong_link, all, now()),
         Routed::Dropped
     ));
+}
+
+#[test]
+fn a_backward_cell_is_wrapped_in_its_room_and_without_room_is_dropped() {
+    let mut net = Net::build(13, 2);
+    // The exit (node 1) seals a cell; the guard (node 0) receives it on link 1.
+    let cell = net.exit_sealed(b"down");
+    let table = &net.nodes[0].table;
+    let mut tight = vec![0u8; WRAP_HEADROOM + cell.len() + WRAP_TAILROOM];
+    let at = WRAP_HEADROOM..WRAP_HEADROOM + cell.len();
+    for (room_before, room_after) in [(WRAP_HEADROOM - 1, WRAP_TAILROOM), (WRAP_HEADROOM, WRAP_TAILROOM - 1)] {
+        let mut buf = vec![0u8; room_before + cell.len() + room_after];
+        buf[room_before..room_before + cell.len()].copy_from_slice(&cell);
+        let cell_at = room_before..room_before + cell.len();
+        assert!(matches!(table.route(1, &mut buf, cell_at, now()), Routed::Dropped));
+    }
+    assert_eq!(table.drops.truncated.load(Ordering::Relaxed), 2);
+    tight[at.clone()].copy_from_slice(&cell);
+    match table.route(1, &mut tight, at, now()) {
+        Routed::Relay { link, range } => {
+            assert_eq!(link, 0, "towards the client");
+            assert_eq!(range, 0..tight.len(), "the room used, no more");
+            let wrapped = tight[range].to_vec();
+            assert_eq!(net.backward_from(0, wrapped), Ok(b"down".to_vec()));
+        }
+        other => panic!("routed as {other:?}"),
+    }
 }
 
 #[test]
