@@ -357,7 +357,11 @@ async fn five_hundred_nodes() {
     );
     let honest_quic: SocketAddr = HONEST_QUIC.parse().expect("addr");
     for r in found.iter().map(|f| f.record.record()) {
-        let seq = if r.identity == mover.identity() { 2 } else { 1 };
+        let seq = if r.identity == mover.identity() {
+            moved.seq
+        } else {
+            first
+        };
         assert_eq!(
             (r.quic_addr, r.seq),
             (honest_quic, seq),
