@@ -168,11 +168,11 @@ async fn publish_exits<'a>(exits: impl Iterator<Item = &'a Node>, seq: u64) {
 }
 
 /// Publishes the records of `nodes` (sequence `seq`, region `region`) until
-/// peers took a whole round of them; returns that round's records. A round in which a publication failed (a query timed out on
-/// these busy cores) is published again at once, whole and with the next
-/// sequence number, so no record is older than the round: in test c
-/// records live 20 s, and a node retries a failed publication only 20 s
-/// later. At most 300 s.
+/// peers took a whole round of them; returns that round's records. A round
+/// in which a publication failed (a query timed out on these busy cores) is
+/// published again at once, whole and with the next sequence number, so no
+/// record is older than the round: in test c records live 20 s, and a node
+/// retries a failed publication only 20 s later. At most 300 s.
 async fn publish_taken(nodes: &[&Node], region: &str, mut seq: u64) -> Vec<NodeRecord> {
     let started = Instant::now();
     loop {

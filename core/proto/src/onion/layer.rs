@@ -134,15 +134,11 @@ impl Sealer {
     /// at `buf[start..start + 8]` and the tag at `buf[end..end + 16]`, and
     /// returns the new end. The caller leaves that room.
     pub fn seal_in_place(&mut self, buf: &mut [u8], start: usize, end: usize) -> Result<usize, LayerError> {
-        if self.next == u64::MAX {
-            return Err(LayerError::Exhausted);
-        }
         let body = start + COUNTER_LEN;
         if body > end || buf.len() < end + TAG_LEN {
             return Err(LayerError::Truncated);
         }
-        let counter = self.next;
-        self.next += 1;
+        let counter = self.take_counter()?;
         let tag = self
             .cipher
             .seal_in_place_separate_tag(nonce(counter), Aad::empty(), &mut buf[body..end])
@@ -155,15 +151,11 @@ impl Sealer {
     /// Seals `plain` into `out` (`counter | ciphertext | tag`, returned as
     /// its length), leaving `plain` as it was: the encryption is the copy.
     pub fn seal_to(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, LayerError> {
-        if self.next == u64::MAX {
-            return Err(LayerError::Exhausted);
-        }
         let end = COUNTER_LEN + plain.len();
         if out.len() < end + TAG_LEN {
             return Err(LayerError::Truncated);
         }
-        let counter = self.next;
-        self.next += 1;
+        let counter = self.take_counter()?;
         let (head, rest) = out.split_at_mut(COUNTER_LEN);
         let (text, tag) = rest.split_at_mut(plain.len());
         self.cipher
@@ -171,6 +163,15 @@ impl Sealer {
             .map_err(|_| LayerError::Truncated)?;
         head.copy_from_slice(&counter.to_be_bytes());
         Ok(end + TAG_LEN)
+    }
+
+    /// The next counter, used up: none is ever sealed under twice.
+    fn take_counter(&mut self) -> Result<u64, LayerError> {
+        if self.next == u64::MAX {
+            return Err(LayerError::Exhausted);
+        }
+        self.next += 1;
+        Ok(self.next - 1)
     }
 }
 
@@ -191,15 +192,7 @@ impl Opener {
     /// returns the plaintext's range within `layer`. A replay or a forgery
     /// changes nothing.
     pub fn open_in_place(&mut self, layer: &mut [u8]) -> Result<std::ops::Range<usize>, LayerError> {
-        if layer.len() < LAYER_OVERHEAD {
-            return Err(LayerError::Truncated);
-        }
-        let mut c = [0u8; COUNTER_LEN];
-        c.copy_from_slice(&layer[..COUNTER_LEN]);
-        let counter = u64::from_be_bytes(c);
-        if !self.window.fresh(counter) {
-            return Err(LayerError::Replayed);
-        }
+        let counter = self.fresh_counter(layer)?;
         let tag_at = layer.len() - TAG_LEN;
         let (body, tag) = layer.split_at_mut(tag_at);
         self.cipher
@@ -213,23 +206,27 @@ impl Opener {
     /// plaintext's length, leaving `layer` as it was: the decryption is the
     /// copy. A replay or a forgery changes nothing but `out`.
     pub fn open_to(&mut self, layer: &[u8], out: &mut [u8]) -> Result<usize, LayerError> {
-        if layer.len() < LAYER_OVERHEAD {
-            return Err(LayerError::Truncated);
-        }
+        let counter = self.fresh_counter(layer)?;
         let len = layer.len() - LAYER_OVERHEAD;
         let out = out.get_mut(..len).ok_or(LayerError::Truncated)?;
-        let mut c = [0u8; COUNTER_LEN];
-        c.copy_from_slice(&layer[..COUNTER_LEN]);
-        let counter = u64::from_be_bytes(c);
-        if !self.window.fresh(counter) {
-            return Err(LayerError::Replayed);
-        }
         let (text, tag) = layer[COUNTER_LEN..].split_at(len);
         self.cipher
             .open_separate_gather(nonce(counter), Aad::empty(), text, tag, out)
             .map_err(|_| LayerError::Forged)?;
         self.window.mark(counter);
         Ok(len)
+    }
+
+    /// The counter of a whole layer, if not seen yet and not too old.
+    fn fresh_counter(&self, layer: &[u8]) -> Result<u64, LayerError> {
+        let counter = match layer.first_chunk::<COUNTER_LEN>() {
+            Some(c) if layer.len() >= LAYER_OVERHEAD => u64::from_be_bytes(*c),
+            _ => return Err(LayerError::Truncated),
+        };
+        if !self.window.fresh(counter) {
+            return Err(LayerError::Replayed);
+        }
+        Ok(counter)
     }
 }
 
