@@ -11,9 +11,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hopwire_net::keys::{self, NodeKeys};
 use hopwire_net::ledger::{Ledger, LedgerAddr};
-use hopwire_net::store::ReceiptStore;
+use hopwire_net::store::{ReceiptStore, StoreError};
 use hopwire_node_runtime::config::{self, LoadedConfig, NodeConfig, DEFAULT_CONFIG};
-use hopwire_node_runtime::payee::{self, Due, SettlePolicy};
+use hopwire_node_runtime::control;
+use hopwire_node_runtime::payee::SettlePolicy;
 use hopwire_node_runtime::{dht_address, own_record, NodeRuntime, PaidOn};
 use hopwire_proto::onion::keys::OnionKeys;
 use hopwire_proto::record::{short_id, Role};
@@ -107,7 +108,8 @@ enum Command {
         account: Vec<hopwire_net::ledger::evm::Address>,
     },
     /// What this node earned: the newest receipt of every channel, settled or not.
-    /// Reads the node's receipt store, so run it while the node is stopped.
+    /// Reads the node's receipt store, or asks the running node, which holds
+    /// it, over its control socket.
     Earnings {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -116,7 +118,8 @@ enum Command {
     },
     /// Settle on the ledger every channel owing at least --min and more
     /// than the fee of settling it; each channel's fee and net are shown
-    /// first. Run it while the node is stopped.
+    /// first. A running node does it (over its control socket) and leaves
+    /// the channels its circuits pay through until their sessions end.
     Settle {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -431,9 +434,10 @@ fn devchain(
     Ok(())
 }
 
-/// The node's receipt store; a clear error if the running node holds it.
-fn receipts(loaded: &LoadedConfig) -> Result<ReceiptStore> {
-    Ok(ReceiptStore::open_dir(&loaded.key_dir.join("receipts"))?)
+/// The node's receipt store; [`StoreError::InUse`] if the running node
+/// holds it.
+fn receipts(loaded: &LoadedConfig) -> Result<ReceiptStore, StoreError> {
+    ReceiptStore::open_dir(&loaded.key_dir.join("receipts"))
 }
 
 /// The node's ledger, acting as the node (on a chain, with its gas key).
@@ -451,81 +455,75 @@ fn ledger_addr(loaded: &LoadedConfig) -> Result<LedgerAddr> {
         .with_context(|| format!("{}: pay.ledger is not set", loaded.path.display()))
 }
 
-/// Fee and net of a channel, as shown before settling.
-fn fee_and_net(d: &Due) -> (String, String) {
-    let fee = match d.fee {
-        Some(f) => match f.units {
-            Some(units) if f.gas > 0 => format!("{units} ({} gas)", f.gas),
-            Some(units) => units.to_string(),
-            None => format!("? ({} gas)", f.gas),
-        },
-        None => "?".into(),
+/// A report of the receipt store (`earnings` or `settle`): made here from
+/// the store while the node is stopped, asked of the running node, which
+/// holds the store, otherwise.
+fn report(
+    loaded: &LoadedConfig,
+    request: &control::Request,
+    here: impl FnOnce(&ReceiptStore) -> Result<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    match receipts(loaded) {
+        Ok(store) => here(&store),
+        Err(StoreError::InUse(dir)) => control::ask(&loaded.key_dir, request).with_context(|| {
+            format!(
+                "the receipt store {} is in use by the running node, and asking it failed",
+                dir.display()
+            )
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A fee and a net from a report's row, as shown: units and gas, `?` where
+/// the ledger could not price it, `-` for a channel not weighed.
+fn fee_and_net(row: &serde_json::Value, weighed: bool) -> (String, String) {
+    if !weighed {
+        return ("-".into(), "-".into());
+    }
+    let fee = match (row["fee"].as_u64(), row["fee_gas"].as_u64()) {
+        (Some(units), Some(gas)) if gas > 0 => format!("{units} ({gas} gas)"),
+        (Some(units), _) => units.to_string(),
+        (None, Some(gas)) => format!("? ({gas} gas)"),
+        (None, None) => "?".into(),
     };
-    let net = d.net().map_or("?".into(), |n| n.to_string());
+    let net = row["net"].as_f64().map_or("?".into(), |n| format!("{n:.0}"));
     (fee, net)
 }
 
 fn earnings(config: &Path, json: bool) -> Result<()> {
     let (loaded, keys) = load(config)?;
-    let store = receipts(&loaded)?;
-    let ledger = ledger_of(&loaded, &keys);
-    let balance = ledger
-        .as_ref()
-        .map_err(|e| e.to_string())
-        .and_then(|(l, payout)| l.balance(*payout).map_err(|e| e.to_string()));
-    // What settling each unsettled channel would cost now, and whether the
-    // running node would settle it.
-    let policy = SettlePolicy {
-        min: loaded.config.pay.settle_min,
-        fee_multiple: loaded.config.pay.settle_fee_multiple,
-    };
-    let weighed: Vec<Due> = match &ledger {
-        Ok((l, _)) => payee::weigh(&store, l.as_ref(), &policy, &|_| false)?,
-        Err(_) => Vec::new(),
-    };
-    let rows: Vec<serde_json::Value> = store
-        .all()?
-        .iter()
-        .map(|s| {
-            let r = &s.receipt.receipt;
-            let due = weighed.iter().find(|d| d.channel == r.channel);
-            serde_json::json!({
-                "channel": short_id(&r.channel),
-                "bytes": r.cumulative_bytes,
-                "amount": r.cumulative_amount,
-                "settled": s.settled,
-                "unsettled": r.cumulative_amount.saturating_sub(s.settled),
-                "fee": due.and_then(|d| d.fee).and_then(|f| f.units),
-                "fee_gas": due.and_then(|d| d.fee).map(|f| f.gas),
-                "net": due.and_then(Due::net).map(|n| n as f64),
-                "settle": due.map(|d| match &d.verdict { Ok(()) => "due".to_owned(), Err(why) => why.to_string() }),
-            })
-        })
-        .collect();
-    let total = |field: &str| rows.iter().filter_map(|r| r[field].as_u64()).sum::<u64>();
-    let (earned, settled, unsettled) = (total("amount"), total("settled"), total("unsettled"));
+    let report = report(&loaded, &control::Request::Earnings, |store| {
+        let ledger = ledger_of(&loaded, &keys).map_err(|e| format!("{e:#}"));
+        // What settling each unsettled channel would cost now, and whether the
+        // running node would settle it.
+        let policy = SettlePolicy {
+            min: loaded.config.pay.settle_min,
+            fee_multiple: loaded.config.pay.settle_fee_multiple,
+        };
+        let ledger = ledger
+            .as_ref()
+            .map(|(l, payout)| (l.as_ref(), *payout))
+            .map_err(Clone::clone);
+        Ok(hopwire_node_runtime::earnings::earnings(
+            store,
+            ledger,
+            &policy,
+            &|_| false,
+        )?)
+    })?;
     if json {
-        let value = serde_json::json!({
-            "channels": rows, "earned": earned, "settled": settled, "unsettled": unsettled,
-            "ledger_balance": balance.as_ref().ok(),
-            "ledger_error": balance.as_ref().err(),
-        });
-        println!("{value}");
+        println!("{report}");
         return Ok(());
     }
     println!(
         "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}  {:>18}  {:>12}",
         "channel", "bytes", "earned", "settled", "unsettled", "fee to settle", "net"
     );
-    for (r, d) in rows.iter().map(|r| {
-        (
-            r,
-            weighed
-                .iter()
-                .find(|d| Some(short_id(&d.channel).as_str()) == r["channel"].as_str()),
-        )
-    }) {
-        let (fee, net) = d.map(fee_and_net).unwrap_or_else(|| ("-".into(), "-".into()));
+    let rows = report["channels"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for r in rows {
+        let verdict = r["settle"].as_str();
+        let (fee, net) = fee_and_net(r, verdict.is_some());
         let n = |field: &str| r[field].as_u64().unwrap_or(0);
         println!(
             "{:<16}  {:>14}  {:>12}  {:>12}  {:>12}  {:>18}  {:>12}",
@@ -537,72 +535,75 @@ fn earnings(config: &Path, json: bool) -> Result<()> {
             fee,
             net
         );
-        if let Some(Err(why)) = d.map(|d| &d.verdict) {
+        if let Some(why) = verdict.filter(|v| *v != "due") {
             println!("  not settled yet: {why}");
         }
     }
+    let n = |field: &str| report[field].as_u64().unwrap_or(0);
     println!(
-        "{} channels: earned {earned}, settled {settled}, unsettled {unsettled}",
-        rows.len()
+        "{} channels: earned {}, settled {}, unsettled {}",
+        rows.len(),
+        n("earned"),
+        n("settled"),
+        n("unsettled")
     );
-    match balance {
-        Ok(b) => println!("ledger balance: {b}"),
-        Err(e) => println!("ledger balance: unknown ({e})"),
+    match (report["ledger_balance"].as_u64(), report["ledger_error"].as_str()) {
+        (Some(b), _) => println!("ledger balance: {b}"),
+        (None, e) => println!("ledger balance: unknown ({})", e.unwrap_or("no answer")),
     }
     Ok(())
 }
 
 fn settle(config: &Path, min: u64) -> Result<()> {
     let (loaded, keys) = load(config)?;
-    let store = receipts(&loaded)?;
-    let (ledger, _) = ledger_of(&loaded, &keys)?;
-    // By hand: anything owing more than its fee (and at least --min).
-    let policy = SettlePolicy {
-        min: min.max(1),
-        fee_multiple: 1,
-    };
-    let mut weighed = payee::weigh(&store, ledger.as_ref(), &policy, &|_| false)?;
-    for d in &mut weighed {
-        if d.owed < policy.min && d.verdict.is_ok() {
-            d.verdict = Err(payee::Waiting::Later(format!("owes less than --min {}", policy.min)));
-        }
-    }
+    let report = report(&loaded, &control::Request::Settle { min }, |store| {
+        let (ledger, _) = ledger_of(&loaded, &keys)?;
+        // By hand: anything owing more than its fee (and at least --min).
+        Ok(hopwire_node_runtime::earnings::settle(
+            store,
+            ledger.as_ref(),
+            min,
+            &|_| false,
+            unix_now(),
+        )?)
+    })?;
     println!("{:<16}  {:>12}  {:>18}  {:>12}  what", "channel", "owed", "fee", "net");
-    for d in &weighed {
-        let (fee, net) = fee_and_net(d);
-        let what = match &d.verdict {
-            Ok(()) => "settle".to_owned(),
-            Err(why) => format!("skip: {why}"),
+    let channels = report["channels"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for c in channels {
+        let (fee, net) = fee_and_net(c, true);
+        let what = match c["skip"].as_str() {
+            None => "settle".to_owned(),
+            Some(why) => format!("skip: {why}"),
         };
         println!(
             "{:<16}  {:>12}  {:>18}  {:>12}  {what}",
-            short_id(&d.channel),
-            d.owed,
+            c["channel"].as_str().unwrap_or("?"),
+            c["owed"].as_u64().unwrap_or(0),
             fee,
             net
         );
     }
-    let due = weighed.iter().filter(|d| d.verdict.is_ok()).count();
-    println!("settling {due} of {} channels that owe anything", weighed.len());
-    let (mut paid_total, mut fees) = (0u64, 0u64);
-    for s in payee::settle(&store, ledger.as_ref(), weighed, unix_now())? {
-        match s.paid {
-            Ok(paid) => {
-                paid_total += paid;
-                fees += s.due.fee.and_then(|f| f.units).unwrap_or(0);
-                println!("  {}: paid {paid}", short_id(&s.due.channel));
-            }
-            Err(e) => println!("  {}: not settled: {e}", short_id(&s.due.channel)),
+    let due = channels.iter().filter(|c| c["skip"].is_null()).count();
+    println!("settling {due} of {} channels that owe anything", channels.len());
+    for s in report["settled"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let channel = s["channel"].as_str().unwrap_or("?");
+        match (s["paid"].as_u64(), s["error"].as_str()) {
+            (Some(paid), _) => println!("  {channel}: paid {paid}"),
+            (None, e) => println!("  {channel}: not settled: {}", e.unwrap_or("?")),
         }
     }
-    let spent = ledger.fees_paid();
-    if spent.transactions > 0 {
+    let n = |field: &str| report[field].as_u64().unwrap_or(0);
+    if n("transactions") > 0 {
         println!(
-            "settled {paid_total}; fees about {fees} ({} transactions, {} gas, {} wei)",
-            spent.transactions, spent.gas, spent.fee_wei
+            "settled {}; fees about {} ({} transactions, {} gas, {} wei)",
+            n("paid"),
+            n("fees"),
+            n("transactions"),
+            n("gas"),
+            report["fee_wei"].as_str().unwrap_or("?")
         );
     } else {
-        println!("settled {paid_total}");
+        println!("settled {}", n("paid"));
     }
     Ok(())
 }

@@ -16,6 +16,8 @@
 //! depend on: `hopwire_client`, `hopwire_api`.
 
 pub mod config;
+pub mod control;
+pub mod earnings;
 pub mod exit;
 pub mod ledger_service;
 mod metrics;
@@ -509,6 +511,20 @@ impl NodeRuntime {
         let cells = node.clone();
         tasks.spawn(async move { cells.cell_loop(&socket).await });
         tasks.spawn(rotate_onion_keys(node.clone()));
+        let control = match &node.payee {
+            Some(_) => match control::bind(&node.key_dir) {
+                Ok(listener) => {
+                    tasks.spawn(control::serve(listener, node.clone()));
+                    Some(control::socket_path(&node.key_dir))
+                }
+                Err(e) => {
+                    let path = control::socket_path(&node.key_dir);
+                    warn!("control socket {}: {e}; `hopwire-node earnings` and `settle` work only while the node is stopped", path.display());
+                    None
+                }
+            },
+            None => None,
+        };
         if node.payee.is_some() {
             let every = Duration::from_secs(cfg.pay.settle_every_s);
             let node = node.clone();
@@ -543,6 +559,9 @@ impl NodeRuntime {
         tasks.abort_all();
         if let Some(exit) = exit {
             exit.teardown();
+        }
+        if let Some(path) = control {
+            let _ = std::fs::remove_file(path);
         }
         Ok(())
     }

@@ -25,7 +25,7 @@
 //! through it: a receipt past the deposit the node knows makes it read the
 //! deposit again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +71,9 @@ pub struct Payee {
     next_circuit: AtomicU64,
     /// Reports usage this many times too high: see [`dishonest_factor`].
     inflate: u64,
+    /// Held while channels are settled: one round at a time, the node's
+    /// own or one asked for by hand ([`crate::control`]).
+    settling: tokio::sync::Mutex<()>,
 }
 
 /// The test suite's dishonest node: in debug builds only,
@@ -390,6 +393,7 @@ impl Payee {
             channels: Arc::default(),
             next_circuit: AtomicU64::new(1),
             inflate: dishonest_factor().max(1),
+            settling: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -402,6 +406,27 @@ impl Payee {
     /// The account channels must pay.
     pub fn payout(&self) -> [u8; 32] {
         self.payout
+    }
+
+    /// The ledger the node is paid on.
+    pub fn ledger(&self) -> &LazyLedger {
+        &self.ledger
+    }
+
+    /// When the node settles a channel by itself.
+    pub fn policy(&self) -> SettlePolicy {
+        self.policy
+    }
+
+    /// The channels circuits pay through now.
+    pub fn channels_in_use(&self) -> HashSet<[u8; 32]> {
+        lock(&self.channels).keys().copied().collect()
+    }
+
+    /// Waits for a settling round to end, and holds off the next one until
+    /// the guard is dropped.
+    pub async fn settling(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.settling.lock().await
     }
 
     /// What the node's own ledger transactions cost so far.
@@ -417,10 +442,11 @@ impl Payee {
         let mut said: HashMap<[u8; 32], String> = HashMap::new();
         loop {
             tick.tick().await;
+            let _round = self.settling().await;
             let store = self.store.clone();
             let policy = self.policy;
             let now = hopwire_proto::time::unix_now();
-            let in_use: std::collections::HashSet<[u8; 32]> = lock(&self.channels).keys().copied().collect();
+            let in_use = self.channels_in_use();
             let round = self
                 .ledger
                 .call(move |l| {
