@@ -13,6 +13,15 @@ cd "$(dirname "$0")/.."
 # The binaries are built with the release profile (thin LTO).
 cargo build --release --locked -p hopwire -p hopwire-node -p hopwire-gui
 
+# The manual pages: the commands' from their own help (clap_mangen), the
+# desktop app's written by hand; the packages' assets take them from here.
+rm -rf target/release/man
+mkdir -p target/release/man/hopwire target/release/man/hopwire-node
+target/release/hopwire man target/release/man/hopwire
+target/release/hopwire-node man target/release/man/hopwire-node
+cp packaging/man/hopwire-gui.1 target/release/man/hopwire/
+gzip -9n target/release/man/*/*.1
+
 # The version is the workspace's; the upgrade build is its next revision.
 version=$(cargo metadata --no-deps --format-version 1 --locked |
   jq -r '.packages[] | select(.name == "hopwire-node") | .version')

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use daemon::DaemonConfig;
 use hopwire_api::{self as api, NodeInfo, Request, Response, State, Status};
 use hopwire_proto::record::Role;
@@ -142,6 +142,10 @@ enum Command {
     },
     /// Build a local Hopwire network in namespaces, download through it, and tear it down (as root).
     Testnet(testnet::Args),
+    /// Write the manual pages (hopwire.1 and one per command) into DIR: for
+    /// the package.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 fn main() {
@@ -295,6 +299,12 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::BootBlock { state_dir, tun } => boot_block(&state_dir, &tun),
         Command::Testnet(args) => runtime.block_on(testnet::run(args)),
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+            Ok(0)
+        }
     }
 }
 

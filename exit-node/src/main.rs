@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hopwire_net::keys::{self, NodeKeys};
 use hopwire_net::ledger::{Ledger, LedgerAddr};
 use hopwire_net::store::{ReceiptStore, StoreError};
@@ -136,6 +136,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the manual pages (hopwire-node.1 and one per command) into
+    /// DIR: for the package.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 fn main() {
@@ -186,6 +190,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Settle { config, min } => {
             as_node_user(&config)?;
             settle(&config, min)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing the manual pages into {}", dir.display()))
         }
     }
 }

@@ -297,6 +297,11 @@ fn packages_install_serve_upgrade_remove_and_purge() {
         "/usr/lib/sysusers.d/hopwire.conf",
         "/usr/share/hopwire-node/exit.conf",
         "/usr/share/hopwire-node/60-hopwire-exit.conf",
+        "/usr/share/man/man1/hopwire.1.gz",
+        "/usr/share/man/man1/hopwire-connect.1.gz",
+        "/usr/share/man/man1/hopwire-gui.1.gz",
+        "/usr/share/man/man1/hopwire-node.1.gz",
+        "/usr/share/man/man1/hopwire-node-earnings.1.gz",
     ] {
         assert!(Path::new(file).is_file(), "{file} installed");
     }
