@@ -4,7 +4,8 @@
 //! A Unix socket, [`SOCKET`] in the node's state directory (mode 0600 in a
 //! directory of mode 0700: only the node's own user reaches it). One request
 //! per connection, a line of JSON ([`Request`]), answered with one line: the
-//! report ([`crate::earnings`]) or `{"error": …}`.
+//! report ([`crate::earnings`]) or `{"error": …}`. A settle, once asked
+//! for, runs to its end: the node does not cut it short.
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -24,8 +25,11 @@ use crate::Node;
 
 /// The socket's name in the node's state directory.
 pub const SOCKET: &str = "control.sock";
-/// How long either end waits for the other.
-const TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the node waits for a request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the command waits for the answer: settling on a chain waits for
+/// each transaction's block, and for a round the node itself is settling.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// A request is one short line.
 const MAX_REQUEST: u64 = 4096;
 
@@ -80,9 +84,8 @@ pub(crate) async fn serve(listener: UnixListener, node: Arc<Node>) {
         };
         let node = node.clone();
         tokio::spawn(async move {
-            let Some(payee) = &node.payee else { return };
-            if let Err(e) = tokio::time::timeout(TIMEOUT, answer(stream, payee)).await {
-                debug!("control socket: {e}");
+            if let Some(payee) = &node.payee {
+                answer(stream, payee).await;
             }
         });
     }
@@ -92,8 +95,10 @@ async fn answer(stream: tokio::net::UnixStream, payee: &Payee) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut read = tokio::io::BufReader::new(read.take(MAX_REQUEST));
-    if read.read_line(&mut line).await.is_err() {
-        return;
+    match tokio::time::timeout(REQUEST_TIMEOUT, read.read_line(&mut line)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return debug!("control socket: {e}"),
+        Err(_) => return debug!("control socket: no request within {REQUEST_TIMEOUT:?}"),
     }
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
@@ -154,8 +159,8 @@ pub fn ask(dir: &Path, request: &Request) -> Result<Value, ControlError> {
         source,
     };
     let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(io)?;
     let request = serde_json::to_string(request).unwrap_or_else(|_| unreachable!("a request serializes"));
     stream.write_all(format!("{request}\n").as_bytes()).map_err(io)?;
     let mut answer = String::new();
