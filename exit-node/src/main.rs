@@ -503,17 +503,14 @@ fn fee_and_net(row: &serde_json::Value, weighed: bool) -> (String, String) {
 fn earnings(config: &Path, json: bool) -> Result<()> {
     let (loaded, keys) = load(config)?;
     let report = report(&loaded, &control::Request::Earnings, |store| {
-        let ledger = ledger_of(&loaded, &keys).map_err(|e| format!("{e:#}"));
+        let ledger = ledger_of(&loaded, &keys);
+        let ledger = match &ledger {
+            Ok((l, payout)) => Ok((l.as_ref(), *payout)),
+            Err(e) => Err(format!("{e:#}")),
+        };
         // What settling each unsettled channel would cost now, and whether the
         // running node would settle it.
-        let policy = SettlePolicy {
-            min: loaded.config.pay.settle_min,
-            fee_multiple: loaded.config.pay.settle_fee_multiple,
-        };
-        let ledger = ledger
-            .as_ref()
-            .map(|(l, payout)| (l.as_ref(), *payout))
-            .map_err(Clone::clone);
+        let policy = SettlePolicy::of(&loaded.config.pay);
         Ok(hopwire_node_runtime::earnings::earnings(
             store,
             ledger,

@@ -447,14 +447,12 @@ impl NodeRuntime {
         let pay = &self.config.config.pay;
         let dir = &self.config.key_dir;
         let (payout, access) = payout(&self.config, &self.keys, &ledger)?;
-        let policy = payee::SettlePolicy {
-            min: pay.settle_min,
-            fee_multiple: pay.settle_fee_multiple,
-        };
         let ledger = LazyLedger::new(ledger, access, None);
-        payee::Payee::open(pay.quote(), ledger, payout, policy, dir).map_err(|source| NodeError::Receipts {
-            dir: dir.clone(),
-            source,
+        payee::Payee::open(pay.quote(), ledger, payout, payee::SettlePolicy::of(pay), dir).map_err(|source| {
+            NodeError::Receipts {
+                dir: dir.clone(),
+                source,
+            }
         })
     }
 
@@ -511,21 +509,19 @@ impl NodeRuntime {
         let cells = node.clone();
         tasks.spawn(async move { cells.cell_loop(&socket).await });
         tasks.spawn(rotate_onion_keys(node.clone()));
-        let control = match &node.payee {
-            Some(_) => match control::bind(&node.key_dir) {
+        let mut control_socket = None;
+        if node.payee.is_some() {
+            let path = control::socket_path(&node.key_dir);
+            match control::bind(&node.key_dir) {
                 Ok(listener) => {
                     tasks.spawn(control::serve(listener, node.clone()));
-                    Some(control::socket_path(&node.key_dir))
+                    control_socket = Some(path);
                 }
-                Err(e) => {
-                    let path = control::socket_path(&node.key_dir);
-                    warn!("control socket {}: {e}; `hopwire-node earnings` and `settle` work only while the node is stopped", path.display());
-                    None
-                }
-            },
-            None => None,
-        };
-        if node.payee.is_some() {
+                Err(e) => warn!(
+                    "control socket {}: {e}; `hopwire-node earnings` and `settle` work only while the node is stopped",
+                    path.display()
+                ),
+            }
             let every = Duration::from_secs(cfg.pay.settle_every_s);
             let node = node.clone();
             tasks.spawn(async move {
@@ -560,7 +556,7 @@ impl NodeRuntime {
         if let Some(exit) = exit {
             exit.teardown();
         }
-        if let Some(path) = control {
+        if let Some(path) = control_socket {
             let _ = std::fs::remove_file(path);
         }
         Ok(())

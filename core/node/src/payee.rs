@@ -213,6 +213,16 @@ pub struct SettlePolicy {
     pub fee_multiple: u64,
 }
 
+impl SettlePolicy {
+    /// The policy `[pay]` sets for the node's own rounds.
+    pub fn of(pay: &crate::config::PaySection) -> Self {
+        Self {
+            min: pay.settle_min,
+            fee_multiple: pay.settle_fee_multiple,
+        }
+    }
+}
+
 /// A channel that owes something, weighed for settling.
 #[derive(Debug)]
 pub struct Due {
