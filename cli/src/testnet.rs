@@ -65,6 +65,9 @@ const TOOLS: [(&str, &str); 6] = [
     ("sha256sum", "coreutils"),
 ];
 
+/// The client namespace's nftables table that drops packets for `--loss`.
+const LOSS_TABLE: &str = "hopwire_testnet_loss";
+
 #[derive(clap::Args)]
 // A flag given twice takes the last value (tests add to a default set).
 #[command(args_override_self = true)]
@@ -108,6 +111,11 @@ pub struct Args {
     /// The client's deposit per payment channel, in MiB at the hop's price.
     #[arg(long, default_value_t = 1024)]
     deposit_mib: u64,
+    /// Drops this share, in percent, of the UDP packets reaching the client
+    /// while it downloads the test file (nftables in its namespace): a
+    /// lossy last mile, as on poor Wi-Fi or a mobile network.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=50))]
+    loss: u8,
     /// Tear down a network left by `--keep` and exit.
     #[arg(long)]
     down: bool,
@@ -622,6 +630,9 @@ impl Testnet {
             .chain(std::iter::once(format!("internet {INET_SERVER}")))
             .collect();
 
+        if args.loss > 0 {
+            self.lossy_last_mile(args.loss)?;
+        }
         // Through the tunnel: a DNS name served by the pretend internet.
         let url = "http://files.hopwire.test/test.bin";
         let out = self.dir.join("client-download.bin");
@@ -641,6 +652,9 @@ impl Testnet {
                 url,
             ],
         )?;
+        if args.loss > 0 {
+            self.exec("client", "nft", &["delete", "table", "inet", LOSS_TABLE])?;
+        }
         let mut fields = measured.split_whitespace();
         let bytes: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
         let seconds: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0.0);
@@ -729,6 +743,7 @@ impl Testnet {
                 "sha256": sha256, "sha256_ok": true,
             },
             "full_size_packet": { "mtu": mtu, "crossed": true },
+            "loss_percent": args.loss,
             "server_saw": server_saw,
             "rtt_ms": rtt_ms,
             "ledger": {
@@ -740,6 +755,33 @@ impl Testnet {
             "spent": status.spent,
             "payment_bytes": status.payment_bytes,
         }))
+    }
+
+    /// Drops `percent` % of the UDP packets reaching the client, at random
+    /// (the kernel here has no netem): cells, QUIC and DNS alike, until the
+    /// table is deleted.
+    fn lossy_last_mile(&self, percent: u8) -> Result<()> {
+        let table = ["inet", LOSS_TABLE];
+        self.exec("client", "nft", &[&["add", "table"][..], &table].concat())?;
+        let chain = [
+            "{", "type", "filter", "hook", "input", "priority", "-10", ";", "policy", "accept", ";", "}",
+        ];
+        self.exec(
+            "client",
+            "nft",
+            &[&["add", "chain"][..], &table, &["input"], &chain].concat(),
+        )?;
+        let below = percent.to_string();
+        let rule = [
+            "meta", "l4proto", "udp", "numgen", "random", "mod", "100", "<", &below, "drop",
+        ];
+        self.exec(
+            "client",
+            "nft",
+            &[&["add", "rule"][..], &table, &["input"], &rule].concat(),
+        )
+        .context("adding the loss rule (nftables)")?;
+        Ok(())
     }
 
     /// The embedded ledger's service in the bootstrap namespace, with the
@@ -1049,7 +1091,7 @@ fn payment_summary(status: &Status, name_of: &dyn Fn(&str) -> String) -> Vec<ser
                 .unwrap_or(u64::MAX);
             json!({
                 "name": name_of(&p.id), "id": p.id, "price_per_gib": p.price_per_gib,
-                "bytes": p.bytes, "paid": p.paid, "owed": owed, "ahead": p.ahead, "slack_price": slack,
+                "bytes": p.bytes, "lost": p.lost, "paid": p.paid, "owed": owed, "ahead": p.ahead, "slack_price": slack,
                 "within_prepaid": p.paid.abs_diff(owed) <= slack,
             })
         })
@@ -1121,9 +1163,19 @@ fn print_summary(s: &serde_json::Value, keep: bool) {
         "  mtu:        a {}-byte packet crossed the circuit unfragmented",
         s["full_size_packet"]["mtu"]
     );
-    for p in s["payments"].as_array().into_iter().flatten() {
+    if s["loss_percent"].as_u64().is_some_and(|l| l > 0) {
         println!(
-            "  paid:       {} {} units for {} bytes at {}/GiB (owed {}, {})",
+            "  loss:       {} % of the UDP packets to the client dropped during the download",
+            s["loss_percent"]
+        );
+    }
+    for p in s["payments"].as_array().into_iter().flatten() {
+        let lost = match p["lost"].as_u64() {
+            Some(l) if l > 0 => format!(", {l} of them sent back and lost"),
+            _ => String::new(),
+        };
+        println!(
+            "  paid:       {} {} units for {} bytes{lost} at {}/GiB (owed {}, {})",
             p["name"].as_str().unwrap_or("?"),
             p["paid"],
             p["bytes"],

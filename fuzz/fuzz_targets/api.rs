@@ -91,6 +91,7 @@ fn seeds() -> Vec<Vec<u8>> {
             price_per_gib: 1_000_000,
             paid: 4096,
             bytes: 1 << 22,
+            lost: 1 << 16,
             ahead: 4 << 20,
         }],
         spent: 4096,

@@ -7,7 +7,8 @@
 //! client out of money hears why, and the hops stop carrying for it past the
 //! grace (on the embedded ledger and on a chain); a download past the
 //! deposits tops the channels up and keeps its circuit (on both too); hops
-//! that report inflated usage are paid only what they carried.
+//! that report inflated usage are paid only what they carried; through a
+//! lossy last mile each hop is paid for what it sent, and keeps carrying.
 
 use std::path::PathBuf;
 
@@ -251,6 +252,42 @@ fn hops_reporting_inflated_usage_are_paid_only_what_they_carried() {
         assert!(paid + slack >= owed, "the hop was still paid for what it carried: {p}");
     }
     eprintln!("[e2e] paid against inflated reports: {:#}", tn.summary["payments"]);
+}
+
+/// A last mile that drops 10 % of the client's UDP packets during a 128 MiB
+/// download: every hop sends back more than arrives. The client counts
+/// what each hop sent that was lost on the way (the counters of its layer
+/// show it) as carried, so no hop finds itself unpaid and stops carrying:
+/// one circuit carries the whole download, and each hop is paid for what
+/// it sent, within what was paid ahead. Before, a hop paid only for what
+/// arrived stopped carrying the circuit once the loss passed the client's
+/// 1.6 % tolerance by a chunk and the grace.
+#[test]
+fn a_lossy_last_mile_keeps_its_circuit_and_pays_each_hop_for_what_it_sent() {
+    let tn = Testnet::start_with("hwp6", 128, &["--loss", "10"]);
+    let payments = tn.summary["payments"].as_array().expect("payments");
+    assert_eq!(payments.len(), 3, "three charging hops: {:#}", tn.summary["payments"]);
+    let paid: u64 = payments.iter().filter_map(|p| p["paid"].as_u64()).sum();
+    assert_eq!(
+        tn.summary["spent"].as_u64(),
+        Some(paid),
+        "one circuit carried the download (a lost one's payments would be spent too): {:#}",
+        tn.summary
+    );
+    for p in payments {
+        let (bytes, lost) = (p["bytes"].as_u64().expect("bytes"), p["lost"].as_u64().expect("lost"));
+        assert!(bytes > 128 << 20, "the hop carried the download: {p}");
+        assert_eq!(
+            p["within_prepaid"], true,
+            "paid for what it sent, lost cells included: {p}"
+        );
+        assert!(
+            lost >= bytes / 40,
+            "about a tenth of what it sent back was lost and counted: {p}"
+        );
+        assert!(lost <= bytes / 8, "at most an eighth counted as lost: {p}");
+    }
+    eprintln!("[e2e] paid through a lossy last mile: {:#}", tn.summary["payments"]);
 }
 
 /// Deposits of 8 MiB and a 48 MiB download: the client tops each channel

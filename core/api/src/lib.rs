@@ -398,8 +398,13 @@ pub struct HopPayment {
     pub price_per_gib: u64,
     /// What the hop confirmed it holds a receipt for.
     pub paid: u64,
-    /// Bytes the client counted on that hop (cells, both ways).
+    /// Bytes the client counted on that hop (cells, both ways, and the
+    /// cells it sent back that were lost on the way, as its layer's
+    /// counters show, up to an eighth more).
     pub bytes: u64,
+    /// Of `bytes`, the cells the hop sent back that were lost on the way.
+    #[serde(default)]
+    pub lost: u64,
     /// Bytes the client's newest receipt pays that hop for ahead of what
     /// they agree it carried: one chunk, or on a fast circuit what the hop
     /// carries in half a second (the most a circuit can leave prepaid).

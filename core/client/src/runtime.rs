@@ -1039,7 +1039,8 @@ impl<P: Platform> Shared<P> {
                         id: p.record.short_id(),
                         price_per_gib: p.record.record().quote.price_per_gib,
                         paid: p.acked,
-                        bytes: cells.at_hop(p.hop, *hops),
+                        bytes: cells.at_hop(p.hop, *hops).saturating_add(p.lost),
+                        lost: p.lost,
                         ahead: p.channel.paid_ahead(),
                     })
                     .collect();

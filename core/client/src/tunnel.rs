@@ -34,7 +34,7 @@ use hopwire_net::link::{self, LinkError};
 use hopwire_proto::onion::cell::{split_cell, BackwardMessage, ForwardMessage, LinkMessage, CIRCUIT_ID_LEN};
 use hopwire_proto::onion::circuit::{cell_size, headroom, ClientCircuit};
 use hopwire_proto::onion::layer::TAG_LEN;
-use hopwire_proto::pay::{PayError, PayerChannel};
+use hopwire_proto::pay::{PayError, PayerChannel, LOST_SHARE};
 use hopwire_proto::record::VerifiedRecord;
 use hopwire_proto::session::{ClientHello, ExitHello, SessionParams};
 use hopwire_proto::sync::lock;
@@ -130,29 +130,62 @@ pub struct Traffic {
     pub received: AtomicU64,
 }
 
-/// Cells through this circuit, both ways, and their payloads (WireGuard
+/// Cells through this circuit each way, and their payloads (WireGuard
 /// datagrams): from these the client knows exactly what each hop counts.
 #[derive(Debug, Default)]
 pub struct CellCount {
-    cells: AtomicU64,
-    payload: AtomicU64,
+    sent: Flow,
+    received: Flow,
     /// Bytes of payment messages (receipts out; usage reports and
     /// acknowledgements in) on the client's link, layers included.
     pub payment_bytes: AtomicU64,
 }
 
-impl CellCount {
+/// Cells one way and the bytes of their payloads.
+#[derive(Debug, Default)]
+struct Flow {
+    cells: AtomicU64,
+    payload: AtomicU64,
+}
+
+impl Flow {
     fn add(&self, payload: usize) {
         self.cells.fetch_add(1, Ordering::Relaxed);
         self.payload.fetch_add(payload as u64, Ordering::Relaxed);
     }
 
-    /// What hop `hop` of `hops` carried ([`cell_size`] summed).
+    fn load(&self) -> (u64, u64) {
+        (self.cells.load(Ordering::Relaxed), self.payload.load(Ordering::Relaxed))
+    }
+}
+
+impl CellCount {
+    fn sent(&self, payload: usize) {
+        self.sent.add(payload);
+    }
+
+    fn received(&self, payload: usize) {
+        self.received.add(payload);
+    }
+
+    /// What hop `hop` of `hops` carried ([`cell_size`] summed, both ways).
     pub fn at_hop(&self, hop: usize, hops: usize) -> u64 {
-        let cells = self.cells.load(Ordering::Relaxed);
+        let (sent, sent_payload) = self.sent.load();
+        let (received, received_payload) = self.received.load();
         cell_size(0, hops, hop)
-            .saturating_mul(cells)
-            .saturating_add(self.payload.load(Ordering::Relaxed))
+            .saturating_mul(sent.saturating_add(received))
+            .saturating_add(sent_payload)
+            .saturating_add(received_payload)
+    }
+
+    /// What `lost` more backward cells would have counted at hop `hop`,
+    /// each the size of the received ones on average.
+    pub fn lost_at_hop(&self, lost: u64, hop: usize, hops: usize) -> u64 {
+        let (cells, payload) = self.received.load();
+        let Some(average) = payload.checked_div(cells) else {
+            return 0;
+        };
+        lost.saturating_mul(cell_size(average, hops, hop))
     }
 }
 
@@ -167,6 +200,10 @@ pub struct HopPay {
     pub acked: u64,
     /// Why paying it stopped (deposit spent), if it did.
     pub error: Option<String>,
+    /// Bytes of the cells the hop sent back that never arrived, as of its
+    /// last usage report: the client counts them as carried
+    /// ([`ClientCircuit::unseen_backward`], [`LOST_SHARE`]).
+    pub lost: u64,
     /// Topping its channel up on the ledger.
     top_up: TopUp,
     /// How fast the hop carries the circuit, for how far ahead to pay it.
@@ -405,6 +442,7 @@ impl Tunnel {
                 channel,
                 acked,
                 error: None,
+                lost: 0,
                 top_up: TopUp::Idle,
                 pace: Pace::new(Instant::now()),
             });
@@ -584,8 +622,9 @@ impl Payer<'_> {
         let Some(wallet) = self.wallet.clone() else {
             return Answer::Nothing;
         };
+        let unseen = lock(circuit).unseen_backward(from);
         let mut payments = lock(self.payments);
-        let receipt = answer_usage(&mut payments, self.cells, hops, from, carried);
+        let receipt = answer_usage(&mut payments, self.cells, (hops, from), unseen, carried);
         let Some(p) = payments.iter_mut().find(|p| p.hop == from) else {
             return Answer::Nothing;
         };
@@ -694,23 +733,26 @@ fn seal_pay(circuit: &Mutex<ClientCircuit>, from: usize, pay: &ForwardMessage) -
 }
 
 /// The receipt answering hop `from`'s report that it carried `carried`
-/// bytes: for what the client counted on that hop itself (plus the
-/// tolerance) and one chunk ahead, or more at speed
+/// bytes: for what the client counted on that hop itself (with the `unseen`
+/// cells it sent back that never arrived, up to 1/[`LOST_SHARE`] of the
+/// rest, plus the tolerance) and one chunk ahead, or more at speed
 /// ([`PayerChannel::pay_ahead`]) — never for an inflated report. `None` if
 /// nothing more is owed; an error (also kept in the hop's `error`) if the
 /// channel cannot pay, e.g. its deposit is spent.
 fn answer_usage(
     payments: &mut [HopPay],
     cells: &CellCount,
-    hops: usize,
-    from: usize,
+    (hops, from): (usize, usize),
+    unseen: u64,
     carried: u64,
 ) -> Result<Option<hopwire_proto::pay::SignedReceipt>, PayError> {
     let Some(p) = payments.iter_mut().find(|p| p.hop == from) else {
         return Ok(None);
     };
     let counted = cells.at_hop(from, hops);
-    p.channel.measure(counted.saturating_sub(p.channel.measured()));
+    p.lost = cells.lost_at_hop(unseen, from, hops).min(counted / LOST_SHARE);
+    let measured = counted.saturating_add(p.lost);
+    p.channel.measure(measured.saturating_sub(p.channel.measured()));
     p.channel.pay_ahead(p.pace.update(counted, Instant::now()));
     p.channel.on_usage(carried).inspect_err(|e| {
         // A spent deposit is topped up, or ends the circuit with its reason.
@@ -874,7 +916,7 @@ impl CellSender {
     /// there by the caller) in place; the cell is `buf[returned range]`.
     fn seal(&self, buf: &mut [u8], len: usize) -> Option<std::ops::Range<usize>> {
         let range = lock(&self.circuit).seal_data(buf, len, self.circuit_id).ok()?;
-        self.cells.add(len);
+        self.cells.sent(len);
         Some(range)
     }
 
@@ -1019,7 +1061,7 @@ fn open_into(
     let opened = lock(&sender.circuit).open_data(&mut cell[CIRCUIT_ID_LEN..]);
     let Ok(payload) = opened else { return };
     let payload = &cell[CIRCUIT_ID_LEN + payload.start..CIRCUIT_ID_LEN + payload.end];
-    sender.cells.add(payload.len());
+    sender.cells.received(payload.len());
     let Some(slot) = batch.slot() else { return };
     let result = lock(wg).decapsulate(None, payload, slot, |d| replies.push(d.to_vec()));
     match result {
@@ -1085,16 +1127,17 @@ mod tests {
             channel,
             acked: 0,
             error: None,
+            lost: 0,
             top_up: TopUp::Idle,
             pace: Pace::new(Instant::now()),
         }]
     }
 
-    /// `cells` packets of `payload` bytes through a 3-hop circuit.
+    /// `cells` packets of `payload` bytes received through a 3-hop circuit.
     fn counted(cells: u64, payload: usize) -> CellCount {
         let count = CellCount::default();
         for _ in 0..cells {
-            count.add(payload);
+            count.received(payload);
         }
         count
     }
@@ -1109,7 +1152,7 @@ mod tests {
             "the exit's cells: id, one layer, payload"
         );
         let mut honest = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut honest, &cells, 3, 2, at_exit)
+        let paid = answer_usage(&mut honest, &cells, (3, 2), 0, at_exit)
             .expect("payable")
             .expect("a receipt");
         assert_eq!(
@@ -1118,7 +1161,7 @@ mod tests {
             "an honest report is paid in full, one chunk ahead"
         );
         let mut cheated = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut cheated, &cells, 3, 2, at_exit * 10)
+        let paid = answer_usage(&mut cheated, &cells, (3, 2), 0, at_exit * 10)
             .expect("payable")
             .expect("a receipt");
         assert_eq!(
@@ -1127,7 +1170,42 @@ mod tests {
             "a tenfold report is paid only for what the client counted, plus the tolerance and a chunk"
         );
         // A report for another hop than the one paid pays nothing.
-        assert_eq!(answer_usage(&mut cheated, &cells, 3, 1, at_exit), Ok(None));
+        assert_eq!(answer_usage(&mut cheated, &cells, (3, 1), 0, at_exit), Ok(None));
+    }
+
+    #[test]
+    fn a_hop_is_paid_for_the_cells_it_sent_that_were_lost_up_to_an_eighth() {
+        let cells = counted(20_000, 1200);
+        let at_exit = cells.at_hop(2, 3);
+        let lost = 1_000 * cell_size(1200, 3, 2);
+        assert_eq!(
+            cells.lost_at_hop(1_000, 2, 3),
+            lost,
+            "lost cells the size of the received ones"
+        );
+        // 5 % of what the exit sent never arrived: its full report is paid.
+        let mut pays = payments(u64::MAX / 2);
+        let paid = answer_usage(&mut pays, &cells, (3, 2), 1_000, at_exit + lost)
+            .expect("payable")
+            .expect("a receipt");
+        assert_eq!(
+            paid.receipt.cumulative_amount,
+            QUOTE.price_of(at_exit + lost + QUOTE.chunk_bytes).expect("price"),
+        );
+        assert_eq!(pays[0].lost, lost, "shown as the hop's lost bytes");
+        // A claim of more than an eighth lost (the exit of a 1-hop circuit
+        // skipping counters) is paid an eighth, and the tolerance.
+        let mut pays = payments(u64::MAX / 2);
+        let paid = answer_usage(&mut pays, &cells, (3, 2), 1_000_000, at_exit * 10)
+            .expect("payable")
+            .expect("a receipt");
+        let measured = at_exit + at_exit / LOST_SHARE;
+        assert_eq!(
+            paid.receipt.cumulative_amount,
+            QUOTE
+                .price_of(measured + TOLERANCE.max(measured / 64) + QUOTE.chunk_bytes)
+                .expect("price"),
+        );
     }
 
     #[test]
@@ -1149,11 +1227,11 @@ mod tests {
         let cells = counted(20_000, 1200);
         let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 2).expect("price");
         let mut pays = payments(deposit);
-        let rest = answer_usage(&mut pays, &cells, 3, 2, cells.at_hop(2, 3))
+        let rest = answer_usage(&mut pays, &cells, (3, 2), 0, cells.at_hop(2, 3))
             .expect("the rest of the deposit")
             .expect("a receipt");
         assert_eq!(rest.receipt.cumulative_amount, deposit, "what is left is signed");
-        let receipt = answer_usage(&mut pays, &cells, 3, 2, cells.at_hop(2, 3));
+        let receipt = answer_usage(&mut pays, &cells, (3, 2), 0, cells.at_hop(2, 3));
         assert_eq!(
             receipt,
             Err(PayError::OutOfDeposit { deposit }),

@@ -277,22 +277,8 @@ impl Net {
     /// or from beyond the exit if `link == hops`) towards the client;
     /// returns what the client opened.
     pub fn backward_from(&mut self, link: usize, mut cell: Vec<u8>) -> Result<Vec<u8>, Stop> {
-        let mut link = link;
-        while link > 0 {
-            let n = link - 1;
-            // The cell with the room a hop wraps it in.
-            let mut buf = vec![0u8; WRAP_HEADROOM + cell.len() + WRAP_TAILROOM];
-            let at = WRAP_HEADROOM..WRAP_HEADROOM + cell.len();
-            buf[at.clone()].copy_from_slice(&cell);
-            match self.nodes[n].table.route(link, &mut buf, at, now()) {
-                Routed::Relay { link: l, range } => {
-                    assert_eq!(l, n, "wrapped for the previous link");
-                    link = l;
-                    cell = buf[range].to_vec();
-                }
-                Routed::Dropped => return Err(Stop::Node(n)),
-                other => panic!("backward cell routed as {other:?}"),
-            }
+        for link in (1..=link).rev() {
+            cell = self.wrap_backward(link, cell)?;
         }
         let (id, _) = split_cell(&cell).ok_or(Stop::Client)?;
         if id != self.ids[0] {
@@ -303,6 +289,24 @@ impl Net {
             .open_data(&mut cell[CIRCUIT_ID_LEN..])
             .map_err(|_| Stop::Client)?;
         Ok(cell[CIRCUIT_ID_LEN..][range].to_vec())
+    }
+
+    /// A backward cell that arrived on link `link` (`link > 0`), wrapped by
+    /// node `link - 1` as it leaves on link `link - 1`.
+    pub fn wrap_backward(&mut self, link: usize, cell: Vec<u8>) -> Result<Vec<u8>, Stop> {
+        let n = link - 1;
+        // The cell with the room a hop wraps it in.
+        let mut buf = vec![0u8; WRAP_HEADROOM + cell.len() + WRAP_TAILROOM];
+        let at = WRAP_HEADROOM..WRAP_HEADROOM + cell.len();
+        buf[at.clone()].copy_from_slice(&cell);
+        match self.nodes[n].table.route(link, &mut buf, at, now()) {
+            Routed::Relay { link: l, range } => {
+                assert_eq!(l, n, "wrapped for the previous link");
+                Ok(buf[range].to_vec())
+            }
+            Routed::Dropped => Err(Stop::Node(n)),
+            other => panic!("backward cell routed as {other:?}"),
+        }
     }
 
     /// Passes a forward control message (layered bytes) from the client

@@ -260,6 +260,27 @@ impl ClientCircuit {
     }
 }
 
+impl ClientCircuit {
+    /// Backward data cells hop `hop` sealed that never opened here, as far
+    /// as the hops beyond it agree: the fewest unseen counters among their
+    /// layers. Every backward data cell starts at the exit and is sealed by
+    /// each hop on its way, so a cell lost after hop `hop` is unseen in its
+    /// layer and in every layer beyond it too; a hop that drops cells it
+    /// sealed, or skips counters, to claim more loss is held to what the
+    /// hops beyond it saw. The exit has none beyond it: its claim is held to
+    /// the hop before it, which leaves the loss between the two (node to
+    /// node) to the payer's tolerance. On a 1-hop circuit the exit's claim
+    /// stands alone, and a payer caps what it pays for it
+    /// ([`crate::pay::LOST_SHARE`]).
+    pub fn unseen_backward(&self, hop: usize) -> u64 {
+        if hop >= self.hops.len() {
+            return 0;
+        }
+        let from = hop.min(self.hops.len().saturating_sub(2));
+        self.hops[from..].iter().map(|h| h.data_in.unseen()).min().unwrap_or(0)
+    }
+}
+
 /// Which way a cell travels through a hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

@@ -87,6 +87,8 @@ pub struct Sealer {
 pub struct Opener {
     cipher: LessSafeKey,
     window: ReplayWindow,
+    /// Layers opened: each counter below the window's top opens once at most.
+    opened: u64,
 }
 
 fn cipher(algorithm: &'static Algorithm, key: &[u8; 32]) -> LessSafeKey {
@@ -106,6 +108,7 @@ impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Opener")
             .field("window", &self.window)
+            .field("opened", &self.opened)
             .finish_non_exhaustive()
     }
 }
@@ -185,7 +188,17 @@ impl Opener {
         Self {
             cipher: cipher(algorithm, key),
             window: ReplayWindow::default(),
+            opened: 0,
         }
+    }
+
+    /// Counters below the newest one opened that never opened: layers the
+    /// sealer sealed that were lost on the way, refused (forged, or older
+    /// than the window), or are still on their way out of order. The sealer
+    /// chooses its counters, so this is its claim, checked only by the AEAD
+    /// on the layers that do arrive.
+    pub fn unseen(&self) -> u64 {
+        self.window.top - self.opened
     }
 
     /// Opens the layer in `layer` (counter | ciphertext | tag) in place and
@@ -199,6 +212,7 @@ impl Opener {
             .open_in_place_separate_tag(nonce(counter), Aad::empty(), tag, &mut body[COUNTER_LEN..])
             .map_err(|_| LayerError::Forged)?;
         self.window.mark(counter);
+        self.opened += 1;
         Ok(COUNTER_LEN..tag_at)
     }
 
@@ -214,6 +228,7 @@ impl Opener {
             .open_separate_gather(nonce(counter), Aad::empty(), text, tag, out)
             .map_err(|_| LayerError::Forged)?;
         self.window.mark(counter);
+        self.opened += 1;
         Ok(len)
     }
 
@@ -304,6 +319,37 @@ mod tests {
         let r = o.open_in_place(&mut a2).expect("reordered earlier one");
         assert_eq!(&a2[r], b"first");
         assert_eq!(o.open_in_place(&mut b.clone()), Err(LayerError::Replayed));
+    }
+
+    #[test]
+    fn unseen_counts_the_layers_lost_below_the_newest_until_they_arrive() {
+        let mut s = Sealer::new(&[1; 32]);
+        let mut o = Opener::new(&[1; 32]);
+        let cells: Vec<Vec<u8>> = (0..10u8).map(|i| sealed(&mut s, &[i; 40])).collect();
+        assert_eq!(o.unseen(), 0);
+        for (i, c) in cells.iter().enumerate() {
+            if i != 3 && i != 7 {
+                o.open_in_place(&mut c.clone()).expect("opens");
+            }
+        }
+        assert_eq!(o.unseen(), 2, "counters 3 and 7 never arrived");
+        // A forgery or a replay does not count as arrived.
+        let mut forged = cells[3].clone();
+        forged[20] ^= 1;
+        assert!(o.open_in_place(&mut forged).is_err());
+        assert!(o.open_in_place(&mut cells[5].clone()).is_err());
+        assert_eq!(o.unseen(), 2);
+        // A late one arrives after all: one fewer unseen.
+        let mut late = vec![0u8; 40];
+        assert_eq!(o.open_to(&cells[7], &mut late), Ok(40));
+        assert_eq!(o.unseen(), 1);
+        // A sealer that skips counters claims that much loss.
+        let mut skipped = Sealer {
+            next: 1_000,
+            ..Sealer::new(&[1; 32])
+        };
+        o.open_in_place(&mut sealed(&mut skipped, b"far ahead")).expect("opens");
+        assert_eq!(o.unseen(), 1_001 - 10, "top 1 001, ten opened");
     }
 
     #[test]

@@ -8,16 +8,18 @@
 //!
 //! The loop: the payee quotes price, chunk and grace ([`Quote`]); the payer
 //! prepays one chunk; the payee reports usage; the payer pays for what it
-//! measured itself (plus a tolerance for cells lost on the way: 1 MiB, or
-//! 1/64 of what it measured once that is more) and one chunk ahead — on a
+//! measured itself (the cells the hop sent that the payer saw lost
+//! included, up to [`LOST_SHARE`]; plus a tolerance for the rest: 1 MiB,
+//! or 1/64 of what it measured once that is more) and one chunk ahead — on a
 //! fast circuit, what the hop carries in [`PAY_AHEAD`] when that is more —
 //! never more than the payee reported and never more than the deposit. The
 //! payee reports once half of what was paid ahead is used. It forwards
 //! while what it carried stays within what it was paid for plus the grace.
 //! So a payee can lose at most one chunk plus the grace (and what was lost
-//! on the way past the tolerance), and a payer can overpay at most what it
-//! paid ahead (one chunk, or [`PAY_AHEAD`] of its traffic) and the
-//! tolerance.
+//! on the way past [`LOST_SHARE`] and the tolerance), and a payer can
+//! overpay at most what it paid ahead (one chunk, or [`PAY_AHEAD`] of its
+//! traffic) and the tolerance, and the exit of a 1-hop circuit that skips
+//! counters up to [`LOST_SHARE`] of what it sent.
 //!
 //! What it does not do: send messages, store receipts, or talk to a ledger.
 //! Amounts are integers in the ledger's smallest unit; overflow is an error.
@@ -33,6 +35,17 @@ pub const GIB: u64 = 1 << 30;
 /// (1.6 %): what the hop sent that was lost on the way
 /// ([`PayerChannel::tolerance`]).
 pub const LOSS_SHARE: u64 = 64;
+
+/// What a payer measures on a hop includes the cells the hop sent back
+/// that never arrived, as the counters of its layer and of every layer
+/// beyond it show ([`crate::onion::circuit::ClientCircuit::unseen_backward`]),
+/// up to 1/`LOST_SHARE` (12.5 %) of what the payer counted itself. On a
+/// lossy last mile every hop sends more than the client receives; without
+/// this a hop paid only for what arrived would stop carrying the circuit
+/// once the loss passed the tolerance, and at 5 % loss it did within
+/// seconds. The cap bounds what the exit of a 1-hop circuit, whose
+/// counters nothing checks, can claim by skipping them.
+pub const LOST_SHARE: u64 = 8;
 
 /// On a fast circuit a payer pays for what the hop carries in this long
 /// ahead, rather than one chunk, so a hop reports and is paid a few times a

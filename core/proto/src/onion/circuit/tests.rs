@@ -217,6 +217,61 @@ fn reordered_cells_within_the_window_still_arrive() {
 }
 
 #[test]
+fn the_client_sees_which_hops_sent_the_backward_cells_lost_on_the_way() {
+    let mut net = Net::build(14, 3);
+    // From the exit (node 2, leaving on link 2) towards the client; lost as
+    // it would cross link `lost_on`.
+    fn down(net: &mut Net, lost_on: Option<usize>) {
+        let mut cell = net.exit_sealed(b"down");
+        for link in (0..=2).rev() {
+            if lost_on == Some(link) {
+                return;
+            }
+            if link == 0 {
+                assert_eq!(net.backward_from(0, cell), Ok(b"down".to_vec()));
+                return;
+            }
+            cell = net.wrap_backward(link, cell).expect("wrapped");
+        }
+    }
+    down(&mut net, None);
+    down(&mut net, Some(2)); // sealed by the exit only
+    down(&mut net, Some(1)); // by the exit and the middle
+    down(&mut net, Some(0)); // by all three, lost on the last mile
+    down(&mut net, Some(0));
+    down(&mut net, None);
+    let unseen: Vec<u64> = (0..3).map(|hop| net.client.unseen_backward(hop)).collect();
+    assert_eq!(
+        unseen,
+        [2, 3, 3],
+        "guard, middle, and the exit held to the middle (the one lost between them is not its claim alone)"
+    );
+    // A guard that seals cells of its own and drops them (or skips
+    // counters) claims loss no hop beyond it saw: it is held to theirs.
+    for _ in 0..10 {
+        let mut buf = vec![0u8; WRAP_HEADROOM + 40 + WRAP_TAILROOM];
+        let at = WRAP_HEADROOM..WRAP_HEADROOM + 40;
+        assert!(lock(&net.hop(0)).backward_cell(&mut buf, at).is_ok());
+    }
+    down(&mut net, None);
+    assert_eq!(
+        net.client.unseen_backward(0),
+        3,
+        "the guard's own 12, held to the middle's 3"
+    );
+    assert_eq!(net.client.unseen_backward(3), 0, "no such hop");
+    // On one hop the exit's counters are all there is.
+    let mut one = Net::build(15, 1);
+    for i in 0..5u8 {
+        let cell = one.exit_sealed(&[i; 10]);
+        if i != 2 {
+            assert_eq!(one.backward_from(0, cell), Ok(vec![i; 10]));
+        }
+    }
+    assert_eq!(one.client.unseen_backward(0), 1);
+}
+
+#[test]
 fn circuits_stop_at_three_hops() {
     let mut net = Net::build(13, 3);
     let extra = [42u8; 32];
