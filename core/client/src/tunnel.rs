@@ -624,7 +624,7 @@ impl Payer<'_> {
         };
         let unseen = lock(circuit).unseen_backward(from);
         let mut payments = lock(self.payments);
-        let receipt = answer_usage(&mut payments, self.cells, (hops, from), unseen, carried);
+        let receipt = answer_usage(&mut payments, self.cells, hops, from, unseen, carried);
         let Some(p) = payments.iter_mut().find(|p| p.hop == from) else {
             return Answer::Nothing;
         };
@@ -742,7 +742,8 @@ fn seal_pay(circuit: &Mutex<ClientCircuit>, from: usize, pay: &ForwardMessage) -
 fn answer_usage(
     payments: &mut [HopPay],
     cells: &CellCount,
-    (hops, from): (usize, usize),
+    hops: usize,
+    from: usize,
     unseen: u64,
     carried: u64,
 ) -> Result<Option<hopwire_proto::pay::SignedReceipt>, PayError> {
@@ -1152,7 +1153,7 @@ mod tests {
             "the exit's cells: id, one layer, payload"
         );
         let mut honest = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut honest, &cells, (3, 2), 0, at_exit)
+        let paid = answer_usage(&mut honest, &cells, 3, 2, 0, at_exit)
             .expect("payable")
             .expect("a receipt");
         assert_eq!(
@@ -1161,7 +1162,7 @@ mod tests {
             "an honest report is paid in full, one chunk ahead"
         );
         let mut cheated = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut cheated, &cells, (3, 2), 0, at_exit * 10)
+        let paid = answer_usage(&mut cheated, &cells, 3, 2, 0, at_exit * 10)
             .expect("payable")
             .expect("a receipt");
         assert_eq!(
@@ -1170,7 +1171,7 @@ mod tests {
             "a tenfold report is paid only for what the client counted, plus the tolerance and a chunk"
         );
         // A report for another hop than the one paid pays nothing.
-        assert_eq!(answer_usage(&mut cheated, &cells, (3, 1), 0, at_exit), Ok(None));
+        assert_eq!(answer_usage(&mut cheated, &cells, 3, 1, 0, at_exit), Ok(None));
     }
 
     #[test]
@@ -1185,7 +1186,7 @@ mod tests {
         );
         // 5 % of what the exit sent never arrived: its full report is paid.
         let mut pays = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut pays, &cells, (3, 2), 1_000, at_exit + lost)
+        let paid = answer_usage(&mut pays, &cells, 3, 2, 1_000, at_exit + lost)
             .expect("payable")
             .expect("a receipt");
         assert_eq!(
@@ -1196,7 +1197,7 @@ mod tests {
         // A claim of more than an eighth lost (the exit of a 1-hop circuit
         // skipping counters) is paid an eighth, and the tolerance.
         let mut pays = payments(u64::MAX / 2);
-        let paid = answer_usage(&mut pays, &cells, (3, 2), 1_000_000, at_exit * 10)
+        let paid = answer_usage(&mut pays, &cells, 3, 2, 1_000_000, at_exit * 10)
             .expect("payable")
             .expect("a receipt");
         let measured = at_exit + at_exit / LOST_SHARE;
@@ -1227,11 +1228,11 @@ mod tests {
         let cells = counted(20_000, 1200);
         let deposit = QUOTE.price_of(QUOTE.chunk_bytes * 2).expect("price");
         let mut pays = payments(deposit);
-        let rest = answer_usage(&mut pays, &cells, (3, 2), 0, cells.at_hop(2, 3))
+        let rest = answer_usage(&mut pays, &cells, 3, 2, 0, cells.at_hop(2, 3))
             .expect("the rest of the deposit")
             .expect("a receipt");
         assert_eq!(rest.receipt.cumulative_amount, deposit, "what is left is signed");
-        let receipt = answer_usage(&mut pays, &cells, (3, 2), 0, cells.at_hop(2, 3));
+        let receipt = answer_usage(&mut pays, &cells, 3, 2, 0, cells.at_hop(2, 3));
         assert_eq!(
             receipt,
             Err(PayError::OutOfDeposit { deposit }),

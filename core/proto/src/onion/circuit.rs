@@ -258,9 +258,7 @@ impl ClientCircuit {
             hop: last,
         })
     }
-}
 
-impl ClientCircuit {
     /// Backward data cells hop `hop` sealed that never opened here, as far
     /// as the hops beyond it agree: the fewest unseen counters among their
     /// layers. Every backward data cell starts at the exit and is sealed by
